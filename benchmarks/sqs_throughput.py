@@ -1,0 +1,316 @@
+"""Benchmark: an SQS mapping against a plain aiobotocore receive/delete loop, on the same queue.
+
+moto's server runs in its own process (so its CPU is charged to neither side), with the
+test-only SQS speed-up of ``tests/support/sqs.py`` applied: stock moto spends O(queue depth)
+per message and manages about 12 messages/s at 5,000 messages deep. The queue is filled with
+N messages of 100 bytes, then, in the same run:
+
+* raw loop: one process, ``--concurrency`` tasks each doing ReceiveMessage(10, all
+  attributes) then DeleteMessageBatch, until N messages were deleted. Nothing else.
+* service: the queue is filled again to N, then ``poller run`` in its own process with a
+  no-op Python handler (this module's :func:`handler`), batch_size 10, window 0 (so the API
+  calls are the raw loop's: one receive, one invoke, one delete per batch), scaling capped at
+  ``--concurrency``.
+
+The raw loop measures itself from the moment its client is ready to its last delete. The
+service is measured from its first invocation (so neither side pays for process start-up,
+imports or botocore's model loading; the service's first receive, one of hundreds, falls
+outside) until the queue is empty (nothing visible, nothing in flight: every message
+deleted), its CPU read from ``/proc`` at that moment (every thread). Printed: messages/s,
+CPU seconds per 10,000 messages and peak RSS of each side, and the service/raw ratios.
+
+Run: ``.venv/bin/python benchmarks/sqs_throughput.py [--messages 5000] [--rounds 1]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+
+REPO = Path(__file__).resolve().parents[1]
+CREDS = {"aws_access_key_id": "bench", "aws_secret_access_key": "bench"}
+REGION = "us-east-1"
+ACCOUNT = "123456789012"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+# -- the no-op handler, imported by the service process -------------------------------------
+
+_START_FILE = os.environ.get("POLLER_BENCH_START")
+_EXPECTED = int(os.environ.get("POLLER_BENCH_MESSAGES", "0"))
+_lock = threading.Lock()
+_seen = 0
+
+
+def handler(event: dict[str, Any], context: Any) -> None:
+    """Do nothing but count: note the clocks at the first call, and when all were seen."""
+    global _seen
+    with _lock:
+        first = _seen == 0
+        _seen += len(event["Records"])
+        last = _seen >= _EXPECTED
+    if _START_FILE and first:
+        Path(_START_FILE).write_text(json.dumps({"wall": time.time(), "cpu": time.process_time()}))
+    if _START_FILE and last:
+        Path(_START_FILE + ".seen").write_text(str(_seen))
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_moto() -> tuple[subprocess.Popen[bytes], str]:
+    """moto's server in its own process, with the test-only SQS speed-up applied."""
+    port = free_port()
+    boot = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "from tests.support.sqs import speed_up_moto_sqs; speed_up_moto_sqs();"
+        "from moto.server import main; main(['-H', '127.0.0.1', '-p', sys.argv[2]])"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", boot, str(REPO), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        except OSError:
+            time.sleep(0.1)
+        else:
+            return proc, f"http://127.0.0.1:{port}"
+    raise RuntimeError("moto server did not start")
+
+
+def client(url: str, **config: Any) -> Any:
+    return get_session().create_client(
+        "sqs", region_name=REGION, endpoint_url=url, config=AioConfig(**config), **CREDS
+    )
+
+
+async def fill_queue(url: str, queue: str, messages: int) -> str:
+    """Create the queue if needed and send ``messages`` bodies of 100 bytes, 10 per call."""
+    async with client(url) as sqs:
+        queue_url = str((await sqs.create_queue(QueueName=queue))["QueueUrl"])
+        body = "x" * 100
+        for start in range(0, messages, 10):
+            entries = [
+                {"Id": str(i), "MessageBody": body} for i in range(min(10, messages - start))
+            ]
+            response = await sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
+            assert not response.get("Failed"), response
+        return queue_url
+
+
+async def depth(sqs: Any, queue_url: str) -> int:
+    response = await sqs.get_queue_attributes(
+        QueueUrl=queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )
+    return sum(int(v) for v in response["Attributes"].values())
+
+
+# -- the raw loop ----------------------------------------------------------------------------
+
+
+async def raw_loop(url: str, queue_url: str, messages: int, concurrency: int) -> dict[str, Any]:
+    """Receive and delete until ``messages`` were deleted; measure wall and CPU time."""
+    async with client(url, retries={"total_max_attempts": 1}, max_pool_connections=50) as sqs:
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        deleted = 0
+
+        async def worker() -> None:
+            nonlocal deleted
+            while deleted < messages:
+                response = await sqs.receive_message(
+                    QueueUrl=queue_url,
+                    MaxNumberOfMessages=10,
+                    WaitTimeSeconds=1,
+                    MessageSystemAttributeNames=["All"],
+                    MessageAttributeNames=["All"],
+                )
+                batch = response.get("Messages", [])
+                if not batch:
+                    continue
+                entries = [
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)
+                ]
+                result = await sqs.delete_message_batch(QueueUrl=queue_url, Entries=entries)
+                assert not result.get("Failed"), result
+                deleted += len(batch)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"wall_s": wall, "cpu_s": cpu, "messages": deleted, "max_rss_mb": rss}
+
+
+def run_raw(url: str, queue_url: str, messages: int, concurrency: int) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--raw", url, queue_url, str(messages), str(concurrency)]
+    out = subprocess.run(command, check=True, capture_output=True, text=True)
+    return dict(json.loads(out.stdout))
+
+
+# -- the service -----------------------------------------------------------------------------
+
+
+def process_cpu(pid: int) -> float:
+    """User plus system CPU seconds of a process, all threads, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def process_peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def wait_empty(url: str, queue_url: str, proc: subprocess.Popen[bytes], seen: Path) -> float:
+    """Wait until the handler has seen every message (a file appears: polling the queue all
+    along would load moto during the service's run only), then until the queue is empty
+    (the last deletes are done). Return the wall clock (time.time()) of that moment."""
+    deadline = time.monotonic() + 900
+
+    def check() -> None:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the service stopped or timed out before emptying the queue")
+
+    while not seen.exists():
+        check()
+        time.sleep(0.02)
+
+    async def poll() -> float:
+        async with client(url) as sqs:
+            while await depth(sqs, queue_url):
+                check()
+                await asyncio.sleep(0.02)
+            return time.time()
+
+    return asyncio.run(poll())
+
+
+def run_service(
+    url: str, queue: str, queue_url: str, messages: int, concurrency: int, workdir: Path
+) -> dict[str, Any]:
+    start = workdir / f"start-{time.monotonic_ns()}.json"
+    config = workdir / "bench.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "aws": {"region": REGION, "endpoint_url": url},
+                "checkpoints": {"path": str(workdir / f"ckpt-{time.monotonic_ns()}.db")},
+                "logging": {"level": "WARNING", "format": "json"},
+                "observability": {"enabled": False},
+                "mappings": [
+                    {
+                        "name": "bench",
+                        "event_source_arn": f"arn:aws:sqs:{REGION}:{ACCOUNT}:{queue}",
+                        "batch_size": 10,
+                        "scaling_config": {"maximum_concurrency": max(2, concurrency)},
+                        "target": {
+                            "type": "python",
+                            "handler": "benchmarks.sqs_throughput:handler",
+                        },
+                    }
+                ],
+            }
+        )
+    )
+    env = {
+        **os.environ,
+        **{k.upper(): v for k, v in CREDS.items()},
+        "PYTHONPATH": str(REPO),
+        "POLLER_BENCH_START": str(start),
+        "POLLER_BENCH_MESSAGES": str(messages),
+    }
+    command = [sys.executable, "-m", "poller", "run", "--config", str(config)]
+    proc = subprocess.Popen(command, cwd=REPO, env=env)
+    try:
+        emptied_at = wait_empty(url, queue_url, proc, Path(f"{start}.seen"))
+        cpu = process_cpu(proc.pid)
+        rss = process_peak_rss_mb(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    began = json.loads(start.read_text())
+    return {
+        "wall_s": emptied_at - began["wall"],
+        "cpu_s": cpu - began["cpu"],
+        "messages": messages,
+        "max_rss_mb": rss,
+    }
+
+
+# -- report ----------------------------------------------------------------------------------
+
+
+def report(raw: dict[str, Any], svc: dict[str, Any], messages: int) -> None:
+    raw_rate, svc_rate = messages / raw["wall_s"], messages / svc["wall_s"]
+    raw_cpu, svc_cpu = raw["cpu_s"] / messages * 10_000, svc["cpu_s"] / messages * 10_000
+    print(f"messages                   {messages}")
+    for name, rate, cpu, rss in (
+        ("raw loop", raw_rate, raw_cpu, raw["max_rss_mb"]),
+        ("service", svc_rate, svc_cpu, svc["max_rss_mb"]),
+    ):
+        print(
+            f"{name:12} messages/s {rate:8.0f}   cpu per 10,000 messages {cpu:6.2f} s"
+            f"   peak RSS {rss:.0f} MB"
+        )
+    print(f"throughput ratio (service/raw)     {svc_rate / raw_rate:.2f}")
+    print(f"cpu per message ratio (service/raw) {svc_cpu / raw_cpu:.2f}")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--raw":
+        url, queue_url, messages, concurrency = sys.argv[2:6]
+        result = asyncio.run(raw_loop(url, queue_url, int(messages), int(concurrency)))
+        print(json.dumps(result))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, default=5, help="raw tasks; service cap")
+    parser.add_argument("--rounds", type=int, default=1, help="measure each side this many times")
+    args = parser.parse_args()
+    moto, url = start_moto()
+    try:
+        queue = f"bench-{os.getpid()}"
+        with tempfile.TemporaryDirectory() as tmp:
+            for round_no in range(1, args.rounds + 1):
+                started = time.monotonic()
+                queue_url = asyncio.run(fill_queue(url, queue, args.messages))
+                took = time.monotonic() - started
+                print(f"--- round {round_no}: sent {args.messages} messages in {took:.1f} s")
+                raw = run_raw(url, queue_url, args.messages, args.concurrency)
+                asyncio.run(fill_queue(url, queue, args.messages))
+                svc = run_service(url, queue, queue_url, args.messages, args.concurrency, Path(tmp))
+                report(raw, svc, args.messages)
+    finally:
+        moto.terminate()
+        moto.wait(10)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""In-memory checkpoint store: a fake of ``CheckpointStore`` for unit tests of the pipeline."""
+
+from __future__ import annotations
+
+from poller.types import Checkpoint
+
+
+class MemoryCheckpointStore:
+    """Keeps checkpoints in a dict and records every write in order."""
+
+    def __init__(self) -> None:
+        self.checkpoints: dict[tuple[str, str], Checkpoint] = {}
+        self.writes: list[tuple[str, str, Checkpoint]] = []
+
+    async def get(self, mapping: str, shard_id: str) -> Checkpoint | None:
+        """The shard's checkpoint, or None."""
+        return self.checkpoints.get((mapping, shard_id))
+
+    async def get_all(self, mapping: str) -> dict[str, Checkpoint]:
+        """Every checkpoint of ``mapping``, by shard id."""
+        return {s: c for (m, s), c in self.checkpoints.items() if m == mapping}
+
+    async def put(self, mapping: str, shard_id: str, checkpoint: Checkpoint) -> None:
+        """Store the checkpoint and log the write."""
+        self.checkpoints[(mapping, shard_id)] = checkpoint
+        self.writes.append((mapping, shard_id, checkpoint))
+
+    async def delete(self, mapping: str, shard_id: str) -> None:
+        """Forget the checkpoint."""
+        self.checkpoints.pop((mapping, shard_id), None)
+
+    async def aclose(self) -> None:
+        """Nothing to release."""

@@ -1,0 +1,72 @@
+"""Batch cutting: decides which buffered records go into the next invocation.
+
+The shard worker feeds records it has read into a :class:`BatchBuilder` until the builder is
+full by count or by payload size; the worker itself handles the batching window because that
+needs a clock. Sizes are those of the compact JSON event ``{"Records":[r1,r2,...]}`` that the
+targets send, so the 6 MB cut is exact rather than estimated. I/O-free and synchronous.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+
+from poller.types import StreamRecord
+
+#: Lambda's synchronous invocation payload limit, in bytes (6 MB).
+MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
+
+#: Bytes of ``{"Records":[`` plus ``]}`` around the records.
+ENVELOPE_BYTES = len('{"Records":[') + len("]}")
+
+
+def event_size(records: Sequence[StreamRecord]) -> int:
+    """The size in bytes of the compact JSON event holding ``records``."""
+    separators = max(len(records) - 1, 0)
+    return ENVELOPE_BYTES + separators + sum(r.size for r in records)
+
+
+class BatchBuilder:
+    """Collects records until the batch is full by count or by payload size.
+
+    A record that would push the event past ``max_bytes`` is refused, so it starts the next
+    batch. A record too large to fit even alone is accepted into an empty batch: it cannot be
+    split, and refusing it would stall the shard forever. The target then decides (Lambda
+    rejects it with ``RequestTooLargeException``, which the retry policy handles).
+    """
+
+    __slots__ = ("_bytes", "_max_bytes", "_max_records", "_refused", "records")
+
+    def __init__(self, max_records: int, max_bytes: int = MAX_PAYLOAD_BYTES) -> None:
+        self.records: list[StreamRecord] = []
+        self._max_records = max_records
+        self._max_bytes = max_bytes
+        self._bytes = ENVELOPE_BYTES
+        self._refused = False
+
+    @property
+    def is_full(self) -> bool:
+        """True when no further record may be added."""
+        return self._refused or len(self.records) >= self._max_records
+
+    @property
+    def size_bytes(self) -> int:
+        """The serialized size of the event built so far."""
+        return self._bytes
+
+    def try_add(self, record: StreamRecord) -> bool:
+        """Add ``record`` if it fits; once one is refused the batch counts as full."""
+        if self.is_full:
+            return False
+        added = record.size + (1 if self.records else 0)
+        if self.records and self._bytes + added > self._max_bytes:
+            self._refused = True
+            return False
+        self.records.append(record)
+        self._bytes += added
+        return True
+
+    def fill_from(self, pending: deque[StreamRecord]) -> None:
+        """Move records from the front of ``pending`` into the batch while they fit."""
+        while pending and self.try_add(pending[0]):
+            pending.popleft()

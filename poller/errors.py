@@ -1,0 +1,79 @@
+"""The exception tree of poller.
+
+Errors that reach a user are raised here and nowhere else is an exception class defined::
+
+    PollerError
+    ├── ConfigError            invalid configuration; carries one message per bad field
+    ├── SourceError            reading a stream or queue failed
+    │   ├── IteratorExpired    the shard iterator expired or is invalid; recreate it
+    │   ├── Throttled          the source refused the read for capacity; back off
+    │   └── SourceUnavailable  the source could not be reached or answered a service error
+    ├── HandlerImportError     a Python handler's import path does not resolve
+    ├── DestinationError       an on-failure destination did not accept a failure record
+    └── CheckpointError        a checkpoint could not be read or written
+
+Failed invocations are not exceptions: targets return an ``InvokeResult``. ``retriable`` tells
+the reader loops whether to back off and try again or to stop the shard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class PollerError(Exception):
+    """Root of every error poller raises on purpose."""
+
+    retriable: bool = False
+
+
+class ConfigError(PollerError):
+    """The configuration is invalid. ``problems`` holds one readable line per bad field."""
+
+    def __init__(self, problems: Sequence[str], *, source: str | None = None) -> None:
+        self.problems = list(problems)
+        self.source = source
+        where = f" in {source}" if source else ""
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"invalid configuration{where}:\n{lines}")
+
+
+class SourceError(PollerError):
+    """Reading from a stream or queue failed."""
+
+    retriable = True
+
+
+class IteratorExpired(SourceError):
+    """The shard iterator expired or became invalid; recreate it from the last position."""
+
+
+class Throttled(SourceError):
+    """The source refused a read for capacity (ProvisionedThroughputExceeded)."""
+
+
+class SourceUnavailable(SourceError):
+    """The source could not be reached or returned a service error."""
+
+
+class StreamNotFound(SourceError):
+    """The stream named by the mapping does not exist."""
+
+
+class HandlerImportError(PollerError):
+    """A Python target's ``module:function`` path does not resolve to a callable."""
+
+
+class DestinationError(PollerError):
+    """An on-failure destination (SQS, SNS, S3) did not accept a failure record.
+
+    Retriable: the records stay unsettled, and the shard waits, until delivery succeeds.
+    """
+
+    retriable = True
+
+
+class CheckpointError(PollerError):
+    """A checkpoint could not be read or written."""
+
+    retriable = True

@@ -1,0 +1,174 @@
+"""The shard reader shared by Kinesis and DynamoDB Streams, over a small per-service adapter.
+
+One :class:`ShardReader` runs per shard. It reads at the service's pace (an idle shard once
+per ``idle_interval``, a shard that is behind at once, never more than five calls a second),
+turns each record into a ``StreamRecord`` with the adapter's converter, and sends the records
+of each call, as one chunk, into a bounded stream that the shard's processor consumes. The
+bound is the backpressure: a slow function stops the reader.
+
+The reader remembers the last record it handed on. When an iterator expires or a read fails it
+recreates the iterator *after that record*; it never goes back to the starting position. At the
+end of a closed shard it sends ``ShardEnd`` with the child shard ids (when the service reports
+them) and stops.
+
+The adapter (:class:`StreamApi`) captures what differs between the services: the names of the
+calls and their arguments, the record shape, the poll rate, whether ``MillisBehindLatest``
+exists, and how a start instant is honoured.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import anyio
+import structlog
+from anyio.streams.memory import MemoryObjectSendStream
+
+from poller.core.lineage import ShardInfo
+from poller.errors import IteratorExpired, SourceError, Throttled
+from poller.retry import READ_BACKOFF, retrying
+from poller.types import Chunk, ShardEnd, StreamRecord
+
+log = structlog.get_logger("poller.sources")
+
+#: Both services allow five GetRecords calls per second per shard.
+MIN_CALL_INTERVAL = 0.2
+
+IteratorType = Literal[
+    "TRIM_HORIZON", "LATEST", "AT_TIMESTAMP", "AT_SEQUENCE_NUMBER", "AFTER_SEQUENCE_NUMBER"
+]
+
+
+@dataclass(frozen=True, slots=True)
+class StartPosition:
+    """Where a shard iterator starts."""
+
+    type: IteratorType
+    sequence_number: str | None = None
+    timestamp: float | None = None
+    #: With AT_SEQUENCE_NUMBER: user records of that aggregate up to this index are settled.
+    settled_through: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordsPage:
+    """One GetRecords answer, in the service-neutral form the reader needs."""
+
+    records: list[dict[str, Any]]
+    next_iterator: str | None
+    millis_behind_latest: int | None = None
+    child_shard_ids: tuple[str, ...] = field(default_factory=tuple)
+
+
+Converter = Callable[[dict[str, Any]], StreamRecord]
+#: Converts the raw records of one read; may drop some or expand one into several (KPL).
+PageConverter = Callable[[list[dict[str, Any]]], list[StreamRecord]]
+
+
+class StreamApi(Protocol):
+    """What the reader and the coordinator need from a stream service."""
+
+    #: Records per GetRecords call.
+    limit: int
+    #: Seconds between polls of a shard that has caught up (Lambda: 1 s Kinesis, 0.25 s DynamoDB).
+    idle_interval: float
+
+    async def list_shards(self) -> list[ShardInfo]:
+        """Every shard within retention, with parents and whether it is closed."""
+        ...
+
+    async def get_iterator(self, shard_id: str, position: StartPosition) -> str:
+        """A shard iterator at ``position``. Raises ``SourceError``."""
+        ...
+
+    async def get_records(self, iterator: str) -> RecordsPage:
+        """One read. Raises ``SourceError`` (``IteratorExpired``, ``Throttled``, ...)."""
+        ...
+
+    def sequence_of(self, raw: dict[str, Any]) -> str:
+        """A raw record's sequence number."""
+        ...
+
+    def converter(self, shard_id: str, start: StartPosition) -> PageConverter:
+        """Turns a read's raw records into Lambda's event records, dropping records the
+        iterator could not skip by itself (a pinned start, an aggregate settled in part)."""
+        ...
+
+
+class ShardReader:
+    """Reads one shard and sends chunks of records to its processor."""
+
+    def __init__(
+        self,
+        api: StreamApi,
+        *,
+        shard_id: str,
+        start: StartPosition,
+        on_page: Callable[[RecordsPage], None] | None = None,
+    ) -> None:
+        self._api = api
+        self._on_page = on_page
+        self.shard_id = shard_id
+        self._position = start
+        self._convert = api.converter(shard_id, start)
+        self._last_call = 0.0
+        self.millis_behind_latest: int | None = None
+        self._child_ids: tuple[str, ...] = ()
+
+    async def run(self, send: MemoryObjectSendStream[Chunk]) -> None:
+        """Read until the shard ends or the task is cancelled."""
+        async with send:
+            iterator: str | None = await self._new_iterator()
+            failures = 0
+            while iterator is not None:
+                try:
+                    page = await self._get_records(iterator)
+                except SourceError as exc:
+                    failures += 1
+                    iterator = await self._recover(exc, failures)
+                    continue
+                failures = 0
+                iterator = await self._handle(page, send)
+            await send.send(ShardEnd(self._child_ids))
+
+    async def _handle(self, page: RecordsPage, send: MemoryObjectSendStream[Chunk]) -> str | None:
+        raw = page.records
+        self.millis_behind_latest = page.millis_behind_latest
+        if self._on_page is not None:
+            self._on_page(page)
+        self._child_ids = page.child_shard_ids or self._child_ids
+        if raw:
+            chunk = self._convert(raw)
+            if chunk:
+                await send.send(chunk)
+            # Resume after the last record read, whether or not it was kept.
+            last = self._api.sequence_of(raw[-1])
+            self._position = StartPosition("AFTER_SEQUENCE_NUMBER", last)
+        caught_up = not page.millis_behind_latest and len(raw) < self._api.limit
+        if page.next_iterator is not None and caught_up:
+            await anyio.sleep(self._api.idle_interval)
+        return page.next_iterator
+
+    async def _get_records(self, iterator: str) -> RecordsPage:
+        wait = self._last_call + MIN_CALL_INTERVAL - time.monotonic()
+        if wait > 0:
+            await anyio.sleep(wait)
+        self._last_call = time.monotonic()
+        return await self._api.get_records(iterator)
+
+    async def _recover(self, exc: SourceError, failures: int) -> str:
+        """Back off as the error requires, then recreate the iterator after the last record."""
+        if not isinstance(exc, IteratorExpired):
+            level = log.info if isinstance(exc, Throttled) else log.warning
+            level("shard.read_failed", error=str(exc), attempt=failures)
+            await anyio.sleep(READ_BACKOFF.delay(failures))
+        return await self._new_iterator()
+
+    async def _new_iterator(self) -> str:
+        async def call() -> str:
+            return await self._api.get_iterator(self.shard_id, self._position)
+
+        return await retrying(f"GetShardIterator {self.shard_id}", call, initial=0.5, maximum=30.0)

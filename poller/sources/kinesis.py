@@ -1,0 +1,238 @@
+"""Kinesis Data Streams: the stream adapter of the shard reader, and Lambda's event shape.
+
+:class:`KinesisStreamApi` gives :class:`~poller.sources._shards.ShardReader` what differs for
+Kinesis: ListShards (paginated the way AWS requires), GetShardIterator with every iterator type
+including AT_TIMESTAMP, GetRecords with ``MillisBehindLatest`` and ``ChildShards``, and Lambda's
+pace for Kinesis (an idle shard once per second). :func:`make_record_factory` builds the
+per-record converter into Lambda's Kinesis event record.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+from collections.abc import Callable
+from typing import Any
+
+from poller.aws.translate import source_call
+from poller.core.kpl import deaggregate, is_aggregated
+from poller.core.lineage import ShardInfo
+from poller.sources._shards import Converter, PageConverter, RecordsPage, StartPosition
+from poller.types import StreamRecord
+
+#: Kinesis' maximum records per GetRecords call.
+GET_RECORDS_LIMIT = 10_000
+#: Lambda polls an idle Kinesis shard once per second.
+IDLE_POLL_INTERVAL = 1.0
+
+
+def make_record_factory(
+    *, shard_id: str, stream_arn: str, region: str, identity_arn: str
+) -> Callable[[dict[str, Any]], StreamRecord]:
+    """Build the per-record converter for one shard.
+
+    This is the hottest code in the service: everything that is the same for every record of
+    the shard (the constant fields and their serialized size) is computed here, once. ``raw``
+    comes from a source client (``ClientFactory.client(..., purpose="source")``): ``Data`` is
+    still the base64 text of the wire and ``ApproximateArrivalTimestamp`` epoch seconds.
+    """
+    constant = {
+        "eventSource": "aws:kinesis",
+        "eventVersion": "1.0",
+        "eventName": "aws:kinesis:record",
+        "invokeIdentityArn": identity_arn,
+        "awsRegion": region,
+        "eventSourceARN": stream_arn,
+    }
+    template = {
+        "kinesis": {
+            "kinesisSchemaVersion": "1.0",
+            "partitionKey": "",
+            "sequenceNumber": "",
+            "data": "",
+            "approximateArrivalTimestamp": 0,
+        },
+        "eventID": f"{shard_id}:",
+        **constant,
+    }
+    # Size of a record with empty variable fields; the variable parts are added per record.
+    fixed = len(json.dumps(template, separators=(",", ":"))) - len("0")
+
+    def convert(raw: dict[str, Any]) -> StreamRecord:
+        seq: str = raw["SequenceNumber"]
+        key: str = raw["PartitionKey"]
+        data: str = raw["Data"]
+        arrival = round(raw["ApproximateArrivalTimestamp"], 3)
+        record = {
+            "kinesis": {
+                "kinesisSchemaVersion": "1.0",
+                "partitionKey": key,
+                "sequenceNumber": seq,
+                "data": data,
+                "approximateArrivalTimestamp": arrival,
+            },
+            "eventID": f"{shard_id}:{seq}",
+            **constant,
+        }
+        size = fixed + _json_str_len(key) + 2 * len(seq) + len(data) + len(repr(arrival))
+        return StreamRecord(seq, key, arrival, record, size)
+
+    return convert
+
+
+def _json_str_len(text: str) -> int:
+    """Length of ``text`` once JSON-escaped, without the quotes."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return len(text)
+    return len(json.dumps(text)) - 2
+
+
+class KinesisStreamApi:
+    """The Kinesis side of the shard reader. Implements ``StreamApi``."""
+
+    limit = GET_RECORDS_LIMIT
+    idle_interval = IDLE_POLL_INTERVAL
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        stream_arn: str,
+        region: str,
+        identity_arn: str,
+        deaggregate: bool = False,
+    ) -> None:
+        self._client = client
+        self.stream_arn = stream_arn
+        self._region = region
+        self._identity_arn = identity_arn
+        self._deaggregate = deaggregate
+        self._hash_ranges: dict[str, tuple[int, int]] = {}
+
+    async def list_shards(self) -> list[ShardInfo]:
+        """Every shard of the stream within retention."""
+        shards: list[ShardInfo] = []
+        args: dict[str, Any] = {"StreamARN": self.stream_arn, "MaxResults": 1000}
+        while True:
+            async with source_call("ListShards"):
+                page = await self._client.list_shards(**args)
+            for shard in page.get("Shards", []):
+                shards.append(_shard_info(shard))
+                hashes = shard.get("HashKeyRange", {})
+                if hashes:
+                    self._hash_ranges[shard["ShardId"]] = (
+                        int(hashes["StartingHashKey"]),
+                        int(hashes["EndingHashKey"]),
+                    )
+            token = page.get("NextToken")
+            if not token:
+                return shards
+            # AWS rejects StreamARN together with NextToken.
+            args = {"NextToken": token, "MaxResults": 1000}
+
+    async def get_iterator(self, shard_id: str, position: StartPosition) -> str:
+        """GetShardIterator; AT_TIMESTAMP serves both that starting position and pinned LATEST."""
+        args: dict[str, Any] = {
+            "StreamARN": self.stream_arn,
+            "ShardId": shard_id,
+            "ShardIteratorType": position.type,
+        }
+        if position.type in ("AFTER_SEQUENCE_NUMBER", "AT_SEQUENCE_NUMBER"):
+            args["StartingSequenceNumber"] = position.sequence_number
+        elif position.type == "AT_TIMESTAMP":
+            args["Timestamp"] = position.timestamp
+        async with source_call("GetShardIterator"):
+            response = await self._client.get_shard_iterator(**args)
+        return str(response["ShardIterator"])
+
+    async def get_records(self, iterator: str) -> RecordsPage:
+        """GetRecords, passing StreamARN (valid on AWS, and needed by some emulators)."""
+        async with source_call("GetRecords"):
+            response = await self._client.get_records(
+                ShardIterator=iterator, Limit=self.limit, StreamARN=self.stream_arn
+            )
+        return RecordsPage(
+            records=response.get("Records", []),
+            next_iterator=response.get("NextShardIterator"),
+            millis_behind_latest=response.get("MillisBehindLatest"),
+            child_shard_ids=tuple(c["ShardId"] for c in response.get("ChildShards") or ()),
+        )
+
+    def sequence_of(self, raw: dict[str, Any]) -> str:
+        """A raw record's sequence number."""
+        return str(raw["SequenceNumber"])
+
+    def converter(self, shard_id: str, start: StartPosition) -> PageConverter:
+        """Lambda's Kinesis event records for this shard, de-aggregated when configured."""
+        convert = make_record_factory(
+            shard_id=shard_id,
+            stream_arn=self.stream_arn,
+            region=self._region,
+            identity_arn=self._identity_arn,
+        )
+        if not self._deaggregate:
+            return lambda raws: [convert(r) for r in raws]
+        settled = None
+        if start.type == "AT_SEQUENCE_NUMBER" and start.sequence_number is not None:
+            settled = (start.sequence_number, start.settled_through or -1)
+        expand = make_deaggregator(convert, self._hash_ranges.get(shard_id), settled)
+        return lambda raws: [record for raw in raws for record in expand(raw)]
+
+
+def make_deaggregator(
+    convert: Converter, hash_range: tuple[int, int] | None, settled: tuple[str, int] | None
+) -> Callable[[dict[str, Any]], list[StreamRecord]]:
+    """Expand KPL aggregated records into their user records (beyond Lambda, as KCL does).
+
+    Each user record keeps the aggregate's sequence number and arrival time and gets its own
+    partition key, data and ``subSequenceNumber``. User records whose explicit hash key falls
+    outside the shard's range are dropped (KCL's rule). A record that is not an aggregate, or
+    is a corrupt one (bad MD5, truncated), is delivered as the plain record it is. ``settled``
+    (sequence, sub-sequence) skips the part of an aggregate a checkpoint already covers.
+    """
+
+    def expand(raw: dict[str, Any]) -> list[StreamRecord]:
+        data = base64.b64decode(raw["Data"])
+        users = (
+            deaggregate(data, parent_partition_key=raw["PartitionKey"], shard_hash_range=hash_range)
+            if is_aggregated(data)
+            else None
+        )
+        if users is None:
+            return [convert(raw)]
+        sequence = raw["SequenceNumber"]
+        out = []
+        for user in users:
+            if (
+                settled is not None
+                and sequence == settled[0]
+                and user.sub_sequence_number <= settled[1]
+            ):
+                continue
+            record = convert(
+                {
+                    "SequenceNumber": sequence,
+                    "PartitionKey": user.partition_key,
+                    "Data": base64.b64encode(user.data).decode("ascii"),
+                    "ApproximateArrivalTimestamp": raw["ApproximateArrivalTimestamp"],
+                }
+            )
+            record.event_record["kinesis"]["subSequenceNumber"] = user.sub_sequence_number
+            extra = len(',"subSequenceNumber":') + len(str(user.sub_sequence_number))
+            out.append(
+                dataclasses.replace(
+                    record, size=record.size + extra, sub_sequence_number=user.sub_sequence_number
+                )
+            )
+        return out
+
+    return expand
+
+
+def _shard_info(shard: dict[str, Any]) -> ShardInfo:
+    parents = tuple(
+        p for p in (shard.get("ParentShardId"), shard.get("AdjacentParentShardId")) if p
+    )
+    closed = "EndingSequenceNumber" in shard.get("SequenceNumberRange", {})
+    return ShardInfo(shard_id=shard["ShardId"], parent_ids=parents, closed=closed)

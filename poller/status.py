@@ -1,0 +1,123 @@
+"""``poller status``: the lease table as a plain-text table, one row per mapping and shard.
+
+Each row shows who owns the shard, where its checkpoint is, who asked for it in a graceful
+handoff, how long ago it was renewed, its fencing counter and how often it changed owner since
+its last checkpoint (a high number means leases ping-pong between replicas).
+
+The age is ``now`` minus ``renewedAt``, the wall clock of whichever host last renewed the lease.
+It is for people only: clocks of different hosts disagree (the age can even be negative), and
+poller never compares them to decide anything. Replicas judge expiry by watching the counter
+stand still on their own monotonic clock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from poller.aws.clients import ClientFactory
+from poller.checkpoints.dynamodb import DynamoDBLeaseTable, Lease
+from poller.config import Settings
+from poller.types import Checkpoint
+
+_COLUMNS = (
+    ("MAPPING", "mapping"),
+    ("SHARD", "shard_id"),
+    ("OWNER", "owner"),
+    ("CHECKPOINT", "checkpoint"),
+    ("PENDING", "pending_owner"),
+    ("AGE(s)", "age_seconds"),
+    ("COUNTER", "counter"),
+    ("SWITCHES", "owner_switches"),
+)
+#: Right-aligned columns.
+_NUMERIC = frozenset({"age_seconds", "counter", "owner_switches"})
+
+
+def format_checkpoint(checkpoint: Checkpoint | None) -> str | None:
+    """A checkpoint for display: its sequence number, ``SHARD_END`` or ``start@<iso time>``."""
+    if checkpoint is None:
+        return None
+    if checkpoint.sequence_number is not None:
+        return checkpoint.sequence_number
+    if checkpoint.start_timestamp is not None:
+        when = datetime.fromtimestamp(checkpoint.start_timestamp, tz=UTC)
+        return "start@" + when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return None
+
+
+def status_row(lease: Lease, *, now: float) -> dict[str, Any]:
+    """One lease as a JSON-friendly row. ``age_seconds`` is display only (see the module)."""
+    return {
+        "mapping": lease.mapping,
+        "shard_id": lease.shard_id,
+        "owner": lease.owner,
+        "checkpoint": format_checkpoint(lease.checkpoint),
+        "pending_owner": lease.pending_owner,
+        "age_seconds": None if lease.renewed_at is None else now - lease.renewed_at,
+        "counter": lease.counter,
+        "owner_switches": lease.owner_switches,
+        "parent_ids": list(lease.parent_ids),
+    }
+
+
+async def lease_status(
+    table: DynamoDBLeaseTable, mappings: Sequence[str], *, now: float
+) -> list[dict[str, Any]]:
+    """Rows for every lease of ``mappings``, in the order given, then by shard id.
+
+    Args:
+        table: the lease table to read (one consistent Scan per mapping).
+        mappings: the mappings to show.
+        now: the current wall clock in epoch seconds, from which lease ages are computed.
+            Ages are for display only; wall clocks of different hosts are never compared for
+            decisions.
+    """
+    rows: list[dict[str, Any]] = []
+    for mapping in mappings:
+        rows.extend(status_row(lease, now=now) for lease in await table.list_leases(mapping))
+    return rows
+
+
+def _cell(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if key == "age_seconds":
+        return f"{value:.1f}"
+    return str(value)
+
+
+def render_status(rows: Sequence[dict[str, Any]]) -> str:
+    """The rows of :func:`lease_status` as an aligned plain-text table (``-`` for none)."""
+    if not rows:
+        return "no leases"
+    cells = [[_cell(key, row.get(key)) for _, key in _COLUMNS] for row in rows]
+    header = [title for title, _ in _COLUMNS]
+    widths = [max(len(line[i]) for line in [header, *cells]) for i in range(len(header))]
+    numeric = {i for i, (_, key) in enumerate(_COLUMNS) if key in _NUMERIC}
+    lines = []
+    for line in [header, *cells]:
+        padded = [
+            text.rjust(widths[i]) if i in numeric else text.ljust(widths[i])
+            for i, text in enumerate(line)
+        ]
+        lines.append("  ".join(padded).rstrip())
+    return "\n".join(lines)
+
+
+async def print_status(settings: Settings) -> None:
+    """``poller status``: read the lease table named by ``settings`` and print it."""
+    assert settings.checkpoints.table is not None
+    aws = settings.aws
+    factory = ClientFactory(
+        region=aws.region, endpoint_url=aws.endpoint_url, endpoints=aws.endpoints
+    )
+    try:
+        table = DynamoDBLeaseTable(await factory.client("dynamodb"), settings.checkpoints.table)
+        streams = [m.name for m in settings.mappings if m.source != "sqs"]
+        rows = await lease_status(table, streams, now=time.time())
+    finally:
+        await factory.aclose()
+    print(render_status(rows))  # noqa: T201 - CLI output

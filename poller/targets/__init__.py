@@ -1,0 +1,129 @@
+"""Targets: where the pipeline delivers batches, and the registry that builds them.
+
+Data flow::
+
+    config (target section) --build_target--> Target
+    ShardWorker --event dict--> Target.invoke --> InvokeResult
+
+Every target implements :class:`poller.types.Target`: Lambda (``lambda_``), an HTTP
+endpoint (``http``) or an in-process Python handler (``python``). The composition root
+calls :func:`build_target` once per mapping; a new target type is one builder function and
+one entry in ``_BUILDERS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from poller.errors import ConfigError
+from poller.targets.http import HttpTarget
+from poller.targets.lambda_ import LAMBDA_INVOKE_CONFIG, LambdaTarget, function_arn_for
+from poller.targets.python import PythonTarget, load_handler
+
+if TYPE_CHECKING:
+    from poller.aws.clients import ClientFactory
+    from poller.config import HttpTargetConfig, LambdaTargetConfig, PythonTargetConfig
+    from poller.types import Target
+
+__all__ = [
+    "LAMBDA_INVOKE_CONFIG",
+    "HttpTarget",
+    "LambdaTarget",
+    "PythonTarget",
+    "build_target",
+    "function_arn_for",
+    "load_handler",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class _Environment:
+    """What builders need besides the target's own config."""
+
+    clients: ClientFactory
+    partition: str
+    region: str
+    account_id: str
+
+
+async def _build_lambda(config: LambdaTargetConfig, env: _Environment) -> Target:
+    """A Lambda target on the shared invoke client (15-minute read timeout, no retries).
+
+    The client is in the function's region: the one in its ARN, else the mapping's, since an
+    event source mapping and its function live in one region.
+    """
+    arn = function_arn_for(
+        config.function_name,
+        config.qualifier,
+        partition=env.partition,
+        region=env.region,
+        account_id=env.account_id,
+    )
+    client = await env.clients.client(
+        "lambda", purpose="invoke", config=LAMBDA_INVOKE_CONFIG, region=arn.split(":")[3]
+    )
+    return LambdaTarget(
+        client, function_name=config.function_name, qualifier=config.qualifier, function_arn=arn
+    )
+
+
+async def _build_http(config: HttpTargetConfig, env: _Environment) -> Target:
+    """An HTTP target with a session of its own, closed by ``aclose``."""
+    return HttpTarget(
+        None, url=config.url, headers=config.headers, timeout_seconds=config.timeout_seconds
+    )
+
+
+async def _build_python(config: PythonTargetConfig, env: _Environment) -> Target:
+    """A Python target; importing the handler here makes a bad path fail at startup."""
+    handler = load_handler(config.handler)
+    module, _, function = config.handler.partition(":")
+    return PythonTarget(
+        handler,
+        timeout_seconds=config.timeout_seconds,
+        function_arn=f"python:{module}:{function}",
+        function_name=function.rsplit(".", 1)[-1],
+    )
+
+
+#: Builders by the config's ``type``. The config argument is typed per builder; the registry
+#: erases it because the dispatch key, not the type checker, picks the builder.
+_BUILDERS: dict[str, Callable[[Any, _Environment], Awaitable[Target]]] = {
+    "lambda": _build_lambda,
+    "http": _build_http,
+    "python": _build_python,
+}
+
+
+async def build_target(
+    config: LambdaTargetConfig | HttpTargetConfig | PythonTargetConfig,
+    *,
+    clients: ClientFactory,
+    partition: str,
+    region: str,
+    account_id: str,
+) -> Target:
+    """Build the target a mapping's config describes.
+
+    Args:
+        config: the target section of a mapping.
+        clients: the service's client factory; the Lambda target takes its invoke client.
+        partition: the AWS partition, for Lambda function ARNs built from names.
+        region: the region, for Lambda function ARNs.
+        account_id: the account, for Lambda function ARNs.
+
+    Returns:
+        A ready target; the caller closes it with ``aclose``.
+
+    Raises:
+        ConfigError: the target type has no builder.
+        HandlerImportError: a Python target's handler does not import.
+    """
+    builder = _BUILDERS.get(config.type)
+    if builder is None:
+        known = ", ".join(sorted(_BUILDERS))
+        raise ConfigError([f"target.type: unknown target type {config.type!r} (known: {known})"])
+    env = _Environment(clients=clients, partition=partition, region=region, account_id=account_id)
+    return await builder(config, env)

@@ -1,0 +1,143 @@
+"""The HTTP target: delivers a batch as a JSON ``POST`` to a URL.
+
+Data flow::
+
+    ShardWorker --event dict--> HttpTarget.invoke --POST application/json--> endpoint
+    ShardWorker <--InvokeResult-- classify(status, body or connection error)
+
+An HTTP endpoint stands in for a function, so its answers map onto Lambda's outcome classes:
+2xx is success and its JSON body is the function's response (partial batch responses work
+the same way), 429 is a throttle, any other status is a function error, running past the
+timeout is a function timeout, and a request that never got through (refused, DNS, reset,
+connect timeout) is a service error that the pipeline retries without counting.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from poller.targets.lambda_ import decode_payload, encode_event
+from poller.types import InvokeResult, Outcome
+
+#: The header that carries the invocation's request id, for correlation on the server side.
+REQUEST_ID_HEADER = "X-Poller-Request-Id"
+
+#: The longest the TCP connect may take, within the overall timeout.
+_CONNECT_TIMEOUT = 10.0
+
+#: Connections an owned session keeps; the pipeline, not the pool, bounds concurrency.
+_POOL_SIZE = 1000
+
+
+def _display_url(url: str) -> str:
+    """The URL without credentials, query or fragment, which may hold secrets."""
+    parsed = URL(url)
+    return str(parsed.with_user(None).with_query(None).with_fragment(None))
+
+
+class HttpTarget:
+    """POSTs each event to one URL and classifies the answer.
+
+    Args:
+        session: a shared aiohttp session, or None to have the target open (and close) its own.
+        url: the endpoint.
+        headers: extra request headers, such as an ``Authorization``; never logged.
+        timeout_seconds: the whole request, including reading the answer, must fit in this.
+        function_arn: the identifier used in logs and failure records; defaults to the URL
+            without credentials or query.
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession | None,
+        *,
+        url: str,
+        headers: Mapping[str, str],
+        timeout_seconds: float,
+        function_arn: str | None = None,
+    ) -> None:
+        self._session = session
+        self._owns_session = session is None
+        self._url = url
+        self._headers = dict(headers)
+        self._timeout = aiohttp.ClientTimeout(
+            total=timeout_seconds, sock_connect=min(_CONNECT_TIMEOUT, timeout_seconds)
+        )
+        self.function_arn = function_arn or _display_url(url)
+
+    def _client(self) -> aiohttp.ClientSession:
+        """The session, opened on first use because aiohttp needs a running event loop."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=_POOL_SIZE),
+                # Redirects would turn the POST into a GET; a 3xx is reported instead.
+                raise_for_status=False,
+            )
+        return self._session
+
+    async def invoke(self, event: dict[str, Any]) -> InvokeResult:
+        """POST ``event`` once; never raises for a failed invocation."""
+        request_id = str(uuid.uuid4())
+        # Ours come last: the body is always JSON and the id always the one reported.
+        headers = {
+            **self._headers,
+            "Content-Type": "application/json",
+            REQUEST_ID_HEADER: request_id,
+        }
+        try:
+            async with self._client().post(
+                self._url,
+                data=encode_event(event),
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+            ) as response:
+                body = await response.read()
+                status = response.status
+        except aiohttp.ConnectionTimeoutError:
+            # Checked before TimeoutError, its base: the request was never sent.
+            return _failure(Outcome.SERVICE_ERROR, request_id, "connect to endpoint timed out")
+        except TimeoutError:
+            return _failure(Outcome.TIMEOUT, request_id, "endpoint timed out")
+        except aiohttp.ClientError as exc:
+            return _failure(
+                Outcome.SERVICE_ERROR, request_id, f"endpoint unreachable: {type(exc).__name__}"
+            )
+        return _classify(status, body, request_id)
+
+    async def aclose(self) -> None:
+        """Close the session if the target opened it. Idempotent."""
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _classify(status: int, body: bytes, request_id: str) -> InvokeResult:
+    """Sort an HTTP answer into success, throttle or function error."""
+    payload, is_json = decode_payload(body)
+    if 200 <= status < 300:
+        outcome, function_error, error = Outcome.SUCCESS, None, None
+    elif status == 429:
+        outcome, function_error, error = Outcome.THROTTLE, None, "endpoint throttled (HTTP 429)"
+    else:
+        outcome, function_error = Outcome.FUNCTION_ERROR, "Unhandled"
+        error = f"endpoint answered HTTP {status}"
+    return InvokeResult(
+        outcome=outcome,
+        payload=payload,
+        payload_is_json=is_json,
+        status_code=status,
+        function_error=function_error,
+        request_id=request_id,
+        error=error,
+    )
+
+
+def _failure(outcome: Outcome, request_id: str, error: str) -> InvokeResult:
+    """A result for a request that got no HTTP answer."""
+    return InvokeResult(outcome=outcome, request_id=request_id, error=error)

@@ -1,0 +1,459 @@
+"""SQS failure paths against moto: FIFO order through a partial failure, visibility backoff,
+throttles retried in place, deletes that SQS does not confirm, and start-up warnings."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import structlog
+from aiobotocore.session import get_session
+
+from poller.config import SqsMapping
+from poller.observability.metrics import RecordingMetrics
+from poller.queues import SqsMappingRunner
+from poller.sources.sqs import SETTLE_CLIENT_CONFIG, SqsQueue
+from poller.targets.python import PythonTarget
+from poller.types import InvokeResult, Outcome
+from tests.integration.kinesis_harness import running
+from tests.support import sqs as support
+from tests.support.aws import CREDENTIALS, REGION, aws_client, unique
+from tests.support.fault_proxy import FaultProxy
+from tests.support.sqs import (
+    create_queue,
+    delivered_ids,
+    eventually,
+    invocations,
+    queue_arn,
+    queue_depth,
+    send_bodies,
+    send_entries,
+    sqs_settings,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def sqs_url() -> str:
+    return support.shared_sqs_server()
+
+
+@pytest.fixture
+async def sqs(sqs_url: str) -> AsyncIterator[Any]:
+    async with aws_client("sqs", sqs_url) as client:
+        yield client
+
+
+async def empty(sqs: Any, url: str, arn: str, ids: list[str]) -> bool:
+    return set(delivered_ids(arn)) >= set(ids) and await queue_depth(sqs, url) == (0, 0)
+
+
+# --------------------------------------------------------------------------- FIFO
+
+
+def acknowledged(calls: list[support.Invocation]) -> dict[str, list[tuple[int, float]]]:
+    """Per group, the messages the function completed, in the order it completed them.
+
+    A message counts as completed in an invocation if the response did not report it and did
+    not report an earlier message of its group in that invocation (Powertools' FIFO rule); the
+    time is the invocation's end.
+    """
+    done: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for call in calls:
+        reported = {f["itemIdentifier"] for f in (call.result or {}).get("batchItemFailures", [])}
+        blocked: set[str] = set()
+        for record in call.records:
+            group = record["attributes"]["MessageGroupId"]
+            if record["messageId"] in reported or group in blocked:
+                blocked.add(group)
+                continue
+            done[group].append((json.loads(record["body"])["n"], call.finished))
+    return done
+
+
+async def test_fifo_order_holds_per_group_through_a_failure(
+    sqs: Any, sqs_url: str, tmp_path: Path
+) -> None:
+    """20 message groups of 5 messages; message 2 of group g07 fails on its first delivery and
+    the function reports only that one. Its group's later messages in that batch are kept with
+    it, so g07 is completed in order 0..4; every invocation starts each group at its next
+    uncompleted message; and the other 19 groups complete without waiting for g07's retry."""
+    name = unique("fifo") + ".fifo"
+    arn = queue_arn(name)
+    url = await create_queue(sqs, name, visibility_timeout=2)
+    entries = [
+        {
+            "MessageBody": json.dumps({"group": f"g{g:02d}", "n": n}),
+            "MessageGroupId": f"g{g:02d}",
+            "MessageDeduplicationId": f"g{g:02d}-{n}",
+        }
+        for n in range(5)
+        for g in range(20)
+    ]
+    ids = await send_entries(sqs, url, entries)
+
+    def function(records: list[dict[str, Any]]) -> dict[str, Any]:
+        failed = [
+            r["messageId"]
+            for r in records
+            if json.loads(r["body"]) == {"group": "g07", "n": 2}
+            and r["attributes"]["ApproximateReceiveCount"] == "1"
+        ]
+        return {"batchItemFailures": [{"itemIdentifier": i} for i in failed]}
+
+    support.BEHAVIOUR[arn] = function
+    settings = sqs_settings(
+        endpoint_url=sqs_url,
+        queue=name,
+        db=tmp_path / "c.db",
+        batch_size=10,
+        function_response_types=["ReportBatchItemFailures"],
+    )
+    try:
+        async with running(settings):
+            await eventually(lambda: empty(sqs, url, arn, ids), 30, "every group completed")
+        calls = sorted(invocations(arn), key=lambda c: c.finished)
+        done = acknowledged(calls)
+        assert sorted(done) == [f"g{g:02d}" for g in range(20)]
+        for group, completed in done.items():
+            assert [n for n, _ in completed] == [0, 1, 2, 3, 4], group
+        progress: dict[str, int] = defaultdict(int)
+        for call in calls:
+            seen: dict[str, list[int]] = defaultdict(list)
+            for record in call.records:
+                body = json.loads(record["body"])
+                seen[body["group"]].append(body["n"])
+            for group, ns in seen.items():
+                first = progress[group]
+                assert ns == list(range(first, first + len(ns))), (group, ns, first)
+            for group, completed in acknowledged([call]).items():
+                progress[group] += len(completed)
+        retried = next(
+            c
+            for c in calls
+            if any(
+                json.loads(r["body"]) == {"group": "g07", "n": 2}
+                and r["attributes"]["ApproximateReceiveCount"] == "2"
+                for r in c.records
+            )
+        )
+        others_done = max(t for g, completed in done.items() if g != "g07" for _, t in completed)
+        assert others_done < retried.started, "other groups waited for g07's retry"
+    finally:
+        support.forget(arn)
+
+
+# --------------------------------------------------------------------------- visibility
+
+
+async def test_visibility_backoff_brings_a_failed_message_back_early(
+    sqs: Any, sqs_url: str, tmp_path: Path
+) -> None:
+    """visibility_timeout_on_failure {base 1, max 1} on a queue with a 30-second visibility
+    timeout: a failed message is back after about a second, not thirty."""
+    name = unique("backoff")
+    arn = queue_arn(name)
+    url = await create_queue(sqs, name, visibility_timeout=30)
+    ids = await send_bodies(sqs, url, ["once"])
+
+    def fail_first(records: list[dict[str, Any]]) -> None:
+        if records[0]["attributes"]["ApproximateReceiveCount"] == "1":
+            raise RuntimeError("first delivery fails")
+
+    support.BEHAVIOUR[arn] = fail_first
+    settings = sqs_settings(
+        endpoint_url=sqs_url,
+        queue=name,
+        db=tmp_path / "c.db",
+        visibility_timeout_on_failure={"base_seconds": 1, "max_seconds": 1},
+    )
+    try:
+        async with running(settings):
+            await eventually(lambda: empty(sqs, url, arn, ids), 15, "the retry and delete")
+        first, second = invocations(arn)
+        assert first.error == "first delivery fails"
+        assert second.error is None
+        assert 0.9 <= second.started - first.finished < 10
+    finally:
+        support.forget(arn)
+
+
+# --------------------------------------------------------------------------- throttles
+
+
+class FlakyTarget:
+    """A target that throttles a number of times, then succeeds; counts its invocations."""
+
+    function_arn = "python:flaky"
+
+    def __init__(self, throttles: int) -> None:
+        self.throttles = throttles
+        self.calls: list[dict[str, Any]] = []
+
+    async def invoke(self, event: dict[str, Any]) -> InvokeResult:
+        self.calls.append(event)
+        if len(self.calls) <= self.throttles:
+            return InvokeResult(Outcome.THROTTLE, error="TooManyRequestsException")
+        return InvokeResult(Outcome.SUCCESS)
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_throttles_are_retried_in_place(sqs: Any, tmp_path: Path) -> None:
+    """Two throttles, then success: the batch is invoked three times while held (receive count
+    1 each time: SQS never delivered it again) and deleted once."""
+    name = unique("throttle")
+    arn = queue_arn(name)
+    url = await create_queue(sqs, name, visibility_timeout=30)
+    await send_bodies(sqs, url, ["m"])
+    mapping = SqsMapping.model_validate(
+        {
+            "name": "t",
+            "event_source_arn": arn,
+            "receive_wait_time_seconds": 1,
+            "target": {"type": "python", "handler": "x:y"},
+        }
+    )
+    target = FlakyTarget(throttles=2)
+    stopping = anyio.Event()
+    metrics = RecordingMetrics()
+    runner = SqsMappingRunner(
+        mapping,
+        queue=SqsQueue(receive_client=sqs, settle_client=sqs, queue_arn=arn, region=REGION),
+        target=target,
+        stopping=stopping,
+        metrics=metrics,
+    )
+
+    async def settled() -> bool:
+        return len(target.calls) == 3 and await queue_depth(sqs, url) == (0, 0)
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(runner.run)
+        await eventually(settled, 15, "three attempts and a delete")
+        stopping.set()
+    counts = {e["Records"][0]["attributes"]["ApproximateReceiveCount"] for e in target.calls}
+    assert counts == {"1"}
+    outcomes = [c["outcome"] for c in metrics.calls_to("invocation", "t")]
+    assert outcomes == ["throttle", "throttle", "success"]
+    assert metrics.count("retry", "t") == 2
+    assert metrics.count("records_invoked", "t") == 3
+    assert metrics.count("records_failed_invoke", "t") == 2
+    assert metrics.count("records_deleted", "t") == 1
+
+
+# --------------------------------------------------------------------------- deletes
+
+
+@contextlib.asynccontextmanager
+async def settle_client(endpoint_url: str) -> AsyncIterator[Any]:
+    """An SQS client configured as the service's settle client: botocore retries off."""
+    async with get_session().create_client(
+        "sqs",
+        region_name=REGION,
+        endpoint_url=endpoint_url,
+        config=SETTLE_CLIENT_CONFIG,
+        **CREDENTIALS,
+    ) as client:
+        yield client
+
+
+async def run_until(
+    mapping: dict[str, Any],
+    *,
+    receive: Any,
+    settle: Any,
+    until: Any,
+    limit: float = 20,
+    metrics: RecordingMetrics | None = None,
+) -> None:
+    """Run one mapping's runner (1-second long polls), receiving and settling through the
+    given clients, until ``until()`` holds."""
+    config = SqsMapping.model_validate(
+        {
+            "target": {"type": "python", "handler": "tests.support.sqs:handler"},
+            "receive_wait_time_seconds": 1,
+            **mapping,
+        }
+    )
+    target = PythonTarget(support.handler, timeout_seconds=30, function_arn="python:test")
+    stopping = anyio.Event()
+    queue = SqsQueue(
+        receive_client=receive,
+        settle_client=settle,
+        queue_arn=config.event_source_arn,
+        region=REGION,
+    )
+    runner = SqsMappingRunner(
+        config,
+        queue=queue,
+        target=target,
+        stopping=stopping,
+        metrics=metrics,
+    )
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(runner.run)
+            await eventually(until, limit, "the end state")
+            stopping.set()
+    finally:
+        await target.aclose()
+
+
+async def test_unconfirmed_deletes_are_retried(sqs: Any, sqs_url: str) -> None:
+    """DeleteMessageBatch fails three times with a 500: the deletes are retried with backoff
+    (about 3.5 s in all) while the heartbeat keeps the messages hidden (visibility timeout
+    2 s); each message is delivered once and the queue ends empty."""
+    name = unique("deletes")
+    arn = queue_arn(name)
+    url = await create_queue(sqs, name, visibility_timeout=2)
+    ids = await send_bodies(sqs, url, (f"m{i}" for i in range(5)))
+    with FaultProxy(sqs_url) as proxy:
+        proxy.fail("AmazonSQS.DeleteMessageBatch", code="InternalError", status=500, times=3)
+        metrics = RecordingMetrics()
+        try:
+            async with settle_client(proxy.url) as through_proxy:
+                with structlog.testing.capture_logs() as logs:
+                    await run_until(
+                        {"name": "d", "event_source_arn": arn},
+                        receive=sqs,
+                        settle=through_proxy,
+                        until=lambda: empty(sqs, url, arn, ids),
+                        metrics=metrics,
+                    )
+            assert proxy.faulted("AmazonSQS.DeleteMessageBatch") == 3
+            assert sorted(delivered_ids(arn)) == sorted(ids), "nothing delivered twice"
+            retries = [e for e in logs if e["event"] == "messages.delete_retry"]
+            assert [e["attempt"] for e in retries] == [1, 2, 3]
+            assert {e["log_level"] for e in retries} == {"warning"}
+            assert any(e["event"] == "queue.no_redrive_policy" for e in logs)
+            assert metrics.count("records_deleted", "d") == 5
+            assert metrics.count("visibility_extended", "d") >= 5, "the heartbeat ran"
+
+        finally:
+            support.forget(arn)
+
+
+async def test_refused_deletes_are_logged_not_retried(sqs: Any, sqs_url: str) -> None:
+    """An entry SQS refuses as the sender's fault (ReceiptHandleIsInvalid) is logged as a
+    warning, since the message will be delivered again, and not retried."""
+    name = unique("refused")
+    arn = queue_arn(name)
+    url = await create_queue(sqs, name)
+    ids = await send_bodies(sqs, url, ["m0", "m1"])
+
+    def refuse_first(answer: dict[str, Any]) -> dict[str, Any]:
+        successful = answer.get("Successful", [])
+        if not successful:
+            return answer
+        failed = {
+            "Id": successful[0]["Id"],
+            "SenderFault": True,
+            "Code": "ReceiptHandleIsInvalid",
+            "Message": "The input receipt handle is not a valid receipt handle.",
+        }
+        return {"Successful": successful[1:], "Failed": [failed]}
+
+    with FaultProxy(sqs_url) as proxy:
+        proxy.rewrite("AmazonSQS.DeleteMessageBatch", refuse_first)
+        try:
+            async with settle_client(proxy.url) as through_proxy:
+                with structlog.testing.capture_logs() as logs:
+                    await run_until(
+                        {"name": "r", "event_source_arn": arn},
+                        receive=sqs,
+                        settle=through_proxy,
+                        until=lambda: empty(sqs, url, arn, ids),
+                    )
+            refused = [e for e in logs if e["event"] == "messages.delete_refused"]
+            assert refused
+            assert refused[0]["codes"] == {"ReceiptHandleIsInvalid": 1}
+            assert refused[0]["log_level"] == "warning"
+            assert not [e for e in logs if e["event"] == "messages.delete_retry"]
+            handles = [
+                e["ReceiptHandle"]
+                for c in proxy.calls("AmazonSQS.DeleteMessageBatch")
+                for e in c["Entries"]
+            ]
+            assert len(handles) == len(set(handles)), "no delete was repeated"
+        finally:
+            support.forget(arn)
+
+
+async def test_no_message_body_is_logged(sqs: Any, sqs_url: str, tmp_path: Path) -> None:
+    """One line per batch with mapping, size, outcome and duration; bodies never appear."""
+    name = unique("quiet")
+    arn = queue_arn(name)
+    url = await create_queue(sqs, name)
+    secret = "do-not-log-this-body"
+    ids = await send_bodies(sqs, url, [secret] * 3)
+    support.BEHAVIOUR[arn] = lambda records: time.sleep(0)
+    settings = sqs_settings(endpoint_url=sqs_url, queue=name, db=tmp_path / "c.db")
+    try:
+        with structlog.testing.capture_logs() as logs:
+            async with running(settings):
+                await eventually(lambda: empty(sqs, url, arn, ids), 15, "delivery")
+        batches = [e for e in logs if e["event"] == "batch.processed"]
+        assert sum(e["size"] for e in batches) == 3
+        # (the mapping's name is bound as a context variable, which capture_logs leaves out)
+        assert all({"size", "outcome", "duration_ms", "deleted"} <= set(e) for e in batches)
+        assert secret not in repr(logs)
+    finally:
+        support.forget(arn)
+
+
+class BrokenOnceTarget(FlakyTarget):
+    """A target that breaks its contract once: it raises instead of returning a result."""
+
+    async def invoke(self, event: dict[str, Any]) -> InvokeResult:
+        self.calls.append(event)
+        if len(self.calls) == 1:
+            raise RuntimeError("a bug in a target")
+        return InvokeResult(Outcome.SUCCESS)
+
+
+async def test_a_crashed_poller_is_logged_and_restarted(sqs: Any) -> None:
+    """An unexpected error in a poller is logged (poller.crashed) and the poller restarts;
+    the message it held reappears after its visibility timeout and is delivered again."""
+    name = unique("crash")
+    arn = queue_arn(name)
+    url = await create_queue(sqs, name, visibility_timeout=1)
+    await send_bodies(sqs, url, ["m"])
+    mapping = SqsMapping.model_validate(
+        {
+            "name": "c",
+            "event_source_arn": arn,
+            "receive_wait_time_seconds": 1,
+            "target": {"type": "python", "handler": "x:y"},
+        }
+    )
+    target = BrokenOnceTarget(throttles=0)
+    stopping = anyio.Event()
+    runner = SqsMappingRunner(
+        mapping,
+        queue=SqsQueue(receive_client=sqs, settle_client=sqs, queue_arn=arn, region=REGION),
+        target=target,
+        stopping=stopping,
+    )
+
+    async def settled() -> bool:
+        return len(target.calls) == 2 and await queue_depth(sqs, url) == (0, 0)
+
+    with structlog.testing.capture_logs() as logs:
+        async with anyio.create_task_group() as tg:
+            await tg.start(runner.run)
+            await eventually(settled, 15, "the retry after the crash")
+            stopping.set()
+    crashes = [e for e in logs if e["event"] == "poller.crashed"]
+    assert [(e["attempt"], e["held"], e["log_level"]) for e in crashes] == [(1, 1, "error")]
+    counts = [e["Records"][0]["attributes"]["ApproximateReceiveCount"] for e in target.calls]
+    assert counts == ["1", "2"]

@@ -1,0 +1,57 @@
+"""A Python handler for service subprocess tests: appends each batch to a JSON-lines file.
+
+The service runs in its own process in these tests, so deliveries are recorded in the file
+named by ``POLLER_TEST_SINK``: one line per batch, written and flushed before the handler
+returns, so a SIGKILL after the write still leaves the batch in the file (that batch is then
+delivered again after restart: the duplicate the tests allow). ``POLLER_TEST_SLEEP`` makes
+each batch take that many seconds, to catch the service with a batch in flight, and
+``POLLER_TEST_STARTED`` names a file that gets a line when a batch starts. While the file named
+by ``POLLER_TEST_FAIL_FLAG`` exists, a batch holding a record with partition key ``poison``
+raises (and is not written).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+
+def handler(event: dict[str, Any], context: Any) -> None:
+    delay = float(os.environ.get("POLLER_TEST_SLEEP", "0"))
+    started = time.time()
+    marker = os.environ.get("POLLER_TEST_STARTED")
+    if marker:
+        with open(marker, "a", encoding="utf-8") as out:
+            out.write(f"{len(event['Records'])}\n")
+    if delay:
+        time.sleep(delay)
+    flag = os.environ.get("POLLER_TEST_FAIL_FLAG")
+    keys = [r["kinesis"]["partitionKey"] for r in event["Records"]]
+    if flag and os.path.exists(flag) and "poison" in keys:
+        raise RuntimeError("poison record")
+    line = {
+        "pid": os.getpid(),
+        "started": started,
+        "finished": time.time(),
+        "records": [
+            [
+                r["eventID"].split(":", 1)[0],
+                r["kinesis"]["sequenceNumber"],
+                r["kinesis"]["partitionKey"],
+            ]
+            for r in event["Records"]
+        ],
+    }
+    with open(os.environ["POLLER_TEST_SINK"], "a", encoding="utf-8") as sink:
+        sink.write(json.dumps(line) + "\n")
+        sink.flush()
+
+
+def read(path: str) -> list[dict[str, Any]]:
+    """Every batch line written so far."""
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as sink:
+        return [json.loads(line) for line in sink if line.strip()]

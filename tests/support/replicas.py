@@ -1,0 +1,177 @@
+"""Several poller replicas as OS processes sharing one lease table, for the lease tests.
+
+Every replica runs ``python -m poller run`` with the same configuration (the ``dynamodb``
+checkpoint backend against moto's server) and its own ``replica_id``; deliveries go to one
+shared JSON-lines sink (``tests/support/file_sink.py``) that records, per batch, the process,
+the shard, and when the handler started and finished, which is what overlap, duplicate and loss
+checks need. A writer thread puts records continuously, one shard after another (moto loses
+records under concurrent puts to one shard).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from poller.checkpoints.dynamodb import DynamoDBLeaseTable, Lease
+from poller.errors import CheckpointError
+from tests.support import file_sink
+from tests.support.aws import aws_client, create_stream, hash_key_for, put_records, stream_arn
+from tests.support.process import ServiceProcess, write_config
+
+
+def fleet_config(
+    tmp_path: Path,
+    moto_url: str,
+    stream: str,
+    table: str,
+    endpoints: dict[str, str] | None = None,
+    **checkpoints: Any,
+) -> Path:
+    return write_config(
+        tmp_path / "replica.yaml",
+        {
+            "aws": {"region": "us-east-1", "endpoint_url": moto_url, "endpoints": endpoints or {}},
+            "checkpoints": {"backend": "dynamodb", "table": table, **checkpoints},
+            "observability": {"host": "127.0.0.1", "port": 0},
+            "logging": {"format": "json"},
+            "shutdown": {"drain_timeout_seconds": 20},
+            "mappings": [
+                {
+                    "name": "fleet",
+                    "event_source_arn": stream_arn(stream),
+                    "starting_position": "TRIM_HORIZON",
+                    "batch_size": 20,
+                    "shard_discovery_interval_seconds": 5,
+                    "target": {"type": "python", "handler": "tests.support.file_sink:handler"},
+                }
+            ],
+        },
+    )
+
+
+class Fleet:
+    """Replicas by name, started and stopped by the test."""
+
+    def __init__(self, tmp_path: Path, config: Path, sink: Path, sleep: float = 0.02) -> None:
+        self.tmp_path, self.config, self.sink = tmp_path, config, sink
+        self.sleep = sleep
+        self.procs: dict[str, ServiceProcess] = {}
+        self._runs = Counter[str]()
+
+    def start(self, name: str) -> ServiceProcess:
+        self._runs[name] += 1
+        env = {
+            "POLLER_TEST_SINK": str(self.sink),
+            "POLLER_TEST_SLEEP": str(self.sleep),
+            "POLLER_CHECKPOINTS__REPLICA_ID": name,
+        }
+        log = self.tmp_path / f"{name}-{self._runs[name]}.log"
+        proc = ServiceProcess(self.config, log, env).start()
+        self.procs[name] = proc
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            proc.stop()
+
+    def batches(self) -> list[dict[str, Any]]:
+        return file_sink.read(str(self.sink))
+
+    def delivered(self) -> list[tuple[str, str]]:
+        return [(shard, seq) for b in self.batches() for shard, seq, _ in b["records"]]
+
+
+class Writer:
+    """Puts records round-robin over the shards from a background thread until stopped."""
+
+    def __init__(
+        self, moto_url: str, stream: str, shards: list[dict[str, Any]], per_round: int = 5
+    ) -> None:
+        self.moto_url, self.stream, self.shards, self.per_round = (
+            moto_url,
+            stream,
+            shards,
+            per_round,
+        )
+        self.written: list[tuple[str, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: anyio.run(self._run), daemon=True)
+
+    async def _run(self) -> None:
+        async with aws_client("kinesis", self.moto_url) as kinesis:
+            n = 0
+            while not self._stop.is_set():
+                for shard in self.shards:
+                    entries = [
+                        (f"k{n + i}", b"{}", hash_key_for(shard)) for i in range(self.per_round)
+                    ]
+                    self.written += await put_records(kinesis, self.stream, entries)
+                    n += self.per_round
+                await anyio.sleep(0.2)
+
+    def __enter__(self) -> Writer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
+async def make_stream(moto_url: str, stream: str, shards: int) -> list[dict[str, Any]]:
+    async with aws_client("kinesis", moto_url) as kinesis:
+        return await create_stream(kinesis, stream, shards)
+
+
+def leases(moto_url: str, table: str, mapping: str = "fleet") -> list[Lease]:
+    async def read() -> list[Lease]:
+        async with aws_client("dynamodb", moto_url) as client:
+            try:
+                return await DynamoDBLeaseTable(client, table).list_leases(mapping)
+            except CheckpointError:
+                return []  # the replicas have not created the table yet
+
+    return anyio.run(read)
+
+
+def owner_counts(moto_url: str, table: str) -> dict[str | None, int]:
+    return dict(Counter(lease.owner for lease in leases(moto_url, table)))
+
+
+def overlaps(batches: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """Pairs of batches of one shard, from different processes, whose handler runs overlapped."""
+    by_shard: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for batch in batches:
+        by_shard[batch["records"][0][0]].append(batch)
+    found = []
+    for shard, runs in by_shard.items():
+        runs.sort(key=lambda b: b["started"])
+        for earlier, later in itertools.pairwise(runs):
+            if earlier["pid"] != later["pid"] and later["started"] < earlier["finished"]:
+                found.append((shard, earlier, later))
+    return found
+
+
+def duplicates(delivered: list[tuple[str, str]]) -> int:
+    return sum(n - 1 for n in Counter(delivered).values())
+
+
+def wait(condition: Any, limit: float, what: str) -> Any:
+    deadline = time.monotonic() + limit
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {limit}s waiting for {what}")
+        time.sleep(0.2)
