@@ -21,9 +21,10 @@ WORKDIR /src
 # 1. Dependencies, from pyproject.toml alone, so that a code change does not rebuild them. The
 #    list is read with tomllib (Python 3.11+), so no stub package is needed. Every dependency has
 #    binary wheels for linux/amd64 and linux/arm64: no compiler is needed here either.
-COPY pyproject.toml ./
+#    constraints.txt pins them, and their own dependencies, to the versions CI tested.
+COPY pyproject.toml constraints.txt ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > requirements.txt \
- && pip wheel --wheel-dir /wheels/deps --requirement requirements.txt \
+ && pip wheel --wheel-dir /wheels/deps --requirement requirements.txt --constraint constraints.txt \
  && cp requirements.txt /wheels/deps/requirements.txt
 
 # 2. The application wheel; its dependencies are the wheels above.

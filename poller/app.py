@@ -92,7 +92,6 @@ class Service:
                     serve_observability, self.settings.observability, self._prometheus, self.health
                 )
                 self.observability_url = server.url
-                log.info("observability.listening", url=server.url)
             await self._run_service()
             signals.cancel_scope.cancel()
         log.info("service.stopped")

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 import anyio
+import prometheus_client
 
 from poller import __version__
 from poller.config import Settings, load_settings
@@ -75,6 +76,10 @@ def _run(path: str) -> int:
 
     settings = _load(path)
     configure_logging(settings.logging.level, settings.logging.format)
+    # A `_created` gauge beside every counter and histogram doubles the series Prometheus
+    # stores and says nothing `poller_start_time_seconds` does not. The switch is
+    # process-wide, so it is thrown here, where the process is the service.
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     try:
         anyio.run(Service(settings).run)
     except BaseExceptionGroup as group:

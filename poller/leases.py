@@ -32,7 +32,7 @@ import aiohttp
 import anyio
 import structlog
 
-from poller.checkpoints.dynamodb import DynamoDBLeaseTable, Lease, LeaseLost
+from poller.checkpoints.dynamodb import WINDOW_STATE_LIMIT, DynamoDBLeaseTable, Lease, LeaseLost
 from poller.core.balance import LeaseView, plan_balance
 from poller.core.lineage import ShardInfo, plan_shards
 from poller.errors import CheckpointError
@@ -301,6 +301,9 @@ class LeaseCoordinator:
 
 class LeasedCheckpointStore:
     """``CheckpointStore`` over the lease table: reads are plain, writes are fenced."""
+
+    #: A lease item, window state included, must fit DynamoDB's 400 KB item limit.
+    window_state_limit = WINDOW_STATE_LIMIT
 
     def __init__(self, coordinator: LeaseCoordinator) -> None:
         self._coordinator = coordinator

@@ -63,6 +63,7 @@ from poller.core.retry_policy import (
 from poller.core.watermark import Watermark
 from poller.core.windows import (
     CLOSE_GRACE_SECONDS,
+    MAX_STATE_BYTES,
     Window,
     decode_window_state,
     encode_window_state,
@@ -409,9 +410,12 @@ class ShardProcessor:
         return answer.state
 
     async def _adopt_state(self, state: dict[str, Any]) -> bool:
-        """Make ``state`` the window's; past 1 MB it ends the window early first."""
-        if state_too_large(state):
-            log.warning("window.terminated_early", state_bytes=state_size(state))
+        """Make ``state`` the window's; past 1 MB, or past what the checkpoint store can
+        hold, it ends the window early first (a state that cannot be checkpointed would
+        stall the shard)."""
+        limit = min(MAX_STATE_BYTES, self._store.window_state_limit)
+        if state_too_large(state, limit):
+            log.warning("window.terminated_early", state_bytes=state_size(state), limit=limit)
             if not await self._final_invoke(state, terminated_early=True):
                 return False
             state = {}

@@ -167,6 +167,10 @@ class CheckpointStore(Protocol):
     from one task at a time, in increasing order.
     """
 
+    #: The largest tumbling-window state, in bytes of compact JSON, that a checkpoint of this
+    #: store can carry. A state past it (or past Lambda's 1 MB) ends its window early.
+    window_state_limit: int
+
     async def get(self, mapping: str, shard_id: str) -> Checkpoint | None:
         """The shard's checkpoint, or ``None`` when the shard was never checkpointed."""
         ...

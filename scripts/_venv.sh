@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the scripts: make sure .venv exists with Python >= 3.11 and the given extras.
 # Usage: source scripts/_venv.sh EXTRAS   (e.g. "embedded" or "dev")
 set -euo pipefail
@@ -11,8 +12,9 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 stamp=".venv/.installed-$1"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e ".[$1]"
+  # constraints.txt pins every package to the versions CI tested (scripts/lock writes it).
+  .venv/bin/python -m pip install --quiet --constraint constraints.txt -e ".[$1]"
   touch "$stamp"
 fi

@@ -17,23 +17,32 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
 from botocore.utils import parse_timestamp
 
+
+def client_config(*, attempts: int, read_timeout: float, pool: int) -> AioConfig:
+    """The botocore settings every poller client shares, with what varies by purpose.
+
+    Args:
+        attempts: botocore's total attempts; 1 where the pipeline owns retries and backoff.
+        read_timeout: seconds to wait for a response, past the longest the call may block.
+        pool: connections the client may hold at once; one per concurrent caller.
+    """
+    retries: dict[str, Any] = {"total_max_attempts": attempts}
+    if attempts > 1:
+        retries["mode"] = "standard"
+    return AioConfig(
+        retries=retries,
+        connect_timeout=10,
+        read_timeout=read_timeout,
+        max_pool_connections=pool,
+        tcp_keepalive=True,
+    )
+
+
 #: Stream and queue reads: the pipeline owns retries and backoff, so botocore's are off.
-SOURCE_CLIENT_CONFIG = AioConfig(
-    retries={"total_max_attempts": 1},
-    connect_timeout=10,
-    read_timeout=30,
-    max_pool_connections=100,
-    tcp_keepalive=True,
-)
+SOURCE_CLIENT_CONFIG = client_config(attempts=1, read_timeout=30, pool=100)
 
 #: Control-plane and store calls (ListShards, DynamoDB, SQS, SNS, S3): a few quick retries.
-CONTROL_CLIENT_CONFIG = AioConfig(
-    retries={"total_max_attempts": 3, "mode": "standard"},
-    connect_timeout=10,
-    read_timeout=30,
-    max_pool_connections=50,
-    tcp_keepalive=True,
-)
+CONTROL_CLIENT_CONFIG = client_config(attempts=3, read_timeout=30, pool=50)
 
 
 def epoch_seconds(value: Any) -> float:

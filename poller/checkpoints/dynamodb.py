@@ -52,6 +52,10 @@ _NOT_FOUND = "ResourceNotFoundException"
 _IN_USE = "ResourceInUseException"
 _PLACEHOLDER = re.compile(r"#(\w+)")
 #: How long ensure_table waits for a new table to become ACTIVE: 1 s polls, 2 minutes.
+#: The largest window state (bytes of compact JSON) a lease can carry: DynamoDB's item limit
+#: is 400 KB, names and values together; 8 KB is left for the lease's other attributes (key,
+#: owner, checkpoint, parents, counters), which take well under 1 KB.
+WINDOW_STATE_LIMIT = 400 * 1024 - 8 * 1024
 _TABLE_WAIT = {"Delay": 1, "MaxAttempts": 120}
 
 
@@ -289,6 +293,34 @@ class DynamoDBLeaseTable:
             raise self._error(call, exc) from exc
         return _Write(True, response.get("Attributes"))
 
+    async def _fenced_update(
+        self,
+        call: str,
+        lease: Lease,
+        owner: str,
+        *,
+        update: str,
+        values: dict[str, Any] | None = None,
+        return_new: bool = True,
+    ) -> _Write:
+        """An UpdateItem that only ``owner`` at ``lease.counter`` may make: the fence.
+
+        ``update`` may use ``:next`` (the counter after this write) besides its own ``values``.
+        """
+        fence = {
+            ":owner": _s(owner),
+            ":counter": _n(lease.counter),
+            ":next": _n(lease.counter + 1),
+        }
+        return await self._update(
+            call,
+            lease.key,
+            update=update,
+            condition="#leaseOwner = :owner AND #leaseCounter = :counter",
+            values={**(values or {}), **fence},
+            return_new=return_new,
+        )
+
     def _lost(self, call: str, lease: Lease, owner: str, write: _Write) -> LeaseLost:
         observed = None if write.item is None else lease_from_item(write.item)
         if observed is None:
@@ -491,17 +523,12 @@ class DynamoDBLeaseTable:
         Raises:
             LeaseLost: ``owner`` no longer holds the lease at ``lease.counter``.
         """
-        write = await self._update(
+        write = await self._fenced_update(
             "UpdateItem (renew)",
-            lease.key,
+            lease,
+            owner,
             update="SET #leaseCounter = :next, #renewedAt = :now",
-            condition="#leaseOwner = :owner AND #leaseCounter = :counter",
-            values={
-                ":owner": _s(owner),
-                ":counter": _n(lease.counter),
-                ":next": _n(lease.counter + 1),
-                ":now": _n(time.time()),
-            },
+            values={":now": _n(time.time())},
         )
         if not write.ok or write.item is None:
             raise self._lost("renew", lease, owner, write)
@@ -525,20 +552,12 @@ class DynamoDBLeaseTable:
             "#renewedAt = :now",
             "#ownerSwitchesSinceCheckpoint = :zero",
         ]
-        values.update(
-            {
-                ":owner": _s(owner),
-                ":counter": _n(lease.counter),
-                ":next": _n(lease.counter + 1),
-                ":now": _n(time.time()),
-                ":zero": _n(0),
-            }
-        )
-        write = await self._update(
+        values.update({":now": _n(time.time()), ":zero": _n(0)})
+        write = await self._fenced_update(
             "UpdateItem (checkpoint)",
-            lease.key,
+            lease,
+            owner,
             update=_update_expression(sets, removes),
-            condition="#leaseOwner = :owner AND #leaseCounter = :counter",
             values=values,
         )
         if not write.ok or write.item is None:
@@ -552,16 +571,11 @@ class DynamoDBLeaseTable:
             True when released; False when ``owner`` had already lost it at ``lease.counter``
             (never raises :class:`LeaseLost`).
         """
-        write = await self._update(
+        write = await self._fenced_update(
             "UpdateItem (release)",
-            lease.key,
+            lease,
+            owner,
             update="SET #leaseCounter = :next REMOVE #leaseOwner, #pendingOwner",
-            condition="#leaseOwner = :owner AND #leaseCounter = :counter",
-            values={
-                ":owner": _s(owner),
-                ":counter": _n(lease.counter),
-                ":next": _n(lease.counter + 1),
-            },
             return_new=False,
         )
         return write.ok

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from poller.core.windows import MAX_STATE_BYTES
 from poller.types import Checkpoint
 
 
 class MemoryCheckpointStore:
-    """Keeps checkpoints in a dict and records every write in order."""
+    """Keeps checkpoints in a dict and records every write in order.
 
-    def __init__(self) -> None:
+    Args:
+        window_state_limit: the largest window state it claims to hold (a store's limit).
+    """
+
+    def __init__(self, window_state_limit: int = MAX_STATE_BYTES) -> None:
+        self.window_state_limit = window_state_limit
         self.checkpoints: dict[tuple[str, str], Checkpoint] = {}
         self.writes: list[tuple[str, str, Checkpoint]] = []
 

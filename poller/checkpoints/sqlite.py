@@ -20,6 +20,7 @@ from typing import Literal, TypeVar
 
 import anyio.to_thread
 
+from poller.core.windows import MAX_STATE_BYTES
 from poller.errors import CheckpointError
 from poller.types import Checkpoint
 
@@ -50,6 +51,9 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 class SqliteCheckpointStore:
     """Checkpoints in one SQLite file. Implements ``poller.types.CheckpointStore``."""
+
+    #: SQLite holds values of up to 1 GB; Lambda's 1 MB state limit is the only one.
+    window_state_limit = MAX_STATE_BYTES
 
     def __init__(self, path: Path, *, synchronous: Literal["full", "normal"] = "full") -> None:
         self.path = path

@@ -37,6 +37,7 @@ import anyio
 import structlog
 from aiobotocore.config import AioConfig
 
+from poller.aws.clients import client_config
 from poller.aws.translate import source_call
 from poller.errors import SourceError
 
@@ -56,13 +57,7 @@ MAX_VISIBILITY_TIMEOUT = 43200
 CALL_FAILED = "CallFailed"
 
 #: Deletes and visibility changes: poller retries them, so botocore does not.
-SETTLE_CLIENT_CONFIG = AioConfig(
-    retries={"total_max_attempts": 1},
-    connect_timeout=10,
-    read_timeout=30,
-    max_pool_connections=100,
-    tcp_keepalive=True,
-)
+SETTLE_CLIENT_CONFIG = client_config(attempts=1, read_timeout=30, pool=100)
 
 # The order of Lambda's event attributes (the AWS documentation's FIFO example); attributes
 # not listed here (AWSTraceHeader, DeadLetterQueueSourceArn) follow in the order SQS sent them.
@@ -79,13 +74,7 @@ _ATTRIBUTE_ORDER = (
 
 def receive_client_config(max_pollers: int) -> AioConfig:
     """The receive client's settings: one connection per poller, a read timeout past 20 s."""
-    return AioConfig(
-        retries={"total_max_attempts": 1},
-        connect_timeout=10,
-        read_timeout=MAX_WAIT_SECONDS + 20,
-        max_pool_connections=max_pollers + 2,
-        tcp_keepalive=True,
-    )
+    return client_config(attempts=1, read_timeout=MAX_WAIT_SECONDS + 20, pool=max_pollers + 2)
 
 
 @dataclass(frozen=True, slots=True)

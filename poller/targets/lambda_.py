@@ -22,8 +22,8 @@ from typing import Any
 import aiohttp
 import botocore.exceptions
 import structlog
-from aiobotocore.config import AioConfig
 
+from poller.aws.clients import client_config
 from poller.types import InvokeResult, Outcome
 
 _log = structlog.get_logger(__name__)
@@ -33,13 +33,7 @@ _log = structlog.get_logger(__name__)
 #: margin. One attempt only: the pipeline classifies and retries. The pool is large because
 #: every shard (times ParallelizationFactor) and every SQS poller holds a connection for the
 #: whole invocation; botocore's default of 10 would serialise invokes across shards.
-LAMBDA_INVOKE_CONFIG = AioConfig(
-    retries={"total_max_attempts": 1},
-    connect_timeout=10,
-    read_timeout=905,
-    max_pool_connections=1000,
-    tcp_keepalive=True,
-)
+LAMBDA_INVOKE_CONFIG = client_config(attempts=1, read_timeout=905, pool=1000)
 
 #: Error codes meaning the payload was over the Invoke limit. Lambda rejects these before the
 #: function runs, but retrying the same batch cannot succeed, so they count as function errors

@@ -4,7 +4,7 @@ shard release, scrape-time checkpoint age, histogram buckets, and RecordingMetri
 from __future__ import annotations
 
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
@@ -46,6 +46,15 @@ def metrics(clock: FakeClock) -> PrometheusMetrics:
 
 def value(metrics: PrometheusMetrics, name: str, **labels: str) -> float | None:
     return metrics.registry.get_sample_value(name, labels)
+
+
+def bucket_counts(
+    metrics: PrometheusMetrics, histogram: str, upper_bounds: Iterable[str]
+) -> dict[str, float | None]:
+    """The cumulative count of each ``le`` bucket of ``histogram`` for the mapping "orders"."""
+    return {
+        le: value(metrics, f"{histogram}_bucket", mapping="orders", le=le) for le in upper_bounds
+    }
 
 
 def series(metrics: PrometheusMetrics, prefix: str = "poller_") -> dict[tuple[str, Any], float]:
@@ -157,16 +166,8 @@ def test_duration_buckets_span_a_millisecond_to_fifteen_minutes(
     metrics.invocation("orders", "success", 0.2, 1)  # <= 250 ms
     metrics.invocation("orders", "timeout", 899.0, 1)  # <= 15 min
     metrics.invocation("orders", "timeout", 1000.0, 1)  # only +Inf
-
-    def bucket(le: str) -> float | None:
-        return value(metrics, "poller_invocation_duration_seconds_bucket", mapping="orders", le=le)
-
-    assert bucket("0.001") == 1.0
-    assert bucket("0.1") == 1.0
-    assert bucket("0.25") == 2.0
-    assert bucket("600.0") == 2.0
-    assert bucket("900.0") == 3.0
-    assert bucket("+Inf") == 4.0
+    expected = {"0.001": 1.0, "0.1": 1.0, "0.25": 2.0, "600.0": 2.0, "900.0": 3.0, "+Inf": 4.0}
+    assert bucket_counts(metrics, "poller_invocation_duration_seconds", expected) == expected
 
 
 def test_batch_size_buckets_span_one_to_ten_thousand_records(metrics: PrometheusMetrics) -> None:
@@ -174,17 +175,16 @@ def test_batch_size_buckets_span_one_to_ten_thousand_records(metrics: Prometheus
     assert BATCH_SIZE_BUCKETS[-1] == 10000
     for size in (1, 10, 100, 10000):
         metrics.invocation("orders", "success", 0.1, size)
-
-    def bucket(le: str) -> float | None:
-        return value(metrics, "poller_batch_size_bucket", mapping="orders", le=le)
-
-    assert bucket("1.0") == 1.0
-    assert bucket("5.0") == 1.0
-    assert bucket("10.0") == 2.0
-    assert bucket("100.0") == 3.0
-    assert bucket("5000.0") == 3.0
-    assert bucket("10000.0") == 4.0
-    assert bucket("+Inf") == 4.0
+    expected = {
+        "1.0": 1.0,
+        "5.0": 1.0,
+        "10.0": 2.0,
+        "100.0": 3.0,
+        "5000.0": 3.0,
+        "10000.0": 4.0,
+        "+Inf": 4.0,
+    }
+    assert bucket_counts(metrics, "poller_batch_size", expected) == expected
 
 
 def test_retry_counts_one_per_call(metrics: PrometheusMetrics) -> None:

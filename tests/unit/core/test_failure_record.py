@@ -6,7 +6,7 @@ import base64
 import json
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -106,20 +106,28 @@ def build(
     count: int = 2,
     function_error: str | None = "Unhandled",
     records: Sequence[StreamRecord] | None = None,
-    last_result: InvokeResult | None = None,
+    last_result: InvokeResult | Literal["default"] | None = "default",
     now: float = NOW,
 ) -> dict[str, Any]:
+    """The failure record for the fixtures' function and stream.
+
+    ``last_result`` defaults to what ``condition`` implies: after RetryAttemptsExhausted, an
+    invocation that returned ``function_error`` (a success when it is None: a partial batch
+    response); after RecordAgeExceeded, none.
+    """
     if records is None:
         records = [kinesis_record()] if kind == "kinesis" else [ddb_record()]
-    if last_result is None and condition == "RetryAttemptsExhausted":
-        outcome = Outcome.FUNCTION_ERROR if function_error else Outcome.SUCCESS
-        last_result = InvokeResult(
-            outcome=outcome,
-            status_code=200,
-            function_error=function_error,
-            executed_version="$LATEST",
-            request_id=REQUEST_ID,
-        )
+    if last_result == "default":
+        last_result = None
+        if condition == "RetryAttemptsExhausted":
+            outcome = Outcome.FUNCTION_ERROR if function_error else Outcome.SUCCESS
+            last_result = InvokeResult(
+                outcome=outcome,
+                status_code=200,
+                function_error=function_error,
+                executed_version="$LATEST",
+                request_id=REQUEST_ID,
+            )
     return failure_record(
         kind=kind,
         condition=condition,
@@ -161,24 +169,27 @@ def assert_shape(record: dict[str, Any], kind: SourceKind) -> None:
     assert arrival_format.match(record[info_key]["approximateArrivalOfLastRecord"])
 
 
-# (scenario suffix, recorded key, path to the record inside it, condition, count, function error)
+#: The report_batch_item_failure_scenarios cases that ended in a failure record, recorded for
+#: Kinesis and DynamoDB alike, with the record's function error (None: the function returned
+#: a malformed partial batch response rather than raising).
+FAILURE_SCENARIOS = {
+    "empty_string_item_identifier_failure": None,
+    "null_item_identifier_failure": None,
+    "invalid_key_foo_failure": None,
+    "invalid_key_foo_null_value_failure": None,
+    "unhandled_exception_in_function": "Unhandled",
+    "item_identifier_not_present_failure": None,
+}
+
+# (scenario, recorded key, condition, count, function error)
 KINESIS_SQS_SCENARIOS = [
     ("test_kinesis_event_source_mapping_with_on_failure_destination_config", "sqs_payload",
      "RetryAttemptsExhausted", 2, "Unhandled"),
     ("test_kinesis_report_batch_item_failures", "sqs_payload",
      "RetryAttemptsExhausted", 4, None),
-    ("test_kinesis_report_batch_item_failure_scenarios[empty_string_item_identifier_failure]",
-     "sqs_payload", "RetryAttemptsExhausted", 3, None),
-    ("test_kinesis_report_batch_item_failure_scenarios[null_item_identifier_failure]",
-     "sqs_payload", "RetryAttemptsExhausted", 3, None),
-    ("test_kinesis_report_batch_item_failure_scenarios[invalid_key_foo_failure]",
-     "sqs_payload", "RetryAttemptsExhausted", 3, None),
-    ("test_kinesis_report_batch_item_failure_scenarios[invalid_key_foo_null_value_failure]",
-     "sqs_payload", "RetryAttemptsExhausted", 3, None),
-    ("test_kinesis_report_batch_item_failure_scenarios[unhandled_exception_in_function]",
-     "sqs_payload", "RetryAttemptsExhausted", 3, "Unhandled"),
-    ("test_kinesis_report_batch_item_failure_scenarios[item_identifier_not_present_failure]",
-     "sqs_payload", "RetryAttemptsExhausted", 3, None),
+    *[(f"test_kinesis_report_batch_item_failure_scenarios[{case}]",
+       "sqs_payload", "RetryAttemptsExhausted", 3, function_error)
+      for case, function_error in FAILURE_SCENARIOS.items()],
     ("test_kinesis_maximum_record_age_exceeded[expire-while-retrying]",
      "record_age_exceeded_payload", "RecordAgeExceeded", 8, None),
     ("test_kinesis_maximum_record_age_exceeded[expire-before-ingestion]",
@@ -218,21 +229,16 @@ def test_kinesis_record_written_to_s3_carries_the_payload() -> None:
     assert record["payload"] == {"Records": [records[0].event_record]}
 
 
+# (scenario, count, function error)
 DDB_SCENARIOS = [
     ("test_dynamodb_event_source_mapping_with_on_failure_destination_config", 2, "Unhandled"),
     ("test_dynamodb_report_batch_item_failures", 4, None),
     ("test_dynamodb_report_batch_item_failures_with_on_failure_destination_config", 4, None),
-    ("test_dynamodb_report_batch_item_failure_scenarios[empty_string_item_identifier_failure]",
-     4, None),
-    ("test_dynamodb_report_batch_item_failure_scenarios[null_item_identifier_failure]", 4, None),
-    ("test_dynamodb_report_batch_item_failure_scenarios[invalid_key_foo_failure]", 4, None),
-    ("test_dynamodb_report_batch_item_failure_scenarios[invalid_key_foo_null_value_failure]",
-     4, None),
-    ("test_dynamodb_report_batch_item_failure_scenarios[unhandled_exception_in_function]",
-     4, "Unhandled"),
-    ("test_dynamodb_report_batch_item_failure_scenarios[item_identifier_not_present_failure]",
-     4, None),
-]  # fmt: skip
+    *[
+        (f"test_dynamodb_report_batch_item_failure_scenarios[{case}]", 4, function_error)
+        for case, function_error in FAILURE_SCENARIOS.items()
+    ],
+]
 
 
 @pytest.mark.parametrize(
@@ -324,18 +330,7 @@ def test_response_context_defaults_when_the_target_reports_nothing() -> None:
     context = build(last_result=bare)["responseContext"]
     assert context == {"statusCode": 200, "executedVersion": "$LATEST", "functionError": None}
     assert json.dumps(context).endswith('"functionError": null}')
-    context = failure_record(
-        kind="kinesis",
-        condition="RetryAttemptsExhausted",
-        approximate_invoke_count=1,
-        request_id=REQUEST_ID,
-        function_arn=FUNCTION_ARN,
-        last_result=None,
-        shard_id=SHARD,
-        stream_arn=KINESIS_ARN,
-        records=[kinesis_record()],
-        now=NOW,
-    )["responseContext"]
+    context = build(count=1, last_result=None)["responseContext"]
     assert context == {"statusCode": 200, "executedVersion": "$LATEST", "functionError": None}
 
 

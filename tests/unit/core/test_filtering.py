@@ -834,6 +834,11 @@ def scenario(scenarios: dict[str, Any], test: str, case: str) -> dict[str, Any]:
     return content
 
 
+def recorded_cases(file: str, test: str) -> set[str]:
+    """The parameter ids of ``test``'s recorded runs."""
+    return {key.split("[", 1)[1][:-1] for key in load(file) if key.startswith(test + "[")}
+
+
 def recorded_patterns(response: dict[str, Any]) -> list[str]:
     """The patterns as created (the recording stores each Pattern parsed)."""
     return [json.dumps(f["Pattern"]) for f in response["FilterCriteria"]["Filters"]]
@@ -892,8 +897,7 @@ def test_recorded_sqs_event_filter(case: str) -> None:
 
 def test_recorded_sqs_scenarios_are_all_covered() -> None:
     """Every recorded SQS filtering scenario is exercised above."""
-    cases = {key.split("[", 1)[1][:-1] for key in load(SQS_FILE) if key.startswith(SQS_TEST)}
-    assert cases == set(SQS_NOT_MATCHING) | SQS_UNRECORDED
+    assert recorded_cases(SQS_FILE, SQS_TEST) == set(SQS_NOT_MATCHING) | SQS_UNRECORDED
     for case in SQS_UNRECORDED:
         assert scenario(load(SQS_FILE), SQS_TEST, case) == {}
 
@@ -950,8 +954,7 @@ def test_recorded_invalid_scenarios_are_all_covered() -> None:
         (SQS_FILE, SQS_INVALID_TEST, SQS_INVALID),
         (DDB_FILE, DDB_INVALID_TEST, DDB_INVALID),
     ):
-        recorded = {key.split("[", 1)[1][:-1] for key in load(file) if key.startswith(test + "[")}
-        assert recorded == set(cases)
+        assert recorded_cases(file, test) == set(cases)
 
 
 def ddb_put(event_name: str, item: dict[str, Any], old: dict[str, Any] | None = None) -> Any:
@@ -1029,8 +1032,7 @@ def test_recorded_dynamodb_event_filter(case: str) -> None:
 
 def test_recorded_dynamodb_scenarios_are_all_covered() -> None:
     """Every recorded DynamoDB filtering scenario is exercised above."""
-    cases = {key.split("[", 1)[1][:-1] for key in load(DDB_FILE) if key.startswith(DDB_TEST)}
-    assert cases == set(DDB_NOT_MATCHING)
+    assert recorded_cases(DDB_FILE, DDB_TEST) == set(DDB_NOT_MATCHING)
 
 
 def test_recorded_dynamodb_numeric_filter_semantics() -> None:

@@ -7,6 +7,12 @@ from poller.types import SHARD_END, Checkpoint
 
 END = Checkpoint(sequence_number=SHARD_END)
 PROGRESS = Checkpoint(sequence_number="42")
+#: Three generations g -> p -> c, where only the youngest, c, is still open.
+THREE_GENERATIONS = (
+    ShardInfo("g", closed=True),
+    ShardInfo("p", ("g",), closed=True),
+    ShardInfo("c", ("p",)),
+)
 
 
 def test_roots_are_ready() -> None:
@@ -50,12 +56,7 @@ def test_parent_with_progressing_child_counts_as_finished() -> None:
 
 def test_grandchild_waits_for_its_own_parent_only() -> None:
     """Lineage is checked one generation at a time."""
-    shards = [
-        ShardInfo("g", closed=True),
-        ShardInfo("p", ("g",), closed=True),
-        ShardInfo("c", ("p",)),
-    ]
-    plan = plan_shards(shards, {"g": END})
+    plan = plan_shards(THREE_GENERATIONS, {"g": END})
     assert plan.ready == ("p",)
     assert plan.blocked == {"c": ("p",)}
 
@@ -69,12 +70,7 @@ def test_finished_shards_are_not_ready() -> None:
 
 def test_grandparent_stays_finished_after_retirement() -> None:
     """G -> P -> C with G's and P's checkpoints retired: C's checkpoint keeps both finished."""
-    shards = [
-        ShardInfo("g", closed=True),
-        ShardInfo("p", ("g",), closed=True),
-        ShardInfo("c", ("p",)),
-    ]
-    plan = plan_shards(shards, {"c": PROGRESS})
+    plan = plan_shards(THREE_GENERATIONS, {"c": PROGRESS})
     assert plan.finished == {"g", "p"}
     assert plan.ready == ("c",)
 

@@ -253,26 +253,19 @@ def test_partial_response_uses_the_lowest_reported_item() -> None:
 
 
 @pytest.mark.parametrize(
-    "payload",
+    "items",
     [
-        {"batchItemFailures": [{"itemIdentifier": 123}]},
-        {"batchItemFailures": [{"itemIdentifier": ""}]},
-        {"batchItemFailures": [{"itemIdentifier": None}]},
-        {"batchItemFailures": [{"foo": 123}]},
-        {"batchItemFailures": [{"foo": None}]},
-    ],
-    ids=[
-        "item_identifier_not_present_failure",
-        "empty_string_item_identifier_failure",
-        "null_item_identifier_failure",
-        "invalid_key_foo_failure",
-        "invalid_key_foo_null_value_failure",
+        pytest.param([{"itemIdentifier": 123}], id="item_identifier_not_present_failure"),
+        pytest.param([{"itemIdentifier": ""}], id="empty_string_item_identifier_failure"),
+        pytest.param([{"itemIdentifier": None}], id="null_item_identifier_failure"),
+        pytest.param([{"foo": 123}], id="invalid_key_foo_failure"),
+        pytest.param([{"foo": None}], id="invalid_key_foo_null_value_failure"),
     ],
 )
-def test_malformed_partial_response_fails_whole_batch(payload: object) -> None:
+def test_malformed_partial_response_fails_whole_batch(items: list[object]) -> None:
     """AWS scenarios: BatchSize 1, MaximumRetryAttempts 2 -> count 3, functionError null."""
     policy = StreamRetryPolicy(maximum_retry_attempts=2, report_batch_item_failures=True)
-    settled, (gave,), invoked = drive(policy, [rec(1)], lambda s: ok(payload))
+    settled, (gave,), invoked = drive(policy, [rec(1)], lambda s: ok({"batchItemFailures": items}))
     assert settled == []
     assert len(invoked) == 3
     assert gave.invoke_count == 3

@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 import pytest
 
-from poller.checkpoints.dynamodb import _checkpoint_from, _checkpoint_update
+from poller.checkpoints.dynamodb import WINDOW_STATE_LIMIT, _checkpoint_from, _checkpoint_update
 from poller.checkpoints.memory import MemoryCheckpointStore
 from poller.checkpoints.sqlite import SqliteCheckpointStore
 from poller.config import parse_settings
@@ -28,6 +28,7 @@ from poller.core.windows import (
     window_of,
 )
 from poller.errors import ConfigError
+from poller.leases import LeasedCheckpointStore
 from poller.pipeline import BatchPolicy, FailureRouting, ShardProcessor
 from poller.types import Checkpoint, InvokeResult, Outcome, ShardEnd, StreamRecord
 
@@ -353,8 +354,10 @@ class FakeFunction:
         pass
 
 
-async def process(chunks: list[Any], function: FakeFunction) -> MemoryCheckpointStore:
-    store = MemoryCheckpointStore()
+async def process(
+    chunks: list[Any], function: FakeFunction, *, store_limit: int = MAX_STATE_BYTES
+) -> MemoryCheckpointStore:
+    store = MemoryCheckpointStore(window_state_limit=store_limit)
     processor = ShardProcessor(
         mapping="m",
         shard_id="shardId-000000000000",
@@ -410,3 +413,29 @@ async def test_state_over_one_mb_terminates_the_window_early() -> None:
     last = function.events[3]
     assert (last["isFinalInvokeForWindow"], last["isWindowTerminatedEarly"]) == (True, False)
     assert last["state"] == {"count": 1}
+
+
+@pytest.mark.anyio
+async def test_state_past_the_stores_limit_terminates_the_window_early() -> None:
+    """A store that holds less than 1 MB (DynamoDB's 400 KB item) lowers the limit: the
+    window ends early instead of the shard stalling on a checkpoint it cannot write."""
+    function = FakeFunction(big=2_000)
+    store = await process(
+        [[rec(1, T0 + 1), rec(2, T0 + 2), rec(3, T0 + 3)], ShardEnd()],
+        function,
+        store_limit=1_000,
+    )
+    early = function.events[1]
+    assert (early["isFinalInvokeForWindow"], early["isWindowTerminatedEarly"]) == (True, True)
+    assert len(early["state"]["pad"]) == 2_000
+    assert function.events[2]["state"] == {}
+    stored = [c.window_state for _, _, c in store.writes if c.window_state is not None]
+    assert stored, "the window's state was never checkpointed"
+    assert all(len(text.encode()) <= 1_000 for text in stored)
+
+
+def test_stores_declare_their_window_state_limit(tmp_path: Path) -> None:
+    """SQLite holds Lambda's full 1 MB; a DynamoDB lease must fit a 400 KB item."""
+    assert SqliteCheckpointStore(tmp_path / "c.db").window_state_limit == MAX_STATE_BYTES
+    assert LeasedCheckpointStore.window_state_limit == WINDOW_STATE_LIMIT
+    assert MAX_STATE_BYTES > WINDOW_STATE_LIMIT > 390_000
