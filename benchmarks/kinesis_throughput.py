@@ -23,7 +23,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,64 +30,37 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-from aiobotocore.session import get_session
+# Run as a script (scripts/bench): the repository's packages must be importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.harness import REPO, start_service
+from tests.support.aws import (
+    aws_client,
+    create_stream,
+    hash_key_for,
+    moto_server_process,
+    put_records,
+    stream_arn,
+)
+from tests.support.service_config import stream_mapping
+
 SHARDS = 4
-ARN_PREFIX = "arn:aws:kinesis:us-east-1:123456789012:stream/"
-CREDS = {"aws_access_key_id": "bench", "aws_secret_access_key": "bench"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_moto() -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        except OSError:
-            time.sleep(0.1)
-        else:
-            return proc, url
-    raise RuntimeError("moto server did not start")
 
 
 async def fill_stream(
     url: str, stream: str, records: int, shards: int = SHARDS, keys: int = 0
 ) -> None:
-    """Create the stream and put the records, one shard at a time, 500 per call."""
-    session = get_session()
-    async with session.create_client("kinesis", "us-east-1", endpoint_url=url, **CREDS) as k:
-        await k.create_stream(StreamName=stream, ShardCount=shards)
-        await k.get_waiter("stream_exists").wait(StreamName=stream, WaiterConfig={"Delay": 0.2})
-        listing = (await k.list_shards(StreamName=stream))["Shards"]
-        data = b"x" * 100
+    """Create the stream and put the records (100 bytes each), one shard at a time, 500 per
+    call; partition keys cycle through ``keys`` keys if given."""
+    async with aws_client("kinesis", url) as kinesis:
+        listing = await create_stream(kinesis, stream, shards)
         for i, shard in enumerate(listing):
             count = records // shards + (1 if i < records % shards else 0)
-            hash_key = shard["HashKeyRange"]["StartingHashKey"]
-            for start in range(0, count, 500):
-                batch = [
-                    {
-                        "PartitionKey": f"k{(start + j) % keys if keys else start + j}",
-                        "Data": data,
-                        "ExplicitHashKey": hash_key,
-                    }
-                    for j in range(min(500, count - start))
-                ]
-                response = await k.put_records(StreamName=stream, Records=batch)
-                assert response["FailedRecordCount"] == 0
+            entries = (
+                (f"k{n % keys if keys else n}", b"x" * 100, hash_key_for(shard))
+                for n in range(count)
+            )
+            await put_records(kinesis, stream, entries)
 
 
 def run_raw(url: str, stream: str, records: int) -> dict[str, Any]:
@@ -112,37 +84,15 @@ def run_service(
 ) -> dict[str, Any]:
     """Run ``poller run`` until the benchmark handler has seen ``records``; return its figures."""
     result = workdir / f"service-{time.monotonic_ns()}.json"
-    config = workdir / "bench.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "aws": {"region": "us-east-1", "endpoint_url": url},
-                "checkpoints": {"path": str(workdir / f"ckpt-{time.monotonic_ns()}.db")},
-                "logging": {"level": "WARNING", "format": "json"},
-                "observability": {"host": "127.0.0.1", "port": 0},
-                "mappings": [
-                    {
-                        "name": "bench",
-                        "event_source_arn": f"{ARN_PREFIX}{stream}",
-                        "starting_position": "TRIM_HORIZON",
-                        "batch_size": 1000,
-                        "target": {"type": "python", "handler": "benchmarks.bench_handler:handler"},
-                        **(mapping or {}),
-                    }
-                ],
-            }
-        )
+    fields = {"batch_size": 1000, **(mapping or {})}
+    target = fields.pop("target", "benchmarks.bench_handler:handler")
+    env = {"POLLER_BENCH_RECORDS": str(records), "POLLER_BENCH_OUT": str(result)}
+    proc = start_service(
+        workdir,
+        url,
+        stream_mapping("bench", stream_arn(stream), target, **fields),
+        env | (env_extra or {}),
     )
-    env = {
-        **os.environ,
-        **{k.upper(): v for k, v in CREDS.items()},
-        "PYTHONPATH": str(REPO),
-        "POLLER_BENCH_RECORDS": str(records),
-        "POLLER_BENCH_OUT": str(result),
-        **(env_extra or {}),
-    }
-    command = [sys.executable, "-m", "poller", "run", "--config", str(config)]
-    proc = subprocess.Popen(command, cwd=REPO, env=env)
     deadline = time.monotonic() + 600
     while not result.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -175,8 +125,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=1, help="measure each side this many times")
     args = parser.parse_args()
-    moto, url = start_moto()
-    try:
+    with moto_server_process() as url:
         stream = f"bench-{os.getpid()}"
         started = time.monotonic()
         asyncio.run(fill_stream(url, stream, args.records))
@@ -188,9 +137,6 @@ def main() -> None:
                 svc = run_service(url, stream, args.records, Path(tmp))
                 print(f"--- round {round_no}")
                 report(raw, svc, args.records)
-    finally:
-        moto.terminate()
-        moto.wait(10)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.kinesis_throughput import fill_stream, run_service, start_moto
+# Run as a script (see above): the repository's packages must be importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.kinesis_throughput import fill_stream, run_service
+from tests.support.aws import moto_server_process
 
 
 def main() -> None:
@@ -28,8 +33,7 @@ def main() -> None:
         "--sleep", type=float, default=0.05, help="seconds the handler takes per batch"
     )
     args = parser.parse_args()
-    moto, url = start_moto()
-    try:
+    with moto_server_process() as url:
         stream = f"pf-{os.getpid()}"
         asyncio.run(fill_stream(url, stream, args.records, shards=1, keys=100))
         rates = {}
@@ -55,9 +59,6 @@ def main() -> None:
                     f"  ({result['wall_s']:.1f} s; {total:.1f} s with start-up)"
                 )
         print(f"speed-up PF 10 / PF 1: {rates[10] / rates[1]:.1f}x")
-    finally:
-        moto.terminate()
-        moto.wait(10)
 
 
 if __name__ == "__main__":

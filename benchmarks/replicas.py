@@ -25,31 +25,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import anyio
-
-from benchmarks.kinesis_throughput import start_moto
-from tests.support.aws import unique
+from tests.support.aws import moto_server_process
 from tests.support.fault_proxy import FaultProxy
-from tests.support.replicas import (
-    Fleet,
-    Writer,
-    duplicates,
-    fleet_config,
-    leases,
-    make_stream,
-    owner_counts,
-    wait,
-)
-
-
-def new_fleet(
-    moto_url: str, workdir: Path, dynamodb_url: str | None = None
-) -> tuple[Fleet, str, str, list]:
-    stream, table = unique("bench"), unique("leases")
-    shards = anyio.run(make_stream, moto_url, stream, 8)
-    endpoints = {"dynamodb": dynamodb_url} if dynamodb_url else None
-    config = fleet_config(workdir, moto_url, stream, table, endpoints=endpoints)
-    return Fleet(workdir, config, workdir / "sink.jsonl"), stream, table, shards
+from tests.support.replicas import Fleet, Writer, duplicates, leases, new_fleet, owner_counts, wait
 
 
 def balanced(moto_url: str, table: str, names: set[str]) -> bool:
@@ -57,40 +35,42 @@ def balanced(moto_url: str, table: str, names: set[str]) -> bool:
     return set(counts) == names and max(counts.values()) - min(counts.values()) <= 1
 
 
+def start_balanced(fleet: Fleet, moto_url: str, table: str, names: str) -> None:
+    """Start replicas ``names`` (one letter each) and wait until they share the shards."""
+    fleet.start_all(names)
+    wait(lambda: balanced(moto_url, table, set(names)), 60, "balance")
+
+
 def failover_once(moto_url: str, workdir: Path) -> tuple[float, int]:
-    fleet, stream, table, shards = new_fleet(moto_url, workdir)
+    fleet, stream, table, shards = new_fleet(workdir, moto_url, "bench")
     try:
         with Writer(moto_url, stream, shards) as writer:
-            for name in ("a", "b", "c"):
-                fleet.start(name)
-            wait(lambda: balanced(moto_url, table, {"a", "b", "c"}), 60, "balance")
+            start_balanced(fleet, moto_url, table, "abc")
             orphans = {lease.shard_id for lease in leases(moto_url, table) if lease.owner == "c"}
             fleet.procs["c"].signal(signal.SIGKILL)
             killed = time.time()
 
             def resumed_at() -> float | None:
                 after = [b for b in fleet.batches() if b["started"] > killed]
-                firsts = {}
+                firsts: dict[str, float] = {}
                 for b in after:
                     firsts.setdefault(b["records"][0][0], b["started"])
                 if orphans <= set(firsts):
                     return max(firsts[s] for s in orphans)
                 return None
 
-            resumed = wait(resumed_at, 60, "failover")
-        wait(lambda: set(fleet.delivered()) >= set(writer.written), 60, "all delivered")
+            resumed: float = wait(resumed_at, 60, "failover")
+        fleet.wait_delivered(writer, "all delivered")
         return resumed - killed, duplicates(fleet.delivered())
     finally:
         fleet.stop_all()
 
 
 def join_time(moto_url: str, workdir: Path) -> float:
-    fleet, stream, table, shards = new_fleet(moto_url, workdir)
+    fleet, stream, table, shards = new_fleet(workdir, moto_url, "bench")
     try:
         with Writer(moto_url, stream, shards):
-            for name in ("a", "b"):
-                fleet.start(name)
-            wait(lambda: balanced(moto_url, table, {"a", "b"}), 60, "balance")
+            start_balanced(fleet, moto_url, table, "ab")
             fleet.start("c").wait_ready(30)
             ready = time.monotonic()
             wait(lambda: owner_counts(moto_url, table).get("c", 0) >= 2, 60, "c's share")
@@ -100,18 +80,16 @@ def join_time(moto_url: str, workdir: Path) -> float:
 
 
 def rolling_restart_duplicates(moto_url: str, workdir: Path) -> tuple[int, int]:
-    fleet, stream, table, shards = new_fleet(moto_url, workdir)
+    fleet, stream, table, shards = new_fleet(workdir, moto_url, "bench")
     try:
         with Writer(moto_url, stream, shards) as writer:
-            for name in ("a", "b", "c"):
-                fleet.start(name)
-            wait(lambda: balanced(moto_url, table, {"a", "b", "c"}), 60, "balance")
+            start_balanced(fleet, moto_url, table, "abc")
             for name in ("a", "b", "c"):
                 fleet.procs[name].signal(signal.SIGTERM)
                 fleet.procs[name].wait(40)
                 fleet.start(name)
                 wait(lambda: balanced(moto_url, table, {"a", "b", "c"}), 60, "rebalance")
-        wait(lambda: set(fleet.delivered()) >= set(writer.written), 60, "all delivered")
+        fleet.wait_delivered(writer, "all delivered")
         return duplicates(fleet.delivered()), len(set(writer.written) - set(fleet.delivered()))
     finally:
         fleet.stop_all()
@@ -119,11 +97,10 @@ def rolling_restart_duplicates(moto_url: str, workdir: Path) -> tuple[int, int]:
 
 def calls_at_rest(moto_url: str, workdir: Path, seconds: float) -> Counter[str]:
     with FaultProxy(moto_url) as proxy:
-        fleet, _, table, _ = new_fleet(moto_url, workdir, dynamodb_url=proxy.url)
+        endpoints = {"dynamodb": proxy.url}
+        fleet, _, table, _ = new_fleet(workdir, moto_url, "bench", endpoints=endpoints)
         try:
-            for name in ("a", "b", "c"):
-                fleet.start(name)
-            wait(lambda: balanced(moto_url, table, {"a", "b", "c"}), 60, "balance")
+            start_balanced(fleet, moto_url, table, "abc")
             before = len(proxy.requests)
             time.sleep(seconds)  # the measurement window itself
             window = proxy.requests[before:]
@@ -139,30 +116,23 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="failover measurements")
     parser.add_argument("--rest-seconds", type=float, default=60.0)
     args = parser.parse_args()
-    moto, url = start_moto()
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            root = Path(tmp)
-            results = [
-                failover_once(url, Path(tempfile.mkdtemp(dir=root))) for _ in range(args.runs)
-            ]
-            times = [t for t, _ in results]
-            print(
-                f"failover (SIGKILL 1 of 3, 8 shards): median {statistics.median(times):.1f} s,"
-                f" min {min(times):.1f} s, max {max(times):.1f} s over {len(times)} runs"
-            )
-            print(f"duplicates under SIGKILL: {[d for _, d in results]} (batch size 20)")
-            joined = join_time(url, Path(tempfile.mkdtemp(dir=root)))
-            print(f"new replica to its share: {joined:.1f} s")
-            dups, lost = rolling_restart_duplicates(url, Path(tempfile.mkdtemp(dir=root)))
-            print(f"rolling restart of 3 replicas: {dups} duplicates, {lost} lost")
-            calls = calls_at_rest(url, Path(tempfile.mkdtemp(dir=root)), args.rest_seconds)
-            per_minute = {op: round(n * 60 / args.rest_seconds) for op, n in sorted(calls.items())}
-            total = round(sum(calls.values()) * 60 / args.rest_seconds)
-            print(f"DynamoDB calls per minute at rest, 3 replicas x 8 shards: {total} {per_minute}")
-    finally:
-        moto.terminate()
-        moto.wait(10)
+    with moto_server_process() as url, tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        results = [failover_once(url, Path(tempfile.mkdtemp(dir=root))) for _ in range(args.runs)]
+        times = [t for t, _ in results]
+        print(
+            f"failover (SIGKILL 1 of 3, 8 shards): median {statistics.median(times):.1f} s,"
+            f" min {min(times):.1f} s, max {max(times):.1f} s over {len(times)} runs"
+        )
+        print(f"duplicates under SIGKILL: {[d for _, d in results]} (batch size 20)")
+        joined = join_time(url, Path(tempfile.mkdtemp(dir=root)))
+        print(f"new replica to its share: {joined:.1f} s")
+        dups, lost = rolling_restart_duplicates(url, Path(tempfile.mkdtemp(dir=root)))
+        print(f"rolling restart of 3 replicas: {dups} duplicates, {lost} lost")
+        calls = calls_at_rest(url, Path(tempfile.mkdtemp(dir=root)), args.rest_seconds)
+        per_minute = {op: round(n * 60 / args.rest_seconds) for op, n in sorted(calls.items())}
+        total = round(sum(calls.values()) * 60 / args.rest_seconds)
+        print(f"DynamoDB calls per minute at rest, 3 replicas x 8 shards: {total} {per_minute}")
 
 
 if __name__ == "__main__":

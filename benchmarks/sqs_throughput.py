@@ -30,7 +30,6 @@ import json
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,14 +38,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
+# Run as a script (its own --raw child too): the repository's packages must be importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-REPO = Path(__file__).resolve().parents[1]
-CREDS = {"aws_access_key_id": "bench", "aws_secret_access_key": "bench"}
-REGION = "us-east-1"
-ACCOUNT = "123456789012"
+from aiobotocore.config import AioConfig
+
+from benchmarks.harness import start_service
+from tests.support.aws import aws_client, moto_server_process
+from tests.support.sqs import queue_arn, queue_depth, send_bodies
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 # -- the no-op handler, imported by the service process -------------------------------------
@@ -73,62 +73,12 @@ def handler(event: dict[str, Any], context: Any) -> None:
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_moto() -> tuple[subprocess.Popen[bytes], str]:
-    """moto's server in its own process, with the test-only SQS speed-up applied."""
-    port = free_port()
-    boot = (
-        "import sys; sys.path.insert(0, sys.argv[1]);"
-        "from tests.support.sqs import speed_up_moto_sqs; speed_up_moto_sqs();"
-        "from moto.server import main; main(['-H', '127.0.0.1', '-p', sys.argv[2]])"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", boot, str(REPO), str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        except OSError:
-            time.sleep(0.1)
-        else:
-            return proc, f"http://127.0.0.1:{port}"
-    raise RuntimeError("moto server did not start")
-
-
-def client(url: str, **config: Any) -> Any:
-    return get_session().create_client(
-        "sqs", region_name=REGION, endpoint_url=url, config=AioConfig(**config), **CREDS
-    )
-
-
 async def fill_queue(url: str, queue: str, messages: int) -> str:
     """Create the queue if needed and send ``messages`` bodies of 100 bytes, 10 per call."""
-    async with client(url) as sqs:
+    async with aws_client("sqs", url) as sqs:
         queue_url = str((await sqs.create_queue(QueueName=queue))["QueueUrl"])
-        body = "x" * 100
-        for start in range(0, messages, 10):
-            entries = [
-                {"Id": str(i), "MessageBody": body} for i in range(min(10, messages - start))
-            ]
-            response = await sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
-            assert not response.get("Failed"), response
+        await send_bodies(sqs, queue_url, ["x" * 100] * messages)
         return queue_url
-
-
-async def depth(sqs: Any, queue_url: str) -> int:
-    response = await sqs.get_queue_attributes(
-        QueueUrl=queue_url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )
-    return sum(int(v) for v in response["Attributes"].values())
 
 
 # -- the raw loop ----------------------------------------------------------------------------
@@ -136,7 +86,8 @@ async def depth(sqs: Any, queue_url: str) -> int:
 
 async def raw_loop(url: str, queue_url: str, messages: int, concurrency: int) -> dict[str, Any]:
     """Receive and delete until ``messages`` were deleted; measure wall and CPU time."""
-    async with client(url, retries={"total_max_attempts": 1}, max_pool_connections=50) as sqs:
+    config = AioConfig(retries={"total_max_attempts": 1}, max_pool_connections=50)
+    async with aws_client("sqs", url, config) as sqs:
         wall0, cpu0 = time.perf_counter(), time.process_time()
         deleted = 0
 
@@ -203,8 +154,8 @@ def wait_empty(url: str, queue_url: str, proc: subprocess.Popen[bytes], seen: Pa
         time.sleep(0.02)
 
     async def poll() -> float:
-        async with client(url) as sqs:
-            while await depth(sqs, queue_url):
+        async with aws_client("sqs", url) as sqs:
+            while sum(await queue_depth(sqs, queue_url)):
                 check()
                 await asyncio.sleep(0.02)
             return time.time()
@@ -216,38 +167,14 @@ def run_service(
     url: str, queue: str, queue_url: str, messages: int, concurrency: int, workdir: Path
 ) -> dict[str, Any]:
     start = workdir / f"start-{time.monotonic_ns()}.json"
-    config = workdir / "bench.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "aws": {"region": REGION, "endpoint_url": url},
-                "checkpoints": {"path": str(workdir / f"ckpt-{time.monotonic_ns()}.db")},
-                "logging": {"level": "WARNING", "format": "json"},
-                "observability": {"enabled": False},
-                "mappings": [
-                    {
-                        "name": "bench",
-                        "event_source_arn": f"arn:aws:sqs:{REGION}:{ACCOUNT}:{queue}",
-                        "batch_size": 10,
-                        "scaling_config": {"maximum_concurrency": max(2, concurrency)},
-                        "target": {
-                            "type": "python",
-                            "handler": "benchmarks.sqs_throughput:handler",
-                        },
-                    }
-                ],
-            }
-        )
-    )
-    env = {
-        **os.environ,
-        **{k.upper(): v for k, v in CREDS.items()},
-        "PYTHONPATH": str(REPO),
-        "POLLER_BENCH_START": str(start),
-        "POLLER_BENCH_MESSAGES": str(messages),
+    mapping = {
+        "event_source_arn": queue_arn(queue),
+        "batch_size": 10,
+        "scaling_config": {"maximum_concurrency": max(2, concurrency)},
+        "target": {"type": "python", "handler": "benchmarks.sqs_throughput:handler"},
     }
-    command = [sys.executable, "-m", "poller", "run", "--config", str(config)]
-    proc = subprocess.Popen(command, cwd=REPO, env=env)
+    env = {"POLLER_BENCH_START": str(start), "POLLER_BENCH_MESSAGES": str(messages)}
+    proc = start_service(workdir, url, mapping, env, observability={"enabled": False})
     try:
         emptied_at = wait_empty(url, queue_url, proc, Path(f"{start}.seen"))
         cpu = process_cpu(proc.pid)
@@ -294,8 +221,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=5, help="raw tasks; service cap")
     parser.add_argument("--rounds", type=int, default=1, help="measure each side this many times")
     args = parser.parse_args()
-    moto, url = start_moto()
-    try:
+    with moto_server_process(speed_up_sqs=True) as url:
         queue = f"bench-{os.getpid()}"
         with tempfile.TemporaryDirectory() as tmp:
             for round_no in range(1, args.rounds + 1):
@@ -307,9 +233,6 @@ def main() -> None:
                 asyncio.run(fill_queue(url, queue, args.messages))
                 svc = run_service(url, queue, queue_url, args.messages, args.concurrency, Path(tmp))
                 report(raw, svc, args.messages)
-    finally:
-        moto.terminate()
-        moto.wait(10)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,16 @@
-"""Helpers to run the service in the test's event loop against moto, with the recorder handler."""
+"""Settings and results of stream mappings run in the test's event loop against moto: the
+recorder handler, or a Lambda function behind the Invoke API double."""
 
 from __future__ import annotations
 
-import contextlib
-import time
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import anyio
-
-from poller.app import Service
 from poller.config import Settings, parse_settings
 from tests.support import recorder
 from tests.support.aws import stream_arn
+from tests.support.invoke_api import InvokeApiServer
+from tests.support.service_config import service_config, stream_mapping
 
 
 def kinesis_settings(
@@ -28,53 +25,48 @@ def kinesis_settings(
 ) -> Settings:
     """Settings with one Kinesis mapping on ``stream`` delivering to the recorder handler."""
     return parse_settings(
-        {
-            "aws": {
-                "region": "us-east-1",
-                "endpoint_url": endpoint_url,
-                "endpoints": endpoints or {},
-            },
-            "checkpoints": {"path": str(db)},
-            "observability": {"host": "127.0.0.1", "port": 0},
-            "shutdown": {"drain_timeout_seconds": 10},
-            "mappings": [
-                {
-                    "name": name,
-                    "event_source_arn": stream_arn(stream),
-                    "starting_position": mapping.pop("starting_position", "TRIM_HORIZON"),
-                    "target": target
-                    or {"type": "python", "handler": "tests.support.recorder:record"},
-                    **mapping,
-                }
-            ],
-        }
+        service_config(
+            endpoint_url,
+            stream_mapping(
+                name, stream_arn(stream), target or "tests.support.recorder:record", **mapping
+            ),
+            checkpoints={"path": str(db)},
+            endpoints=endpoints,
+            shutdown={"drain_timeout_seconds": 10},
+        )
     )
 
 
-@contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Service]:
-    """Run the service until the block ends, then stop it gracefully and wait for the exit."""
-    service = Service(settings)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(lambda: service.run(handle_signals=False))
-        with anyio.fail_after(30):
-            await service.ready.wait()
-        try:
-            yield service
-        finally:
-            service.request_stop()
-
-
-async def wait_until(condition: Callable[[], Any], limit: float, what: str) -> Any:
-    """Poll ``condition`` in the event loop until truthy; fail with ``what`` at the deadline."""
-    deadline = time.monotonic() + limit
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {limit}s waiting for {what}")
-        await anyio.sleep(0.05)
+def lambda_settings(
+    moto_url: str,
+    server: InvokeApiServer,
+    stream: str,
+    db: Path,
+    *,
+    function: str = "fn",
+    kinesis_url: str | None = None,
+    sqs_url: str | None = None,
+    destination: str | None = None,
+    **mapping: Any,
+) -> Settings:
+    """:func:`kinesis_settings` for a Lambda ``function`` behind ``server``, with the on-failure
+    ``destination`` (an ARN) if given. The destinations are moto's; Kinesis or SQS may be
+    reached through a fault proxy instead (``kinesis_url``, ``sqs_url``)."""
+    if destination is not None:
+        mapping["destination_config"] = {"on_failure": {"destination_arn": destination}}
+    return kinesis_settings(
+        endpoint_url=kinesis_url or moto_url,
+        endpoints={
+            "lambda": server.url,
+            "sqs": sqs_url or moto_url,
+            "sns": moto_url,
+            "s3": moto_url,
+        },
+        stream=stream,
+        db=db,
+        target={"type": "lambda", "function_name": function},
+        **mapping,
+    )
 
 
 def delivered(stream: str) -> list[tuple[str, str]]:

@@ -1,16 +1,17 @@
-"""Helpers for the stream error-handling tests: destinations on moto, functions, checkpoints."""
+"""Helpers for the stream tests that follow records to their settlement: one-shard streams,
+SQS queues on moto as failure destinations, and the checkpoint stored in SQLite."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from pathlib import Path
 from typing import Any
 
-import anyio
-
-from tests.support.aws import ACCOUNT, REGION, aws_client, create_stream, put_records
+from poller.config import Settings
+from tests.support.aws import ACCOUNT, REGION, aws_client, stream_holding
+from tests.support.service import run_until
+from tests.support.waiting import wait_until
 
 
 async def make_queue(moto_url: str, name: str) -> tuple[str, str]:
@@ -31,21 +32,16 @@ async def queue_bodies(moto_url: str, url: str) -> list[dict[str, Any]]:
 
 async def stream_with(moto_url: str, stream: str, records: list[tuple[str, bytes]]) -> list[str]:
     """A one-shard stream holding ``records`` (partition key, data); returns sequence numbers."""
-    async with aws_client("kinesis", moto_url) as kinesis:
-        await create_stream(kinesis, stream, 1)
-        written = await put_records(kinesis, stream, ((k, d, None) for k, d in records))
+    [written] = await stream_holding(moto_url, stream, [records])
     return [seq for _, seq in written]
 
 
 async def wait_for_messages(moto_url: str, url: str, limit: float = 30) -> list[dict[str, Any]]:
     """Poll the queue until it holds a message; fail at the deadline."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        found = await queue_bodies(moto_url, url)
-        if found:
-            return found
-        await anyio.sleep(0.1)
-    raise AssertionError(f"no message arrived in {url} within {limit}s")
+    found: list[dict[str, Any]] = await wait_until(
+        lambda: queue_bodies(moto_url, url), limit, f"a message in {url}", interval=0.1
+    )
+    return found
 
 
 def checkpoint_of(db: Path, mapping: str = "m") -> str | None:
@@ -57,3 +53,11 @@ def checkpoint_of(db: Path, mapping: str = "m") -> str | None:
             "SELECT sequence_number FROM checkpoints WHERE mapping = ?", (mapping,)
         ).fetchone()
     return None if row is None else str(row[0])
+
+
+async def run_until_checkpoint(
+    settings: Settings, db: Path, sequence: str, limit: float = 30, what: str = "the record settled"
+) -> None:
+    """Run the service until the checkpoint of its mapping ``m`` stored in ``db`` is
+    ``sequence``, then stop it."""
+    await run_until(settings, lambda: checkpoint_of(db) == sequence, limit, what)

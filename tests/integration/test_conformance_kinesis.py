@@ -6,16 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.kinesis_harness import (
-    batches,
-    delivered,
-    kinesis_settings,
-    running,
-    wait_until,
-)
+from tests.integration.kinesis_harness import batches, delivered, kinesis_settings
 from tests.support import recorder
 from tests.support.aws import aws_client, create_stream, put_records, stream_arn, unique
 from tests.support.conformance import assert_matches, recorded
+from tests.support.service import running
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 

@@ -11,19 +11,20 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from poller.config import Settings, parse_settings
-from tests.integration.kinesis_harness import running, wait_until
 from tests.integration.stream_errors_harness import make_queue, wait_for_messages
 from tests.support import recorder
 from tests.support.aws import aws_client, unique
-from tests.support.conformance import assert_matches, recorded
+from tests.support.conformance import assert_matches, recorded, recorded_message
 from tests.support.invoke_api import InvokeApiServer
+from tests.support.service import running
+from tests.support.service_config import service_config, stream_mapping
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -42,41 +43,27 @@ async def make_table(moto_url: str, view: str, key: str = "id") -> tuple[str, st
     return name, response["TableDescription"]["LatestStreamArn"]
 
 
-def ddb_settings(moto_url: str, stream_arn: str, db: Path, **mapping: Any) -> Settings:
+def ddb_settings(
+    moto_url: str,
+    stream_arn: str,
+    db: Path,
+    endpoints: dict[str, str] | None = None,
+    target: str | dict[str, Any] = "tests.support.recorder:record",
+    **mapping: Any,
+) -> Settings:
     return parse_settings(
-        {
-            "aws": {
-                "region": "us-east-1",
-                "endpoint_url": moto_url,
-                "endpoints": mapping.pop("endpoints", {}),
-            },
-            "checkpoints": {"path": str(db)},
-            "observability": {"enabled": False},
-            "mappings": [
-                {
-                    "name": "m",
-                    "event_source_arn": stream_arn,
-                    "starting_position": mapping.pop("starting_position", "TRIM_HORIZON"),
-                    "target": mapping.pop(
-                        "target", {"type": "python", "handler": "tests.support.recorder:record"}
-                    ),
-                    **mapping,
-                }
-            ],
-        }
+        service_config(
+            moto_url,
+            stream_mapping("m", stream_arn, target, **mapping),
+            checkpoints={"path": str(db)},
+            endpoints=endpoints,
+            observability={"enabled": False},
+        )
     )
 
 
 def records(stream_arn: str) -> list[dict[str, Any]]:
     return [r for batch in recorder.BATCHES[stream_arn] for r in batch]
-
-
-@pytest.fixture
-def cleanup() -> Iterator[list[str]]:
-    arns: list[str] = []
-    yield arns
-    for arn in arns:
-        recorder.clear(arn)
 
 
 async def change_items(moto_url: str, table: str) -> None:
@@ -99,11 +86,11 @@ EXPECTED_IMAGES = {
 
 @pytest.mark.parametrize("view", list(EXPECTED_IMAGES))
 async def test_change_types_and_images(
-    view: str, moto_url: str, tmp_path: Path, cleanup: list[str]
+    view: str, moto_url: str, tmp_path: Path, recorded_streams: list[str]
 ) -> None:
     """Every change is delivered once, in order, with exactly the images its view allows."""
     table, arn = await make_table(moto_url, view)
-    cleanup.append(arn)
+    recorded_streams.append(arn)
     await change_items(moto_url, table)
     async with running(ddb_settings(moto_url, arn, tmp_path / "c.db")):
         await wait_until(lambda: len(records(arn)) >= 4, 30, "four changes")
@@ -122,11 +109,11 @@ async def test_change_types_and_images(
 
 
 async def test_event_matches_aws_recording(
-    moto_url: str, tmp_path: Path, cleanup: list[str]
+    moto_url: str, tmp_path: Path, recorded_streams: list[str]
 ) -> None:
     """test_dynamodb_event_source_mapping: an item with a binary attribute, NEW_IMAGE."""
     table, arn = await make_table(moto_url, "NEW_IMAGE", key="my_partition_key")
-    cleanup.append(arn)
+    recorded_streams.append(arn)
     async with aws_client("dynamodb", moto_url) as ddb:
         await ddb.put_item(
             TableName=table,
@@ -149,7 +136,7 @@ async def test_event_matches_aws_recording(
 
 
 async def test_failure_record_has_ddb_stream_batch_info(
-    moto_url: str, tmp_path: Path, cleanup: list[str]
+    moto_url: str, tmp_path: Path, recorded_streams: list[str]
 ) -> None:
     """A failing function, one retry, an SQS destination: AWS's DDBStreamBatchInfo record."""
     table, arn = await make_table(moto_url, "NEW_AND_OLD_IMAGES")
@@ -178,22 +165,22 @@ async def test_failure_record_has_ddb_stream_batch_info(
             await wait_until(lambda: len(server.invocations("fn")) >= 2, 30, "two invocations")
             messages = await wait_for_messages(moto_url, queue_url)
     (message,) = messages
-    expected = recorded(
+    expected = recorded_message(
         "esm-dynamodbstreams.json",
         "test_dynamodb_event_source_mapping_with_on_failure_destination_config",
         "destination_queue_messages",
-    )["Messages"][0]["Body"]
+    )
     assert_matches(message, expected)
     assert message["DDBStreamBatchInfo"]["streamArn"] == arn
 
 
 async def test_latest_skips_older_changes_and_survives_restart(
-    moto_url: str, tmp_path: Path, cleanup: list[str]
+    moto_url: str, tmp_path: Path, recorded_streams: list[str]
 ) -> None:
     """LATEST: changes before the first start are never delivered; changes made while the
     service was down (before it delivered anything) are delivered after the restart."""
     table, arn = await make_table(moto_url, "KEYS_ONLY")
-    cleanup.append(arn)
+    recorded_streams.append(arn)
     async with aws_client("dynamodb", moto_url) as ddb:
         await ddb.put_item(TableName=table, Item={"id": {"S": "before"}})
     # Creation times have second precision: start in the next second, as a real deployment would.

@@ -270,10 +270,11 @@ def test_dockerignore_admits_exactly_what_the_build_copies() -> None:
         if line.strip() and not line.startswith("#")
     ]
     copied = [
-        i.args.split()[0]
+        source  # COPY's last argument is the destination; every one before it a source.
         for stage in dockerfile_stages(DOCKERFILE.read_text())
         for i in stage
         if i.keyword == "COPY" and "--from" not in i.args
+        for source in i.args.split()[:-1]
     ]
     assert copied, "the Dockerfile copies nothing from the context?"
     for source in copied:

@@ -9,8 +9,6 @@ duplicates.
 
 from __future__ import annotations
 
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,9 +16,12 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.integration.kinesis_harness import kinesis_settings, running, wait_until
-from tests.support.aws import aws_client, create_stream, put_records, unique
+from tests.integration.kinesis_harness import kinesis_settings, lambda_settings
+from tests.integration.stream_errors_harness import stream_with
+from tests.support.aws import unique
+from tests.support.http_server import ThreadedServer
 from tests.support.invoke_api import InvokeApiServer, Throttled
+from tests.support.service import run_until
 
 pytestmark = pytest.mark.anyio
 
@@ -30,10 +31,7 @@ def sequence_numbers(events: list[Any]) -> list[str]:
 
 
 async def put_ten(moto_url: str, stream: str) -> list[str]:
-    async with aws_client("kinesis", moto_url) as kinesis:
-        await create_stream(kinesis, stream, 1)
-        written = await put_records(kinesis, stream, ((f"k{i}", b"{}", None) for i in range(10)))
-    return [seq for _, seq in written]
+    return await stream_with(moto_url, stream, [(f"k{i}", b"{}") for i in range(10)])
 
 
 async def test_lambda_target_retries_function_errors_and_throttles(
@@ -54,17 +52,13 @@ async def test_lambda_target_retries_function_errors_and_throttles(
 
     with InvokeApiServer() as server:
         server.register("consumer", consumer, timeout=5)
-        settings = kinesis_settings(
-            endpoint_url=moto_url,
-            endpoints={"lambda": server.url},
-            stream=stream,
-            db=tmp_path / "c.db",
-            target={"type": "lambda", "function_name": "consumer"},
+        settings = lambda_settings(moto_url, server, stream, tmp_path / "c.db", function="consumer")
+        await run_until(
+            settings,
+            lambda: [i for i in server.invocations() if i.outcome == "success"],
+            30,
+            "a success",
         )
-        async with running(settings):
-            await wait_until(
-                lambda: [i for i in server.invocations() if i.outcome == "success"], 30, "a success"
-            )
         outcomes = [i.outcome for i in server.invocations("consumer")]
         succeeded = [i.event for i in server.invocations("consumer") if i.outcome == "success"]
     assert outcomes == ["error", "throttled", "success"]
@@ -87,36 +81,18 @@ class HttpEndpoint:
         self.received.append((status, await request.json()))
         return web.json_response({}, status=status)
 
+    def _app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/events", self._handle)
+        return app
+
     def __enter__(self) -> HttpEndpoint:
-        import asyncio
-
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}/events"
-        ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
-
-        async def serve() -> None:
-            app = web.Application()
-            app.router.add_post("/events", self._handle)
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            await web.SockSite(runner, sock).start()
-            self._stop = asyncio.Event()
-            ready.set()
-            await self._stop.wait()
-            await runner.cleanup()
-
-        self._thread = threading.Thread(
-            target=self._loop.run_until_complete, args=(serve(),), daemon=True
-        )
-        self._thread.start()
-        ready.wait(10)
+        self._server = ThreadedServer(self._app, name="http-endpoint").start()
+        self.url = f"{self._server.url}/events"
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
+        self._server.stop()
 
 
 @pytest.fixture
@@ -137,7 +113,6 @@ async def test_http_target_retries_5xx_and_429(
         db=tmp_path / "c.db",
         target={"type": "http", "url": endpoint.url, "timeout_seconds": 5},
     )
-    async with running(settings):
-        await wait_until(lambda: any(s == 200 for s, _ in endpoint.received), 30, "a 200")
+    await run_until(settings, lambda: any(s == 200 for s, _ in endpoint.received), 30, "a 200")
     assert [s for s, _ in endpoint.received] == [500, 429, 200]
     assert sequence_numbers([body for s, body in endpoint.received if s == 200]) == written

@@ -11,10 +11,12 @@ from typing import Any
 import pytest
 from aws_kinesis_agg.aggregator import RecordAggregator
 
-from tests.integration.kinesis_harness import kinesis_settings, running, wait_until
+from tests.integration.kinesis_harness import kinesis_settings
 from tests.integration.stream_errors_harness import checkpoint_of
 from tests.support import recorder
 from tests.support.aws import aws_client, create_stream, stream_arn, unique
+from tests.support.service import running
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 

@@ -15,12 +15,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from poller.app import Service
-from tests.integration.kinesis_harness import kinesis_settings, running, wait_until
+from tests.integration.kinesis_harness import kinesis_settings
 from tests.integration.stream_errors_harness import checkpoint_of, make_queue, stream_with
 from tests.support import recorder
 from tests.support.aws import stream_arn, unique
 from tests.support.fault_proxy import FaultProxy
-from tests.support.process import ServiceProcess, wait_for, write_config
+from tests.support.process import Launch, write_config
+from tests.support.service import running
+from tests.support.service_config import service_config, stream_mapping
+from tests.support.waiting import wait_for, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -119,7 +122,7 @@ async def test_readiness_waits_for_every_mapping(moto_url: str, tmp_path: Path) 
             service.request_stop()
 
 
-def test_logs_never_contain_record_data(tmp_path: Path, moto_url: str) -> None:
+def test_logs_never_contain_record_data(tmp_path: Path, moto_url: str, launch: Launch) -> None:
     """A run with successes, failures (whose exception messages quote record data), retries and
     a failure destination: not one log line contains the marker string every record carries."""
     marker = "MARKER-7f3a9c-never-log-me"
@@ -134,39 +137,63 @@ def test_logs_never_contain_record_data(tmp_path: Path, moto_url: str) -> None:
     flag = tmp_path / "failing"
     flag.write_text("fail")
     sink = tmp_path / "sink.jsonl"
+    mapping = stream_mapping(
+        "leak",
+        stream_arn(stream),
+        "tests.support.leaky_handler:handler",
+        batch_size=5,
+        maximum_retry_attempts=1,
+        bisect_batch_on_function_error=True,
+        destination_config={"on_failure": {"destination_arn": queue_arn}},
+    )
+    db = tmp_path / "c.db"
     config = write_config(
         tmp_path / "leak.yaml",
-        {
-            "aws": {"region": "us-east-1", "endpoint_url": moto_url},
-            "checkpoints": {"path": str(tmp_path / "c.db")},
-            "observability": {"host": "127.0.0.1", "port": 0},
-            "logging": {"format": "json", "level": "DEBUG"},
-            "mappings": [
-                {
-                    "name": "leak",
-                    "event_source_arn": stream_arn(stream),
-                    "starting_position": "TRIM_HORIZON",
-                    "batch_size": 5,
-                    "maximum_retry_attempts": 1,
-                    "bisect_batch_on_function_error": True,
-                    "destination_config": {"on_failure": {"destination_arn": queue_arn}},
-                    "target": {"type": "python", "handler": "tests.support.leaky_handler:handler"},
-                }
-            ],
-        },
+        service_config(
+            moto_url,
+            mapping,
+            checkpoints={"path": str(db)},
+            logging={"format": "json", "level": "DEBUG"},
+        ),
     )
     env = {"POLLER_TEST_SINK": str(sink), "POLLER_TEST_MARKER": marker}
-    proc = ServiceProcess(config, tmp_path / "run.log", env).start()
-    try:
-        db = tmp_path / "c.db"
-        wait_for(lambda: checkpoint_of(db, "leak") == written[-1], 60, "every record settled")
-        assert proc.events("batch.failed"), "the run must include failures"
-        assert proc.events("records.sent_to_destination")
-        proc.signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
-    finally:
-        proc.stop()
+    proc = launch(config, "run.log", env)
+    wait_for(lambda: checkpoint_of(db, "leak") == written[-1], 60, "every record settled")
+    assert proc.events("batch.failed"), "the run must include failures"
+    assert proc.events("records.sent_to_destination")
+    proc.signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
     text = proc.log_path.read_text()
     assert marker not in text
     assert len(text.splitlines()) > 20
     assert json.loads(text.splitlines()[-1])["event"] == "service.stopped"
+
+
+def test_service_process_exports_no_created_series(
+    tmp_path: Path, moto_url: str, launch: Launch
+) -> None:
+    """`poller run` turns prometheus-client's `_created` series off: /metrics of the process
+    carries the event counters and not one `_created` sample beside them."""
+    stream = unique("created")
+    written = anyio.run(stream_with, moto_url, stream, [(f"k{i}", b"{}") for i in range(3)])
+    db = tmp_path / "c.db"
+    mapping = stream_mapping("created", stream_arn(stream), "tests.support.recorder:record")
+    config = write_config(
+        tmp_path / "created.yaml",
+        service_config(
+            moto_url,
+            mapping,
+            checkpoints={"path": str(db)},
+            logging={"format": "json", "level": "INFO"},
+        ),
+    )
+    proc = launch(config, "run.log")
+    wait_for(lambda: checkpoint_of(db, "created") == written[-1], 30, "every record settled")
+    [listening] = proc.events("observability.listening")
+    samples = scrape(listening["url"])
+    proc.signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    names = {name for name, _ in samples}
+    assert samples[("poller_polled_events_total", frozenset({("mapping", "created")}))] == 3
+    assert "poller_invocation_duration_seconds_count" in names
+    assert [n for n in names if n.endswith("_created")] == []

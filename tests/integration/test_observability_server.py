@@ -23,11 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from poller.config import ObservabilitySettings
 from poller.errors import ConfigError
 from poller.observability.metrics import PrometheusMetrics
-from poller.observability.server import (
-    HealthState,
-    ObservabilityServer,
-    serve_observability,
-)
+from poller.observability.server import HealthState, ObservabilityServer, serve_observability
 
 HOST = "127.0.0.1"
 #: A request to the server must be answered within this, even with the event loop blocked.

@@ -16,20 +16,21 @@ from typing import Any
 
 import pytest
 
-from tests.integration.kinesis_harness import kinesis_settings, running, wait_until
+from tests.integration.kinesis_harness import lambda_settings
 from tests.integration.stream_errors_harness import (
     checkpoint_of,
     make_queue,
     queue_bodies,
+    run_until_checkpoint,
     stream_with,
 )
 from tests.support.aws import unique
-from tests.support.conformance import assert_matches, recorded
+from tests.support.conformance import assert_matches, recorded, recorded_message
 from tests.support.invoke_api import InvokeApiServer
 
 pytestmark = pytest.mark.anyio
 
-SUCCESS = {
+SUCCESS: dict[str, Any] = {
     "empty_string_success": "",
     "empty_list_success": [],
     "null_success": None,
@@ -66,35 +67,41 @@ async def run_scenario(
     db = tmp_path / f"{stream}.db"
     with InvokeApiServer() as server:
         server.register("fn", function, timeout=5)
-        settings = kinesis_settings(
-            endpoint_url=moto_url,
-            endpoints={"lambda": server.url},
-            stream=stream,
-            db=db,
-            target={"type": "lambda", "function_name": "fn"},
+        settings = lambda_settings(
+            moto_url,
+            server,
+            stream,
+            db,
+            destination=queue_arn,
             maximum_batching_window_in_seconds=1,
             function_response_types=["ReportBatchItemFailures"],
-            destination_config={"on_failure": {"destination_arn": queue_arn}},
             **mapping,
         )
-        async with running(settings):
-            await wait_until(
-                lambda: checkpoint_of(db) == written[-1], 30, "the last record settled"
-            )
+        await run_until_checkpoint(settings, db, written[-1], 30, "the last record settled")
         invocations = server.invocations("fn")
     return invocations, await queue_bodies(moto_url, queue_url), checkpoint_of(db), written
+
+
+async def answer_one_record(
+    moto_url: str, tmp_path: Path, response: Any
+) -> tuple[list[Any], list[dict[str, Any]], str | None, list[str]]:
+    """The recorded single-record scenarios: one record, BatchSize 1, MaximumRetryAttempts 2,
+    and a function that answers ``response``."""
+    return await run_scenario(
+        moto_url,
+        tmp_path,
+        respond_with(response),
+        [("test", b"hello")],
+        batch_size=1,
+        maximum_retry_attempts=2,
+    )
 
 
 @pytest.mark.parametrize("scenario", SUCCESS)
 async def test_success_scenarios(scenario: str, moto_url: str, tmp_path: Path) -> None:
     """Each success response settles the record after one invocation; nothing is sent."""
-    invocations, messages, checkpoint, written = await run_scenario(
-        moto_url,
-        tmp_path,
-        respond_with(SUCCESS[scenario]),
-        [("test", b"hello")],
-        batch_size=1,
-        maximum_retry_attempts=2,
+    invocations, messages, checkpoint, written = await answer_one_record(
+        moto_url, tmp_path, SUCCESS[scenario]
     )
     assert [i.outcome for i in invocations] == ["success"]
     assert messages == []
@@ -111,22 +118,17 @@ async def test_success_scenarios(scenario: str, moto_url: str, tmp_path: Path) -
 async def test_failure_scenarios(scenario: str, moto_url: str, tmp_path: Path) -> None:
     """Each malformed response (or an exception) fails the whole batch; after two retries the
     failure record AWS recorded arrives at the SQS destination, and the checkpoint moves on."""
-    invocations, messages, checkpoint, written = await run_scenario(
-        moto_url,
-        tmp_path,
-        respond_with(FAILURE[scenario]),
-        [("test", b"hello")],
-        batch_size=1,
-        maximum_retry_attempts=2,
+    invocations, messages, checkpoint, written = await answer_one_record(
+        moto_url, tmp_path, FAILURE[scenario]
     )
     assert len(invocations) == 3
     (message,) = messages
-    expected = recorded(
+    expected = recorded_message(
         "esm-kinesis.json",
         f"test_kinesis_report_batch_item_failure_scenarios[{scenario}]",
         "sqs_payload",
     )
-    assert_matches(message, expected["Messages"][0]["Body"])
+    assert_matches(message, expected)
     assert message["requestContext"]["requestId"] == invocations[-1].request_id
     assert checkpoint == written[0]
 
@@ -154,8 +156,8 @@ async def test_partial_failure_of_last_record(moto_url: str, tmp_path: Path) -> 
     ]
     assert len(carrying_last) == 4
     (message,) = messages
-    expected = recorded(
+    expected = recorded_message(
         "esm-kinesis.json", "::test_kinesis_report_batch_item_failures", "sqs_payload"
     )
-    assert_matches(message, expected["Messages"][0]["Body"])
+    assert_matches(message, expected)
     assert message["KinesisBatchInfo"]["startSequenceNumber"] == written[5]

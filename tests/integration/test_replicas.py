@@ -5,25 +5,21 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
-import anyio
 import pytest
 
-from tests.support.aws import moto_server_process, unique
-from tests.support.process import REPO
+from tests.support.aws import moto_server_process
+from tests.support.process import REPO, run_cli
 from tests.support.replicas import (
     Fleet,
     Writer,
     duplicates,
-    fleet_config,
     leases,
-    make_stream,
+    new_fleet,
     overlaps,
     owner_counts,
     wait,
@@ -41,10 +37,7 @@ def moto_url() -> Iterator[str]:
 
 @pytest.fixture
 def fleet(tmp_path: Path, moto_url: str) -> Iterator[tuple[Fleet, str, str, list[dict[str, str]]]]:
-    stream, table = unique("fleet"), unique("leases")
-    shards = anyio.run(make_stream, moto_url, stream, 8)
-    config = fleet_config(tmp_path, moto_url, stream, table)
-    replicas = Fleet(tmp_path, config, tmp_path / "sink.jsonl")
+    replicas, stream, table, shards = new_fleet(tmp_path, moto_url, "fleet")
     try:
         yield replicas, stream, table, shards
     finally:
@@ -61,11 +54,10 @@ def test_three_replicas_converge_to_3_3_2_without_overlap(fleet, moto_url: str) 
     replicas at once."""
     replicas, stream, table, shards = fleet
     with Writer(moto_url, stream, shards) as writer:
-        for name in ("a", "b", "c"):
-            replicas.start(name)
+        replicas.start_all("abc")
         wait(lambda: balanced(moto_url, table, {"a", "b", "c"}), 60, "a 3/3/2 split")
         wait(lambda: len(replicas.delivered()) >= 200, 60, "traffic")
-    wait(lambda: set(replicas.delivered()) >= set(writer.written), 60, "every record delivered")
+    replicas.wait_delivered(writer, "every record delivered")
     assert overlaps(replicas.batches()) == []
     assert sorted(owner_counts(moto_url, table).values()) == [2, 3, 3]
 
@@ -75,8 +67,7 @@ def test_failover_after_sigkill(fleet, moto_url: str) -> None:  # type: ignore[n
     lease settings); nothing is lost; duplicates stay within its in-flight batches."""
     replicas, stream, table, shards = fleet
     with Writer(moto_url, stream, shards) as writer:
-        for name in ("a", "b", "c"):
-            replicas.start(name)
+        replicas.start_all("abc")
         wait(lambda: balanced(moto_url, table, {"a", "b", "c"}), 60, "a 3/3/2 split")
         victim = "c"
         orphans = {lease.shard_id for lease in leases(moto_url, table) if lease.owner == victim}
@@ -99,7 +90,7 @@ def test_failover_after_sigkill(fleet, moto_url: str) -> None:  # type: ignore[n
             )
             - killed_at
         )
-    wait(lambda: set(replicas.delivered()) >= set(writer.written), 60, "every record delivered")
+    replicas.wait_delivered(writer, "every record delivered")
     assert failover <= 20, f"failover took {failover:.1f} s"
     assert duplicates(replicas.delivered()) <= 20 * len(orphans)
     assert {lease.owner for lease in leases(moto_url, table)} == {"a", "b"}
@@ -110,8 +101,7 @@ def test_rolling_restart_has_no_duplicates(fleet, moto_url: str) -> None:  # typ
     duplicates and zero lost records (graceful handoffs, no waiting for expiry)."""
     replicas, stream, table, shards = fleet
     with Writer(moto_url, stream, shards) as writer:
-        for name in ("a", "b", "c"):
-            replicas.start(name)
+        replicas.start_all("abc")
         wait(lambda: balanced(moto_url, table, {"a", "b", "c"}), 60, "a 3/3/2 split")
         for name in ("a", "b", "c"):
             proc = replicas.procs[name]
@@ -123,7 +113,7 @@ def test_rolling_restart_has_no_duplicates(fleet, moto_url: str) -> None:  # typ
                 60,
                 f"balance after restarting {name}",
             )
-    wait(lambda: set(replicas.delivered()) >= set(writer.written), 60, "every record delivered")
+    replicas.wait_delivered(writer, "every record delivered")
     assert duplicates(replicas.delivered()) == 0
     assert overlaps(replicas.batches()) == []
 
@@ -134,8 +124,7 @@ def test_paused_replica_is_fenced(fleet, moto_url: str) -> None:  # type: ignore
     lease again through balancing."""
     replicas, stream, table, shards = fleet
     with Writer(moto_url, stream, shards) as writer:
-        for name in ("a", "b"):
-            replicas.start(name)
+        replicas.start_all("ab")
         wait(lambda: balanced(moto_url, table, {"a", "b"}), 60, "a 4/4 split")
         paused = replicas.procs["b"]
         held = {lease.shard_id for lease in leases(moto_url, table) if lease.owner == "b"}
@@ -148,7 +137,7 @@ def test_paused_replica_is_fenced(fleet, moto_url: str) -> None:  # type: ignore
             return {e["shard"] for e in paused.events("lease.lost") if stamp(e) > resumed_at}
 
         wait(lambda: lost_after_resume() >= held, 30, "b noticing it lost every lease")
-    wait(lambda: set(replicas.delivered()) >= set(writer.written), 60, "every record delivered")
+    replicas.wait_delivered(writer, "every record delivered")
     reacquired = [stamp(e) for e in paused.events("lease.acquired") if stamp(e) > resumed_at]
     until = min(reacquired, default=float("inf"))
     assert paused.proc is not None
@@ -171,8 +160,7 @@ def test_new_replica_gets_its_share_within_two_cycles(fleet, moto_url: str) -> N
     """A third replica joining a running pair receives its share within two balance cycles."""
     replicas, stream, table, shards = fleet
     with Writer(moto_url, stream, shards):
-        for name in ("a", "b"):
-            replicas.start(name)
+        replicas.start_all("ab")
         wait(lambda: balanced(moto_url, table, {"a", "b"}), 60, "a 4/4 split")
         joined = replicas.start("c")
         joined.wait_ready(30)
@@ -191,7 +179,7 @@ def test_status_command_shows_owners_and_checkpoints(fleet, moto_url: str) -> No
         wait(lambda: owner_counts(moto_url, table).get("a") == 8, 60, "a owning every shard")
         wait(lambda: all(lease.checkpoint for lease in leases(moto_url, table)), 60, "checkpoints")
     # Let delivery settle, so the checkpoints cannot move between the CLI's read and ours.
-    wait(lambda: set(replicas.delivered()) >= set(writer.written), 60, "every record delivered")
+    replicas.wait_delivered(writer, "every record delivered")
     last = {shard: seq for shard, seq in writer.written}
     wait(
         lambda: all(
@@ -201,13 +189,8 @@ def test_status_command_shows_owners_and_checkpoints(fleet, moto_url: str) -> No
         60,
         "checkpoints at the last records",
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "poller", "status", "--config", str(replicas.config)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+    result = run_cli(
+        "status", "--config", str(replicas.config), env={**os.environ, "PYTHONPATH": str(REPO)}
     )
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if "shardId-" in line]

@@ -9,20 +9,23 @@ were written (across parent and child), and no child is invoked before its paren
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
-from tests.integration.kinesis_harness import kinesis_settings, running, wait_until
+from tests.integration.kinesis_harness import kinesis_settings
 from tests.support import recorder
 from tests.support.aws import aws_client, stream_arn, unique
 from tests.support.kinesis_local import kinesis_local
+from tests.support.service import run_until, running
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -68,19 +71,43 @@ class Writer:
             await anyio.sleep(pause)
 
 
-async def wait_active(kinesis: Any, stream: str) -> None:
-    async def status() -> str:
-        return str(
-            (await kinesis.describe_stream_summary(StreamName=stream))["StreamDescriptionSummary"][
-                "StreamStatus"
-            ]
-        )
+async def shards_of(kinesis: Any, stream: str) -> list[dict[str, Any]]:
+    shards: list[dict[str, Any]] = (await kinesis.list_shards(StreamName=stream))["Shards"]
+    return shards
 
-    for _ in range(200):
-        if await status() == "ACTIVE":
-            return
-        await anyio.sleep(0.05)
-    raise AssertionError(f"{stream} did not become ACTIVE")
+
+async def wait_active(kinesis: Any, stream: str) -> None:
+    async def active() -> bool:
+        summary = await kinesis.describe_stream_summary(StreamName=stream)
+        return bool(summary["StreamDescriptionSummary"]["StreamStatus"] == "ACTIVE")
+
+    await wait_until(active, 15, f"{stream} to become ACTIVE")
+
+
+async def wait_shards(
+    kinesis: Any,
+    stream: str,
+    which: Callable[[dict[str, Any]], Any],
+    count: int,
+    what: str,
+    *,
+    exactly: bool = False,
+) -> set[str]:
+    """Wait until at least (or ``exactly``) ``count`` of the stream's shards are ``which``
+    ones; return their ids."""
+
+    async def found() -> set[str] | None:
+        ids = {s["ShardId"] for s in await shards_of(kinesis, stream) if which(s)}
+        return ids if len(ids) == count or (len(ids) > count and not exactly) else None
+
+    result: set[str] = await wait_until(found, 15, what)
+    return result
+
+
+def split_point(shard: dict[str, Any]) -> str:
+    """The middle of a shard's hash key range: where a split halves it."""
+    low, high = (int(shard["HashKeyRange"][k]) for k in ("StartingHashKey", "EndingHashKey"))
+    return str((low + high) // 2)
 
 
 def delivered(arn: str) -> list[tuple[str, str, int]]:
@@ -91,6 +118,12 @@ def delivered(arn: str) -> list[tuple[str, str, int]]:
             body = json.loads(base64.b64decode(r["kinesis"]["data"]))
             out.append((r["eventID"].split(":")[0], body["k"], body["n"]))
     return out
+
+
+async def assert_resharded_cleanly(kinesis: Any, stream: str, arn: str, writer: Writer) -> None:
+    """Nothing lost or repeated, per-key order kept, and no child before its parents."""
+    assert_order_and_completeness(arn, writer)
+    await assert_parents_before_children(kinesis, stream, arn)
 
 
 def assert_order_and_completeness(arn: str, writer: Writer) -> None:
@@ -106,7 +139,7 @@ def assert_order_and_completeness(arn: str, writer: Writer) -> None:
 
 async def assert_parents_before_children(kinesis: Any, stream: str, arn: str) -> None:
     """The last batch of every parent completed before the first batch of its children."""
-    shards = (await kinesis.list_shards(StreamName=stream))["Shards"]
+    shards = await shards_of(kinesis, stream)
     order = [r["eventID"].split(":")[0] for batch in recorder.BATCHES[arn] for r in batch[:1]]
     first = {s: order.index(s) for s in set(order)}
     last = {s: len(order) - 1 - order[::-1].index(s) for s in set(order)}
@@ -122,43 +155,58 @@ async def assert_parents_before_children(kinesis: Any, stream: str, arn: str) ->
     assert compared >= 1, "no parent and child both delivered: the check compared nothing"
 
 
-@pytest.fixture
-def arn_cleanup() -> Iterator[list[str]]:
-    arns: list[str] = []
-    yield arns
-    for arn in arns:
-        recorder.clear(arn)
-
-
-async def test_split_and_merge_under_continuous_writes(
-    kinesis: Any, kl_url: str, tmp_path: Path, arn_cleanup: list[str]
-) -> None:
-    """Split one shard and merge two others mid-run while 200 keys are written continuously."""
-    stream = unique("reshard")
+async def active_stream(
+    kinesis: Any, prefix: str, shards: int, recorded_streams: list[str]
+) -> tuple[str, str]:
+    """A new stream of ``shards`` shards, once ACTIVE; returns its name and ARN (registered
+    for the recorder's cleanup)."""
+    stream = unique(prefix)
     arn = stream_arn(stream)
-    arn_cleanup.append(arn)
-    await kinesis.create_stream(StreamName=stream, ShardCount=3)
+    recorded_streams.append(arn)
+    await kinesis.create_stream(StreamName=stream, ShardCount=shards)
     await wait_active(kinesis, stream)
-    shards = (await kinesis.list_shards(StreamName=stream))["Shards"]
+    return stream, arn
+
+
+@contextlib.asynccontextmanager
+async def under_writes(
+    kinesis: Any, kl_url: str, db: Path, stream: str, warm_up: int, what: str
+) -> AsyncIterator[Writer]:
+    """The service (batches of 50, shards listed every second) while a writer puts records
+    continuously; yields the writer once ``warm_up`` records were delivered. When the block
+    ends the writer stops, and the service runs on until every written record arrived."""
+    arn = stream_arn(stream)
     writer = Writer(kinesis, stream)
     settings = kinesis_settings(
-        endpoint_url=kl_url,
-        stream=stream,
-        db=tmp_path / "c.db",
-        batch_size=50,
-        shard_discovery_interval_seconds=1,
+        endpoint_url=kl_url, stream=stream, db=db, batch_size=50, shard_discovery_interval_seconds=1
     )
     stop = anyio.Event()
     async with running(settings), anyio.create_task_group() as tg:
         tg.start_soon(writer.run, stop)
-        await wait_until(lambda: len(delivered(arn)) >= 200, 30, "traffic before the reshard")
-        low, high = (
-            int(shards[0]["HashKeyRange"][k]) for k in ("StartingHashKey", "EndingHashKey")
-        )
+        await wait_until(lambda: len(delivered(arn)) >= warm_up, 30, what)
+        yield writer
+        stop.set()
+        await wait_until(lambda: len(delivered(arn)) >= writer.written, 60, "every written record")
+
+
+def shards_delivered(arn: str) -> set[str]:
+    return {shard for shard, _, _ in delivered(arn)}
+
+
+async def test_split_and_merge_under_continuous_writes(
+    kinesis: Any, kl_url: str, tmp_path: Path, recorded_streams: list[str]
+) -> None:
+    """Split one shard and merge two others mid-run while 200 keys are written continuously."""
+    stream, arn = await active_stream(kinesis, "reshard", 3, recorded_streams)
+    shards = await shards_of(kinesis, stream)
+    db = tmp_path / "c.db"
+    async with under_writes(
+        kinesis, kl_url, db, stream, 200, "traffic before the reshard"
+    ) as writer:
         await kinesis.split_shard(
             StreamName=stream,
             ShardToSplit=shards[0]["ShardId"],
-            NewStartingHashKey=str((low + high) // 2),
+            NewStartingHashKey=split_point(shards[0]),
         )
         await wait_active(kinesis, stream)
         await kinesis.merge_shards(
@@ -167,92 +215,50 @@ async def test_split_and_merge_under_continuous_writes(
             AdjacentShardToMerge=shards[2]["ShardId"],
         )
         await wait_active(kinesis, stream)
-        children = await wait_until_children(kinesis, stream, 3)
-        await wait_until(
-            lambda: {s for s, _, _ in delivered(arn)} >= children, 60, "every child delivering"
+        children = await wait_shards(
+            kinesis, stream, lambda s: s.get("ParentShardId"), 3, "the children to appear"
         )
-        stop.set()
-        await wait_until(lambda: len(delivered(arn)) >= writer.written, 60, "every written record")
-    assert_order_and_completeness(arn, writer)
-    await assert_parents_before_children(kinesis, stream, arn)
-
-
-async def wait_until_children(kinesis: Any, stream: str, count: int) -> set[str]:
-    for _ in range(200):
-        listing = (await kinesis.list_shards(StreamName=stream))["Shards"]
-        children = {s["ShardId"] for s in listing if s.get("ParentShardId")}
-        if len(children) >= count:
-            return children
-        await anyio.sleep(0.05)
-    raise AssertionError("the children never appeared")
+        await wait_until(lambda: shards_delivered(arn) >= children, 60, "every child delivering")
+    await assert_resharded_cleanly(kinesis, stream, arn, writer)
 
 
 async def test_update_shard_count_2_to_4_under_writes(
-    kinesis: Any, kl_url: str, tmp_path: Path, arn_cleanup: list[str]
+    kinesis: Any, kl_url: str, tmp_path: Path, recorded_streams: list[str]
 ) -> None:
     """UpdateShardCount from 2 to 4 while writes continue."""
-    stream = unique("scale")
-    arn = stream_arn(stream)
-    arn_cleanup.append(arn)
-    await kinesis.create_stream(StreamName=stream, ShardCount=2)
-    await wait_active(kinesis, stream)
-    writer = Writer(kinesis, stream)
-    settings = kinesis_settings(
-        endpoint_url=kl_url,
-        stream=stream,
-        db=tmp_path / "c.db",
-        batch_size=50,
-        shard_discovery_interval_seconds=1,
-    )
-    stop = anyio.Event()
-    async with running(settings), anyio.create_task_group() as tg:
-        tg.start_soon(writer.run, stop)
-        await wait_until(lambda: len(delivered(arn)) >= 100, 30, "traffic before scaling")
+    stream, arn = await active_stream(kinesis, "scale", 2, recorded_streams)
+    db = tmp_path / "c.db"
+    async with under_writes(kinesis, kl_url, db, stream, 100, "traffic before scaling") as writer:
         await kinesis.update_shard_count(
             StreamName=stream, TargetShardCount=4, ScalingType="UNIFORM_SCALING"
         )
         await wait_active(kinesis, stream)
-        open_shards = await wait_open_shards(kinesis, stream, 4)
-        await wait_until(
-            lambda: {s for s, _, _ in delivered(arn)} >= open_shards,
-            60,
-            "all four new shards delivering",
+        open_shards = await wait_shards(
+            kinesis,
+            stream,
+            lambda s: "EndingSequenceNumber" not in s["SequenceNumberRange"],
+            4,
+            "four open shards",
+            exactly=True,
         )
-        stop.set()
-        await wait_until(lambda: len(delivered(arn)) >= writer.written, 60, "every written record")
-    assert_order_and_completeness(arn, writer)
-    await assert_parents_before_children(kinesis, stream, arn)
-
-
-async def wait_open_shards(kinesis: Any, stream: str, count: int) -> set[str]:
-    for _ in range(200):
-        listing = (await kinesis.list_shards(StreamName=stream))["Shards"]
-        opened = {
-            s["ShardId"] for s in listing if "EndingSequenceNumber" not in s["SequenceNumberRange"]
-        }
-        if len(opened) == count:
-            return opened
-        await anyio.sleep(0.05)
-    raise AssertionError(f"never saw {count} open shards")
+        await wait_until(
+            lambda: shards_delivered(arn) >= open_shards, 60, "all four new shards delivering"
+        )
+    await assert_resharded_cleanly(kinesis, stream, arn, writer)
 
 
 async def test_restart_mid_reshard_resumes(
-    kinesis: Any, kl_url: str, tmp_path: Path, arn_cleanup: list[str]
+    kinesis: Any, kl_url: str, tmp_path: Path, recorded_streams: list[str]
 ) -> None:
     """Stop while a split parent is half-read and its children have not started; the restart
     finishes the parent first, then reads the children, losing and repeating nothing."""
-    stream = unique("midway")
-    arn = stream_arn(stream)
-    arn_cleanup.append(arn)
-    await kinesis.create_stream(StreamName=stream, ShardCount=1)
-    await wait_active(kinesis, stream)
+    stream, arn = await active_stream(kinesis, "midway", 1, recorded_streams)
     writer = Writer(kinesis, stream, keys=20)
     for _ in range(8):
         await writer.put_batch()  # 200 records in the parent
-    parent = (await kinesis.list_shards(StreamName=stream))["Shards"][0]
-    low, high = (int(parent["HashKeyRange"][k]) for k in ("StartingHashKey", "EndingHashKey"))
+    [parent] = await shards_of(kinesis, stream)
     await kinesis.split_shard(
-        StreamName=stream, ShardToSplit=parent["ShardId"], NewStartingHashKey=str((low + high) // 2)
+        StreamName=stream, ShardToSplit=parent["ShardId"], NewStartingHashKey=split_point(parent)
     )
     await wait_active(kinesis, stream)
     for _ in range(4):
@@ -274,13 +280,12 @@ async def test_restart_mid_reshard_resumes(
         await gate.wait()
     half = len(delivered(arn))
     assert 0 < half < 200, "the parent must be half-read when the service stops"
-    assert {s for s, _, _ in delivered(arn)} == {parent["ShardId"]}, (
-        "no child may start before the parent ends"
-    )
+    assert shards_delivered(arn) == {parent["ShardId"]}, "no child may start before the parent ends"
     recorder.BEHAVIOUR.pop(arn)
-    async with running(settings):
-        await wait_until(
-            lambda: len(delivered(arn)) >= writer.written, 60, "every record after the restart"
-        )
-    assert_order_and_completeness(arn, writer)
-    await assert_parents_before_children(kinesis, stream, arn)
+    await run_until(
+        settings,
+        lambda: len(delivered(arn)) >= writer.written,
+        60,
+        "every record after the restart",
+    )
+    await assert_resharded_cleanly(kinesis, stream, arn, writer)

@@ -5,10 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,95 +13,102 @@ import anyio
 import pytest
 
 from tests.support import file_sink
-from tests.support.aws import (
-    aws_client,
-    create_stream,
-    hash_key_for,
-    put_records,
-    stream_arn,
-    unique,
+from tests.support.aws import stream_arn, stream_holding, unique
+from tests.support.process import (
+    REPO,
+    Launch,
+    ServiceProcess,
+    assert_graceful_shutdown,
+    run_cli,
+    write_config,
 )
-from tests.support.process import REPO, ServiceProcess, wait_for, write_config
+from tests.support.service_config import service_config, stream_mapping
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
 
-def service_config(tmp_path: Path, moto_url: str, stream: str, **mapping: Any) -> Path:
+def proc_config(tmp_path: Path, moto_url: str, stream: str, **mapping: Any) -> Path:
+    """A configuration with mapping ``proc`` on ``stream``, delivering to the file sink."""
     return write_config(
         tmp_path / "poller.yaml",
-        {
-            "aws": {"region": "us-east-1", "endpoint_url": moto_url},
-            "checkpoints": {"path": str(tmp_path / "checkpoints.db")},
-            "observability": {"host": "127.0.0.1", "port": 0},
-            "logging": {"format": "json"},
-            "shutdown": {"drain_timeout_seconds": 20},
-            "mappings": [
-                {
-                    "name": "proc",
-                    "event_source_arn": stream_arn(stream),
-                    "starting_position": "TRIM_HORIZON",
-                    "target": {"type": "python", "handler": "tests.support.file_sink:handler"},
-                    **mapping,
-                }
-            ],
-        },
+        service_config(
+            moto_url,
+            stream_mapping(
+                "proc", stream_arn(stream), "tests.support.file_sink:handler", **mapping
+            ),
+            checkpoints={"path": str(tmp_path / "checkpoints.db")},
+            logging={"format": "json"},
+            shutdown={"drain_timeout_seconds": 20},
+        ),
     )
 
 
-def setup_stream(moto_url: str, shards: int, per_shard: int) -> tuple[str, list[tuple[str, str]]]:
-    """Create a stream and put ``per_shard`` records into each shard; return what was written."""
-
-    async def go() -> tuple[str, list[tuple[str, str]]]:
-        name = unique("proc")
-        async with aws_client("kinesis", moto_url) as kinesis:
-            listing = await create_stream(kinesis, name, shards)
-            written: list[tuple[str, str]] = []
-            for shard in listing:
-                records = ((f"k{i}", b"{}", hash_key_for(shard)) for i in range(per_shard))
-                written += await put_records(kinesis, name, records)
-        return name, written
-
-    return anyio.run(go)
-
-
-def delivered(sink: Path) -> list[tuple[str, str]]:
-    return [
-        (shard, seq) for batch in file_sink.read(str(sink)) for shard, seq, _ in batch["records"]
+def setup_stream(
+    moto_url: str, shards: int, per_shard: int, poison_at: int | None = None
+) -> tuple[str, list[tuple[str, str]]]:
+    """Create a stream and put ``per_shard`` records into each shard (in the first shard, the
+    one at index ``poison_at`` with partition key ``poison``); return what was written."""
+    name = unique("proc")
+    records = [
+        [("poison" if (s, i) == (0, poison_at) else f"k{i}", b"{}") for i in range(per_shard)]
+        for s in range(shards)
     ]
+    written = anyio.run(stream_holding, moto_url, name, records)
+    return name, [pair for shard in written for pair in shard]
 
 
-@pytest.fixture
-def processes() -> Iterator[list[ServiceProcess]]:
-    started: list[ServiceProcess] = []
-    yield started
-    for proc in started:
-        proc.stop()
+def slow_batch_in_flight(
+    tmp_path: Path, moto_url: str, launch: Launch, per_shard: int, sleep: float
+) -> tuple[ServiceProcess, list[tuple[str, str]], Path]:
+    """The service on a one-shard stream of ``per_shard`` records, in batches of ten that
+    take ``sleep`` seconds each, caught with its first batch in the handler; returns the
+    process, the records written and the sink."""
+    stream, written = setup_stream(moto_url, shards=1, per_shard=per_shard)
+    sink, started = tmp_path / "sink.jsonl", tmp_path / "started"
+    config = proc_config(tmp_path, moto_url, stream, batch_size=10)
+    proc = launch(config, "run.log", file_sink.env(sink, sleep=sleep, started=started))
+    wait_for(lambda: started.exists() and started.read_text().strip(), 30, "a batch in flight")
+    return proc, written, sink
 
 
-def test_sigkill_mid_run_loses_nothing(
-    tmp_path: Path, moto_url: str, processes: list[ServiceProcess]
+def restart_until_delivered(
+    launch: Launch,
+    config: Path,
+    env: dict[str, str],
+    sink: Path,
+    written: list[tuple[str, str]],
+    limit: float,
 ) -> None:
+    """Start the service again, let it run until every written record is in the sink, then
+    stop it with SIGTERM: the exit must be clean."""
+    second = launch(config, "run2.log", env)
+    wait_for(
+        lambda: set(file_sink.delivered(sink)) >= set(written),
+        limit,
+        "every record after the restart",
+    )
+    second.signal(signal.SIGTERM)
+    assert second.wait() == 0
+
+
+def test_sigkill_mid_run_loses_nothing(tmp_path: Path, moto_url: str, launch: Launch) -> None:
     """After SIGKILL and restart every record is delivered; duplicates are at most the
     in-flight batch of each shard."""
     stream, written = setup_stream(moto_url, shards=4, per_shard=500)
     sink = tmp_path / "sink.jsonl"
-    config = service_config(tmp_path, moto_url, stream, batch_size=50)
-    env = {"POLLER_TEST_SINK": str(sink), "POLLER_TEST_SLEEP": "0.05"}
-    first = ServiceProcess(config, tmp_path / "run1.log", env).start()
-    processes.append(first)
-    wait_for(lambda: len(delivered(sink)) >= 600, 60, "600 deliveries before the kill")
+    config = proc_config(tmp_path, moto_url, stream, batch_size=50)
+    env = file_sink.env(sink, sleep=0.05)
+    first = launch(config, "run1.log", env)
+    wait_for(lambda: len(file_sink.delivered(sink)) >= 600, 60, "600 deliveries before the kill")
     first.signal(signal.SIGKILL)
     assert first.wait() == -signal.SIGKILL
-    killed_at = len(delivered(sink))
+    killed_at = len(file_sink.delivered(sink))
     assert killed_at < len(written), "the kill must land mid-run"
 
-    second = ServiceProcess(config, tmp_path / "run2.log", env).start()
-    processes.append(second)
-    wait_for(lambda: set(delivered(sink)) >= set(written), 90, "every record after the restart")
-    second.signal(signal.SIGTERM)
-    assert second.wait() == 0
+    restart_until_delivered(launch, config, env, sink, written, 90)
 
-    got = delivered(sink)
+    got = file_sink.delivered(sink)
     assert set(got) == set(written)
     duplicates: dict[str, int] = defaultdict(int)
     for (shard, _), n in Counter(got).items():
@@ -120,24 +124,14 @@ def test_sigkill_mid_run_loses_nothing(
 
 
 def test_sigterm_drains_in_flight_batch_and_checkpoints(
-    tmp_path: Path, moto_url: str, processes: list[ServiceProcess]
+    tmp_path: Path, moto_url: str, launch: Launch
 ) -> None:
     """SIGTERM during a slow batch: the batch completes, is checkpointed, and the exit is 0."""
-    stream, written = setup_stream(moto_url, shards=1, per_shard=30)
-    sink, started = tmp_path / "sink.jsonl", tmp_path / "started"
-    config = service_config(tmp_path, moto_url, stream, batch_size=10)
-    env = {
-        "POLLER_TEST_SINK": str(sink),
-        "POLLER_TEST_SLEEP": "2",
-        "POLLER_TEST_STARTED": str(started),
-    }
-    proc = ServiceProcess(config, tmp_path / "run.log", env).start()
-    processes.append(proc)
-    wait_for(lambda: started.exists() and started.read_text().strip(), 30, "a batch in flight")
+    proc, written, sink = slow_batch_in_flight(tmp_path, moto_url, launch, 30, sleep=2)
     proc.signal(signal.SIGTERM)
     assert proc.wait(30) == 0
 
-    got = delivered(sink)
+    got = file_sink.delivered(sink)
     assert got == written[: len(got)]
     assert len(got) == 10, "exactly the in-flight batch completed; no new batch was taken"
     with sqlite3.connect(tmp_path / "checkpoints.db") as db:
@@ -145,15 +139,7 @@ def test_sigterm_drains_in_flight_batch_and_checkpoints(
             "SELECT sequence_number FROM checkpoints WHERE mapping = 'proc'"
         ).fetchone()
     assert checkpoint == got[-1][1]
-    events = [line["event"] for line in proc.logs()]
-    for step in (
-        "signal.received",
-        "shutdown.intake_stopped",
-        "shutdown.drained",
-        "service.stopped",
-    ):
-        assert step in events, f"{step} missing from {events}"
-    assert events.index("shutdown.drained") < events.index("service.stopped")
+    assert_graceful_shutdown(proc)
 
 
 def test_validate_rejects_bad_config_without_traceback(tmp_path: Path) -> None:
@@ -172,13 +158,7 @@ def test_validate_rejects_bad_config_without_traceback(tmp_path: Path) -> None:
             ]
         },
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "poller", "validate", "--config", str(bad)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = run_cli("validate", "--config", str(bad))
     assert result.returncode == 2
     assert "batch_size" in result.stderr
     assert "20000" in result.stderr
@@ -195,38 +175,22 @@ def test_validate_accepts_shipped_configs() -> None:
         "example-localstack.yaml",
     }
     for path in shipped:
-        result = subprocess.run(
-            [sys.executable, "-m", "poller", "validate", "--config", str(path)],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        result = run_cli("validate", "--config", str(path))
         assert result.returncode == 0, (path, result.stderr)
 
 
 def test_signal_delivered_twice_at_once_still_drains(
-    tmp_path: Path, moto_url: str, processes: list[ServiceProcess]
+    tmp_path: Path, moto_url: str, launch: Launch
 ) -> None:
     """A supervisor that signals the process and its group delivers SIGINT twice in quick
     succession: that is one request, so the in-flight batch still completes, the exit is clean,
     and no KeyboardInterrupt escapes."""
-    stream, written = setup_stream(moto_url, shards=1, per_shard=20)
-    sink, started = tmp_path / "sink.jsonl", tmp_path / "started"
-    config = service_config(tmp_path, moto_url, stream, batch_size=10)
-    env = {
-        "POLLER_TEST_SINK": str(sink),
-        "POLLER_TEST_SLEEP": "1.5",
-        "POLLER_TEST_STARTED": str(started),
-    }
-    proc = ServiceProcess(config, tmp_path / "run.log", env).start()
-    processes.append(proc)
-    wait_for(lambda: started.exists() and started.read_text().strip(), 30, "a batch in flight")
+    proc, written, sink = slow_batch_in_flight(tmp_path, moto_url, launch, 20, sleep=1.5)
     proc.signal(signal.SIGINT)
     wait_for(lambda: proc.events("signal.received"), 10, "the first signal handled")
     proc.signal(signal.SIGINT)
     assert proc.wait(30) == 0
-    assert delivered(sink) == written[:10]
+    assert file_sink.delivered(sink) == written[:10]
     received = proc.events("signal.received")
     assert [e["forced"] for e in received] == [False, False]
     assert proc.events("service.stopped")
@@ -234,30 +198,17 @@ def test_signal_delivered_twice_at_once_still_drains(
 
 
 def test_sigkill_during_retries_loses_nothing(
-    tmp_path: Path, moto_url: str, processes: list[ServiceProcess]
+    tmp_path: Path, moto_url: str, launch: Launch
 ) -> None:
     """A shard retrying a failing record is killed; its checkpoint never passed the record, so
     after a restart (the function fixed) every record is delivered."""
 
-    async def put() -> tuple[str, list[tuple[str, str]]]:
-        name = unique("kill")
-        async with aws_client("kinesis", moto_url) as kinesis:
-            shards = await create_stream(kinesis, name, 2)
-            written: list[tuple[str, str]] = []
-            for s, shard in enumerate(shards):
-                keys = [("poison" if s == 0 and i == 20 else f"k{i}") for i in range(60)]
-                written += await put_records(
-                    kinesis, name, ((k, b"{}", hash_key_for(shard)) for k in keys)
-                )
-        return name, written
-
-    stream, written = anyio.run(put)
+    stream, written = setup_stream(moto_url, shards=2, per_shard=60, poison_at=20)
     sink, flag = tmp_path / "sink.jsonl", tmp_path / "failing"
     flag.write_text("poison records fail while this file exists")
-    config = service_config(tmp_path, moto_url, stream, batch_size=10)
-    env = {"POLLER_TEST_SINK": str(sink), "POLLER_TEST_FAIL_FLAG": str(flag)}
-    first = ServiceProcess(config, tmp_path / "run1.log", env).start()
-    processes.append(first)
+    config = proc_config(tmp_path, moto_url, stream, batch_size=10)
+    env = file_sink.env(sink, fail_flag=flag)
+    first = launch(config, "run1.log", env)
     wait_for(lambda: len(first.events("batch.failed")) >= 2, 60, "the poison batch retrying")
     first.signal(signal.SIGKILL)
     first.wait()
@@ -267,15 +218,11 @@ def test_sigkill_during_retries_loses_nothing(
     assert int(stored.get(poison_shard) or 0) < int(poison_seq), (
         "checkpoint passed the failing record"
     )
-    assert (poison_shard, poison_seq) not in delivered(sink)
+    assert (poison_shard, poison_seq) not in file_sink.delivered(sink)
 
     flag.unlink()
-    second = ServiceProcess(config, tmp_path / "run2.log", env).start()
-    processes.append(second)
-    wait_for(lambda: set(delivered(sink)) >= set(written), 60, "every record after the restart")
-    second.signal(signal.SIGTERM)
-    assert second.wait() == 0
-    assert set(delivered(sink)) == set(written)
+    restart_until_delivered(launch, config, env, sink, written, 60)
+    assert set(file_sink.delivered(sink)) == set(written)
 
 
 def test_unreachable_dependency_at_startup_is_one_clear_line(tmp_path: Path) -> None:
@@ -298,15 +245,7 @@ def test_unreachable_dependency_at_startup_is_one_clear_line(tmp_path: Path) -> 
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull)
-    result = subprocess.run(
-        [sys.executable, "-m", "poller", "run", "--config", str(config)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
-        timeout=60,
-    )
+    result = run_cli("run", "--config", str(config), env=env, timeout=60)
     assert result.returncode == 1
     assert "poller: cannot start: lease table leases-missing" in result.stderr
     assert "credentials" in result.stderr

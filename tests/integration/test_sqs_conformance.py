@@ -20,24 +20,24 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.kinesis_harness import running
 from tests.support import sqs as support
-from tests.support.aws import aws_client, unique
 from tests.support.conformance import assert_matches, recorded
+from tests.support.service import running
 from tests.support.sqs import (
-    create_queue,
+    NewQueue,
+    Queue,
     eventually,
     invocations,
-    queue_arn,
     queue_depth,
     receive_all,
+    send_bodies,
     send_entries,
     sqs_settings,
 )
@@ -45,17 +45,8 @@ from tests.support.sqs import (
 pytestmark = pytest.mark.anyio
 
 DESTINATION = "http://queue.local/123456789012/destination"
-
-
-@pytest.fixture(scope="module")
-def sqs_url() -> str:
-    return support.shared_sqs_server()
-
-
-@pytest.fixture
-async def sqs(sqs_url: str) -> AsyncIterator[Any]:
-    async with aws_client("sqs", sqs_url) as client:
-        yield client
+#: The mapping fields of the recorded batch-item-failure scenarios.
+REPORTING_BATCHES = {"batch_size": 10, "function_response_types": ["ReportBatchItemFailures"]}
 
 
 def scenario(name: str, key: str) -> Any:
@@ -135,48 +126,97 @@ def batch_item_failure_function(overwrite: Any = None) -> Callable[[list[dict[st
 class Queues:
     """A scenario's source queue and its dead-letter queue."""
 
-    name: str
-    url: str
-    dlq_url: str
+    source: Queue
+    dlq: Queue
+
+    @property
+    def url(self) -> str:
+        return self.source.url
 
     @property
     def arn(self) -> str:
-        return queue_arn(self.name)
+        return self.source.arn
 
     def calls(self) -> list[support.Invocation]:
         return invocations(self.arn)
 
 
-async def make_queues(sqs: Any, *, fifo: bool = False) -> Queues:
+async def make_queues(new_queue: NewQueue, *, fifo: bool = False) -> Queues:
+    """The recorded scenarios' queues: visibility 1 s, two receives before the dead-letter queue."""
     suffix = ".fifo" if fifo else ""
-    name, dlq_name = unique("source") + suffix, unique("dlq") + suffix
-    dlq_url = await create_queue(sqs, dlq_name)
-    url = await create_queue(
-        sqs, name, visibility_timeout=1, dlq_arn=queue_arn(dlq_name), max_receive_count=2
+    dlq = await new_queue("dlq" + suffix)
+    source = await new_queue(
+        "source" + suffix, visibility_timeout=1, dlq_arn=dlq.arn, max_receive_count=2
     )
-    return Queues(name, url, dlq_url)
+    return Queues(source, dlq)
 
 
 async def replay(
+    sqs: Any,
     sqs_url: str,
     tmp_path: Path,
     queues: Queues,
     function: Callable[[list[dict[str, Any]]], Any],
-    done: Callable[[], Awaitable[bool]],
+    calls: int,
     **mapping: Any,
 ) -> None:
-    """Run the service on the queue until ``done`` holds."""
+    """Run the service on the queue until ``function`` was invoked ``calls`` times and the
+    source queue is empty."""
     support.BEHAVIOUR[queues.arn] = function
+
+    async def ended() -> bool:
+        return len(queues.calls()) >= calls and await queue_depth(sqs, queues.url) == (0, 0)
+
     settings = sqs_settings(
-        endpoint_url=sqs_url, queue=queues.name, db=tmp_path / "c.db", **mapping
+        endpoint_url=sqs_url, queue=queues.source.name, db=tmp_path / "c.db", **mapping
     )
     async with running(settings):
-        await eventually(done, 30, "the scenario's end state")
+        await eventually(ended, 30, "the scenario's end state")
 
 
-async def ended(sqs: Any, queues: Queues, calls: int) -> bool:
-    """``calls`` invocations happened and the source queue is empty."""
-    return len(queues.calls()) >= calls and await queue_depth(sqs, queues.url) == (0, 0)
+def assert_attempts(name: str, calls: list[support.Invocation], bindings: dict[str, Any]) -> None:
+    """The two attempts of a failing-function scenario, each against its recording: the
+    records and the error."""
+    assert len(calls) == 2
+    for call, key in zip(calls, ("first_attempt", "second_attempt"), strict=True):
+        [message] = scenario(name, key)["Messages"]
+        assert call.error == message["Body"]["error"]
+        assert_records(call.records, message["Body"]["event"]["Records"], bindings)
+
+
+def assert_invocations(
+    name: str,
+    calls: list[support.Invocation],
+    bindings: dict[str, Any],
+    keys: tuple[str, ...] = ("first_invocation", "second_invocation"),
+) -> None:
+    """Each invocation of a batch-item-failure scenario against its recording under ``keys``:
+    the records and the function's response."""
+    assert len(calls) == len(keys)
+    for call, key in zip(calls, keys, strict=True):
+        [message] = scenario(name, key)["Messages"]
+        assert_records(call.records, message["Body"]["event"]["Records"], bindings)
+        assert_matches(call.result, message["Body"]["result"], bindings)
+
+
+async def assert_reported_twice_then_dead_lettered(
+    sqs: Any, sqs_url: str, tmp_path: Path, queues: Queues, name: str, function: Any
+) -> None:
+    """Replay a batch-item-failure scenario that ends in the dead-letter queue: two
+    invocations, each matching its recording, then the message AWS dead-lettered."""
+    await replay(sqs, sqs_url, tmp_path, queues, function, 2, **REPORTING_BATCHES)
+    bindings: dict[str, Any] = {}
+    assert_invocations(name, queues.calls(), bindings)
+    await assert_dead_lettered(sqs, queues, name, bindings)
+
+
+async def assert_dead_lettered(
+    sqs: Any, queues: Queues, name: str, bindings: dict[str, Any]
+) -> None:
+    """The one message the scenario dead-lettered is in the dead-letter queue as AWS left it."""
+    [dead] = await receive_all(sqs, queues.dlq.url, expected=1, limit=10)
+    [expected] = scenario(name, "dlq_response")["Messages"]
+    assert_dlq_message(dead, expected, bindings)
 
 
 # --------------------------------------------------------------------------- event shape
@@ -198,42 +238,40 @@ async def ended(sqs: Any, queues: Queues, calls: int) -> bool:
     ],
 )
 async def test_event_matches_recording(
-    sqs: Any, sqs_url: str, tmp_path: Path, name: str, bodies: list[str], fields: Any
+    sqs: Any,
+    sqs_url: str,
+    tmp_path: Path,
+    new_queue: NewQueue,
+    name: str,
+    bodies: list[str],
+    fields: Any,
 ) -> None:
     """Records of a standard queue, shaped exactly as AWS's: ``md5OfMessageAttributes`` null,
     ``messageAttributes`` empty, all attributes strings."""
     expected = scenario(name, "Records" if "batch_size" in name else "events")
     if "batch_size" not in name:
         expected = [r for event in expected for r in event["Records"]]
-    queues = await make_queues(sqs)
-    await send_entries(sqs, queues.url, ({"MessageBody": b} for b in bodies))
-    try:
-        await replay(
-            sqs_url,
-            tmp_path,
-            queues,
-            lambda records: None,
-            lambda: ended(sqs, queues, 1),
-            **fields,
-        )
-        records = [r for c in queues.calls() for r in c.records]
-        key = "body"
-        assert_records(
-            sorted(records, key=lambda r: r[key]),
-            sorted(expected, key=lambda r: json.dumps(r[key])),
-            {},
-        )
-    finally:
-        support.forget(queues.arn)
+    queues = await make_queues(new_queue)
+    await send_bodies(sqs, queues.url, bodies)
+    await replay(sqs, sqs_url, tmp_path, queues, lambda records: None, 1, **fields)
+    records = [r for c in queues.calls() for r in c.records]
+    key = "body"
+    assert_records(
+        sorted(records, key=lambda r: r[key]),
+        sorted(expected, key=lambda r: json.dumps(r[key])),
+        {},
+    )
 
 
-async def test_message_attributes_match_recording(sqs: Any, sqs_url: str, tmp_path: Path) -> None:
+async def test_message_attributes_match_recording(
+    sqs: Any, sqs_url: str, tmp_path: Path, new_queue: NewQueue
+) -> None:
     """test_message_body_and_attributes_passed_correctly: String and Number attributes in
     Lambda's camelCase form with empty list fields, and the very MD5 of attributes AWS sent."""
     [expected] = scenario("test_message_body_and_attributes_passed_correctly", "first_attempt")[
         "Messages"
     ]
-    queues = await make_queues(sqs)
+    queues = await make_queues(new_queue)
     entry = {
         "MessageBody": json.dumps({"destination": DESTINATION, "fail_attempts": 0}),
         "MessageAttributes": {
@@ -243,94 +281,54 @@ async def test_message_attributes_match_recording(sqs: Any, sqs_url: str, tmp_pa
         },
     }
     await send_entries(sqs, queues.url, [entry])
-    try:
-        await replay(
-            sqs_url,
-            tmp_path,
-            queues,
-            integration_function,
-            lambda: ended(sqs, queues, 1),
-            batch_size=1,
-        )
-        [call] = queues.calls()
-        assert call.error is expected["Body"]["error"] is None
-        assert_records(call.records, expected["Body"]["event"]["Records"], {})
-    finally:
-        support.forget(queues.arn)
+    await replay(sqs, sqs_url, tmp_path, queues, integration_function, 1, batch_size=1)
+    [call] = queues.calls()
+    assert call.error is expected["Body"]["error"] is None
+    assert_records(call.records, expected["Body"]["event"]["Records"], {})
 
 
 # --------------------------------------------------------------------------- settlement
 
 
 async def test_failing_function_retries_after_visibility_timeout(
-    sqs: Any, sqs_url: str, tmp_path: Path
+    sqs: Any, sqs_url: str, tmp_path: Path, new_queue: NewQueue
 ) -> None:
     """test_failing_lambda_retries_after_visibility_timeout: the first attempt fails, the
     message comes back with receive count 2, the second attempt succeeds and deletes it."""
-    queues = await make_queues(sqs)
+    queues = await make_queues(new_queue)
     body = json.dumps({"destination": DESTINATION, "fail_attempts": 1})
-    await send_entries(sqs, queues.url, [{"MessageBody": body}])
-    name = "test_failing_lambda_retries_after_visibility_timeout"
-    try:
-        await replay(
-            sqs_url,
-            tmp_path,
-            queues,
-            integration_function,
-            lambda: ended(sqs, queues, 2),
-            batch_size=1,
-        )
-        bindings: dict[str, Any] = {}
-        calls = queues.calls()
-        assert len(calls) == 2
-        for call, key in zip(calls, ("first_attempt", "second_attempt"), strict=True):
-            [message] = scenario(name, key)["Messages"]
-            assert call.error == message["Body"]["error"]
-            assert_records(call.records, message["Body"]["event"]["Records"], bindings)
-        assert await queue_depth(sqs, queues.dlq_url) == (0, 0)
-    finally:
-        support.forget(queues.arn)
+    await send_bodies(sqs, queues.url, [body])
+    await replay(sqs, sqs_url, tmp_path, queues, integration_function, 2, batch_size=1)
+    assert_attempts("test_failing_lambda_retries_after_visibility_timeout", queues.calls(), {})
+    assert await queue_depth(sqs, queues.dlq.url) == (0, 0)
 
 
 async def test_redrive_to_dlq_after_max_receive_count(
-    sqs: Any, sqs_url: str, tmp_path: Path
+    sqs: Any, sqs_url: str, tmp_path: Path, new_queue: NewQueue
 ) -> None:
     """test_redrive_policy_with_failing_lambda: an always-failing function; two attempts
     (receive counts 1 and 2), then SQS moves the message to the dead-letter queue; no third
     attempt."""
-    queues = await make_queues(sqs)
-    body = json.dumps({"destination": DESTINATION, "fail_attempts": 2})
-    await send_entries(sqs, queues.url, [{"MessageBody": body}])
     name = "test_redrive_policy_with_failing_lambda"
-    try:
-        await replay(
-            sqs_url,
-            tmp_path,
-            queues,
-            integration_function,
-            lambda: ended(sqs, queues, 2),
-            batch_size=1,
-        )
-        bindings: dict[str, Any] = {}
-        calls = queues.calls()
-        assert len(calls) == 2
-        for call, key in zip(calls, ("first_attempt", "second_attempt"), strict=True):
-            [message] = scenario(name, key)["Messages"]
-            assert call.error == message["Body"]["error"] == "failed attempt"
-            assert_records(call.records, message["Body"]["event"]["Records"], bindings)
-        [dead] = await receive_all(sqs, queues.dlq_url, expected=1, limit=10)
-        [expected] = scenario(name, "dlq_response")["Messages"]
-        assert_dlq_message(dead, expected, bindings)
-    finally:
-        support.forget(queues.arn)
+    queues = await make_queues(new_queue)
+    body = json.dumps({"destination": DESTINATION, "fail_attempts": 2})
+    await send_bodies(sqs, queues.url, [body])
+    await replay(sqs, sqs_url, tmp_path, queues, integration_function, 2, batch_size=1)
+    bindings: dict[str, Any] = {}
+    calls = queues.calls()
+    assert_attempts(name, calls, bindings)
+    assert [c.error for c in calls] == ["failed attempt"] * 2
+    await assert_dead_lettered(sqs, queues, name, bindings)
 
 
-async def test_report_batch_item_failures_fifo(sqs: Any, sqs_url: str, tmp_path: Path) -> None:
+async def test_report_batch_item_failures_fifo(
+    sqs: Any, sqs_url: str, tmp_path: Path, new_queue: NewQueue
+) -> None:
     """test_report_batch_item_failures: four messages of one FIFO group. The first invocation
     reports 2, 3 and 4: only 1 is deleted. The second gets 2, 3, 4 (receive count 2) and
     reports 4: 2 and 3 are deleted. Message 4 then goes to the dead-letter queue."""
     name = "test_report_batch_item_failures"
-    queues = await make_queues(sqs, fifo=True)
+    queues = await make_queues(new_queue, fifo=True)
     attempts = {1: 0, 2: 1, 3: 1, 4: 2}
     await send_entries(
         sqs,
@@ -344,124 +342,60 @@ async def test_report_batch_item_failures_fifo(sqs: Any, sqs_url: str, tmp_path:
             for n, fails in attempts.items()
         ),
     )
-    try:
-        await replay(
-            sqs_url,
-            tmp_path,
-            queues,
-            batch_item_failure_function(),
-            lambda: ended(sqs, queues, 2),
-            batch_size=10,
-            function_response_types=["ReportBatchItemFailures"],
-        )
-        bindings: dict[str, Any] = {}
-        calls = queues.calls()
-        assert len(calls) == 2
-        for call, key in zip(calls, ("first_invocation", "second_invocation"), strict=True):
-            [message] = scenario(name, key)["Messages"]
-            assert_records(call.records, message["Body"]["event"]["Records"], bindings)
-            assert_matches(call.result, message["Body"]["result"], bindings)
-        [dead] = await receive_all(sqs, queues.dlq_url, expected=1, limit=10)
-        [expected] = scenario(name, "dlq_response")["Messages"]
-        assert_dlq_message(dead, expected, bindings)
-    finally:
-        support.forget(queues.arn)
+    function = batch_item_failure_function()
+    await assert_reported_twice_then_dead_lettered(sqs, sqs_url, tmp_path, queues, name, function)
 
 
 async def test_invalid_partial_response_fails_the_whole_batch(
-    sqs: Any, sqs_url: str, tmp_path: Path
+    sqs: Any, sqs_url: str, tmp_path: Path, new_queue: NewQueue
 ) -> None:
     """test_report_batch_item_failures_invalid_result_json_batch_fails: the response
     ``{"batchItemFailures": [{"foo": "notvalid"}]}`` fails the batch; it is delivered again,
     then dead-lettered."""
     name = "test_report_batch_item_failures_invalid_result_json_batch_fails"
-    queues = await make_queues(sqs)
-    body = json.dumps({"message": 1, "fail_attempts": 0})
-    await send_entries(sqs, queues.url, [{"MessageBody": body}])
-    overwrite = {"batchItemFailures": [{"foo": "notvalid"}]}
-    try:
-        await replay(
-            sqs_url,
-            tmp_path,
-            queues,
-            batch_item_failure_function(overwrite),
-            lambda: ended(sqs, queues, 2),
-            batch_size=10,
-            function_response_types=["ReportBatchItemFailures"],
-        )
-        bindings: dict[str, Any] = {}
-        calls = queues.calls()
-        assert len(calls) == 2
-        for call, key in zip(calls, ("first_invocation", "second_invocation"), strict=True):
-            [message] = scenario(name, key)["Messages"]
-            assert_records(call.records, message["Body"]["event"]["Records"], bindings)
-            assert_matches(call.result, message["Body"]["result"], bindings)
-        [dead] = await receive_all(sqs, queues.dlq_url, expected=1, limit=10)
-        [expected] = scenario(name, "dlq_response")["Messages"]
-        assert_dlq_message(dead, expected, bindings)
-    finally:
-        support.forget(queues.arn)
+    queues = await make_queues(new_queue)
+    await send_bodies(sqs, queues.url, [json.dumps({"message": 1, "fail_attempts": 0})])
+    function = batch_item_failure_function({"batchItemFailures": [{"foo": "notvalid"}]})
+    await assert_reported_twice_then_dead_lettered(sqs, sqs_url, tmp_path, queues, name, function)
 
 
-async def test_empty_object_response_is_success(sqs: Any, sqs_url: str, tmp_path: Path) -> None:
+async def test_empty_object_response_is_success(
+    sqs: Any, sqs_url: str, tmp_path: Path, new_queue: NewQueue
+) -> None:
     """test_report_batch_item_failures_empty_json_batch_succeeds: ``{}`` is success; the
     message is deleted after one invocation and never reaches the dead-letter queue."""
     name = "test_report_batch_item_failures_empty_json_batch_succeeds"
-    queues = await make_queues(sqs)
-    body = json.dumps({"message": 1, "fail_attempts": 0})
-    await send_entries(sqs, queues.url, [{"MessageBody": body}])
-    try:
-        await replay(
-            sqs_url,
-            tmp_path,
-            queues,
-            batch_item_failure_function({}),
-            lambda: ended(sqs, queues, 1),
-            batch_size=10,
-            function_response_types=["ReportBatchItemFailures"],
-        )
-        [call] = queues.calls()
-        [message] = scenario(name, "first_invocation")["Messages"]
-        bindings: dict[str, Any] = {}
-        assert_records(call.records, message["Body"]["event"]["Records"], bindings)
-        assert_matches(call.result, message["Body"]["result"], bindings)
-        assert await queue_depth(sqs, queues.dlq_url) == (0, 0)
-    finally:
-        support.forget(queues.arn)
+    queues = await make_queues(new_queue)
+    await send_bodies(sqs, queues.url, [json.dumps({"message": 1, "fail_attempts": 0})])
+    function = batch_item_failure_function({})
+    await replay(sqs, sqs_url, tmp_path, queues, function, 1, **REPORTING_BATCHES)
+    assert_invocations(name, queues.calls(), {}, keys=("first_invocation",))
+    assert await queue_depth(sqs, queues.dlq.url) == (0, 0)
 
 
 async def test_function_error_with_partial_responses_fails_the_batch(
-    sqs: Any, sqs_url: str, tmp_path: Path
+    sqs: Any, sqs_url: str, tmp_path: Path, new_queue: NewQueue
 ) -> None:
     """test_report_batch_item_failures_on_lambda_error: two messages in one batch and a
     function that raises (it accepts one record only): with ReportBatchItemFailures on, the
     whole batch still fails, twice, and both messages end in the dead-letter queue."""
     expected = scenario("test_report_batch_item_failures_on_lambda_error", "dlq_messages")
-    queues = await make_queues(sqs)
+    queues = await make_queues(new_queue)
     bodies = ["{not a json body", json.dumps({"message": 2, "fail_attempts": 0})]
-    await send_entries(sqs, queues.url, ({"MessageBody": b} for b in bodies))
-    try:
-        await replay(
-            sqs_url,
-            tmp_path,
-            queues,
-            integration_function,
-            lambda: ended(sqs, queues, 2),
-            function_response_types=["ReportBatchItemFailures"],
-        )
-        calls = queues.calls()
-        assert [len(c.records) for c in calls] == [2, 2]
-        assert all(c.error == "the payload must consist of exactly one record" for c in calls)
-        dead = await receive_all(sqs, queues.dlq_url, expected=2, limit=10)
-        bindings: dict[str, Any] = {}
-        by_body = {
-            json.dumps(e["Body"]) if isinstance(e["Body"], dict) else e["Body"]: e for e in expected
-        }
-        assert sorted(m["Body"] for m in dead) == sorted(by_body)
-        for message in dead:
-            assert_dlq_message(message, by_body[message["Body"]], bindings)
-    finally:
-        support.forget(queues.arn)
+    await send_bodies(sqs, queues.url, bodies)
+    reporting = {"function_response_types": ["ReportBatchItemFailures"]}
+    await replay(sqs, sqs_url, tmp_path, queues, integration_function, 2, **reporting)
+    calls = queues.calls()
+    assert [len(c.records) for c in calls] == [2, 2]
+    assert all(c.error == "the payload must consist of exactly one record" for c in calls)
+    dead = await receive_all(sqs, queues.dlq.url, expected=2, limit=10)
+    bindings: dict[str, Any] = {}
+    by_body = {
+        json.dumps(e["Body"]) if isinstance(e["Body"], dict) else e["Body"]: e for e in expected
+    }
+    assert sorted(m["Body"] for m in dead) == sorted(by_body)
+    for message in dead:
+        assert_dlq_message(message, by_body[message["Body"]], bindings)
 
 
 # --------------------------------------------------------------------------- filtering
@@ -484,6 +418,7 @@ async def test_filtered_out_messages_are_deleted_unseen(
     sqs: Any,
     sqs_url: str,
     tmp_path: Path,
+    new_queue: NewQueue,
     case: str,
     pattern: Any,
     matching: Any,
@@ -494,21 +429,14 @@ async def test_filtered_out_messages_are_deleted_unseen(
     invocation, so the queue ends empty after one invocation."""
     name = f"TestSQSEventSourceMapping::test_sqs_event_filter[{case}]"
     expected = scenario(name, "invocation_events")
-    queues = await make_queues(sqs)
+    queues = await make_queues(new_queue)
     bodies = [json.dumps(matching), json.dumps(not_matching) if not_matching else "plain-string"]
-    await send_entries(sqs, queues.url, ({"MessageBody": b} for b in bodies))
-    try:
-        await replay(
-            sqs_url,
-            tmp_path,
-            queues,
-            lambda records: None,
-            lambda: ended(sqs, queues, 1),
-            maximum_batching_window_in_seconds=1,
-            filter_criteria={"filters": [{"pattern": json.dumps(pattern)}]},
-        )
-        [call] = queues.calls()
-        assert_records(call.records, expected[0]["Records"], {})
-        assert await queue_depth(sqs, queues.dlq_url) == (0, 0)
-    finally:
-        support.forget(queues.arn)
+    await send_bodies(sqs, queues.url, bodies)
+    filtering = {
+        "maximum_batching_window_in_seconds": 1,
+        "filter_criteria": {"filters": [{"pattern": json.dumps(pattern)}]},
+    }
+    await replay(sqs, sqs_url, tmp_path, queues, lambda records: None, 1, **filtering)
+    [call] = queues.calls()
+    assert_records(call.records, expected[0]["Records"], {})
+    assert await queue_depth(sqs, queues.dlq.url) == (0, 0)

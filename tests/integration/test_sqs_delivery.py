@@ -11,51 +11,26 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 
-from poller.config import SqsMapping
 from poller.core.batching import MAX_PAYLOAD_BYTES
 from poller.observability.metrics import RecordingMetrics
-from poller.queues import SqsMappingRunner
-from poller.sources.sqs import SqsQueue
-from poller.targets.python import PythonTarget
-from tests.integration.kinesis_harness import running
 from tests.support import sqs as support
-from tests.support.aws import REGION, aws_client, unique
 from tests.support.conformance import assert_matches, recorded
 from tests.support.sqs import (
-    create_queue,
+    Drain,
+    NewQueue,
     delivered_ids,
+    drained,
     eventually,
     invocations,
-    queue_arn,
-    queue_depth,
+    mapping_runner,
     send_bodies,
-    sqs_settings,
 )
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def sqs_url() -> str:
-    return support.shared_sqs_server()
-
-
-@pytest.fixture
-async def sqs(sqs_url: str) -> AsyncIterator[Any]:
-    async with aws_client("sqs", sqs_url) as client:
-        yield client
-
-
-async def drained(sqs: Any, url: str, arn: str, ids: list[str]) -> bool:
-    """Every message was delivered and the queue is empty (nothing visible or in flight)."""
-    return set(delivered_ids(arn)) >= set(ids) and await queue_depth(sqs, url) == (0, 0)
 
 
 def event_bytes(records: list[dict[str, Any]]) -> int:
@@ -74,83 +49,65 @@ def recorded_record_shape() -> dict[str, Any]:
 
 
 async def test_5000_messages_are_delivered_once_and_deleted(
-    sqs: Any, sqs_url: str, tmp_path: Path
+    sqs: Any, new_queue: NewQueue, drain: Drain
 ) -> None:
     """5,000 messages, batch_size 100, a 1-second window: each is delivered exactly once (the
     queue's 30-second visibility timeout never lapses), in records shaped as AWS's; batches
     stay within 100 messages, and the queue ends empty."""
-    name, count = unique("bulk"), 5000
-    arn = queue_arn(name)
-    url = await create_queue(sqs, name)
-    ids = await send_bodies(sqs, url, (f"message {i}" for i in range(count)))
-    settings = sqs_settings(
-        endpoint_url=sqs_url,
-        queue=name,
-        db=tmp_path / "c.db",
-        batch_size=100,
-        maximum_batching_window_in_seconds=1,
+    queue = await new_queue("bulk")
+    ids = await send_bodies(sqs, queue.url, (f"message {i}" for i in range(5000)))
+    await drain(
+        queue, ids, 90, "5,000 deliveries", batch_size=100, maximum_batching_window_in_seconds=1
     )
-    try:
-        async with running(settings):
-            await eventually(lambda: drained(sqs, url, arn, ids), 90, "5,000 deliveries")
-        calls = invocations(arn)
-        got = delivered_ids(arn)
-        assert Counter(got) == Counter(ids), "each message exactly once"
-        assert max(len(c.records) for c in calls) <= 100
-        assert any(len(c.records) > 10 for c in calls), "batches gather past one receive"
-        assert all(c.error is None for c in calls)
-        bodies = {r["messageId"]: r["body"] for c in calls for r in c.records}
-        assert bodies[ids[1234]] == "message 1234"
-        shape = recorded_record_shape()
-        for call in calls:
-            for record in call.records:
-                assert record["attributes"]["SentTimestamp"].isdigit()
-                shown = {**record, "attributes": {**record["attributes"], "SentTimestamp": "x"}}
-                assert_matches(shown, shape, {})
-    finally:
-        support.forget(arn)
+    calls = invocations(queue.arn)
+    got = delivered_ids(queue.arn)
+    assert Counter(got) == Counter(ids), "each message exactly once"
+    assert max(len(c.records) for c in calls) <= 100
+    assert any(len(c.records) > 10 for c in calls), "batches gather past one receive"
+    assert all(c.error is None for c in calls)
+    bodies = {r["messageId"]: r["body"] for c in calls for r in c.records}
+    assert bodies[ids[1234]] == "message 1234"
+    shape = recorded_record_shape()
+    for call in calls:
+        for record in call.records:
+            assert record["attributes"]["SentTimestamp"].isdigit()
+            shown = {**record, "attributes": {**record["attributes"], "SentTimestamp": "x"}}
+            assert_matches(shown, shape, {})
 
 
-async def test_batches_are_cut_at_6_mb(sqs: Any, sqs_url: str, tmp_path: Path) -> None:
+async def test_batches_are_cut_at_6_mb(sqs: Any, new_queue: NewQueue, drain: Drain) -> None:
     """Messages of 500 kB, two pollers: a batch_size of 100 cannot be reached; every event
     stays within 6 MB (metadata included) and the messages past the cut start the next
     batch."""
-    name, count = unique("big"), 30
-    arn = queue_arn(name)
-    url = await create_queue(sqs, name)
+    queue = await new_queue("big")
     ids = [
-        (await sqs.send_message(QueueUrl=url, MessageBody=f"{i:04d}" + "x" * 500_000))["MessageId"]
-        for i in range(count)
+        (await sqs.send_message(QueueUrl=queue.url, MessageBody=f"{i:04d}" + "x" * 500_000))[
+            "MessageId"
+        ]
+        for i in range(30)
     ]
-    settings = sqs_settings(
-        endpoint_url=sqs_url,
-        queue=name,
-        db=tmp_path / "c.db",
+    await drain(
+        queue,
+        ids,
+        60,
+        "every large message",
         batch_size=100,
         maximum_batching_window_in_seconds=3,
         scaling_config={"maximum_concurrency": 2},
     )
-    try:
-        async with running(settings):
-            await eventually(lambda: drained(sqs, url, arn, ids), 60, "every large message")
-        calls = invocations(arn)
-        sizes = [event_bytes(c.records) for c in calls]
-        assert max(sizes) <= MAX_PAYLOAD_BYTES, sizes
-        assert max(sizes) > MAX_PAYLOAD_BYTES - 2 * 500_000, f"a batch was cut by size: {sizes}"
-        assert Counter(delivered_ids(arn)) == Counter(ids)
-    finally:
-        support.forget(arn)
+    sizes = [event_bytes(c.records) for c in invocations(queue.arn)]
+    assert max(sizes) <= MAX_PAYLOAD_BYTES, sizes
+    assert max(sizes) > MAX_PAYLOAD_BYTES - 2 * 500_000, f"a batch was cut by size: {sizes}"
+    assert Counter(delivered_ids(queue.arn)) == Counter(ids)
 
 
 async def test_maximum_concurrency_caps_batches_in_flight(
-    sqs: Any, sqs_url: str, tmp_path: Path
+    sqs: Any, new_queue: NewQueue, drain: Drain
 ) -> None:
     """maximum_concurrency 3: the handler, which takes 0.2 s per batch, never has more than
     three batches at once, and does have three."""
-    name = unique("cap")
-    arn = queue_arn(name)
-    url = await create_queue(sqs, name)
-    ids = await send_bodies(sqs, url, (f"m{i}" for i in range(150)))
+    queue = await new_queue("cap")
+    ids = await send_bodies(sqs, queue.url, (f"m{i}" for i in range(150)))
     lock = threading.Lock()
     now = {"in_flight": 0, "peak": 0}
 
@@ -162,52 +119,23 @@ async def test_maximum_concurrency_caps_batches_in_flight(
         with lock:
             now["in_flight"] -= 1
 
-    support.BEHAVIOUR[arn] = slow
-    settings = sqs_settings(
-        endpoint_url=sqs_url,
-        queue=name,
-        db=tmp_path / "c.db",
-        batch_size=10,
-        scaling_config={"maximum_concurrency": 3},
+    support.BEHAVIOUR[queue.arn] = slow
+    await drain(
+        queue, ids, 60, "every message", batch_size=10, scaling_config={"maximum_concurrency": 3}
     )
-    try:
-        async with running(settings):
-            await eventually(lambda: drained(sqs, url, arn, ids), 60, "every message")
-        assert now["peak"] == 3
-        assert Counter(delivered_ids(arn)) == Counter(ids)
-    finally:
-        support.forget(arn)
+    assert now["peak"] == 3
+    assert Counter(delivered_ids(queue.arn)) == Counter(ids)
 
 
 async def test_pollers_scale_up_with_a_backlog_and_down_when_idle(
-    sqs: Any, sqs_url: str, tmp_path: Path
+    sqs: Any, new_queue: NewQueue
 ) -> None:
     """Full batches add pollers beyond the five it starts with; once the queue is empty, empty
     long polls retire them down to two. (A 1-second long poll instead of 20 keeps it quick.)"""
-    name = unique("scale")
-    arn = queue_arn(name)
-    url = await create_queue(sqs, name)
-    ids = await send_bodies(sqs, url, (f"m{i}" for i in range(400)))
-    support.BEHAVIOUR[arn] = lambda records: time.sleep(0.3)
-    mapping = SqsMapping.model_validate(
-        {
-            "name": "scale",
-            "event_source_arn": arn,
-            "batch_size": 10,
-            "receive_wait_time_seconds": 1,
-            "target": {"type": "python", "handler": "tests.support.sqs:handler"},
-        }
-    )
+    queue = await new_queue("scale")
+    ids = await send_bodies(sqs, queue.url, (f"m{i}" for i in range(400)))
+    support.BEHAVIOUR[queue.arn] = lambda records: time.sleep(0.3)
     metrics = RecordingMetrics()
-    stopping = anyio.Event()
-    target = PythonTarget(support.handler, timeout_seconds=60, function_arn="python:test")
-    runner = SqsMappingRunner(
-        mapping,
-        queue=SqsQueue(receive_client=sqs, settle_client=sqs, queue_arn=arn, region=REGION),
-        target=target,
-        stopping=stopping,
-        metrics=metrics,
-    )
 
     def pollers() -> list[int]:
         return [call["pollers"] for call in metrics.calls_to("sqs_concurrency", "scale")]
@@ -215,52 +143,41 @@ async def test_pollers_scale_up_with_a_backlog_and_down_when_idle(
     async def back_to(count: int) -> bool:
         return pollers()[-1:] == [count]
 
-    try:
-        async with anyio.create_task_group() as tg:
-            await tg.start(runner.run)
-            await eventually(lambda: drained(sqs, url, arn, ids), 60, "every message")
-            peak = max(pollers())
-            await eventually(lambda: back_to(2), 20, "back to two pollers")
-            stopping.set()
-        assert peak > 5, pollers()
-        assert pollers()[-1] == 0, "every poller ended at shutdown"
-        assert Counter(delivered_ids(arn)) == Counter(ids)
-        for hook in ("records_polled", "records_invoked", "records_deleted"):
-            assert metrics.count(hook, "scale") == 400, hook
-        assert metrics.count("invocation", "scale", outcome="success") == 40
-        assert metrics.count("records_failed_invoke", "scale") == 0
-        assert metrics.last("sqs_in_flight", "scale") == {"mapping": "scale", "batches": 0}
-        assert max(c["batches"] for c in metrics.calls_to("sqs_in_flight", "scale")) > 1
-    finally:
-        support.forget(arn)
-        await target.aclose()
+    mapping = {"name": "scale", "event_source_arn": queue.arn, "batch_size": 10}
+    async with mapping_runner(mapping, receive=sqs, settle=sqs, metrics=metrics):
+        await eventually(lambda: drained(sqs, queue.url, queue.arn, ids), 60, "every message")
+        peak = max(pollers())
+        await eventually(lambda: back_to(2), 20, "back to two pollers")
+    assert peak > 5, pollers()
+    assert pollers()[-1] == 0, "every poller ended at shutdown"
+    assert Counter(delivered_ids(queue.arn)) == Counter(ids)
+    for hook in ("records_polled", "records_invoked", "records_deleted"):
+        assert metrics.count(hook, "scale") == 400, hook
+    assert metrics.count("invocation", "scale", outcome="success") == 40
+    assert metrics.count("records_failed_invoke", "scale") == 0
+    assert metrics.last("sqs_in_flight", "scale") == {"mapping": "scale", "batches": 0}
+    assert max(c["batches"] for c in metrics.calls_to("sqs_in_flight", "scale")) > 1
 
 
-async def test_heartbeat_keeps_a_slow_batch_hidden(sqs: Any, sqs_url: str, tmp_path: Path) -> None:
+async def test_heartbeat_keeps_a_slow_batch_hidden(
+    sqs: Any, new_queue: NewQueue, drain: Drain
+) -> None:
     """Visibility timeout 2 s, a handler that takes 6 s: the heartbeat extends the messages
     while the batch runs, so no other poller receives them meanwhile; each message is
     delivered once and deleted at the end."""
-    name = unique("heartbeat")
-    arn = queue_arn(name)
-    url = await create_queue(sqs, name, visibility_timeout=2)
-    ids = await send_bodies(sqs, url, (f"m{i}" for i in range(5)))
-    support.BEHAVIOUR[arn] = lambda records: time.sleep(6)
-    settings = sqs_settings(
-        endpoint_url=sqs_url,
-        queue=name,
-        db=tmp_path / "c.db",
+    queue = await new_queue("heartbeat", visibility_timeout=2)
+    ids = await send_bodies(sqs, queue.url, (f"m{i}" for i in range(5)))
+    support.BEHAVIOUR[queue.arn] = lambda records: time.sleep(6)
+    await drain(
+        queue,
+        ids,
+        30,
+        "the slow batch settled",
         batch_size=10,
         scaling_config={"maximum_concurrency": 4},
     )
-    try:
-        async with running(settings):
-            await eventually(lambda: drained(sqs, url, arn, ids), 30, "the slow batch settled")
-        # Three other pollers were long-polling all along: a lapse would have re-delivered.
-        assert Counter(delivered_ids(arn)) == Counter(ids), "no message delivered twice"
-        calls = invocations(arn)
-        assert {r["attributes"]["ApproximateReceiveCount"] for c in calls for r in c.records} == {
-            "1"
-        }
-        assert all(c.finished - c.started >= 6 for c in calls)
-    finally:
-        support.forget(arn)
+    # Three other pollers were long-polling all along: a lapse would have re-delivered.
+    assert Counter(delivered_ids(queue.arn)) == Counter(ids), "no message delivered twice"
+    calls = invocations(queue.arn)
+    assert {r["attributes"]["ApproximateReceiveCount"] for c in calls for r in c.records} == {"1"}
+    assert all(c.finished - c.started >= 6 for c in calls)

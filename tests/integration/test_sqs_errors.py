@@ -3,57 +3,36 @@ throttles retried in place, deletes that SQS does not confirm, and start-up warn
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
-from pathlib import Path
+from collections.abc import MutableMapping
 from typing import Any
 
-import anyio
 import pytest
 import structlog
-from aiobotocore.session import get_session
 
-from poller.config import SqsMapping
 from poller.observability.metrics import RecordingMetrics
-from poller.queues import SqsMappingRunner
-from poller.sources.sqs import SETTLE_CLIENT_CONFIG, SqsQueue
-from poller.targets.python import PythonTarget
+from poller.sources.sqs import SETTLE_CLIENT_CONFIG
 from poller.types import InvokeResult, Outcome
-from tests.integration.kinesis_harness import running
 from tests.support import sqs as support
-from tests.support.aws import CREDENTIALS, REGION, aws_client, unique
+from tests.support.aws import aws_client
 from tests.support.fault_proxy import FaultProxy
 from tests.support.sqs import (
-    create_queue,
+    Drain,
+    NewQueue,
+    Queue,
     delivered_ids,
+    drained,
     eventually,
     invocations,
-    queue_arn,
+    mapping_runner,
     queue_depth,
     send_bodies,
     send_entries,
-    sqs_settings,
 )
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def sqs_url() -> str:
-    return support.shared_sqs_server()
-
-
-@pytest.fixture
-async def sqs(sqs_url: str) -> AsyncIterator[Any]:
-    async with aws_client("sqs", sqs_url) as client:
-        yield client
-
-
-async def empty(sqs: Any, url: str, arn: str, ids: list[str]) -> bool:
-    return set(delivered_ids(arn)) >= set(ids) and await queue_depth(sqs, url) == (0, 0)
 
 
 # --------------------------------------------------------------------------- FIFO
@@ -80,15 +59,13 @@ def acknowledged(calls: list[support.Invocation]) -> dict[str, list[tuple[int, f
 
 
 async def test_fifo_order_holds_per_group_through_a_failure(
-    sqs: Any, sqs_url: str, tmp_path: Path
+    sqs: Any, new_queue: NewQueue, drain: Drain
 ) -> None:
     """20 message groups of 5 messages; message 2 of group g07 fails on its first delivery and
     the function reports only that one. Its group's later messages in that batch are kept with
     it, so g07 is completed in order 0..4; every invocation starts each group at its next
     uncompleted message; and the other 19 groups complete without waiting for g07's retry."""
-    name = unique("fifo") + ".fifo"
-    arn = queue_arn(name)
-    url = await create_queue(sqs, name, visibility_timeout=2)
+    queue = await new_queue("fifo.fifo", visibility_timeout=2)
     entries = [
         {
             "MessageBody": json.dumps({"group": f"g{g:02d}", "n": n}),
@@ -98,7 +75,7 @@ async def test_fifo_order_holds_per_group_through_a_failure(
         for n in range(5)
         for g in range(20)
     ]
-    ids = await send_entries(sqs, url, entries)
+    ids = await send_entries(sqs, queue.url, entries)
 
     def function(records: list[dict[str, Any]]) -> dict[str, Any]:
         failed = [
@@ -109,81 +86,71 @@ async def test_fifo_order_holds_per_group_through_a_failure(
         ]
         return {"batchItemFailures": [{"itemIdentifier": i} for i in failed]}
 
-    support.BEHAVIOUR[arn] = function
-    settings = sqs_settings(
-        endpoint_url=sqs_url,
-        queue=name,
-        db=tmp_path / "c.db",
+    support.BEHAVIOUR[queue.arn] = function
+    await drain(
+        queue,
+        ids,
+        30,
+        "every group completed",
         batch_size=10,
         function_response_types=["ReportBatchItemFailures"],
     )
-    try:
-        async with running(settings):
-            await eventually(lambda: empty(sqs, url, arn, ids), 30, "every group completed")
-        calls = sorted(invocations(arn), key=lambda c: c.finished)
-        done = acknowledged(calls)
-        assert sorted(done) == [f"g{g:02d}" for g in range(20)]
-        for group, completed in done.items():
-            assert [n for n, _ in completed] == [0, 1, 2, 3, 4], group
-        progress: dict[str, int] = defaultdict(int)
-        for call in calls:
-            seen: dict[str, list[int]] = defaultdict(list)
-            for record in call.records:
-                body = json.loads(record["body"])
-                seen[body["group"]].append(body["n"])
-            for group, ns in seen.items():
-                first = progress[group]
-                assert ns == list(range(first, first + len(ns))), (group, ns, first)
-            for group, completed in acknowledged([call]).items():
-                progress[group] += len(completed)
-        retried = next(
-            c
-            for c in calls
-            if any(
-                json.loads(r["body"]) == {"group": "g07", "n": 2}
-                and r["attributes"]["ApproximateReceiveCount"] == "2"
-                for r in c.records
-            )
+    calls = sorted(invocations(queue.arn), key=lambda c: c.finished)
+    done = acknowledged(calls)
+    assert sorted(done) == [f"g{g:02d}" for g in range(20)]
+    for group, completed in done.items():
+        assert [n for n, _ in completed] == [0, 1, 2, 3, 4], group
+    progress: dict[str, int] = defaultdict(int)
+    for call in calls:
+        seen: dict[str, list[int]] = defaultdict(list)
+        for record in call.records:
+            body = json.loads(record["body"])
+            seen[body["group"]].append(body["n"])
+        for group, ns in seen.items():
+            first = progress[group]
+            assert ns == list(range(first, first + len(ns))), (group, ns, first)
+        for group, completed in acknowledged([call]).items():
+            progress[group] += len(completed)
+    retried = next(
+        c
+        for c in calls
+        if any(
+            json.loads(r["body"]) == {"group": "g07", "n": 2}
+            and r["attributes"]["ApproximateReceiveCount"] == "2"
+            for r in c.records
         )
-        others_done = max(t for g, completed in done.items() if g != "g07" for _, t in completed)
-        assert others_done < retried.started, "other groups waited for g07's retry"
-    finally:
-        support.forget(arn)
+    )
+    others_done = max(t for g, completed in done.items() if g != "g07" for _, t in completed)
+    assert others_done < retried.started, "other groups waited for g07's retry"
 
 
 # --------------------------------------------------------------------------- visibility
 
 
 async def test_visibility_backoff_brings_a_failed_message_back_early(
-    sqs: Any, sqs_url: str, tmp_path: Path
+    sqs: Any, new_queue: NewQueue, drain: Drain
 ) -> None:
     """visibility_timeout_on_failure {base 1, max 1} on a queue with a 30-second visibility
     timeout: a failed message is back after about a second, not thirty."""
-    name = unique("backoff")
-    arn = queue_arn(name)
-    url = await create_queue(sqs, name, visibility_timeout=30)
-    ids = await send_bodies(sqs, url, ["once"])
+    queue = await new_queue("backoff", visibility_timeout=30)
+    ids = await send_bodies(sqs, queue.url, ["once"])
 
     def fail_first(records: list[dict[str, Any]]) -> None:
         if records[0]["attributes"]["ApproximateReceiveCount"] == "1":
             raise RuntimeError("first delivery fails")
 
-    support.BEHAVIOUR[arn] = fail_first
-    settings = sqs_settings(
-        endpoint_url=sqs_url,
-        queue=name,
-        db=tmp_path / "c.db",
+    support.BEHAVIOUR[queue.arn] = fail_first
+    await drain(
+        queue,
+        ids,
+        15,
+        "the retry and delete",
         visibility_timeout_on_failure={"base_seconds": 1, "max_seconds": 1},
     )
-    try:
-        async with running(settings):
-            await eventually(lambda: empty(sqs, url, arn, ids), 15, "the retry and delete")
-        first, second = invocations(arn)
-        assert first.error == "first delivery fails"
-        assert second.error is None
-        assert 0.9 <= second.started - first.finished < 10
-    finally:
-        support.forget(arn)
+    first, second = invocations(queue.arn)
+    assert first.error == "first delivery fails"
+    assert second.error is None
+    assert 0.9 <= second.started - first.finished < 10
 
 
 # --------------------------------------------------------------------------- throttles
@@ -208,39 +175,20 @@ class FlakyTarget:
         pass
 
 
-async def test_throttles_are_retried_in_place(sqs: Any, tmp_path: Path) -> None:
+async def test_throttles_are_retried_in_place(sqs: Any, new_queue: NewQueue) -> None:
     """Two throttles, then success: the batch is invoked three times while held (receive count
     1 each time: SQS never delivered it again) and deleted once."""
-    name = unique("throttle")
-    arn = queue_arn(name)
-    url = await create_queue(sqs, name, visibility_timeout=30)
-    await send_bodies(sqs, url, ["m"])
-    mapping = SqsMapping.model_validate(
-        {
-            "name": "t",
-            "event_source_arn": arn,
-            "receive_wait_time_seconds": 1,
-            "target": {"type": "python", "handler": "x:y"},
-        }
-    )
+    queue = await new_queue("throttle", visibility_timeout=30)
+    await send_bodies(sqs, queue.url, ["m"])
     target = FlakyTarget(throttles=2)
-    stopping = anyio.Event()
     metrics = RecordingMetrics()
-    runner = SqsMappingRunner(
-        mapping,
-        queue=SqsQueue(receive_client=sqs, settle_client=sqs, queue_arn=arn, region=REGION),
-        target=target,
-        stopping=stopping,
-        metrics=metrics,
-    )
 
     async def settled() -> bool:
-        return len(target.calls) == 3 and await queue_depth(sqs, url) == (0, 0)
+        return len(target.calls) == 3 and await queue_depth(sqs, queue.url) == (0, 0)
 
-    async with anyio.create_task_group() as tg:
-        await tg.start(runner.run)
+    mapping = {"name": "t", "event_source_arn": queue.arn}
+    async with mapping_runner(mapping, receive=sqs, settle=sqs, target=target, metrics=metrics):
         await eventually(settled, 15, "three attempts and a delete")
-        stopping.set()
     counts = {e["Records"][0]["attributes"]["ApproximateReceiveCount"] for e in target.calls}
     assert counts == {"1"}
     outcomes = [c["outcome"] for c in metrics.calls_to("invocation", "t")]
@@ -254,102 +202,55 @@ async def test_throttles_are_retried_in_place(sqs: Any, tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- deletes
 
 
-@contextlib.asynccontextmanager
-async def settle_client(endpoint_url: str) -> AsyncIterator[Any]:
-    """An SQS client configured as the service's settle client: botocore retries off."""
-    async with get_session().create_client(
-        "sqs",
-        region_name=REGION,
-        endpoint_url=endpoint_url,
-        config=SETTLE_CLIENT_CONFIG,
-        **CREDENTIALS,
-    ) as client:
-        yield client
-
-
-async def run_until(
-    mapping: dict[str, Any],
-    *,
-    receive: Any,
-    settle: Any,
-    until: Any,
-    limit: float = 20,
+async def settle_through(
+    proxy: FaultProxy,
+    sqs: Any,
+    queue: Queue,
+    ids: list[str],
+    name: str,
     metrics: RecordingMetrics | None = None,
-) -> None:
-    """Run one mapping's runner (1-second long polls), receiving and settling through the
-    given clients, until ``until()`` holds."""
-    config = SqsMapping.model_validate(
-        {
-            "target": {"type": "python", "handler": "tests.support.sqs:handler"},
-            "receive_wait_time_seconds": 1,
-            **mapping,
-        }
-    )
-    target = PythonTarget(support.handler, timeout_seconds=30, function_arn="python:test")
-    stopping = anyio.Event()
-    queue = SqsQueue(
-        receive_client=receive,
-        settle_client=settle,
-        queue_arn=config.event_source_arn,
-        region=REGION,
-    )
-    runner = SqsMappingRunner(
-        config,
-        queue=queue,
-        target=target,
-        stopping=stopping,
-        metrics=metrics,
-    )
-    try:
-        async with anyio.create_task_group() as tg:
-            await tg.start(runner.run)
-            await eventually(until, limit, "the end state")
-            stopping.set()
-    finally:
-        await target.aclose()
+) -> list[MutableMapping[str, Any]]:
+    """Run mapping ``name`` on ``queue``, receiving directly and settling through ``proxy``
+    with a client configured as the service's settle client (botocore retries off, so the
+    retries seen are poller's), until every message of ``ids`` is delivered and deleted;
+    return the log lines."""
+    async with aws_client("sqs", proxy.url, SETTLE_CLIENT_CONFIG) as through_proxy:
+        with structlog.testing.capture_logs() as logs:
+            mapping = {"name": name, "event_source_arn": queue.arn}
+            async with mapping_runner(mapping, receive=sqs, settle=through_proxy, metrics=metrics):
+                await eventually(
+                    lambda: drained(sqs, queue.url, queue.arn, ids), 20, "the end state"
+                )
+    return logs
 
 
-async def test_unconfirmed_deletes_are_retried(sqs: Any, sqs_url: str) -> None:
+async def test_unconfirmed_deletes_are_retried(sqs: Any, sqs_url: str, new_queue: NewQueue) -> None:
     """DeleteMessageBatch fails three times with a 500: the deletes are retried with backoff
     (about 3.5 s in all) while the heartbeat keeps the messages hidden (visibility timeout
     2 s); each message is delivered once and the queue ends empty."""
-    name = unique("deletes")
-    arn = queue_arn(name)
-    url = await create_queue(sqs, name, visibility_timeout=2)
-    ids = await send_bodies(sqs, url, (f"m{i}" for i in range(5)))
+    queue = await new_queue("deletes", visibility_timeout=2)
+    ids = await send_bodies(sqs, queue.url, (f"m{i}" for i in range(5)))
+    metrics = RecordingMetrics()
     with FaultProxy(sqs_url) as proxy:
         proxy.fail("AmazonSQS.DeleteMessageBatch", code="InternalError", status=500, times=3)
-        metrics = RecordingMetrics()
-        try:
-            async with settle_client(proxy.url) as through_proxy:
-                with structlog.testing.capture_logs() as logs:
-                    await run_until(
-                        {"name": "d", "event_source_arn": arn},
-                        receive=sqs,
-                        settle=through_proxy,
-                        until=lambda: empty(sqs, url, arn, ids),
-                        metrics=metrics,
-                    )
-            assert proxy.faulted("AmazonSQS.DeleteMessageBatch") == 3
-            assert sorted(delivered_ids(arn)) == sorted(ids), "nothing delivered twice"
-            retries = [e for e in logs if e["event"] == "messages.delete_retry"]
-            assert [e["attempt"] for e in retries] == [1, 2, 3]
-            assert {e["log_level"] for e in retries} == {"warning"}
-            assert any(e["event"] == "queue.no_redrive_policy" for e in logs)
-            assert metrics.count("records_deleted", "d") == 5
-            assert metrics.count("visibility_extended", "d") >= 5, "the heartbeat ran"
-
-        finally:
-            support.forget(arn)
+        logs = await settle_through(proxy, sqs, queue, ids, "d", metrics)
+        assert proxy.faulted("AmazonSQS.DeleteMessageBatch") == 3
+    assert sorted(delivered_ids(queue.arn)) == sorted(ids), "nothing delivered twice"
+    retries = [e for e in logs if e["event"] == "messages.delete_retry"]
+    assert [e["attempt"] for e in retries] == [1, 2, 3]
+    assert {e["log_level"] for e in retries} == {"warning"}
+    assert any(e["event"] == "queue.no_redrive_policy" for e in logs)
+    assert metrics.count("records_deleted", "d") == 5
+    assert metrics.count("visibility_extended", "d") >= 5, "the heartbeat ran"
 
 
-async def test_refused_deletes_are_logged_not_retried(sqs: Any, sqs_url: str) -> None:
+async def test_refused_deletes_are_logged_not_retried(
+    sqs: Any, sqs_url: str, new_queue: NewQueue
+) -> None:
     """An entry SQS refuses as the sender's fault (ReceiptHandleIsInvalid) is logged as a
     warning, since the message will be delivered again, and not retried."""
-    name = unique("refused")
-    arn = queue_arn(name)
-    url = await create_queue(sqs, name)
-    ids = await send_bodies(sqs, url, ["m0", "m1"])
+    queue = await new_queue("refused")
+    ids = await send_bodies(sqs, queue.url, ["m0", "m1"])
 
     def refuse_first(answer: dict[str, Any]) -> dict[str, Any]:
         successful = answer.get("Successful", [])
@@ -365,50 +266,30 @@ async def test_refused_deletes_are_logged_not_retried(sqs: Any, sqs_url: str) ->
 
     with FaultProxy(sqs_url) as proxy:
         proxy.rewrite("AmazonSQS.DeleteMessageBatch", refuse_first)
-        try:
-            async with settle_client(proxy.url) as through_proxy:
-                with structlog.testing.capture_logs() as logs:
-                    await run_until(
-                        {"name": "r", "event_source_arn": arn},
-                        receive=sqs,
-                        settle=through_proxy,
-                        until=lambda: empty(sqs, url, arn, ids),
-                    )
-            refused = [e for e in logs if e["event"] == "messages.delete_refused"]
-            assert refused
-            assert refused[0]["codes"] == {"ReceiptHandleIsInvalid": 1}
-            assert refused[0]["log_level"] == "warning"
-            assert not [e for e in logs if e["event"] == "messages.delete_retry"]
-            handles = [
-                e["ReceiptHandle"]
-                for c in proxy.calls("AmazonSQS.DeleteMessageBatch")
-                for e in c["Entries"]
-            ]
-            assert len(handles) == len(set(handles)), "no delete was repeated"
-        finally:
-            support.forget(arn)
+        logs = await settle_through(proxy, sqs, queue, ids, "r")
+        deletes = proxy.calls("AmazonSQS.DeleteMessageBatch")
+    refused = [e for e in logs if e["event"] == "messages.delete_refused"]
+    assert refused
+    assert refused[0]["codes"] == {"ReceiptHandleIsInvalid": 1}
+    assert refused[0]["log_level"] == "warning"
+    assert not [e for e in logs if e["event"] == "messages.delete_retry"]
+    handles = [e["ReceiptHandle"] for c in deletes for e in c["Entries"]]
+    assert len(handles) == len(set(handles)), "no delete was repeated"
 
 
-async def test_no_message_body_is_logged(sqs: Any, sqs_url: str, tmp_path: Path) -> None:
+async def test_no_message_body_is_logged(sqs: Any, new_queue: NewQueue, drain: Drain) -> None:
     """One line per batch with mapping, size, outcome and duration; bodies never appear."""
-    name = unique("quiet")
-    arn = queue_arn(name)
-    url = await create_queue(sqs, name)
+    queue = await new_queue("quiet")
     secret = "do-not-log-this-body"
-    ids = await send_bodies(sqs, url, [secret] * 3)
-    support.BEHAVIOUR[arn] = lambda records: time.sleep(0)
-    settings = sqs_settings(endpoint_url=sqs_url, queue=name, db=tmp_path / "c.db")
-    try:
-        with structlog.testing.capture_logs() as logs:
-            async with running(settings):
-                await eventually(lambda: empty(sqs, url, arn, ids), 15, "delivery")
-        batches = [e for e in logs if e["event"] == "batch.processed"]
-        assert sum(e["size"] for e in batches) == 3
-        # (the mapping's name is bound as a context variable, which capture_logs leaves out)
-        assert all({"size", "outcome", "duration_ms", "deleted"} <= set(e) for e in batches)
-        assert secret not in repr(logs)
-    finally:
-        support.forget(arn)
+    ids = await send_bodies(sqs, queue.url, [secret] * 3)
+    support.BEHAVIOUR[queue.arn] = lambda records: time.sleep(0)
+    with structlog.testing.capture_logs() as logs:
+        await drain(queue, ids, 15, "delivery")
+    batches = [e for e in logs if e["event"] == "batch.processed"]
+    assert sum(e["size"] for e in batches) == 3
+    # (the mapping's name is bound as a context variable, which capture_logs leaves out)
+    assert all({"size", "outcome", "duration_ms", "deleted"} <= set(e) for e in batches)
+    assert secret not in repr(logs)
 
 
 class BrokenOnceTarget(FlakyTarget):
@@ -421,38 +302,20 @@ class BrokenOnceTarget(FlakyTarget):
         return InvokeResult(Outcome.SUCCESS)
 
 
-async def test_a_crashed_poller_is_logged_and_restarted(sqs: Any) -> None:
+async def test_a_crashed_poller_is_logged_and_restarted(sqs: Any, new_queue: NewQueue) -> None:
     """An unexpected error in a poller is logged (poller.crashed) and the poller restarts;
     the message it held reappears after its visibility timeout and is delivered again."""
-    name = unique("crash")
-    arn = queue_arn(name)
-    url = await create_queue(sqs, name, visibility_timeout=1)
-    await send_bodies(sqs, url, ["m"])
-    mapping = SqsMapping.model_validate(
-        {
-            "name": "c",
-            "event_source_arn": arn,
-            "receive_wait_time_seconds": 1,
-            "target": {"type": "python", "handler": "x:y"},
-        }
-    )
+    queue = await new_queue("crash", visibility_timeout=1)
+    await send_bodies(sqs, queue.url, ["m"])
     target = BrokenOnceTarget(throttles=0)
-    stopping = anyio.Event()
-    runner = SqsMappingRunner(
-        mapping,
-        queue=SqsQueue(receive_client=sqs, settle_client=sqs, queue_arn=arn, region=REGION),
-        target=target,
-        stopping=stopping,
-    )
 
     async def settled() -> bool:
-        return len(target.calls) == 2 and await queue_depth(sqs, url) == (0, 0)
+        return len(target.calls) == 2 and await queue_depth(sqs, queue.url) == (0, 0)
 
     with structlog.testing.capture_logs() as logs:
-        async with anyio.create_task_group() as tg:
-            await tg.start(runner.run)
+        mapping = {"name": "c", "event_source_arn": queue.arn}
+        async with mapping_runner(mapping, receive=sqs, settle=sqs, target=target):
             await eventually(settled, 15, "the retry after the crash")
-            stopping.set()
     crashes = [e for e in logs if e["event"] == "poller.crashed"]
     assert [(e["attempt"], e["held"], e["log_level"]) for e in crashes] == [(1, 1, "error")]
     counts = [e["Records"][0]["attributes"]["ApproximateReceiveCount"] for e in target.calls]

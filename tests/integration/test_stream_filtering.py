@@ -9,12 +9,14 @@ from typing import Any
 
 import pytest
 
-from tests.integration.kinesis_harness import delivered, kinesis_settings, running, wait_until
+from tests.integration.kinesis_harness import delivered, kinesis_settings
 from tests.integration.stream_errors_harness import checkpoint_of, stream_with
 from tests.integration.test_dynamodb_streams import ddb_settings, make_table, records
 from tests.support import recorder
 from tests.support.aws import aws_client, stream_arn, unique
 from tests.support.conformance import recorded
+from tests.support.service import running
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 

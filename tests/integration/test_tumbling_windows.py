@@ -14,15 +14,17 @@ import sqlite3
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from poller.config import Settings
 from poller.core.windows import CLOSE_GRACE_SECONDS
-from tests.integration.kinesis_harness import kinesis_settings, running, wait_until
-from tests.support.aws import aws_client, create_stream, put_records, stream_arn, unique
+from tests.integration.kinesis_harness import kinesis_settings
+from tests.support.aws import create_stream, put_records, stream_arn, unique
+from tests.support.service import running
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -43,12 +45,6 @@ def count(event: dict[str, Any], context: Any) -> Any:
     if event["Records"] and arn in STATELESS:
         return {"batchItemFailures": []}
     return {"state": {"count": event["state"].get("count", 0) + len(event["Records"])}}
-
-
-@pytest.fixture
-async def kinesis(moto_url: str) -> AsyncIterator[Any]:
-    async with aws_client("kinesis", moto_url) as client:
-        yield client
 
 
 @pytest.fixture
@@ -111,6 +107,19 @@ async def next_boundary(seconds: int, within: float = 0.5) -> None:
     )
 
 
+def windowed(kinesis: Any, stream: str, db: Path, seconds: int, **mapping: Any) -> Settings:
+    """Settings of a service that counts ``stream``'s records in tumbling windows of
+    ``seconds`` with :func:`count`."""
+    return kinesis_settings(
+        endpoint_url=kinesis.meta.endpoint_url,
+        stream=stream,
+        db=db,
+        target=HANDLER,
+        tumbling_window_in_seconds=seconds,
+        **mapping,
+    )
+
+
 def all_windows_closed(stream: str, seconds: int, expected: int) -> bool:
     windows = records_by_window(stream, seconds)
     closed = {e["window"]["start"] for e in finals(stream)}
@@ -125,13 +134,7 @@ async def test_state_is_carried_through_each_window_and_final_invokes_close_them
     one's records are delivered."""
     seconds = 2
     await create_stream(kinesis, stream, 1)
-    settings = kinesis_settings(
-        endpoint_url=kinesis.meta.endpoint_url,
-        stream=stream,
-        db=tmp_path / "c.db",
-        target=HANDLER,
-        tumbling_window_in_seconds=seconds,
-    )
+    settings = windowed(kinesis, stream, tmp_path / "c.db", seconds)
     async with running(settings):
         await next_boundary(seconds)
         await put(kinesis, stream, 0, 5)
@@ -186,14 +189,8 @@ async def test_answer_without_state_is_a_counted_failure(
     seconds = 2
     await create_stream(kinesis, stream, 1)
     STATELESS.add(stream_arn(stream))
-    settings = kinesis_settings(
-        endpoint_url=kinesis.meta.endpoint_url,
-        stream=stream,
-        db=tmp_path / "c.db",
-        target=HANDLER,
-        tumbling_window_in_seconds=seconds,
-        maximum_retry_attempts=1,
-        batch_size=100,
+    settings = windowed(
+        kinesis, stream, tmp_path / "c.db", seconds, maximum_retry_attempts=1, batch_size=100
     )
     async with running(settings):
         await next_boundary(seconds)
@@ -217,13 +214,7 @@ async def test_window_state_survives_a_restart(kinesis: Any, stream: str, tmp_pa
     seconds = 4
     db = tmp_path / "c.db"
     await create_stream(kinesis, stream, 1)
-    settings = kinesis_settings(
-        endpoint_url=kinesis.meta.endpoint_url,
-        stream=stream,
-        db=db,
-        target=HANDLER,
-        tumbling_window_in_seconds=seconds,
-    )
+    settings = windowed(kinesis, stream, db, seconds)
     async with running(settings):
         await next_boundary(seconds)
         first_window = time.strftime(

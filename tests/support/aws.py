@@ -8,15 +8,18 @@ moto loses records under concurrent puts to one shard, so every put here is sequ
 from __future__ import annotations
 
 import contextlib
+import itertools
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 from aiobotocore.session import get_session
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
 CREDENTIALS = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
+
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -34,10 +37,10 @@ def moto_server() -> Iterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def aws_client(service: str, endpoint_url: str) -> AsyncIterator[Any]:
-    """A plain aiobotocore client against the emulator."""
+async def aws_client(service: str, endpoint_url: str, config: Any = None) -> AsyncIterator[Any]:
+    """An aiobotocore client against the emulator (botocore's defaults unless ``config``)."""
     async with get_session().create_client(
-        service, region_name=REGION, endpoint_url=endpoint_url, **CREDENTIALS
+        service, region_name=REGION, endpoint_url=endpoint_url, config=config, **CREDENTIALS
     ) as client:
         yield client
 
@@ -64,7 +67,21 @@ async def create_stream(kinesis: Any, name: str, shards: int) -> list[dict[str, 
 
 def hash_key_for(shard: dict[str, Any]) -> str:
     """An explicit hash key that routes a record to ``shard``."""
-    return shard["HashKeyRange"]["StartingHashKey"]
+    return str(shard["HashKeyRange"]["StartingHashKey"])
+
+
+def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` in lists of ``size``, the last one possibly shorter (a batch API's limit)."""
+    rest = iter(items)
+    while chunk := list(itertools.islice(rest, size)):
+        yield chunk
+
+
+def _entry(key: str, data: bytes, hash_key: str | None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"PartitionKey": key, "Data": data}
+    if hash_key is not None:
+        entry["ExplicitHashKey"] = hash_key
+    return entry
 
 
 async def put_records(
@@ -74,45 +91,48 @@ async def put_records(
 
     Returns (shard id, sequence number) per record, in input order. Raises if any failed.
     """
-    batch: list[dict[str, Any]] = []
     results: list[tuple[str, str]] = []
-
-    async def flush() -> None:
-        response = await kinesis.put_records(StreamName=stream, Records=batch)
+    for batch in chunked(records, 500):
+        response = await kinesis.put_records(
+            StreamName=stream, Records=[_entry(*record) for record in batch]
+        )
         assert response["FailedRecordCount"] == 0, response
         results.extend((r["ShardId"], r["SequenceNumber"]) for r in response["Records"])
-        batch.clear()
-
-    for key, data, hash_key in records:
-        entry: dict[str, Any] = {"PartitionKey": key, "Data": data}
-        if hash_key is not None:
-            entry["ExplicitHashKey"] = hash_key
-        batch.append(entry)
-        if len(batch) == 500:
-            await flush()
-    if batch:
-        await flush()
     return results
 
 
+async def stream_holding(
+    endpoint_url: str, name: str, per_shard: Sequence[Iterable[tuple[str, bytes]]]
+) -> list[list[tuple[str, str]]]:
+    """Create a stream with one shard per item of ``per_shard`` and put each item's
+    (partition key, data) records into its shard (by explicit hash key), shard after shard;
+    return the (shard id, sequence number) of what was written, per shard."""
+    async with aws_client("kinesis", endpoint_url) as kinesis:
+        shards = await create_stream(kinesis, name, len(per_shard))
+        return [
+            await put_records(kinesis, name, ((k, d, hash_key_for(shard)) for k, d in records))
+            for shard, records in zip(shards, per_shard, strict=True)
+        ]
+
+
 @contextlib.contextmanager
-def moto_server_process() -> Iterator[str]:
-    """moto's server in a process of its own, for tests that run several service processes:
-    it then competes with neither the test process's threads nor its GIL."""
-    import subprocess
+def moto_server_process(*, speed_up_sqs: bool = False) -> Iterator[str]:
+    """moto's server in a process of its own, for tests that run several service processes
+    (and for the benchmarks): it then competes with neither the test process's threads nor its
+    GIL. ``speed_up_sqs`` applies the test-only SQS patch of ``tests/support/sqs.py`` first."""
     import sys
 
-    from tests.support.process import free_port, wait_for_port
+    from tests.support.process import REPO, free_port, spawned
 
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port, proc, "moto's server")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    if speed_up_sqs:
+        boot = (
+            "import sys; sys.path.insert(0, sys.argv[1]);"
+            "from tests.support.sqs import speed_up_moto_sqs; speed_up_moto_sqs();"
+            "from moto.server import main; main(['-H', '127.0.0.1', '-p', sys.argv[2]])"
+        )
+        command = [sys.executable, "-c", boot, str(REPO), str(port)]
+    else:
+        command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    with spawned(command, port, "moto's server") as url:
+        yield url

@@ -29,6 +29,13 @@ def recorded(file: str, scenario_suffix: str, key: str) -> Any:
     return matches[0]["recorded-content"][key]
 
 
+def recorded_message(file: str, scenario_suffix: str, key: str) -> Any:
+    """The body of the only message of a recorded SQS queue: a failure record AWS sent to an
+    on-failure destination (the recordings parse it from JSON)."""
+    (message,) = recorded(file, scenario_suffix, key)["Messages"]
+    return message["Body"]
+
+
 def assert_matches(
     actual: Any, expected: Any, bindings: dict[str, Any] | None = None, path: str = "$"
 ) -> None:

@@ -11,16 +11,16 @@ and real AWS bodies. Every forwarded request is recorded (operation and JSON bod
 
 from __future__ import annotations
 
-import asyncio
 import json
-import socket
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+
+from tests.support.http_server import ThreadedServer
 
 
 @dataclass
@@ -41,6 +41,7 @@ class FaultProxy:
     _rewrites: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     url: str = ""
+    _server: ThreadedServer | None = None
 
     def fail(
         self,
@@ -122,34 +123,23 @@ class FaultProxy:
             }
             return web.Response(body=data, status=upstream.status, headers=passed)
 
+    def _app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        app.cleanup_ctx.append(self._upstream_session)
+        return app
+
+    async def _upstream_session(self, app: web.Application) -> AsyncIterator[None]:
+        # Opened and closed in the server's own loop, the one that forwards through it.
+        self._session = aiohttp.ClientSession()
+        yield
+        await self._session.close()
+
     def __enter__(self) -> FaultProxy:
-        ready = threading.Event()
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-
-        async def serve() -> None:
-            self._session = aiohttp.ClientSession()
-            app = web.Application(client_max_size=64 * 1024 * 1024)
-            app.router.add_route("*", "/{tail:.*}", self._handle)
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            await web.SockSite(runner, sock).start()
-            self._stop = asyncio.Event()
-            ready.set()
-            await self._stop.wait()
-            await runner.cleanup()
-            await self._session.close()
-
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_until_complete, args=(serve(),), daemon=True
-        )
-        self._thread.start()
-        ready.wait(10)
+        self._server = ThreadedServer(self._app, name="fault-proxy").start()
+        self.url = self._server.url
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
+        if self._server is not None:
+            self._server.stop()

@@ -15,7 +15,22 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 from typing import Any
+
+
+def env(
+    sink: Path,
+    *,
+    sleep: float | None = None,
+    started: Path | None = None,
+    fail_flag: Path | None = None,
+) -> dict[str, str]:
+    """The environment that steers :func:`handler` (and ``tests.support.sqs:sink_handler``,
+    which reads the same variables) in a service subprocess."""
+    variables = {"POLLER_TEST_SINK": sink, "POLLER_TEST_SLEEP": sleep}
+    variables |= {"POLLER_TEST_STARTED": started, "POLLER_TEST_FAIL_FLAG": fail_flag}
+    return {name: str(value) for name, value in variables.items() if value is not None}
 
 
 def handler(event: dict[str, Any], context: Any) -> None:
@@ -55,3 +70,8 @@ def read(path: str) -> list[dict[str, Any]]:
         return []
     with open(path, encoding="utf-8") as sink:
         return [json.loads(line) for line in sink if line.strip()]
+
+
+def delivered(path: str | Path) -> list[tuple[str, str]]:
+    """(shard, sequence number) of every record of every batch written so far, in order."""
+    return [(shard, seq) for batch in read(str(path)) for shard, seq, _ in batch["records"]]

@@ -32,12 +32,10 @@ end-to-end tests) can reach it at :attr:`InvokeApiServer.url`::
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import json
 import os
-import socket
 import threading
 import time
 import traceback
@@ -49,6 +47,8 @@ from typing import Any
 import anyio
 import anyio.to_thread
 from aiohttp import web
+
+from tests.support.http_server import ThreadedServer
 
 #: Lambda's limit on a synchronous invocation's request payload, in bytes.
 INVOKE_PAYLOAD_LIMIT = 6 * 1024 * 1024
@@ -171,45 +171,30 @@ class InvokeApiServer:
     def __init__(self, *, region: str = "us-east-1", account_id: str = "123456789012") -> None:
         self.region = region
         self.account_id = account_id
-        self.port = 0
         self._functions: dict[str, _Registered] = {}
         self._invocations: list[Invocation] = []
         self._changed = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopping: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._startup_error: BaseException | None = None
+        self._server = ThreadedServer(self._app, name="invoke-api", shutdown_timeout=1.0)
 
     # -- lifecycle ---------------------------------------------------------------------
 
     @property
+    def port(self) -> int:
+        return self._server.port
+
+    @property
     def url(self) -> str:
         """The endpoint URL to give a Lambda client."""
-        return f"http://127.0.0.1:{self.port}"
+        return self._server.url
 
     def start(self) -> InvokeApiServer:
         """Bind a free port and serve in a background thread; returns once accepting."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        self._thread = threading.Thread(
-            target=asyncio.run, args=(self._serve(sock),), name="invoke-api", daemon=True
-        )
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("the Invoke API server did not start within 10 s")
-        if self._startup_error is not None:
-            raise RuntimeError("the Invoke API server failed to start") from self._startup_error
+        self._server.start()
         return self
 
     def stop(self) -> None:
         """Stop serving and join the thread. Idempotent."""
-        if self._loop is not None and self._stopping is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._stopping.set)
-        if self._thread is not None:
-            self._thread.join(10)
-            self._thread = None
+        self._server.stop()
 
     def __enter__(self) -> InvokeApiServer:
         return self.start()
@@ -217,25 +202,10 @@ class InvokeApiServer:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    async def _serve(self, sock: socket.socket) -> None:
-        """The server thread's main coroutine: serve until :meth:`stop`."""
-        try:
-            app = web.Application(client_max_size=_MAX_BODY)
-            app.router.add_post("/2015-03-31/functions/{function}/invocations", self._handle)
-            runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-            await runner.setup()
-            await web.SockSite(runner, sock).start()
-            stopping = self._stopping = asyncio.Event()
-            self._loop = asyncio.get_running_loop()
-        except BaseException as exc:
-            self._startup_error = exc
-            self._ready.set()
-            raise
-        self._ready.set()
-        try:
-            await stopping.wait()
-        finally:
-            await runner.cleanup()
+    def _app(self) -> web.Application:
+        app = web.Application(client_max_size=_MAX_BODY)
+        app.router.add_post("/2015-03-31/functions/{function}/invocations", self._handle)
+        return app
 
     # -- functions and records -----------------------------------------------------------
 

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.support.process import REPO, free_port, wait_for_port
+from tests.support.process import REPO, free_port, spawned
 
 PACKAGE = REPO / ".work" / "npm" / "node_modules" / "kinesis-local"
 _BIND_ALL = 'Host$().em("0.0.0.0")'
@@ -52,16 +51,7 @@ def kinesis_local() -> Iterator[str]:
         "MERGE_SHARDS_DURATION": "100ms",
         "UPDATE_SHARD_COUNT_DURATION": "100ms",
     }
-    proc = subprocess.Popen(
-        ["node", str(_patched_main())],
-        cwd=PACKAGE,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port, proc, "kinesis-local")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with spawned(
+        ["node", str(_patched_main())], port, "kinesis-local", cwd=PACKAGE, env=env
+    ) as url:
+        yield url

@@ -1,7 +1,9 @@
-"""Runs the service as a real OS process, for crash, restart and signal tests."""
+"""OS processes for tests: the service itself (crash, restart and signal tests), and servers
+(emulators) started on a free loopback port and stopped with the test."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -9,27 +11,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from tests.support.waiting import wait_for
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def wait_for(
-    condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05
-) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail with ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def write_config(path: Path, config: dict[str, Any]) -> Path:
@@ -93,11 +83,57 @@ class ServiceProcess:
             self.proc.wait(10)
 
 
+def assert_graceful_shutdown(proc: ServiceProcess) -> list[str]:
+    """The log shows a graceful shutdown, each step, the drain finished before the stop;
+    returns the names of every event logged."""
+    events = [line["event"] for line in proc.logs()]
+    for step in (
+        "signal.received",
+        "shutdown.intake_stopped",
+        "shutdown.drained",
+        "service.stopped",
+    ):
+        assert step in events, f"{step} missing from {events}"
+    assert events.index("shutdown.drained") < events.index("service.stopped")
+    return events
+
+
+def run_cli(*args: str, **options: Any) -> subprocess.CompletedProcess[str]:
+    """``python -m poller ARGS`` from the repository, run to its end, its output captured as
+    text; ``options`` go to :func:`subprocess.run`."""
+    return subprocess.run(
+        [sys.executable, "-m", "poller", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        **options,
+    )
+
+
+#: The ``launch`` fixture (tests/integration/conftest.py): starts a :class:`ServiceProcess`
+#: from a config file, a log file name and optional environment, and kills it after the test.
+Launch = Callable[..., ServiceProcess]
+
+
 def free_port() -> int:
     """A free loopback port."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def spawned(command: list[str], port: int, what: str, **popen: Any) -> Iterator[str]:
+    """Run ``command`` (a server that will listen on ``port``) with its output discarded; yield
+    its URL once it accepts connections, and terminate it when the block ends."""
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen)
+    try:
+        wait_for_port(port, proc, what)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, limit: float = 30) -> None:

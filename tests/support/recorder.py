@@ -33,10 +33,24 @@ def sequence_numbers(arn: str) -> list[tuple[str, str]]:
     """(shard id, sequence number) of every delivered record, in delivery order."""
     with _lock:
         batches = list(BATCHES[arn])
-    return [tuple(r["eventID"].split(":", 1)) for b in batches for r in b]  # type: ignore[misc]
+    return [tuple(r["eventID"].split(":", 1)) for b in batches for r in b]
 
 
 def clear(arn: str) -> None:
     with _lock:
         BATCHES.pop(arn, None)
         BEHAVIOUR.pop(arn, None)
+
+
+def fail_poison(arn: str) -> list[int]:
+    """Make every batch of ``arn`` that holds a record with partition key ``poison`` fail;
+    returns a list that gets an entry per such attempt."""
+    attempts: list[int] = []
+
+    def hook(records: list[dict[str, Any]]) -> None:
+        if any(r["kinesis"]["partitionKey"] == "poison" for r in records):
+            attempts.append(1)
+            raise RuntimeError("poison")
+
+    BEHAVIOUR[arn] = hook
+    return attempts

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,17 @@ import anyio
 from poller.checkpoints.dynamodb import DynamoDBLeaseTable, Lease
 from poller.errors import CheckpointError
 from tests.support import file_sink
-from tests.support.aws import aws_client, create_stream, hash_key_for, put_records, stream_arn
+from tests.support.aws import (
+    aws_client,
+    create_stream,
+    hash_key_for,
+    put_records,
+    stream_arn,
+    unique,
+)
 from tests.support.process import ServiceProcess, write_config
+from tests.support.service_config import service_config, stream_mapping
+from tests.support.waiting import wait_for
 
 
 def fleet_config(
@@ -34,25 +43,23 @@ def fleet_config(
     endpoints: dict[str, str] | None = None,
     **checkpoints: Any,
 ) -> Path:
+    mapping = stream_mapping(
+        "fleet",
+        stream_arn(stream),
+        "tests.support.file_sink:handler",
+        batch_size=20,
+        shard_discovery_interval_seconds=5,
+    )
     return write_config(
         tmp_path / "replica.yaml",
-        {
-            "aws": {"region": "us-east-1", "endpoint_url": moto_url, "endpoints": endpoints or {}},
-            "checkpoints": {"backend": "dynamodb", "table": table, **checkpoints},
-            "observability": {"host": "127.0.0.1", "port": 0},
-            "logging": {"format": "json"},
-            "shutdown": {"drain_timeout_seconds": 20},
-            "mappings": [
-                {
-                    "name": "fleet",
-                    "event_source_arn": stream_arn(stream),
-                    "starting_position": "TRIM_HORIZON",
-                    "batch_size": 20,
-                    "shard_discovery_interval_seconds": 5,
-                    "target": {"type": "python", "handler": "tests.support.file_sink:handler"},
-                }
-            ],
-        },
+        service_config(
+            moto_url,
+            mapping,
+            checkpoints={"backend": "dynamodb", "table": table, **checkpoints},
+            endpoints=endpoints,
+            logging={"format": "json"},
+            shutdown={"drain_timeout_seconds": 20},
+        ),
     )
 
 
@@ -67,15 +74,16 @@ class Fleet:
 
     def start(self, name: str) -> ServiceProcess:
         self._runs[name] += 1
-        env = {
-            "POLLER_TEST_SINK": str(self.sink),
-            "POLLER_TEST_SLEEP": str(self.sleep),
-            "POLLER_CHECKPOINTS__REPLICA_ID": name,
-        }
+        env = file_sink.env(self.sink, sleep=self.sleep)
+        env["POLLER_CHECKPOINTS__REPLICA_ID"] = name
         log = self.tmp_path / f"{name}-{self._runs[name]}.log"
         proc = ServiceProcess(self.config, log, env).start()
         self.procs[name] = proc
         return proc
+
+    def start_all(self, names: Iterable[str]) -> None:
+        for name in names:
+            self.start(name)
 
     def stop_all(self) -> None:
         for proc in self.procs.values():
@@ -85,7 +93,11 @@ class Fleet:
         return file_sink.read(str(self.sink))
 
     def delivered(self) -> list[tuple[str, str]]:
-        return [(shard, seq) for b in self.batches() for shard, seq, _ in b["records"]]
+        return file_sink.delivered(self.sink)
+
+    def wait_delivered(self, writer: Writer, what: str, limit: float = 60) -> None:
+        """Wait until every record ``writer`` wrote was delivered."""
+        wait(lambda: set(self.delivered()) >= set(writer.written), limit, what)
 
 
 class Writer:
@@ -133,6 +145,17 @@ async def make_stream(moto_url: str, stream: str, shards: int) -> list[dict[str,
         return await create_stream(kinesis, stream, shards)
 
 
+def new_fleet(
+    workdir: Path, moto_url: str, prefix: str, endpoints: dict[str, str] | None = None
+) -> tuple[Fleet, str, str, list[dict[str, Any]]]:
+    """A fleet (no replica started yet) on a new 8-shard stream and a new lease table; returns
+    it with the stream's name, the table's name and the shards."""
+    stream, table = unique(prefix), unique("leases")
+    shards = anyio.run(make_stream, moto_url, stream, 8)
+    config = fleet_config(workdir, moto_url, stream, table, endpoints=endpoints)
+    return Fleet(workdir, config, workdir / "sink.jsonl"), stream, table, shards
+
+
 def leases(moto_url: str, table: str, mapping: str = "fleet") -> list[Lease]:
     async def read() -> list[Lease]:
         async with aws_client("dynamodb", moto_url) as client:
@@ -167,11 +190,6 @@ def duplicates(delivered: list[tuple[str, str]]) -> int:
 
 
 def wait(condition: Any, limit: float, what: str) -> Any:
-    deadline = time.monotonic() + limit
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {limit}s waiting for {what}")
-        time.sleep(0.2)
+    """:func:`~tests.support.waiting.wait_for` every 0.2 s: each poll reads the lease table or
+    the sink, and the replicas need the shared moto server more than the test does."""
+    return wait_for(condition, limit, what, interval=0.2)

@@ -24,9 +24,10 @@ The SQS tests run against their own moto server (:func:`shared_sqs_server`), sta
 patch; the session's shared server lives in the same process and so is patched too, which the
 functional SQS behaviour it relies on (send, receive, delete, redrive) does not notice.
 
-The rest: queue helpers (create, send, depth, receive), :func:`sqs_settings` for a service with
-one SQS mapping, :func:`handler`, the Python target that records every invocation and runs a
-per-queue behaviour, and :func:`sink_handler` for service subprocess tests.
+The rest: queue helpers (create, send, depth, receive, wait until drained), :func:`sqs_settings`
+for a service with one SQS mapping, :func:`mapping_runner` for one mapping's runner without the
+service, :func:`handler`, the Python target that records every invocation and runs a per-queue
+behaviour, and :func:`sink_handler` for service subprocess tests.
 """
 
 from __future__ import annotations
@@ -39,15 +40,22 @@ import os
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from poller.config import Settings, parse_settings
-from tests.support.aws import ACCOUNT, REGION, moto_server
+from poller.config import Settings, SqsMapping, parse_settings
+from poller.observability.metrics import RecordingMetrics
+from poller.queues import SqsMappingRunner
+from poller.sources.sqs import SqsQueue
+from poller.targets.python import PythonTarget
+from poller.types import Target
+from tests.support.aws import ACCOUNT, REGION, chunked, moto_server
+from tests.support.service_config import service_config
+from tests.support.waiting import wait_until
 
 _patched = False
 _patch_lock = threading.Lock()
@@ -267,6 +275,28 @@ def queue_arn(name: str) -> str:
 # --------------------------------------------------------------------------- queues
 
 
+@dataclass(frozen=True, slots=True)
+class Queue:
+    """A test's queue: its name, URL and ARN."""
+
+    name: str
+    url: str
+
+    @property
+    def arn(self) -> str:
+        return queue_arn(self.name)
+
+
+#: The ``new_queue`` fixture (tests/integration/conftest.py): makes a :class:`Queue` from a
+#: name prefix and :func:`create_queue`'s keywords.
+NewQueue = Callable[..., Awaitable[Queue]]
+
+
+#: The ``drain`` fixture (tests/integration/conftest.py): runs the service on a queue until
+#: the given messages were delivered and the queue is empty (queue, ids, limit, what, mapping).
+Drain = Callable[..., Awaitable[None]]
+
+
 async def create_queue(
     sqs: Any,
     name: str,
@@ -290,23 +320,13 @@ async def create_queue(
 async def send_entries(sqs: Any, url: str, entries: Iterable[dict[str, Any]]) -> list[str]:
     """SendMessageBatch ten at a time, in order; return the message ids. Fails on any failure."""
     ids: list[str] = []
-    batch: list[dict[str, Any]] = []
-
-    async def flush() -> None:
+    for batch in chunked(entries, 10):
         response = await sqs.send_message_batch(
             QueueUrl=url, Entries=[{"Id": str(i), **e} for i, e in enumerate(batch)]
         )
         assert not response.get("Failed"), response["Failed"]
         by_id = {int(s["Id"]): s["MessageId"] for s in response["Successful"]}
         ids.extend(by_id[i] for i in range(len(batch)))
-        batch.clear()
-
-    for entry in entries:
-        batch.append(entry)
-        if len(batch) == 10:
-            await flush()
-    if batch:
-        await flush()
     return ids
 
 
@@ -351,18 +371,16 @@ async def receive_all(sqs: Any, url: str, *, expected: int, limit: float = 20) -
     return got
 
 
-async def eventually(
-    condition: Callable[[], Awaitable[Any]], limit: float, what: str, interval: float = 0.1
-) -> Any:
-    """Await ``condition`` until it returns something truthy; fail with ``what`` at the deadline."""
-    deadline = time.monotonic() + limit
-    while True:
-        value = await condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {limit}s waiting for {what}")
-        await anyio.sleep(interval)
+async def eventually(condition: Callable[[], Awaitable[Any]], limit: float, what: str) -> Any:
+    """:func:`~tests.support.waiting.wait_until` for a condition that asks SQS, polled every
+    0.1 s rather than 0.05 s: each poll is a call that moto answers in O(queue depth)."""
+    return await wait_until(condition, limit, what, interval=0.1)
+
+
+async def drained(sqs: Any, url: str, arn: str, ids: list[str]) -> bool:
+    """Every message of ``ids`` was delivered to :func:`handler` and the queue is empty
+    (nothing visible, nothing in flight)."""
+    return set(delivered_ids(arn)) >= set(ids) and await queue_depth(sqs, url) == (0, 0)
 
 
 # --------------------------------------------------------------------------- the service
@@ -379,24 +397,64 @@ def sqs_settings(
     **mapping: Any,
 ) -> Settings:
     """Settings with one SQS mapping on ``queue`` delivering to :func:`handler`."""
+    mapping = {
+        "name": name,
+        "event_source_arn": queue_arn(queue),
+        "target": target or {"type": "python", "handler": "tests.support.sqs:handler"},
+        # Shutdown waits for receives in flight; 1-second long polls keep it quick.
+        "receive_wait_time_seconds": 1,
+        **mapping,
+    }
     return parse_settings(
+        service_config(
+            endpoint_url,
+            mapping,
+            checkpoints={"path": str(db)},
+            shutdown={"drain_timeout_seconds": drain_timeout},
+        )
+    )
+
+
+@contextlib.asynccontextmanager
+async def mapping_runner(
+    mapping: dict[str, Any],
+    *,
+    receive: Any,
+    settle: Any,
+    target: Target | None = None,
+    metrics: RecordingMetrics | None = None,
+) -> AsyncIterator[None]:
+    """One mapping's :class:`SqsMappingRunner` alone (no service around it; 1-second long
+    polls), receiving and settling through the given clients, until the block ends. The
+    target is :func:`handler` unless one is given."""
+    config = SqsMapping.model_validate(
         {
-            "aws": {"region": REGION, "endpoint_url": endpoint_url},
-            "checkpoints": {"path": str(db)},
-            "shutdown": {"drain_timeout_seconds": drain_timeout},
-            "observability": {"port": 0},
-            "mappings": [
-                {
-                    "name": name,
-                    "event_source_arn": queue_arn(queue),
-                    "target": target or {"type": "python", "handler": "tests.support.sqs:handler"},
-                    # Shutdown waits for receives in flight; 1-second long polls keep it quick.
-                    "receive_wait_time_seconds": 1,
-                    **mapping,
-                }
-            ],
+            "target": {"type": "python", "handler": "tests.support.sqs:handler"},
+            "receive_wait_time_seconds": 1,
+            **mapping,
         }
     )
+    own_target = target is None
+    if target is None:
+        target = PythonTarget(handler, timeout_seconds=60, function_arn="python:test")
+    queue = SqsQueue(
+        receive_client=receive,
+        settle_client=settle,
+        queue_arn=config.event_source_arn,
+        region=REGION,
+    )
+    stopping = anyio.Event()
+    runner = SqsMappingRunner(
+        config, queue=queue, target=target, stopping=stopping, metrics=metrics
+    )
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(runner.run)
+            yield
+            stopping.set()
+    finally:
+        if own_target:
+            await target.aclose()
 
 
 @dataclass(frozen=True, slots=True)

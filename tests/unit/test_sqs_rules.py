@@ -1,8 +1,8 @@
 """The SQS runner's I/O-free rules: which messages a partial failure keeps, batch cutting by
 count and 6 MB, the receive wait within a batching window, the scaler, and event shaping.
 
-No emulator here; these sit beside the SQS integration tests because they test the same
-modules (poller/queues.py and poller/sources/sqs.py) from the inside.
+They test poller/queues.py and poller/sources/sqs.py from the inside; the SQS integration
+tests (tests/integration/test_sqs_*.py) run the same code against moto.
 """
 
 from __future__ import annotations
@@ -236,15 +236,17 @@ def test_fifo_attributes_and_message_attributes() -> None:
     )
     converted = convert(raw)
     record = converted.event_record
-    assert list(record["attributes"]) == [
-        "ApproximateReceiveCount",
-        "SentTimestamp",
-        "SequenceNumber",
-        "MessageGroupId",
-        "SenderId",
-        "MessageDeduplicationId",
-        "ApproximateFirstReceiveTimestamp",
-        "AWSTraceHeader",
+    # Lambda's order (the AWS documentation's FIFO example), whatever order SQS sent; the
+    # attributes that example lacks (AWSTraceHeader) follow.
+    assert list(record["attributes"].items()) == [
+        ("ApproximateReceiveCount", "3"),
+        ("SentTimestamp", "1"),
+        ("SequenceNumber", "18849496460467696128"),
+        ("MessageGroupId", "g1"),
+        ("SenderId", "S"),
+        ("MessageDeduplicationId", "d1"),
+        ("ApproximateFirstReceiveTimestamp", "2"),
+        ("AWSTraceHeader", "Root=1-5759e988"),
     ]
     assert record["messageAttributes"] == {
         "B": {
