@@ -32,6 +32,15 @@ from poller.config import (
 from poller.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def kinesis(settings: Settings) -> KinesisMapping:
+    """The first mapping, which these tests write as a Kinesis one (narrowed for the type)."""
+    mapping = settings.mappings[0]
+    assert isinstance(mapping, KinesisMapping)
+    return mapping
+
+
 ARN = "arn:aws:kinesis:us-east-1:123456789012:stream/orders"
 DDB_ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/Orders/stream/2024-05-01T00:00:00.000"
 SQS_ARN = "arn:aws:sqs:us-east-1:123456789012:orders-queue"
@@ -126,7 +135,7 @@ def set_path(data: dict[str, Any], path: tuple[str | int, ...], value: Any) -> d
 
 def test_defaults_follow_aws_kinesis_and_the_spec(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path, MAPPING_YAML), environ={})
-    m = settings.mappings[0]
+    m = kinesis(settings)
     assert (m.batch_size, m.maximum_batching_window_in_seconds, m.enabled) == (100, 0, True)
     assert m.starting_position_timestamp is None
     assert m.shard_discovery_interval_seconds == 30.0
@@ -177,13 +186,17 @@ def test_stream_batch_size_above_10_with_window_0_is_allowed(tmp_path: Path) -> 
 
 
 def test_arn_helpers_and_identity() -> None:
-    m = parse_settings(
-        config(
-            mappings=[
-                mapping(event_source_arn="arn:aws-cn:kinesis:cn-north-1:210987654321:stream/s.1")
-            ]
+    m = kinesis(
+        parse_settings(
+            config(
+                mappings=[
+                    mapping(
+                        event_source_arn="arn:aws-cn:kinesis:cn-north-1:210987654321:stream/s.1"
+                    )
+                ]
+            )
         )
-    ).mappings[0]
+    )
     assert (m.partition, m.region, m.account_id, m.stream_name) == (
         "aws-cn",
         "cn-north-1",
@@ -192,7 +205,7 @@ def test_arn_helpers_and_identity() -> None:
     )
     assert m.identity_arn == "arn:aws-cn:iam::210987654321:role/poller"
     role = "arn:aws:iam::123456789012:role/esm"
-    custom = parse_settings(config(mappings=[mapping(invoke_identity_arn=role)])).mappings[0]
+    custom = kinesis(parse_settings(config(mappings=[mapping(invoke_identity_arn=role)])))
     assert custom.identity_arn == role
 
 
@@ -353,7 +366,7 @@ def test_timestamp_accepts_iso_and_epoch(tmp_path: Path, written: str, epoch: fl
     text = MAPPING_YAML.replace("TRIM_HORIZON", "AT_TIMESTAMP")
     text += f"    starting_position_timestamp: {written}\n"
     settings = load_settings(write(tmp_path, text), environ={})
-    assert settings.mappings[0].starting_position_timestamp == epoch
+    assert kinesis(settings).starting_position_timestamp == epoch
 
 
 # --------------------------------------------------------------------------- error handling
@@ -364,7 +377,7 @@ def test_record_age_accepts_minus_one_and_60_to_604800(tmp_path: Path, seconds: 
     settings = load_dict(
         tmp_path, set_path(config(), (*M0, "maximum_record_age_in_seconds"), seconds)
     )
-    assert settings.mappings[0].maximum_record_age_in_seconds == seconds
+    assert kinesis(settings).maximum_record_age_in_seconds == seconds
 
 
 @pytest.mark.parametrize("seconds", [0, 1, 59])
@@ -399,7 +412,7 @@ def test_error_handling_fields_load_from_yaml(tmp_path: Path) -> None:
         """),
         "    ",
     )
-    m = load_settings(write(tmp_path, text), environ={}).mappings[0]
+    m = kinesis(load_settings(write(tmp_path, text), environ={}))
     assert (m.maximum_retry_attempts, m.maximum_record_age_in_seconds) == (3, 3600)
     assert m.bisect_batch_on_function_error is True
     assert m.function_response_types == ["ReportBatchItemFailures"]
@@ -413,7 +426,7 @@ def test_error_handling_fields_load_from_yaml(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("types", [[], ["ReportBatchItemFailures"]])
 def test_function_response_types_accepted(tmp_path: Path, types: list[str]) -> None:
-    m = load_dict(tmp_path, config(mappings=[mapping(function_response_types=types)])).mappings[0]
+    m = kinesis(load_dict(tmp_path, config(mappings=[mapping(function_response_types=types)])))
     assert m.function_response_types == types
     assert m.report_batch_item_failures is bool(types)
 
@@ -460,7 +473,7 @@ def test_function_response_types_rejected(tmp_path: Path, types: Any, expected: 
     ],
 )
 def test_on_failure_destination_forms_accepted(tmp_path: Path, arn: str) -> None:
-    m = load_dict(tmp_path, set_path(config(), DESTINATION, arn)).mappings[0]
+    m = kinesis(load_dict(tmp_path, set_path(config(), DESTINATION, arn)))
     assert m.on_failure_arn == arn
     assert m.destination_config == DestinationConfig(
         on_failure=OnFailureDestination(destination_arn=arn)
@@ -515,7 +528,7 @@ def test_on_failure_destination_shape_errors(tmp_path: Path) -> None:
 
 
 def test_destination_config_without_on_failure_reports_nothing(tmp_path: Path) -> None:
-    m = load_dict(tmp_path, config(mappings=[mapping(destination_config={})])).mappings[0]
+    m = kinesis(load_dict(tmp_path, config(mappings=[mapping(destination_config={})])))
     assert m.destination_config == DestinationConfig(on_failure=None)
     assert m.on_failure_arn is None
 
@@ -525,21 +538,19 @@ def test_destination_config_without_on_failure_reports_nothing(tmp_path: Path) -
 
 def test_explicit_uuid_is_used_and_stored_in_lower_case(tmp_path: Path) -> None:
     given = "14E0DB71-5D35-4EB5-B481-8945CF9D10C2"
-    m = load_dict(tmp_path, config(mappings=[mapping(uuid=given)])).mappings[0]
+    m = kinesis(load_dict(tmp_path, config(mappings=[mapping(uuid=given)])))
     assert m.uuid == m.mapping_uuid == given.lower()
 
 
 def test_derived_uuid_is_stable_and_differs_by_name_and_stream() -> None:
-    first = parse_settings(config()).mappings[0]
-    again = parse_settings(config()).mappings[0]
+    first = kinesis(parse_settings(config()))
+    again = kinesis(parse_settings(config()))
     assert first.mapping_uuid == first.mapping_uuid == again.mapping_uuid
     assert str(uuid.UUID(first.mapping_uuid)) == first.mapping_uuid
     assert first.mapping_uuid == str(uuid.uuid5(uuid.NAMESPACE_URL, f"poller:orders:{ARN}"))
-    renamed = parse_settings(config(mappings=[mapping(name="payments")])).mappings[0]
+    renamed = kinesis(parse_settings(config(mappings=[mapping(name="payments")])))
     other_stream = parse_settings(config(mappings=[mapping(event_source_arn=ARN + "2")]))
-    assert (
-        len({first.mapping_uuid, renamed.mapping_uuid, other_stream.mappings[0].mapping_uuid}) == 3
-    )
+    assert len({first.mapping_uuid, renamed.mapping_uuid, kinesis(other_stream).mapping_uuid}) == 3
 
 
 @pytest.mark.parametrize(
@@ -971,7 +982,7 @@ def test_env_override_mapping_field_by_name(tmp_path: Path) -> None:
         "POLLER_MAPPINGS__orders__enabled": "false",
         "POLLER_MAPPINGS__orders__TARGET__TIMEOUT_SECONDS": "1.5",
     }
-    m = load_settings(write(tmp_path, MAPPING_YAML), environ=environ).mappings[0]
+    m = kinesis(load_settings(write(tmp_path, MAPPING_YAML), environ=environ))
     assert (m.batch_size, m.enabled) == (500, False)
     assert isinstance(m.target, PythonTargetConfig)
     assert m.target.timeout_seconds == 1.5
@@ -986,7 +997,7 @@ def test_env_override_error_handling_fields(tmp_path: Path) -> None:
         "POLLER_MAPPINGS__orders__DESTINATION_CONFIG__ON_FAILURE__DESTINATION_ARN": TOPIC_ARN,
         "POLLER_MAPPINGS__orders__UUID": "14e0db71-5d35-4eb5-b481-8945cf9d10c2",
     }
-    m = load_settings(write(tmp_path, MAPPING_YAML), environ=environ).mappings[0]
+    m = kinesis(load_settings(write(tmp_path, MAPPING_YAML), environ=environ))
     assert (m.maximum_retry_attempts, m.maximum_record_age_in_seconds) == (3, 3600)
     assert m.bisect_batch_on_function_error is True
     assert m.parallelization_factor == 4
@@ -1067,7 +1078,7 @@ def test_unset_variable_is_an_error(tmp_path: Path) -> None:
 def test_expansion_happens_before_overrides(tmp_path: Path) -> None:
     text = MAPPING_YAML.replace("name: orders", "name: ${STREAM:-orders}")
     environ = {"STREAM": "events", "POLLER_MAPPINGS__events__BATCH_SIZE": "9"}
-    m = load_settings(write(tmp_path, text), environ=environ).mappings[0]
+    m = kinesis(load_settings(write(tmp_path, text), environ=environ))
     assert (m.name, m.batch_size) == ("events", 9)
 
 
@@ -1129,7 +1140,7 @@ def test_embedded_config_is_the_local_demo() -> None:
     assert settings.embedded.shard_count == 2
     assert settings.embedded.traffic.records_per_second == 5.0
     assert settings.checkpoints.path == Path(".work/embedded-checkpoints.db")
-    m = settings.mappings[0]
+    m = kinesis(settings)
     assert (m.name, m.stream_name, m.account_id) == ("demo", "poller-demo", "123456789012")
     assert (m.starting_position, m.batch_size, m.maximum_batching_window_in_seconds) == (
         "TRIM_HORIZON",
@@ -1142,7 +1153,7 @@ def test_embedded_config_is_the_local_demo() -> None:
 def test_example_configs_use_their_targets() -> None:
     aws = load_settings(REPO / "config" / "example-aws.yaml", environ={})
     assert isinstance(aws.mappings[0].target, LambdaTargetConfig)
-    m = aws.mappings[0]
+    m = kinesis(aws)
     assert (m.maximum_retry_attempts, m.maximum_record_age_in_seconds) == (3, 3600)
     assert m.bisect_batch_on_function_error is True
     assert m.report_batch_item_failures is False  # shown commented out
@@ -1409,7 +1420,7 @@ def test_dynamodb_stream_mapping_defaults(tmp_path: Path) -> None:
 
 
 def test_kinesis_mapping_source() -> None:
-    m = parse_settings(config()).mappings[0]
+    m = kinesis(parse_settings(config()))
     assert isinstance(m, KinesisMapping)
     assert m.source == "kinesis"
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 
 import pytest
 
 from poller.core.balance import LeaseView, plan_balance
 
 
-def views(owners: dict[str, str | None], expired: frozenset[str] = frozenset()) -> list[LeaseView]:
+def views(
+    owners: Mapping[str, str | None], expired: frozenset[str] = frozenset()
+) -> list[LeaseView]:
     return [LeaseView(shard, owner, shard in expired) for shard, owner in owners.items()]
 
 
