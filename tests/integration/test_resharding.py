@@ -181,11 +181,15 @@ async def under_writes(
         endpoint_url=kl_url, stream=stream, db=db, batch_size=50, shard_discovery_interval_seconds=1
     )
     stop = anyio.Event()
-    async with running(settings), anyio.create_task_group() as tg:
-        tg.start_soon(writer.run, stop)
-        await wait_until(lambda: len(delivered(arn)) >= warm_up, 30, what)
-        yield writer
-        stop.set()
+    async with running(settings):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(writer.run, stop)
+            await wait_until(lambda: len(delivered(arn)) >= warm_up, 30, what)
+            yield writer
+            stop.set()
+        # The writer has returned, so `written` counts its last put too (a put in flight when
+        # `stop` was set used to land after the count was read, and the service was stopped
+        # before those records arrived).
         await wait_until(lambda: len(delivered(arn)) >= writer.written, 60, "every written record")
 
 

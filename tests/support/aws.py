@@ -22,11 +22,54 @@ CREDENTIALS = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
 T = TypeVar("T")
 
 
+#: moto's DynamoDB writes that read, check a condition and write.
+_DYNAMODB_WRITES: tuple[str, ...] = (
+    "put_item",
+    "update_item",
+    "delete_item",
+    "batch_write_item",
+    "transact_write_items",
+    "execute_transaction",
+)
+
+
+def make_moto_dynamodb_writes_atomic() -> None:
+    """Give moto's DynamoDB the atomic conditional writes DynamoDB guarantees (TEST-ONLY).
+
+    moto's server handles requests on several threads, and its DynamoDB backend checks a
+    ``ConditionExpression`` and then writes without a lock: two concurrent conditional writes
+    to one item can both succeed, which DynamoDB never allows and the lease table's fencing
+    relies on. One re-entrant lock around each write method restores DynamoDB's rule. This
+    changes the emulator's server side only; every client still talks HTTP to it. Idempotent.
+    """
+    import functools
+    import threading
+
+    from moto.dynamodb.models import DynamoDBBackend
+
+    if getattr(DynamoDBBackend, "_poller_atomic", False):
+        return
+    lock = threading.RLock()
+
+    def locked(method: Any) -> Any:
+        @functools.wraps(method)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with lock:
+                return method(*args, **kwargs)
+
+        return call
+
+    for name in _DYNAMODB_WRITES:
+        setattr(DynamoDBBackend, name, locked(getattr(DynamoDBBackend, name)))
+    DynamoDBBackend._poller_atomic = True  # type: ignore[attr-defined]
+
+
 @contextlib.contextmanager
 def moto_server() -> Iterator[str]:
     """Start moto's threaded server on a free loopback port; yield its URL."""
     from moto.server import ThreadedMotoServer
 
+    make_moto_dynamodb_writes_atomic()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -125,14 +168,14 @@ def moto_server_process(*, speed_up_sqs: bool = False) -> Iterator[str]:
     from tests.support.process import REPO, free_port, spawned
 
     port = free_port()
-    if speed_up_sqs:
-        boot = (
-            "import sys; sys.path.insert(0, sys.argv[1]);"
-            "from tests.support.sqs import speed_up_moto_sqs; speed_up_moto_sqs();"
-            "from moto.server import main; main(['-H', '127.0.0.1', '-p', sys.argv[2]])"
-        )
-        command = [sys.executable, "-c", boot, str(REPO), str(port)]
-    else:
-        command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    speed_up = "from tests.support.sqs import speed_up_moto_sqs; speed_up_moto_sqs();"
+    boot = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "from tests.support.aws import make_moto_dynamodb_writes_atomic;"
+        "make_moto_dynamodb_writes_atomic();"
+        f"{speed_up if speed_up_sqs else ''}"
+        "from moto.server import main; main(['-H', '127.0.0.1', '-p', sys.argv[2]])"
+    )
+    command = [sys.executable, "-c", boot, str(REPO), str(port)]
     with spawned(command, port, "moto's server") as url:
         yield url
