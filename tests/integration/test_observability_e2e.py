@@ -20,7 +20,7 @@ from tests.integration.stream_errors_harness import checkpoint_of, make_queue, s
 from tests.support import recorder
 from tests.support.aws import stream_arn, unique
 from tests.support.fault_proxy import FaultProxy
-from tests.support.process import Launch, write_config
+from tests.support.process import Launch, ServiceProcess, write_config
 from tests.support.service import running
 from tests.support.service_config import service_config, stream_mapping
 from tests.support.waiting import wait_for, wait_until
@@ -122,6 +122,29 @@ async def test_readiness_waits_for_every_mapping(moto_url: str, tmp_path: Path) 
             service.request_stop()
 
 
+def launch_json_logging(
+    tmp_path: Path,
+    moto_url: str,
+    launch: Launch,
+    mapping: dict[str, Any],
+    level: str,
+    env: dict[str, str] | None = None,
+) -> tuple[ServiceProcess, Path]:
+    """``poller run`` of one mapping with JSON logs at ``level``; the process and its
+    checkpoint database."""
+    db = tmp_path / "c.db"
+    config = write_config(
+        tmp_path / "poller.yaml",
+        service_config(
+            moto_url,
+            mapping,
+            checkpoints={"path": str(db)},
+            logging={"format": "json", "level": level},
+        ),
+    )
+    return launch(config, "run.log", env), db
+
+
 def test_logs_never_contain_record_data(tmp_path: Path, moto_url: str, launch: Launch) -> None:
     """A run with successes, failures (whose exception messages quote record data), retries and
     a failure destination: not one log line contains the marker string every record carries."""
@@ -146,18 +169,8 @@ def test_logs_never_contain_record_data(tmp_path: Path, moto_url: str, launch: L
         bisect_batch_on_function_error=True,
         destination_config={"on_failure": {"destination_arn": queue_arn}},
     )
-    db = tmp_path / "c.db"
-    config = write_config(
-        tmp_path / "leak.yaml",
-        service_config(
-            moto_url,
-            mapping,
-            checkpoints={"path": str(db)},
-            logging={"format": "json", "level": "DEBUG"},
-        ),
-    )
     env = {"POLLER_TEST_SINK": str(sink), "POLLER_TEST_MARKER": marker}
-    proc = launch(config, "run.log", env)
+    proc, db = launch_json_logging(tmp_path, moto_url, launch, mapping, "DEBUG", env)
     wait_for(lambda: checkpoint_of(db, "leak") == written[-1], 60, "every record settled")
     assert proc.events("batch.failed"), "the run must include failures"
     assert proc.events("records.sent_to_destination")
@@ -176,18 +189,8 @@ def test_service_process_exports_no_created_series(
     carries the event counters and not one `_created` sample beside them."""
     stream = unique("created")
     written = anyio.run(stream_with, moto_url, stream, [(f"k{i}", b"{}") for i in range(3)])
-    db = tmp_path / "c.db"
     mapping = stream_mapping("created", stream_arn(stream), "tests.support.recorder:record")
-    config = write_config(
-        tmp_path / "created.yaml",
-        service_config(
-            moto_url,
-            mapping,
-            checkpoints={"path": str(db)},
-            logging={"format": "json", "level": "INFO"},
-        ),
-    )
-    proc = launch(config, "run.log")
+    proc, db = launch_json_logging(tmp_path, moto_url, launch, mapping, "INFO")
     wait_for(lambda: checkpoint_of(db, "created") == written[-1], 30, "every record settled")
     [listening] = proc.events("observability.listening")
     samples = scrape(listening["url"])
