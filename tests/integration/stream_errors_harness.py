@@ -49,9 +49,14 @@ def checkpoint_of(db: Path, mapping: str = "m") -> str | None:
     if not db.exists():
         return None
     with sqlite3.connect(db) as conn:
-        row = conn.execute(
-            "SELECT sequence_number FROM checkpoints WHERE mapping = ?", (mapping,)
-        ).fetchone()
+        try:
+            row = conn.execute(
+                "SELECT sequence_number FROM checkpoints WHERE mapping = ?", (mapping,)
+            ).fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return None  # the service created the file and has not yet made its schema
+            raise
     return None if row is None else str(row[0])
 
 
