@@ -148,6 +148,9 @@ class ShardProcessor:
         self.shard_id = shard_id
         self._target = target
         self._store = store
+        #: A window state past this ends its window early: Lambda's 1 MB, or less where the
+        #: store cannot hold that much (a state it cannot checkpoint would stall the shard).
+        self._window_state_limit = min(MAX_STATE_BYTES, store.window_state_limit)
         self.policy = policy
         self._routing = routing
         self._stopping = stopping
@@ -410,10 +413,8 @@ class ShardProcessor:
         return answer.state
 
     async def _adopt_state(self, state: dict[str, Any]) -> bool:
-        """Make ``state`` the window's; past 1 MB, or past what the checkpoint store can
-        hold, it ends the window early first (a state that cannot be checkpointed would
-        stall the shard)."""
-        limit = min(MAX_STATE_BYTES, self._store.window_state_limit)
+        """Make ``state`` the window's; past the state limit it ends the window early first."""
+        limit = self._window_state_limit
         if state_too_large(state, limit):
             log.warning("window.terminated_early", state_bytes=state_size(state), limit=limit)
             if not await self._final_invoke(state, terminated_early=True):

@@ -52,11 +52,11 @@ _NOT_FOUND = "ResourceNotFoundException"
 _IN_USE = "ResourceInUseException"
 _PLACEHOLDER = re.compile(r"#(\w+)")
 #: How long ensure_table waits for a new table to become ACTIVE: 1 s polls, 2 minutes.
+_TABLE_WAIT = {"Delay": 1, "MaxAttempts": 120}
 #: The largest window state (bytes of compact JSON) a lease can carry: DynamoDB's item limit
 #: is 400 KB, names and values together; 8 KB is left for the lease's other attributes (key,
 #: owner, checkpoint, parents, counters), which take well under 1 KB.
 WINDOW_STATE_LIMIT = 400 * 1024 - 8 * 1024
-_TABLE_WAIT = {"Delay": 1, "MaxAttempts": 120}
 
 
 def lease_key(mapping: str, shard_id: str) -> str:

@@ -25,6 +25,7 @@ from poller.errors import ConfigError, DestinationError
 from poller.sources.kinesis import make_record_factory
 from poller.types import InvokeResult, Outcome, StreamRecord
 from tests.support.aws import ACCOUNT, CREDENTIALS, REGION, stream_arn, unique
+from tests.support.sqs import queue_arn
 
 pytestmark = pytest.mark.anyio
 
@@ -83,10 +84,6 @@ def record(batch: list[StreamRecord]) -> dict[str, Any]:
         records=batch,
         now=NOW,
     )
-
-
-def queue_arn(name: str) -> str:
-    return f"arn:aws:sqs:{REGION}:{ACCOUNT}:{name}"
 
 
 def topic_arn(name: str) -> str:

@@ -11,7 +11,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -24,6 +24,7 @@ from poller.config import ObservabilitySettings
 from poller.errors import ConfigError
 from poller.observability.metrics import PrometheusMetrics
 from poller.observability.server import HealthState, ObservabilityServer, serve_observability
+from tests.support.waiting import wait_for
 
 HOST = "127.0.0.1"
 #: A request to the server must be answered within this, even with the event loop blocked.
@@ -70,14 +71,6 @@ def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
         for family in text_string_to_metric_families(body.decode())
         for sample in family.samples
     }
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what or condition}")
-        time.sleep(0.01)
 
 
 def accepts_connections(port: int) -> bool:
@@ -282,7 +275,7 @@ def test_healthz_answers_while_the_event_loop_is_blocked(metrics: PrometheusMetr
             answers.append((status, time.monotonic() - started))
             return status == 503
 
-        wait_until(unhealthy, timeout=1.2, what="/healthz to report the blocked loop")
+        wait_for(unhealthy, 1.2, "/healthz to report the blocked loop", interval=0.01)
         assert not blocked.done(), "the loop must still be blocked when 503 is reported"
         assert all(elapsed < ANSWER_WITHIN / 2 for _, elapsed in answers), answers
         # The other endpoints answer too.
@@ -290,11 +283,11 @@ def test_healthz_answers_while_the_event_loop_is_blocked(metrics: PrometheusMetr
         assert get(f"{srv.url}/metrics")[0] == 200
 
         blocked.result(timeout=5)
-        wait_until(lambda: get_json(url)[0] == 200, what="/healthz to recover")
+        wait_for(lambda: get_json(url)[0] == 200, 5, "/healthz to recover", interval=0.01)
 
         # Cancelling the portal's future cancels the task; its finally stops the server.
         serving.cancel()
-        wait_until(lambda: not accepts_connections(srv.port), what="the port to close")
+        wait_for(lambda: not accepts_connections(srv.port), 5, "the port to close", interval=0.01)
 
 
 # -- errors and lifecycle ----------------------------------------------------------------------
