@@ -1,6 +1,7 @@
 """Figures for several replicas sharing shards through the DynamoDB lease table.
 
-Runs real ``poller run`` processes against moto's server (its own process), with the default
+Runs real ``poller run`` processes against moto's server (its own process, for Kinesis) and
+DynamoDB Local (the lease table, ``tests/support/dynamodb_local.py``), with the default
 lease settings (10 s leases, renewed every ~3.3 s, balanced every ~5 s), on an 8-shard stream
 under continuous writes, and prints:
 
@@ -9,7 +10,7 @@ under continuous writes, and prints:
 * join time: a third replica joining a running pair -> holding its share;
 * duplicate deliveries under SIGKILL and under a rolling restart (SIGTERM each in turn);
 * DynamoDB calls per minute at rest for 3 replicas x 8 shards (counted by an HTTP proxy in
-  front of moto's DynamoDB endpoint, by operation).
+  front of the lease table's endpoint, by operation).
 
 Run: ``.venv/bin/python -m benchmarks.replicas [--runs 5] [--rest-seconds 60]``
 """
@@ -26,6 +27,7 @@ from collections import Counter
 from pathlib import Path
 
 from tests.support.aws import moto_server_process
+from tests.support.dynamodb_local import dynamodb_local
 from tests.support.fault_proxy import FaultProxy
 from tests.support.replicas import Fleet, Writer, duplicates, leases, new_fleet, owner_counts, wait
 
@@ -41,8 +43,8 @@ def start_balanced(fleet: Fleet, moto_url: str, table: str, names: str) -> None:
     wait(lambda: balanced(moto_url, table, set(names)), 60, "balance")
 
 
-def failover_once(moto_url: str, workdir: Path) -> tuple[float, int]:
-    fleet, stream, table, shards = new_fleet(workdir, moto_url, "bench")
+def failover_once(moto_url: str, store: str, workdir: Path) -> tuple[float, int]:
+    fleet, stream, table, shards = new_fleet(workdir, moto_url, "bench", lease_store=store)
     try:
         with Writer(moto_url, stream, shards) as writer:
             start_balanced(fleet, moto_url, table, "abc")
@@ -66,8 +68,8 @@ def failover_once(moto_url: str, workdir: Path) -> tuple[float, int]:
         fleet.stop_all()
 
 
-def join_time(moto_url: str, workdir: Path) -> float:
-    fleet, stream, table, shards = new_fleet(workdir, moto_url, "bench")
+def join_time(moto_url: str, store: str, workdir: Path) -> float:
+    fleet, stream, table, shards = new_fleet(workdir, moto_url, "bench", lease_store=store)
     try:
         with Writer(moto_url, stream, shards):
             start_balanced(fleet, moto_url, table, "ab")
@@ -79,8 +81,8 @@ def join_time(moto_url: str, workdir: Path) -> float:
         fleet.stop_all()
 
 
-def rolling_restart_duplicates(moto_url: str, workdir: Path) -> tuple[int, int]:
-    fleet, stream, table, shards = new_fleet(workdir, moto_url, "bench")
+def rolling_restart_duplicates(moto_url: str, store: str, workdir: Path) -> tuple[int, int]:
+    fleet, stream, table, shards = new_fleet(workdir, moto_url, "bench", lease_store=store)
     try:
         with Writer(moto_url, stream, shards) as writer:
             start_balanced(fleet, moto_url, table, "abc")
@@ -95,10 +97,12 @@ def rolling_restart_duplicates(moto_url: str, workdir: Path) -> tuple[int, int]:
         fleet.stop_all()
 
 
-def calls_at_rest(moto_url: str, workdir: Path, seconds: float) -> Counter[str]:
-    with FaultProxy(moto_url) as proxy:
+def calls_at_rest(moto_url: str, store: str, workdir: Path, seconds: float) -> Counter[str]:
+    with FaultProxy(store) as proxy:
         endpoints = {"dynamodb": proxy.url}
-        fleet, _, table, _ = new_fleet(workdir, moto_url, "bench", endpoints=endpoints)
+        fleet, _, table, _ = new_fleet(
+            workdir, moto_url, "bench", endpoints=endpoints, lease_store=store
+        )
         try:
             start_balanced(fleet, moto_url, table, "abc")
             before = len(proxy.requests)
@@ -116,20 +120,26 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="failover measurements")
     parser.add_argument("--rest-seconds", type=float, default=60.0)
     args = parser.parse_args()
-    with moto_server_process() as url, tempfile.TemporaryDirectory() as tmp:
+    with (
+        moto_server_process() as url,
+        dynamodb_local() as store,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         root = Path(tmp)
-        results = [failover_once(url, Path(tempfile.mkdtemp(dir=root))) for _ in range(args.runs)]
+        results = [
+            failover_once(url, store, Path(tempfile.mkdtemp(dir=root))) for _ in range(args.runs)
+        ]
         times = [t for t, _ in results]
         print(
             f"failover (SIGKILL 1 of 3, 8 shards): median {statistics.median(times):.1f} s,"
             f" min {min(times):.1f} s, max {max(times):.1f} s over {len(times)} runs"
         )
         print(f"duplicates under SIGKILL: {[d for _, d in results]} (batch size 20)")
-        joined = join_time(url, Path(tempfile.mkdtemp(dir=root)))
+        joined = join_time(url, store, Path(tempfile.mkdtemp(dir=root)))
         print(f"new replica to its share: {joined:.1f} s")
-        dups, lost = rolling_restart_duplicates(url, Path(tempfile.mkdtemp(dir=root)))
+        dups, lost = rolling_restart_duplicates(url, store, Path(tempfile.mkdtemp(dir=root)))
         print(f"rolling restart of 3 replicas: {dups} duplicates, {lost} lost")
-        calls = calls_at_rest(url, Path(tempfile.mkdtemp(dir=root)), args.rest_seconds)
+        calls = calls_at_rest(url, store, Path(tempfile.mkdtemp(dir=root)), args.rest_seconds)
         per_minute = {op: round(n * 60 / args.rest_seconds) for op, n in sorted(calls.items())}
         total = round(sum(calls.values()) * 60 / args.rest_seconds)
         print(f"DynamoDB calls per minute at rest, 3 replicas x 8 shards: {total} {per_minute}")

@@ -13,18 +13,35 @@ Shutdown is one named procedure, :meth:`Service.request_stop`, triggered by SIGT
    records are re-delivered after the restart (at least once, never lost);
 3. checkpoint: every settled batch has its checkpoint durable before its worker returns;
 4. close: targets, the checkpoint store, AWS clients, then the embedded emulator.
+
+Until a mapping's runner has started nothing of it is in flight, so a stop request abandons
+start-up work (a lease table or a source that does not answer yet) at once instead of waiting
+for the drain deadline.
+
+An outage is never a reason to exit. At start-up the lease table is retried with backoff
+(the service is alive but not ready meanwhile); only a definitive configuration problem (a
+table with the wrong key schema, ``create_table: false`` and no table, no AWS credentials at
+all, a handler that does not import) exits. Each mapping runs under a supervisor of its own:
+mappings start independently, a mapping that cannot reach its source is reported down (log,
+``poller_mapping_up``, ``/readyz``'s body) and keeps retrying, and a runner that raises (or
+returns before shutdown) is logged as ``mapping.crashed``, backed off and restarted while the
+other mappings run on; the backoff grows until a run lasts :data:`MAPPING_HEALTHY_RUN_SECONDS`. The
+service is ready once every mapping has started, or after :data:`MAPPING_START_GRACE_SECONDS`
+with the ones still down listed (:mod:`poller.observability.server`).
 """
 
 from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import structlog
 from anyio.abc import TaskStatus
+from botocore.exceptions import NoCredentialsError, PartialCredentialsError
 
 from poller.aws.clients import ClientFactory
 from poller.aws.embedded import EMBEDDED_CREDENTIALS, EmbeddedAws, ensure_streams, traffic_loop
@@ -33,10 +50,12 @@ from poller.checkpoints.memory import MemoryCheckpointStore
 from poller.checkpoints.sqlite import SqliteCheckpointStore
 from poller.config import AnyMapping, DynamoDBStreamMapping, KinesisMapping, Settings, SqsMapping
 from poller.destinations import build_destination
+from poller.errors import CheckpointError, PollerError
 from poller.leases import LeaseCoordinator, LeasedCheckpointStore, LeaseSettings, replica_identity
 from poller.observability.metrics import Metrics, NullMetrics, PrometheusMetrics
 from poller.observability.server import HealthState, serve_observability
 from poller.queues import SqsMappingRunner, build_sqs_runner
+from poller.retry import Backoff
 from poller.sources._shards import StreamApi
 from poller.sources.dynamodb_streams import DynamoDBStreamApi
 from poller.sources.kinesis import KinesisStreamApi
@@ -44,17 +63,56 @@ from poller.streams import StreamMappingRunner
 from poller.targets import build_target
 from poller.types import CheckpointStore, Target
 
+_T = TypeVar("_T")
 log = structlog.get_logger("poller.app")
 
 #: A second signal sooner than this after the first is the same request, not a force.
 SIGNAL_REPEAT_SECONDS = 1.0
+#: How long start-up waits for every mapping to start before the service is ready anyway,
+#: with the mappings still down reported (they keep retrying).
+MAPPING_START_GRACE_SECONDS = 10.0
+#: Between restarts of a mapping whose runner failed (reset once it ran long enough).
+MAPPING_RESTART_BACKOFF = Backoff(initial=1.0, maximum=60.0)
+#: A run at least this long counts as healthy: a crash after it backs off from the start
+#: again. A runner that starts and fails sooner is a crash loop, and its backoff grows.
+MAPPING_HEALTHY_RUN_SECONDS = 60.0
+#: Longest wait for one shutdown step (closing a target, the store, the clients): shielded
+#: from the drain's cancellation so that it completes, but never a reason to hang the exit.
+CLOSE_STEP_SECONDS = 10.0
+#: Between attempts to reach the lease table at start-up.
+LEASE_TABLE_BACKOFF = Backoff(initial=0.5, maximum=30.0)
+#: How often a running mapping's reachability is copied to its gauge and /readyz.
+REACHABILITY_CHECK_SECONDS = 1.0
+#: A running mapping is reported down only once its source (or the lease table) has not
+#: answered for this long: one failed call that the next attempt repairs is not an outage, and
+#: ``poller_mapping_up`` (what operators alert on) must not flap with it.
+MAPPING_DOWN_AFTER_SECONDS = 5.0
+
+Runner = StreamMappingRunner | SqsMappingRunner
+
+
+def takeover_grace(configured: float | None, mapping: AnyMapping) -> float:
+    """The lease takeover grace of ``mapping``: as configured, else its target's timeout.
+
+    A Lambda target has no timeout of its own here (the function's is remote), so its default
+    grace is 0; ``checkpoints.takeover_grace_seconds`` sets one.
+    """
+    if configured is not None:
+        return configured
+    return float(getattr(mapping.target, "timeout_seconds", 0.0))
 
 
 class Service:
     """One running poller: all enabled mappings of one configuration."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, *, start_grace: float = MAPPING_START_GRACE_SECONDS
+    ) -> None:
         self.settings = settings
+        self._start_grace = start_grace
+        self._up: set[str] = set()
+        self._reported_down: set[str] = set()
+        self._all_up = anyio.Event()
         self.stopping = anyio.Event()
         self.ready = anyio.Event()
         self._force = anyio.Event()
@@ -103,11 +161,13 @@ class Service:
             async with AsyncExitStack() as stack:
                 stack.push_async_callback(self._close_step, "clients", clients.aclose)
                 store = await self._open_store(clients)
+                if store is None:  # stopped while the lease table did not answer
+                    return
                 stack.push_async_callback(self._close_step, "checkpoint_store", store.aclose)
-                runners = await self._build_runners(clients, store, stack)
+                targets = await self._build_targets(clients, stack)
                 self.health.mark_clients_connected()
-                self.health.expect_mappings([r.mapping.name for r in runners])
-                await self._run_tasks(clients, runners)
+                self.health.expect_mappings([mapping.name for mapping, _ in targets])
+                await self._run_tasks(clients, store, targets)
         finally:
             if embedded is not None:
                 embedded.stop()
@@ -122,26 +182,69 @@ class Service:
             region=aws.region, endpoint_url=aws.endpoint_url, endpoints=aws.endpoints
         )
 
-    async def _open_store(self, clients: ClientFactory) -> CheckpointStore:
+    async def _open_store(self, clients: ClientFactory) -> CheckpointStore | None:
         """The SQLite store; or, for the dynamodb backend, the lease table (each stream mapping
-        then gets a fenced store of its own) and this replica's identity."""
+        then gets a fenced store of its own) and this replica's identity. None when a stop was
+        requested before the lease table answered."""
         cfg = self.settings.checkpoints
         if cfg.backend == "sqlite":
             return await SqliteCheckpointStore(cfg.path, synchronous=cfg.synchronous).open()
         assert cfg.table is not None  # the config requires it with this backend
-        self._lease_table = DynamoDBLeaseTable(await clients.client("dynamodb"), cfg.table)
-        await self._lease_table.ensure_table(create=cfg.create_table)
+        table = DynamoDBLeaseTable(await clients.client("dynamodb"), cfg.table)
+        if not await self._unless_stopped(lambda: self._ensure_lease_table(table)):
+            return None
+        self._lease_table = table
         self._replica = self._replica or await replica_identity()
         log.info("replica.identity", replica=self._replica, lease_table=cfg.table)
         return MemoryCheckpointStore()  # unused: lease mode writes through LeasedCheckpointStore
 
+    async def _ensure_lease_table(self, table: DynamoDBLeaseTable) -> bool:
+        """Make sure the lease table exists, retrying for as long as DynamoDB does not answer.
+
+        An outage is waited out, logged at every attempt (``/readyz`` is not ready meanwhile).
+        A ConfigError (a wrong key schema; no table while creating it is disabled) and missing
+        AWS credentials are definitive: waiting cannot fix them, so they propagate and the
+        process exits with one clear line.
+        """
+        attempt = 0
+        while True:
+            try:
+                await table.ensure_table(create=self.settings.checkpoints.create_table)
+            except CheckpointError as exc:
+                if isinstance(exc.__cause__, NoCredentialsError | PartialCredentialsError):
+                    raise
+                attempt += 1
+                wait = LEASE_TABLE_BACKOFF.delay(attempt)
+                log.warning(
+                    "lease_table.unavailable",
+                    error=str(exc),
+                    attempt=attempt,
+                    wait_s=round(wait, 2),
+                    hint="retrying; the mappings start once the lease table answers",
+                )
+                await anyio.sleep(wait)
+            else:
+                return True
+
+    async def _unless_stopped(self, work: Callable[[], Awaitable[_T]]) -> _T | None:
+        """Run start-up ``work``, abandoned at once (None) if a stop is requested meanwhile:
+        start-up has nothing in flight that a drain would wait for."""
+        result: list[_T] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_cancel_when_set, self.stopping, tg.cancel_scope)
+            result.append(await work())
+            tg.cancel_scope.cancel()
+        return result[0] if result else None
+
     def _enabled_mappings(self) -> list[AnyMapping]:
         return [m for m in self.settings.mappings if m.enabled]
 
-    async def _build_runners(
-        self, clients: ClientFactory, store: CheckpointStore, stack: AsyncExitStack
-    ) -> list[StreamMappingRunner | SqsMappingRunner]:
-        runners: list[StreamMappingRunner | SqsMappingRunner] = []
+    async def _build_targets(
+        self, clients: ClientFactory, stack: AsyncExitStack
+    ) -> list[tuple[AnyMapping, Target]]:
+        """Each enabled mapping with its target. Nothing here calls AWS, so a bad target (a
+        handler that does not import) is a configuration error that stops start-up."""
+        built: list[tuple[AnyMapping, Target]] = []
         for mapping in self._enabled_mappings():
             target = await build_target(
                 mapping.target,
@@ -149,21 +252,23 @@ class Service:
                 partition=mapping.partition,
                 region=mapping.region,
                 account_id=mapping.account_id,
+                mapping=mapping.name,
+                metrics=self.metrics,
             )
             stack.push_async_callback(self._close_step, f"target {mapping.name}", target.aclose)
-            if isinstance(mapping, KinesisMapping | DynamoDBStreamMapping):
-                runners.append(await self._stream_runner(mapping, clients, store, target))
-            elif isinstance(mapping, SqsMapping):
-                runners.append(
-                    await build_sqs_runner(
-                        mapping,
-                        clients=clients,
-                        target=target,
-                        stopping=self.stopping,
-                        metrics=self.metrics,
-                    )
-                )
-        return runners
+            built.append((mapping, target))
+        return built
+
+    async def _build_runner(
+        self, mapping: AnyMapping, clients: ClientFactory, store: CheckpointStore, target: Target
+    ) -> Runner:
+        """A fresh runner for one run of a mapping (a crashed runner's state is dropped)."""
+        if isinstance(mapping, KinesisMapping | DynamoDBStreamMapping):
+            return await self._stream_runner(mapping, clients, store, target)
+        assert isinstance(mapping, SqsMapping)
+        return await build_sqs_runner(
+            mapping, clients=clients, target=target, stopping=self.stopping, metrics=self.metrics
+        )
 
     async def _stream_runner(
         self,
@@ -192,7 +297,7 @@ class Service:
         destination = None
         if mapping.on_failure_arn is not None:
             destination = await build_destination(mapping.on_failure_arn, clients=clients)
-        leases = self._lease_coordinator(mapping.name)
+        leases = self._lease_coordinator(mapping)
         return StreamMappingRunner(
             mapping,
             api=api,
@@ -205,7 +310,7 @@ class Service:
             leases=leases,
         )
 
-    def _lease_coordinator(self, mapping: str) -> LeaseCoordinator | None:
+    def _lease_coordinator(self, mapping: AnyMapping) -> LeaseCoordinator | None:
         if self._lease_table is None:
             return None
         cfg = self.settings.checkpoints
@@ -213,32 +318,174 @@ class Service:
             lease_duration=cfg.lease_duration_seconds,
             balance_interval=cfg.balance_interval_seconds,
             max_leases_per_replica=cfg.max_leases_per_replica,
+            takeover_grace=takeover_grace(cfg.takeover_grace_seconds, mapping),
         )
         return LeaseCoordinator(
             self._lease_table,
-            mapping=mapping,
+            mapping=mapping.name,
             owner=self._replica,
             settings=settings,
             metrics=self.metrics,
         )
 
     async def _run_tasks(
-        self, clients: ClientFactory, runners: list[StreamMappingRunner | SqsMappingRunner]
+        self,
+        clients: ClientFactory,
+        store: CheckpointStore,
+        targets: list[tuple[AnyMapping, Target]],
     ) -> None:
+        names = [mapping.name for mapping, _ in targets]
         async with anyio.create_task_group() as root:
             async with anyio.create_task_group() as work:
                 root.start_soon(
                     self._enforce_drain_deadline, work.cancel_scope, name="drain deadline"
                 )
-                for runner in runners:
-                    await work.start(runner.run, name=f"mapping {runner.mapping.name}")
-                    self.health.mark_mapping_started(runner.mapping.name)
+                for mapping, target in targets:
+                    work.start_soon(
+                        self._supervise_mapping,
+                        mapping,
+                        clients,
+                        store,
+                        target,
+                        name=f"mapping {mapping.name}",
+                    )
                 if self.settings.embedded.enabled and self.settings.embedded.traffic.enabled:
                     await work.start(self._run_traffic, clients)
-                self.ready.set()
-                log.info("service.ready", mappings=[r.mapping.name for r in runners])
+                await self._finish_start_up(names)
             log.info("shutdown.drained")
             root.cancel_scope.cancel()
+
+    async def _finish_start_up(self, names: list[str]) -> None:
+        """Wait until every mapping is up, or the grace period is over, then be ready; the
+        mappings still down are reported and go on retrying."""
+        if not names:
+            self._all_up.set()
+        with anyio.move_on_after(self._start_grace):
+            await _first_of(self._all_up, self.stopping)
+        if self.stopping.is_set():
+            return
+        down = sorted(set(names) - self._up)
+        for name in down:
+            if name not in self._reported_down:
+                self._reported_down.add(name)
+                log.warning(
+                    "mapping.down",
+                    mapping=name,
+                    reason=f"not started after {self._start_grace:g} s",
+                    hint="it keeps retrying (see its retry log lines); the other mappings run",
+                )
+        self.health.mark_startup_over()
+        self.ready.set()
+        log.info("service.ready", mappings=names, down=down)
+
+    async def _supervise_mapping(
+        self, mapping: AnyMapping, clients: ClientFactory, store: CheckpointStore, target: Target
+    ) -> None:
+        """Run one mapping until shutdown, restarting it with backoff whenever its runner
+        fails; the other mappings never notice."""
+        name = mapping.name
+        self.metrics.mapping_up(name, False)
+        failures = 0
+        with structlog.contextvars.bound_contextvars(mapping=name):
+            while not self.stopping.is_set():
+                began = time.monotonic()
+                ran, error = await self._run_mapping_once(mapping, clients, store, target)
+                if self.stopping.is_set():
+                    if error is not None:  # its drain did not finish: what it held is unsettled
+                        log.error("mapping.crashed", mapping=name, error=error, restart_in_s=None)
+                    return
+                healthy = ran and time.monotonic() - began >= MAPPING_HEALTHY_RUN_SECONDS
+                failures = 1 if healthy else failures + 1
+                self._mark_down(name, reason="crashed")
+                wait = MAPPING_RESTART_BACKOFF.delay(failures)
+                log.error(
+                    "mapping.crashed",
+                    mapping=name,
+                    error=error or "the runner returned before shutdown",
+                    attempt=failures,
+                    restart_in_s=round(wait, 2),
+                )
+                with anyio.move_on_after(wait):
+                    await self.stopping.wait()
+
+    async def _run_mapping_once(
+        self, mapping: AnyMapping, clients: ClientFactory, store: CheckpointStore, target: Target
+    ) -> tuple[bool, str | None]:
+        """One run of a mapping: whether its runner started, and the error that ended it
+        (None if it returned).
+
+        Until the runner reports started nothing is in flight, so a stop request abandons the
+        attempt at once; from then on the runner drains by itself.
+        """
+        started = anyio.Event()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._abandon_start_on_stop, started, tg.cancel_scope)
+                runner = await self._build_runner(mapping, clients, store, target)
+                await tg.start(
+                    self._run_runner, runner, tg.cancel_scope, name=f"runner {mapping.name}"
+                )
+                started.set()
+                tg.start_soon(self._report_reachability, runner, name=f"health {mapping.name}")
+        except Exception as exc:  # a mapping's failure is logged and retried, never fatal
+            if not isinstance(_first_leaf(exc), PollerError):
+                log.exception("mapping.error")  # a bug: keep the traceback
+            return started.is_set(), _describe(exc)
+        return started.is_set(), None
+
+    async def _run_runner(
+        self,
+        runner: Runner,
+        run_scope: anyio.CancelScope,
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run ``runner``; once it returns, end its run (its reachability reports with it),
+        so that a runner that returned before shutdown is restarted, not reported up."""
+        await runner.run(task_status=task_status)
+        run_scope.cancel()
+
+    async def _report_reachability(self, runner: Runner) -> None:
+        """Report a started mapping up while its runner reaches its source, down once its
+        reads (or the lease table) have failed for MAPPING_DOWN_AFTER_SECONDS; until
+        shutdown."""
+        name = runner.mapping.name
+        unreachable_since: float | None = None
+        while not self.stopping.is_set():
+            now = time.monotonic()
+            if runner.reachable:
+                unreachable_since = None
+                self._mark_up(name)
+            else:
+                unreachable_since = unreachable_since or now
+                if name not in self._up or now - unreachable_since >= MAPPING_DOWN_AFTER_SECONDS:
+                    self._mark_down(name, reason="its source or the lease table does not answer")
+            with anyio.move_on_after(REACHABILITY_CHECK_SECONDS):
+                await self.stopping.wait()
+
+    async def _abandon_start_on_stop(self, started: anyio.Event, scope: anyio.CancelScope) -> None:
+        await _first_of(started, self.stopping)
+        if not started.is_set():
+            scope.cancel()
+
+    def _mark_up(self, name: str) -> None:
+        if name in self._up:
+            return
+        self._up.add(name)
+        self._reported_down.discard(name)
+        self.health.mark_mapping_started(name)
+        self.metrics.mapping_up(name, True)
+        log.info("mapping.up", mapping=name)
+        if len(self._up) == len(self._enabled_mappings()):
+            self._all_up.set()
+
+    def _mark_down(self, name: str, *, reason: str) -> None:
+        self._up.discard(name)
+        self.health.mark_mapping_down(name)
+        self.metrics.mapping_up(name, False)
+        if name not in self._reported_down:
+            self._reported_down.add(name)
+            log.warning("mapping.down", mapping=name, reason=reason, hint="it keeps retrying")
 
     async def _run_traffic(self, clients: ClientFactory, *, task_status: TaskStatus[None]) -> None:
         """The embedded sample traffic: one producer per region, stopped with intake."""
@@ -279,10 +526,37 @@ class Service:
 
     @staticmethod
     async def _close_step(what: str, close: Any) -> None:
-        with anyio.CancelScope(shield=True):
+        """One shutdown step, shielded from the drain's cancellation but bounded in time."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_STEP_SECONDS) as limit:
             try:
                 await close()
             except Exception:
                 log.exception("shutdown.close_failed", component=what)
             else:
                 log.debug("shutdown.closed", component=what)
+        if limit.cancelled_caught:
+            log.warning("shutdown.close_timed_out", component=what, limit_s=CLOSE_STEP_SECONDS)
+
+
+async def _cancel_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
+async def _first_of(*events: anyio.Event) -> None:
+    """Wait until any of ``events`` is set."""
+    async with anyio.create_task_group() as tg:
+        for event in events:
+            tg.start_soon(_cancel_when_set, event, tg.cancel_scope)
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _describe(exc: BaseException) -> str:
+    """An error for the log: the first leaf of an exception group, with its type."""
+    leaf = _first_leaf(exc)
+    return f"{type(leaf).__name__}: {leaf}"

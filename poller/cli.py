@@ -1,22 +1,38 @@
-"""Command line: ``poller run`` and ``poller validate``.
+"""Command line: ``poller run``, ``poller validate`` and ``poller status``.
 
 The CLI is the only place that turns user errors into exit codes: configuration problems are
 printed as one line per bad field, without a traceback, and exit with status 2. A clean
 shutdown after SIGTERM or SIGINT exits 0.
+
+``validate`` checks what ``run`` would refuse at start-up without touching AWS: the file, and
+(unless ``--config-only``) on this host that each Python handler imports, that the SQLite
+checkpoint file can be created or written, and that the observability address can be bound.
+It cannot check AWS resources, credentials or permissions, and says so.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
 import sys
+import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 import anyio
 import prometheus_client
 
 from poller import __version__
-from poller.config import Settings, load_settings
+from poller.config import (
+    CheckpointSettings,
+    ObservabilitySettings,
+    PythonTargetConfig,
+    Settings,
+    load_settings,
+    redacted_settings,
+)
 from poller.errors import ConfigError, HandlerImportError, PollerError
 
 EXIT_OK = 0
@@ -34,7 +50,14 @@ def _parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check a config file without running it")
     validate.add_argument("--config", "-c", required=True, help="path to the YAML configuration")
     validate.add_argument(
-        "--print", action="store_true", help="print the effective configuration as JSON"
+        "--print",
+        action="store_true",
+        help="print the effective configuration as JSON, secrets hidden",
+    )
+    validate.add_argument(
+        "--config-only",
+        action="store_true",
+        help="check the file only, not this host (handler imports, checkpoint path, address)",
     )
     status = commands.add_parser("status", help="print lease owners, checkpoints and lease ages")
     status.add_argument("--config", "-c", required=True, help="path to the YAML configuration")
@@ -45,13 +68,141 @@ def _load(path: str) -> Settings:
     return load_settings(path)
 
 
-def _validate(path: str, print_config: bool) -> int:
+#: What ``validate`` leaves unchecked, printed after a pass so nobody reads more into it.
+NOT_CHECKED = (
+    "not checked (needs AWS): streams, queues, functions, destinations, the lease table, "
+    "credentials and permissions"
+)
+
+
+def _validate(path: str, print_config: bool, config_only: bool = False) -> int:
     settings = _load(path)
+    if not config_only:
+        problems = host_problems(settings)
+        if problems:
+            raise ConfigError(
+                [*problems, "(--config-only checks the file without these checks of this host)"],
+                source=path,
+            )
     if print_config:
-        print(json.dumps(settings.model_dump(mode="json"), indent=2))  # noqa: T201 - CLI output
+        print(json.dumps(redacted_settings(settings), indent=2))  # noqa: T201 - CLI output
     names = ", ".join(m.name for m in settings.mappings)
     print(f"{path}: valid ({len(settings.mappings)} mapping(s): {names})")  # noqa: T201 - CLI output
+    print(NOT_CHECKED)  # noqa: T201 - CLI output
     return EXIT_OK
+
+
+def host_problems(settings: Settings) -> list[str]:
+    """What ``run`` would refuse at start-up on this host, found without touching AWS."""
+    return [
+        *_handler_problems(settings),
+        *_checkpoint_problems(settings.checkpoints),
+        *_address_problems(settings.observability),
+    ]
+
+
+#: How long ``validate`` waits for one handler module to import. Importing runs the module's
+#: top-level code; one that blocks (a network call, a loop) must not hang ``validate``.
+HANDLER_IMPORT_SECONDS = 30.0
+
+
+def _handler_problems(settings: Settings) -> list[str]:
+    """Import every Python handler, as ``run`` does before it reads a record."""
+    problems = []
+    for index, mapping in enumerate(settings.mappings):
+        if isinstance(mapping.target, PythonTargetConfig):
+            problem = _import_problem(mapping.target.handler, HANDLER_IMPORT_SECONDS)
+            if problem:
+                where = f"mappings[{index}] ({mapping.name[:80]}).target.handler"
+                problems.append(_one_line(f"{where}: {problem}"))
+    return problems
+
+
+def _import_problem(handler: str, seconds: float) -> str | None:
+    """Why ``handler`` does not import within ``seconds``, or None when it does.
+
+    The import runs in a daemon thread: one that never returns is reported and abandoned,
+    and cannot keep the process alive after ``validate`` has answered.
+    """
+    from poller.targets.python import load_handler
+
+    outcome: list[BaseException | None] = []
+
+    def attempt() -> None:
+        try:
+            load_handler(handler)
+        except BaseException as exc:  # noqa: BLE001 - user code: any failure is the answer
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=attempt, name="validate-import", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if not outcome:
+        return (
+            f"importing {handler!r} did not finish within {seconds:g} s; the module's top-level "
+            "code blocks (a network call, a loop?), and run would hang the same way"
+        )
+    failure = outcome[0]
+    if failure is None:
+        return None
+    return str(failure) if isinstance(failure, HandlerImportError) else repr(failure)
+
+
+def _one_line(text: str) -> str:
+    """``text`` with line breaks escaped: a problem is one line, whatever an import raised."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _checkpoint_problems(checkpoints: CheckpointSettings) -> list[str]:
+    """The SQLite file must be writable, or creatable with its directories (the store writes
+    a -wal file beside it, so its directory must be writable too). Nothing is created."""
+    if checkpoints.backend != "sqlite":
+        return []
+    where = f"checkpoints.path: {str(checkpoints.path)!r}"
+    try:
+        problem = _unwritable_because(Path(os.path.abspath(checkpoints.path)))
+    except OSError as exc:  # a directory on the way that this user may not look into
+        problem = f"cannot be checked: {exc.strerror}"
+    return [f"{where} {problem}"] if problem else []
+
+
+def _unwritable_because(path: Path) -> str | None:
+    if path.is_dir():
+        return "is a directory; give the path of the checkpoint file"
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        return "is not readable and writable by this user"
+    directory = path.parent
+    while not directory.exists():
+        directory = directory.parent
+    if not directory.is_dir():
+        return f"cannot be created: {str(directory)!r} is not a directory"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"cannot be written: directory {str(directory)!r} is not writable"
+    return None
+
+
+def _address_problems(observability: ObservabilitySettings) -> list[str]:
+    """Bind the observability address for a moment, as the server will (port 0 checks the
+    host only). The server uses SO_REUSEADDR, so the check does too."""
+    if not observability.enabled:
+        return []
+    host, port = observability.host, observability.port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except (OSError, ValueError, TypeError) as exc:  # not a host name at all (bad IDNA...)
+        written = repr(host)[1:-1]  # escaped, so the problem stays on one line
+        shown = f"[{written}]:{port}" if ":" in host else f"{written}:{port}"
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        return [
+            f"observability: cannot listen on {shown}: {reason}; free the port or "
+            "set observability.host/observability.port"
+        ]
+    return []
 
 
 def _status(path: str) -> int:
@@ -107,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "validate":
-            return _validate(args.config, args.print)
+            return _validate(args.config, args.print, args.config_only)
         if args.command == "status":
             return _status(args.config)
         return _run(args.config)

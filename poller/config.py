@@ -11,11 +11,18 @@ the environment itself. The models are frozen, so no component can change what a
 
 Loading takes four steps:
 
-1. Read the YAML file with the safe loader. A key repeated in one mapping is an error, because
-   YAML would otherwise keep the last value without a word.
+1. Read the YAML file with the safe loader, within limits no real configuration reaches, so
+   hostile input gets a one-line error and never a hang or a traceback: a regular file (not a
+   FIFO or a device) of at most :data:`MAX_CONFIG_BYTES`, UTF-8 without control characters,
+   at most :data:`MAX_YAML_DEPTH` levels and :data:`MAX_YAML_NODES` values once aliases are
+   expanded (an alias bomb is measured on the node graph, before it is built). A key repeated
+   in one mapping is an error, because YAML would otherwise keep the last value without a
+   word; merge keys (``<<: *base``) work.
 2. Expand ``${VAR}`` and ``${VAR:-default}`` in string values, from ``environ``
    (``os.environ`` by default). ``${VAR}`` with ``VAR`` unset is an error. As in the shell,
-   ``:-default`` applies when ``VAR`` is unset or empty.
+   ``:-default`` applies when ``VAR`` is unset or empty. ``$${`` is a literal ``${``; a
+   ``${`` never closed and a reference inside a default are errors. All references together
+   may add at most :data:`MAX_EXPANDED_CHARS`, so a small file cannot expand into gigabytes.
 3. Apply the environment overrides described below.
 4. Validate with pydantic. Each problem becomes one line of a :class:`~poller.errors.ConfigError`
    that names the field path, the bad value and what is allowed, for example
@@ -36,8 +43,14 @@ matched case-insensitively, and the value is parsed as a YAML scalar, so ``false
 A mapping is addressed by its name, which must match exactly. Only the field part is
 case-insensitive: ``POLLER_MAPPINGS__orders__BATCH_SIZE=500`` or
 ``POLLER_MAPPINGS__orders__TARGET__TIMEOUT_SECONDS=10``. An override that names no existing
-mapping is an error that names the variable. A ``POLLER_`` variable without ``__``, such as
-``POLLER_CONFIG``, is not an override and is ignored: every setting is at least two levels deep.
+mapping is an error that names the variable. Inside a list, a segment is an item number:
+``0`` to ``len - 1`` replaces an item and ``len`` appends one. A ``POLLER_`` variable without
+``__``, such as ``POLLER_CONFIG``, is not an override and is ignored: every setting is at least
+two levels deep.
+
+Secrets: error messages, and :func:`redacted_settings` (``validate --print``), show HTTP header
+values, URL userinfo and the values of environment variables with secret-looking names as
+:data:`REDACTED`.
 
 Mapping kinds: the source type is not a field the user writes. It follows from the service in
 ``event_source_arn`` (``arn:aws:kinesis:...`` is a Kinesis mapping). :data:`MappingConfig` is a
@@ -52,16 +65,28 @@ no model is rejected with AWS's ``Unrecognized event source.`` and the list of s
 from __future__ import annotations
 
 import difflib
+import ipaddress
+import json
 import os
 import re
+import stat
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from functools import cached_property
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, Literal, Self, TypeAlias, Union, get_args, get_origin
+from typing import (
+    Annotated,
+    Any,
+    Literal,
+    Self,
+    TypeAlias,
+    Union,
+    get_args,
+    get_origin,
+)
 from urllib.parse import urlsplit
 from uuid import NAMESPACE_URL, uuid5
 
@@ -83,6 +108,7 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails, PydanticCustomError
+from yarl import URL
 
 from poller.core.filtering import FilterError, FilterSet, compile_filters
 from poller.errors import ConfigError
@@ -112,6 +138,7 @@ __all__ = [
     "VisibilityBackoff",
     "load_settings",
     "parse_settings",
+    "redacted_settings",
 ]
 
 #: botocore service names that may have their own endpoint in ``aws.endpoints``.
@@ -135,6 +162,8 @@ _FUNCTION_NAME = (
 )
 _IDENTIFIER = "[A-Za-z_][A-Za-z0-9_]*"
 _HANDLER = f"^{_IDENTIFIER}(?:\\.{_IDENTIFIER})*:{_IDENTIFIER}$"
+# A name or address to bind: no spaces or control characters (a NUL made the bind raise).
+_HOST = r"^[^\s\x00-\x1f\x7f]+$"
 _UUID = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 
 
@@ -171,6 +200,16 @@ _OWN_ERROR = "poller_"
 _UNSUPPORTED_SOURCE = "poller_unsupported_event_source"
 
 Loc: TypeAlias = tuple[int | str, ...]
+
+#: The largest configuration file read; a bigger one is refused before it is parsed.
+MAX_CONFIG_BYTES = 1024 * 1024
+#: The deepest nesting of YAML collections, aliases expanded (a real config needs about 7).
+MAX_YAML_DEPTH = 64
+#: The most YAML values (scalars and collections), aliases expanded: bounds an alias bomb.
+MAX_YAML_NODES = 100_000
+#: The most characters ``${VAR}`` references may add to the file's values, all together: a
+#: 1 MiB file of ``${BIG}`` (or aliases of one) would otherwise build gigabytes.
+MAX_EXPANDED_CHARS = 4 * MAX_CONFIG_BYTES
 
 
 def _meta(
@@ -287,6 +326,10 @@ def _lower(value: Any) -> Any:
 def _non_empty_path(value: Any) -> Any:
     if isinstance(value, str) and not value.strip():
         raise _own_error("empty_path", "'' is empty; give a file path")
+    if isinstance(value, str) and "\0" in value:
+        raise _own_error(
+            "nul_path", "{value} holds a NUL character, which no file path can", value=_show(value)
+        )
     return value
 
 
@@ -307,6 +350,15 @@ def _to_epoch_seconds(value: Any) -> Any:
     return value
 
 
+def _epoch_text(seconds: float) -> str:
+    """Epoch seconds as an ISO-8601 UTC time, for messages; past year 9999 (1e300, say)
+    ``fromtimestamp`` raises, and the time is then only "far in the future"."""
+    try:
+        return datetime.fromtimestamp(seconds, tz=UTC).isoformat()
+    except (OverflowError, OSError, ValueError):
+        return "past the year 9999"
+
+
 def _parse_time_text(text: str) -> float | datetime:
     """Parse epoch seconds or an ISO-8601 datetime written as text."""
     try:
@@ -324,7 +376,21 @@ def _parse_time_text(text: str) -> float | datetime:
         ) from None
 
 
+def _no_bool(value: Any) -> Any:
+    """Refuse ``true``/``false`` where a number belongs: pydantic would read them as 1 and 0."""
+    if isinstance(value, bool):
+        raise _own_error(
+            "bool_number",
+            "{value} is not a number; write a number, not true or false",
+            value=_show(value),
+        )
+    return value
+
+
 HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
+#: A whole number or a number, never a boolean (numeric text, as from ${VAR}, still parses).
+_Int = Annotated[int, BeforeValidator(_no_bool)]
+_Float = Annotated[float, BeforeValidator(_no_bool)]
 ServiceName = Annotated[str, AfterValidator(_check_service_name)]
 # AWS lists the values in this order in its enum error, so the messages do too.
 StartingPosition = Literal["LATEST", "AT_TIMESTAMP", "TRIM_HORIZON"]
@@ -370,8 +436,8 @@ class TrafficSettings(_FrozenModel):
     """
 
     enabled: bool = True
-    records_per_second: float = Field(default=5.0, gt=0, le=1000)
-    partition_keys: int = Field(default=8, ge=1, le=10000)
+    records_per_second: _Float = Field(default=5.0, gt=0, le=1000)
+    partition_keys: _Int = Field(default=8, ge=1, le=10000)
 
 
 class EmbeddedSettings(_FrozenModel):
@@ -387,8 +453,8 @@ class EmbeddedSettings(_FrozenModel):
 
     enabled: bool = False
     host: str = Field(default="127.0.0.1", min_length=1)
-    port: int = Field(default=0, ge=0, le=65535)
-    shard_count: int = Field(default=2, ge=1, le=50)
+    port: _Int = Field(default=0, ge=0, le=65535)
+    shard_count: _Int = Field(default=2, ge=1, le=50)
     traffic: TrafficSettings = TrafficSettings()
 
 
@@ -408,6 +474,11 @@ class CheckpointSettings(_FrozenModel):
         max_leases_per_replica: dynamodb: an optional cap on the leases one replica holds.
         replica_id: dynamodb: this replica's identity; default: the ECS task id, else
             host-pid-random.
+        takeover_grace_seconds: dynamodb: how much longer than the lease duration a replica
+            waits before taking a lease whose owner stopped renewing it, so that an invocation
+            the owner started in time has ended. Default: the mapping's target timeout
+            (``timeout_seconds``; 0 for Lambda targets, whose function timeout is not known
+            here: set it to the function's timeout for strict exclusivity).
     """
 
     backend: Literal["sqlite", "dynamodb"] = "sqlite"
@@ -417,10 +488,11 @@ class CheckpointSettings(_FrozenModel):
         default=None, min_length=3, max_length=255, pattern=r"^[A-Za-z0-9_.-]+$"
     )
     create_table: bool = True
-    lease_duration_seconds: float = Field(default=10.0, ge=1, le=600)
-    balance_interval_seconds: float = Field(default=5.0, ge=0.5, le=600)
-    max_leases_per_replica: int | None = Field(default=None, ge=1, le=100_000)
+    lease_duration_seconds: _Float = Field(default=10.0, ge=1, le=600)
+    balance_interval_seconds: _Float = Field(default=5.0, ge=0.5, le=600)
+    max_leases_per_replica: _Int | None = Field(default=None, ge=1, le=100_000)
     replica_id: str | None = Field(default=None, min_length=1, max_length=256)
+    takeover_grace_seconds: _Float | None = Field(default=None, ge=0, le=900)
 
     @model_validator(mode="after")
     def _table_for_dynamodb(self) -> CheckpointSettings:
@@ -440,7 +512,7 @@ class ShutdownSettings(_FrozenModel):
         drain_timeout_seconds: how long in-flight batches may finish after SIGTERM.
     """
 
-    drain_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    drain_timeout_seconds: _Float = Field(default=30.0, gt=0, le=3600)
 
 
 class ObservabilitySettings(_FrozenModel):
@@ -455,9 +527,14 @@ class ObservabilitySettings(_FrozenModel):
     """
 
     enabled: bool = True
-    host: str = "0.0.0.0"
-    port: int = Field(default=9100, ge=0, le=65535)
-    liveness_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
+    host: str = Field(
+        default="0.0.0.0",
+        min_length=1,
+        pattern=_HOST,
+        json_schema_extra=_meta(expected="a host name or IP address, such as 0.0.0.0 or ::"),
+    )
+    port: _Int = Field(default=9100, ge=0, le=65535)
+    liveness_timeout_seconds: _Float = Field(default=10.0, gt=0, le=600)
 
 
 class LoggingSettings(_FrozenModel):
@@ -503,6 +580,15 @@ class LambdaTargetConfig(_FrozenModel):
     )
 
 
+def _is_ip_address(host: str) -> bool:
+    """Whether ``host`` is an IPv4 or IPv6 address (with an IPv6 zone, as in ``fe80::1%eth0``)."""
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
 class HttpTargetConfig(_FrozenModel):
     """Deliver batches as an HTTP POST of the Lambda event JSON.
 
@@ -516,7 +602,93 @@ class HttpTargetConfig(_FrozenModel):
     type: Literal["http"]
     url: HttpUrl
     headers: dict[str, str] = Field(default_factory=dict)
-    timeout_seconds: float = Field(default=30.0, gt=0, le=900)
+    timeout_seconds: _Float = Field(default=30.0, gt=0, le=900)
+
+    # What no HTTP request can carry is refused here, in one line, rather than failing every
+    # invocation. Messages name headers but never quote their values, which may be secrets.
+
+    @field_validator("url")
+    @classmethod
+    def _url_without_control_characters(cls, url: str) -> str:
+        """A URL never holds a control character or a space (CR/LF would inject headers)."""
+        for position, char in enumerate(url):
+            if char <= " " or char == "\x7f":
+                raise _own_error(
+                    "url_character",
+                    "the URL holds {char} at position {position}; a URL cannot contain control "
+                    "characters or spaces (percent-encode them)",
+                    char=repr(char),
+                    position=position,
+                )
+        return url
+
+    @field_validator("url")
+    @classmethod
+    def _url_host_resolvable(cls, url: str) -> str:
+        """The host must survive the IDNA encoding aiohttp and the resolver apply to it: an
+        empty or 64-character label, a character IDNA forbids, or a space (U+00A0 becomes
+        one) would fail every request, or crash the target's start."""
+        try:
+            host = URL(url).raw_host or ""
+            if not _is_ip_address(host):
+                host.encode("idna")
+        except (UnicodeError, ValueError):
+            host = ""
+        if not host or not (_is_ip_address(host) or re.fullmatch(r"[A-Za-z0-9._-]+", host)):
+            raise _own_error(
+                "url_host",
+                "the URL's host {host} is not a host name a request can be sent to (labels of "
+                "1 to 63 letters, digits or hyphens, or an IP address)",
+                host=repr(urlsplit(url).hostname),
+            )
+        return url
+
+    @field_validator("headers")
+    @classmethod
+    def _headers_http_can_send(cls, headers: dict[str, str]) -> dict[str, str]:
+        """Names are HTTP tokens, values hold no control characters, framing is poller's."""
+        seen: set[str] = set()
+        for name, value in headers.items():
+            if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+                raise _own_error(
+                    "header_name",
+                    "{name} is not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~)",
+                    name=repr(name),
+                )
+            if any((c < " " and c != "\t") or c == "\x7f" for c in value):
+                raise _own_error(
+                    "header_value",
+                    "header {name}: the value holds a control character (CR, LF, NUL...), "
+                    "which HTTP cannot send",
+                    name=repr(name),
+                )
+            if name.lower() in ("content-length", "transfer-encoding"):
+                raise _own_error(
+                    "header_framing",
+                    "header {name} is set by poller, which frames the request body; remove it",
+                    name=repr(name),
+                )
+            if name.lower() in seen:
+                raise _own_error(
+                    "header_duplicate",
+                    "header {name} is given twice (header names ignore case)",
+                    name=repr(name),
+                )
+            seen.add(name.lower())
+        return headers
+
+    @model_validator(mode="after")
+    def _one_kind_of_credentials(self) -> HttpTargetConfig:
+        """Credentials in the URL become an Authorization header, so both cannot be sent."""
+        parts = urlsplit(self.url)
+        in_url = parts.username is not None or parts.password is not None
+        if in_url and any(name.lower() == "authorization" for name in self.headers):
+            raise _own_error(
+                "url_and_authorization",
+                "the URL carries credentials (user:password@) and headers has Authorization; "
+                "a request sends one or the other, so keep only one",
+            )
+        return self
 
 
 class PythonTargetConfig(_FrozenModel):
@@ -536,7 +708,7 @@ class PythonTargetConfig(_FrozenModel):
             "(for example examples.handlers:log_batch)"
         ),
     )
-    timeout_seconds: float = Field(default=60.0, gt=0, le=900)
+    timeout_seconds: _Float = Field(default=60.0, gt=0, le=900)
 
 
 #: Where a mapping delivers its batches, chosen by ``type``.
@@ -607,8 +779,8 @@ class _MappingBase(_FrozenModel):
     )
     event_source_arn: str = Field(json_schema_extra=_meta(aws="EventSourceArn"))
     enabled: bool = Field(default=True, json_schema_extra=_meta(aws="Enabled"))
-    batch_size: int = Field(default=100, ge=1, le=10000, json_schema_extra=_meta(aws="BatchSize"))
-    maximum_batching_window_in_seconds: int = Field(
+    batch_size: _Int = Field(default=100, ge=1, le=10000, json_schema_extra=_meta(aws="BatchSize"))
+    maximum_batching_window_in_seconds: _Int = Field(
         default=0, ge=0, le=300, json_schema_extra=_meta(aws="MaximumBatchingWindowInSeconds")
     )
     filter_criteria: FilterCriteria | None = Field(
@@ -684,13 +856,13 @@ class _StreamMapping(_MappingBase):
         pattern=_IAM_ARN,
         json_schema_extra=_meta(expected="an IAM ARN such as arn:aws:iam::123456789012:role/x"),
     )
-    shard_discovery_interval_seconds: float = Field(default=30.0, ge=1, le=3600)
+    shard_discovery_interval_seconds: _Float = Field(default=30.0, ge=1, le=3600)
     # Counts function-error retries only; throttles and service errors retry until expiry.
-    maximum_retry_attempts: int = Field(
+    maximum_retry_attempts: _Int = Field(
         default=-1, ge=-1, le=10000, json_schema_extra=_meta(aws="MaximumRetryAttempts")
     )
     # -1 or 60 to 604800: AWS refuses 0 to 59 although they lie inside -1 to 604800.
-    maximum_record_age_in_seconds: Annotated[int, AfterValidator(_check_record_age)] = Field(
+    maximum_record_age_in_seconds: Annotated[_Int, AfterValidator(_check_record_age)] = Field(
         default=-1,
         ge=-1,
         le=604800,
@@ -709,11 +881,11 @@ class _StreamMapping(_MappingBase):
         default=None, json_schema_extra=_meta(aws="DestinationConfig")
     )
     # Batches in flight per shard at once; records of one partition key stay in order.
-    parallelization_factor: int = Field(
+    parallelization_factor: _Int = Field(
         default=1, ge=1, le=10, json_schema_extra=_meta(aws="ParallelizationFactor")
     )
     # Windows by arrival time; each invocation carries the window's state (poller.core.windows).
-    tumbling_window_in_seconds: int = Field(
+    tumbling_window_in_seconds: _Int = Field(
         default=0, ge=0, le=900, json_schema_extra=_meta(aws="TumblingWindowInSeconds")
     )
     # The ESM UUID AWS would assign; None derives a stable one from name and stream ARN.
@@ -833,7 +1005,7 @@ class KinesisMapping(_StreamMapping):
                 "{value} ({when}) is in the future; allowed up to now "
                 "(AWS: StartingPositionTimestamp cannot be in the future)",
                 value=_show(value),
-                when=datetime.fromtimestamp(value, tz=UTC).isoformat(),
+                when=_epoch_text(value),
             )
         return value
 
@@ -898,7 +1070,7 @@ class ScalingConfig(_FrozenModel):
             default cap, :data:`SQS_DEFAULT_MAXIMUM_CONCURRENCY`.
     """
 
-    maximum_concurrency: int | None = Field(
+    maximum_concurrency: _Int | None = Field(
         default=None, ge=2, le=1000, json_schema_extra=_meta(aws="MaximumConcurrency")
     )
 
@@ -915,8 +1087,8 @@ class VisibilityBackoff(_FrozenModel):
         max_seconds: the longest delay.
     """
 
-    base_seconds: int = Field(default=5, ge=0, le=43200)
-    max_seconds: int = Field(default=900, ge=0, le=43200)
+    base_seconds: _Int = Field(default=5, ge=0, le=43200)
+    max_seconds: _Int = Field(default=900, ge=0, le=43200)
 
     @field_validator("max_seconds")
     @classmethod
@@ -1009,8 +1181,8 @@ class SqsMapping(_MappingBase):
             "aws, aws-cn or aws-us-gov (a FIFO queue's name ends in .fifo)",
         ),
     )
-    batch_size: int = Field(default=10, ge=1, le=10000, json_schema_extra=_meta(aws="BatchSize"))
-    maximum_batching_window_in_seconds: int = Field(
+    batch_size: _Int = Field(default=10, ge=1, le=10000, json_schema_extra=_meta(aws="BatchSize"))
+    maximum_batching_window_in_seconds: _Int = Field(
         default=0,
         ge=0,
         le=300,
@@ -1024,7 +1196,7 @@ class SqsMapping(_MappingBase):
         default_factory=list, max_length=1, json_schema_extra=_meta(aws="FunctionResponseTypes")
     )
     visibility_timeout_on_failure: VisibilityBackoff | None = None
-    receive_wait_time_seconds: int = Field(default=20, ge=1, le=20)
+    receive_wait_time_seconds: _Int = Field(default=20, ge=1, le=20)
     destination_config: Annotated[Any, AfterValidator(_no_sqs_destination)] = Field(
         default=None, exclude=True, json_schema_extra=_meta(aws="DestinationConfig")
     )
@@ -1190,9 +1362,14 @@ def load_settings(path: str | Path, *, environ: Mapping[str, str] | None = None)
     data, problems = _expand_tree(raw, env)
     override_problems, origins = _apply_overrides(data, env)
     problems += override_problems
+    secrets = _secrets_in(data, env)
     if problems:
-        raise ConfigError(problems, source=source)
-    return _validate(data, source, origins)
+        raise ConfigError([_redact(_one_line(p), secrets) for p in problems], source=source)
+    try:
+        return _validate(data, source, origins)
+    except ConfigError as exc:
+        lines = [_redact(_one_line(p), secrets) for p in exc.problems]
+        raise ConfigError(lines, source=source) from None
 
 
 def parse_settings(data: Mapping[str, Any], *, source: str | None = None) -> Settings:
@@ -1218,27 +1395,112 @@ def _validate(data: Any, source: str | None, origins: Mapping[str, str]) -> Sett
 
 
 def _read_text(path: Path, source: str) -> str:
+    """The file's text, refusing what is not a regular UTF-8 file of at most 1 MiB.
+
+    The file is opened non-blocking and checked with ``fstat`` before it is read, so a FIFO
+    (which would block until a writer came), a device such as ``/dev/zero`` (which never ends)
+    or a directory is refused at once, without a race between the check and the read.
+    """
     try:
-        return path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise ConfigError(["file not found"], source=source) from None
-    except IsADirectoryError:
-        raise ConfigError(["is a directory, not a file"], source=source) from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise ConfigError([f"cannot read the file: {reason}"], source=source) from None
+    try:
+        _require_regular_file(os.fstat(fd).st_mode, source)
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            content = file.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError([f"cannot read the file: {exc.strerror}"], source=source) from None
+    finally:
+        os.close(fd)
+    if len(content) > MAX_CONFIG_BYTES:
+        limit = MAX_CONFIG_BYTES / 1024 / 1024
+        raise ConfigError(
+            [f"the file is larger than {limit:g} MiB; a configuration is far smaller"],
+            source=source,
+        )
+    try:
+        return content.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError([f"the file is not UTF-8 text: {exc.reason}"], source=source) from None
+        raise ConfigError(
+            [f"the file is not UTF-8 text: {exc.reason} at byte {exc.start}"], source=source
+        ) from None
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """The safe loader, refusing a key that appears twice in one mapping."""
+def _require_regular_file(mode: int, source: str) -> None:
+    if stat.S_ISDIR(mode):
+        raise ConfigError(["is a directory, not a file"], source=source)
+    if not stat.S_ISREG(mode):
+        raise ConfigError(
+            [f"is {_file_kind(mode)}, not a regular file; give the path of a YAML file"],
+            source=source,
+        )
+
+
+def _file_kind(mode: int) -> str:
+    kinds = (
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((name for test, name in kinds if test(mode)), "a special file")
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """The safe loader, with the limits and checks a configuration needs.
+
+    * A key that appears twice in one mapping is an error (YAML keeps the last one silently).
+      Merge keys (``<<: *base``) are supported, and a key written beside a merge overrides the
+      merged one, as YAML specifies.
+    * Nesting deeper than :data:`MAX_YAML_DEPTH` is refused while composing, before the
+      recursive composer could exhaust the interpreter's stack.
+    * A scalar its tag cannot read (``2024-13-45``, ``!!int abc``, an integer of 5000 digits)
+      is a YAML error at its line, not the ValueError the safe constructors raise.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise _ExpansionError(
+                    None,
+                    None,
+                    f"nested more than {MAX_YAML_DEPTH} levels deep; a configuration is flatter",
+                    self.peek_event().start_mark,  # type: ignore[no-untyped-call]
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except _CONSTRUCTOR_FAILURES as exc:
+            value = node.value if isinstance(node, yaml.ScalarNode) else type(node).__name__
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"{_show(value)} cannot be read as {node.tag}: {_one_line(str(exc))[:200]}",
+                node.start_mark,
+            ) from None
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
+        pairs = node.value if isinstance(node, yaml.MappingNode) else []  # super() reports it
+        for key_node, _ in pairs:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
                 continue
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # super() reports it
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None,
@@ -1250,16 +1512,13 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+# What the safe constructors raise for a value their tag cannot read (PyYAML lets it escape).
+_CONSTRUCTOR_FAILURES = (ArithmeticError, AttributeError, LookupError, TypeError, ValueError)
+
+
 def _parse_yaml(text: str, source: str) -> dict[str, Any]:
-    loader = _UniqueKeyLoader(text)
-    try:
-        data = loader.get_single_data()
-    except yaml.MarkedYAMLError as exc:
-        raise ConfigError([_yaml_problem(exc)], source=source) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"invalid YAML: {exc}"], source=source) from None
-    finally:
-        loader.dispose()
+    data = _load_yaml(text, source)
     if not isinstance(data, dict):
         got = "an empty file" if data is None else f"a {_yaml_kind(data)}"
         sections = ", ".join(Settings.model_fields)
@@ -1268,11 +1527,132 @@ def _parse_yaml(text: str, source: str) -> dict[str, Any]:
     return data
 
 
+def _load_yaml(text: str, source: str) -> Any:
+    """The document in ``text``; its size once aliases are expanded is checked before it is
+    built, so an alias bomb is refused in time linear in the text."""
+    try:
+        loader = _ConfigLoader(text)  # the reader refuses control characters here already
+    except yaml.reader.ReaderError as exc:
+        raise ConfigError([_reader_problem(exc, text)], source=source) from None
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node)
+        return loader.construct_document(node)
+    except yaml.reader.ReaderError as exc:
+        raise ConfigError([_reader_problem(exc, text)], source=source) from None
+    except yaml.MarkedYAMLError as exc:
+        raise ConfigError([_yaml_problem(exc)], source=source) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"invalid YAML: {_one_line(str(exc))}"], source=source) from None
+    except _CONSTRUCTOR_FAILURES as exc:  # raised where PyYAML builds collections, unmarked
+        problem = f"invalid YAML: a value cannot be read: {_one_line(str(exc))[:200]}"
+        raise ConfigError([problem], source=source) from None
+    finally:
+        loader.dispose()
+
+
+class _ExpansionError(yaml.MarkedYAMLError):
+    """The document is too large or too deep once aliases are expanded, or refers to itself."""
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a node graph whose tree, aliases expanded, is too big, too deep or infinite.
+
+    Each node is measured once (aliases share nodes, so the graph stays small even when the
+    tree it stands for is exponential): its size is its node count in the expanded tree, its
+    height the depth below it. Recursion follows the expanded tree but stops at
+    :data:`MAX_YAML_DEPTH`, so it cannot exhaust the stack.
+    """
+    measured: dict[int, tuple[int, int]] = {}
+    active: set[int] = set()
+
+    def measure(node: yaml.Node, depth: int) -> tuple[int, int]:
+        if depth > MAX_YAML_DEPTH:
+            raise _too_deep(node)
+        known = measured.get(id(node))
+        if known is None:
+            if id(node) in active:
+                raise _ExpansionError(
+                    None, None, "an alias refers to a node that contains it", node.start_mark
+                )
+            active.add(id(node))
+            known = measured[id(node)] = _measure_children(node, depth, measure)
+            active.discard(id(node))
+        size, height = known
+        if depth + height > MAX_YAML_DEPTH:
+            raise _too_deep(node)
+        if size > MAX_YAML_NODES:
+            raise _ExpansionError(
+                None,
+                None,
+                f"the document holds more than {MAX_YAML_NODES:,} values once aliases (*name) "
+                "are expanded; a configuration needs far fewer",
+                node.start_mark,
+            )
+        return known
+
+    measure(root, 1)
+
+
+def _too_deep(node: yaml.Node) -> _ExpansionError:
+    return _ExpansionError(
+        None,
+        None,
+        f"nested more than {MAX_YAML_DEPTH} levels deep once aliases (*name) are expanded",
+        node.start_mark,
+    )
+
+
+def _measure_children(
+    node: yaml.Node, depth: int, measure: Callable[[yaml.Node, int], tuple[int, int]]
+) -> tuple[int, int]:
+    if isinstance(node, yaml.SequenceNode):
+        children: list[yaml.Node] = list(node.value)
+    elif isinstance(node, yaml.MappingNode):
+        children = [part for pair in node.value for part in pair]
+    else:
+        return 1, 0
+    size, height = 1, 0
+    for child in children:
+        child_size, child_height = measure(child, depth + 1)
+        size += child_size
+        height = max(height, child_height + 1)
+        if size > MAX_YAML_NODES:
+            break  # the caller reports it; adding more would only take longer
+    return size, height
+
+
+def _reader_problem(exc: yaml.reader.ReaderError, text: str) -> str:
+    """A control character (a NUL byte, say) that YAML refuses, with its line and column."""
+    position = exc.position if isinstance(exc.position, int) else 0
+    line = text.count("\n", 0, position) + 1
+    column = position - (text.rfind("\n", 0, position) + 1) + 1
+    character = exc.character if isinstance(exc.character, int) else 0
+    return (
+        f"the file contains U+{character:04X}, a control character YAML does not allow, at "
+        f"line {line}, column {column}; a configuration is text"
+    )
+
+
 def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
     mark = exc.problem_mark or exc.context_mark
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
     context = f" ({exc.context})" if exc.context else ""
-    return f"YAML syntax error{where}: {exc.problem}{context}"
+    # Limits and values are not syntax: say plainly which rule the document broke.
+    if isinstance(exc, _ExpansionError):
+        kind = "YAML refused"
+    elif isinstance(exc, yaml.constructor.ConstructorError):
+        kind = "invalid YAML"
+    else:
+        kind = "YAML syntax error"
+    return _one_line(f"{kind}{where}: {exc.problem}{context}")
+
+
+def _one_line(text: str) -> str:
+    """``text`` with line breaks escaped, so each problem stays on its own line."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _yaml_kind(value: Any) -> str:
@@ -1281,9 +1661,131 @@ def _yaml_kind(value: Any) -> str:
     )
 
 
+# --------------------------------------------------------------------------- secrets
+
+#: Environment variables whose values are secrets, by name (the rule of Spring Boot's
+#: sanitizer, roughly): their values are hidden wherever they appear in output.
+_SECRET_VARIABLE = re.compile(
+    r"SECRET|TOKEN|PASSW|PWD|CREDENTIAL|AUTH|API_?KEY|ACCESS_KEY|PRIVATE|SESSION|COOKIE",
+    re.IGNORECASE,
+)
+#: Shorter values are not searched for: hiding "true" or "1" would garble every message.
+_MIN_SECRET_CHARS = 6
+#: What stands for a hidden value.
+REDACTED = "***"
+# The userinfo of a URL (``https://user:password@host``): up to the last '@' of the authority.
+# The scheme starts where no scheme character precedes it and its run is taken whole
+# (possessive), so a long word without "://" costs linear time, not quadratic backtracking.
+_USERINFO = re.compile(
+    r"(?P<scheme>(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*+://)(?P<userinfo>[^/?#\s]*)@"
+)
+
+
+def redacted_settings(
+    settings: Settings, *, environ: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The settings as JSON-ready data with secrets hidden, for ``validate --print``.
+
+    Hidden: every HTTP header value (names stay), the userinfo of every URL, and the value of
+    every environment variable whose name looks secret (``*TOKEN*``, ``*PASSWORD*``,
+    ``*SECRET*``, ``*AUTH*``, ``*API_KEY*``...) wherever it appears, e.g. expanded from
+    ``${VAR}``.
+    """
+    env = os.environ if environ is None else environ
+    secrets = _secret_variables(env)
+
+    def hide(node: Any, key: Any = None) -> Any:
+        if isinstance(node, dict):
+            if key == "headers":
+                return dict.fromkeys(node, REDACTED)
+            return {k: hide(v, k) for k, v in node.items()}
+        if isinstance(node, list):
+            return [hide(item) for item in node]
+        return _redact(node, secrets) if isinstance(node, str) else node
+
+    dumped: dict[str, Any] = hide(settings.model_dump(mode="json"))
+    return dumped
+
+
+def _secrets_in(data: Any, environ: Mapping[str, str]) -> list[str]:
+    """The secret strings of a loaded tree: header values, URL userinfo, secret variables."""
+    found = set(_secret_variables(environ))
+    stack: list[tuple[Any, Any]] = [(data, None)]
+    seen: set[int] = set()  # an alias is one object: search it once, not at every use
+    while stack:
+        node, key = stack.pop()
+        if id(node) in seen and not (isinstance(key, str) and key.lower() == "headers"):
+            continue
+        seen.add(id(node))
+        if isinstance(node, dict):
+            if isinstance(key, str) and key.lower() == "headers":
+                found.update(v for v in node.values() if isinstance(v, str))
+            stack.extend((value, k) for k, value in node.items())
+        elif isinstance(node, list):
+            stack.extend((item, None) for item in node)
+        elif isinstance(node, str):
+            for match in _USERINFO.finditer(node):
+                found.update((match["userinfo"], *match["userinfo"].split(":", 1)))
+    return sorted((s for s in found if len(s) >= _MIN_SECRET_CHARS), key=len, reverse=True)
+
+
+def _secret_variables(environ: Mapping[str, str]) -> list[str]:
+    values = {v for k, v in environ.items() if _SECRET_VARIABLE.search(k)}
+    return sorted((v for v in values if len(v) >= _MIN_SECRET_CHARS), key=len, reverse=True)
+
+
+def _redact(text: str, secrets: list[str]) -> str:
+    """``text`` with URL userinfo, secret query parameters and each secret (as written, or as
+    repr/JSON escape it) replaced by :data:`REDACTED`; ``secrets`` longest first, so none
+    hides part of another. A secret that a message cut short (``'abc...``) is hidden too."""
+    text = _USERINFO.sub(rf"\g<scheme>{REDACTED}@", text)
+    text = _SECRET_QUERY.sub(rf"\g<name>{REDACTED}", text)
+    for secret in secrets:
+        for form in {secret, repr(secret)[1:-1], json.dumps(secret)[1:-1]}:
+            text = _hide(text, form)
+    return text
+
+
+#: A query parameter whose name looks secret (``?token=``, ``&X-Amz-Signature=``, ``&api_key=``):
+#: its value is hidden, as a URL's userinfo is.
+_SECRET_QUERY = re.compile(
+    r"(?P<name>[?&;][^=&#\s]*?(?:token|secret|passw|pwd|auth|key|sig|credential|session)"
+    r"[^=&#\s]*=)[^&#\s'\"]*",
+    re.IGNORECASE,
+)
+#: The start of a secret that marks where it may appear cut short (``_show`` cuts long values
+#: and ends them with "...").
+_SECRET_ANCHOR_CHARS = 16
+
+
+def _hide(text: str, secret: str) -> str:
+    """``text`` with ``secret``, whole or cut short and followed by "...", hidden."""
+    text = text.replace(secret, REDACTED)
+    if len(secret) <= _SECRET_ANCHOR_CHARS or "..." not in text:
+        return text
+    # A cut is at most _SHOW_CHARS long, so each candidate costs a bounded comparison.
+    anchor, head = secret[:_SECRET_ANCHOR_CHARS], secret[:_SHOW_CHARS]
+    parts, start = [], 0
+    found = text.find(anchor)
+    while found != -1:
+        window = text[found : found + len(head)]
+        common = len(os.path.commonprefix([window, head]))  # noqa: RUF071 - text, not paths
+        if text.startswith("...", found + common):
+            parts += [text[start:found], REDACTED]
+            start = found + common + 3
+        found = text.find(anchor, max(found + 1, start))
+    return "".join([*parts, text[start:]])
+
+
 # --------------------------------------------------------------------------- ${VAR} expansion
 
-_REFERENCE = re.compile(r"\$\{([^}]*)\}")
+# ``$${`` is a literal ``${``; ``${...}`` is a reference; a ``${`` never closed is matched
+# too, so that it is an error instead of text that silently stays as written.
+# The body is taken whole (possessive) up to a '}' or the end of the text: a '${' never closed
+# then swallows the rest in one match, so many of them cost linear time, not quadratic.
+_REFERENCE = re.compile(r"\$\$\{|\$\{([^}]*+)(\}|\Z)")
+_LITERAL = "$${"
+_REFERENCE_FORMS = "use ${NAME} or ${NAME:-default}, or $${ for a literal ${"
 _REFERENCE_SYNTAX = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
 
 
@@ -1292,10 +1794,17 @@ def _expand_tree(
 ) -> tuple[dict[str, Any], list[str]]:
     """Expand ``${VAR}`` references in every string value; return a new tree and problems."""
     problems: list[str] = []
+    budget = [MAX_EXPANDED_CHARS]
+    # An aliased string is one object however often it is used: expand it once and share the
+    # result, so an alias of a large value is not copied (and its problems said) 100,000 times.
+    expanded: dict[int, tuple[str, str]] = {}
 
     def walk(node: Any, loc: Loc) -> Any:
         if isinstance(node, str):
-            text, errors = _expand_string(node, environ)
+            if id(node) in expanded:
+                return expanded[id(node)][1]
+            text, errors = _expand_string(node, environ, budget)
+            expanded[id(node)] = (node, text)  # node kept alive, so its id is not reused
             problems.extend(f"{_locate(loc, raw).path}: {error}" for error in errors)
             return text
         if isinstance(node, dict):
@@ -1304,21 +1813,54 @@ def _expand_tree(
             return [walk(value, (*loc, index)) for index, value in enumerate(node)]
         return node
 
-    return walk(raw, ()), problems
+    try:
+        return walk(raw, ()), problems
+    except _ExpansionTooLarge:
+        limit = MAX_EXPANDED_CHARS / 1024 / 1024
+        problem = (
+            f"${{VAR}} references add more than {limit:g} MiB to the values; a configuration "
+            "needs far less (is a variable used many times, or much larger than meant?)"
+        )
+        return raw, [problem]
 
 
-def _expand_string(text: str, environ: Mapping[str, str]) -> tuple[str, list[str]]:
+class _ExpansionTooLarge(Exception):
+    """``${VAR}`` references together added more than :data:`MAX_EXPANDED_CHARS`."""
+
+
+def _expand_string(
+    text: str, environ: Mapping[str, str], budget: list[int] | None = None
+) -> tuple[str, list[str]]:
+    """``text`` with its references expanded, and the problems found; ``budget`` (one
+    mutable count shared by every value) is what expansion may still add."""
     errors: list[str] = []
+    left = budget if budget is not None else [MAX_EXPANDED_CHARS]
 
     def replace(match: re.Match[str]) -> str:
+        value = _replacement(match)
+        left[0] -= len(value)
+        if left[0] < 0:
+            raise _ExpansionTooLarge
+        return value
+
+    def _replacement(match: re.Match[str]) -> str:
         reference = match.group(0)
+        if reference == _LITERAL:
+            return "${"
+        if not match.group(2):
+            errors.append(f"{_show(text)}: '${{' is never closed by '}}'; {_REFERENCE_FORMS}")
+            return reference
         syntax = _REFERENCE_SYNTAX.fullmatch(match.group(1))
         if syntax is None:
-            errors.append(
-                f"{reference!r} is not a valid reference; use ${{NAME}} or ${{NAME:-default}}"
-            )
+            errors.append(f"{_show(reference)} is not a valid reference; {_REFERENCE_FORMS}")
             return reference
         name, default = syntax.groups()
+        if default is not None and "${" in default:
+            errors.append(
+                f"{_show(text)}: a default cannot hold another reference (nested ${{...}} is "
+                f"not supported); give {name}'s default as plain text"
+            )
+            return reference
         value = environ.get(name)
         if default is not None and not value:
             return str(default)
@@ -1384,7 +1926,7 @@ def _mapping_override_loc(var: str, rest: list[str], data: dict[str, Any]) -> Lo
         name = "__".join(rest[:cut])
         if name in names:
             return ("mappings", names.index(name), *(s.lower() for s in rest[cut:]))
-    known = ", ".join(repr(n) for n in names if n) or "none"
+    known = _cut(", ".join(_show(n) for n in names if n), 500) or "none"
     hint = _suggestion(rest[0], [n for n in names if n])
     raise ConfigError(
         [f"{var}: no mapping is named {rest[0]!r} (names match exactly); mappings: {known}{hint}"]
@@ -1401,29 +1943,75 @@ def _mapping_names(data: dict[str, Any]) -> list[str | None]:
 def _assign(data: dict[str, Any], loc: Loc, value: Any, var: str) -> Loc:
     """Set ``value`` at ``loc``, creating missing sections.
 
+    A segment into a list is an item number: ``0`` to ``len - 1`` replaces that item, ``len``
+    appends one (``POLLER_MAPPINGS__orders__FUNCTION_RESPONSE_TYPES__0``).
+
     Returns:
         The loc of the outermost part the override created or replaced: everything below it
         came from the variable.
     """
     node: Any = data
     origin: Loc | None = None
-    for depth, part in enumerate(loc[:-1]):
-        if isinstance(node, dict) and part not in node:
-            origin = origin or loc[: depth + 1]
-            node[part] = {}
-        node = node[int(part)] if isinstance(node, list) else node[part]
+    done: Loc = ()
+    for depth, segment in enumerate(loc):
+        part = _list_index(node, segment, var, done, data) if isinstance(node, list) else segment
+        done = (*done, part)
+        if depth == len(loc) - 1:
+            break
+        if _absent(node, part):
+            origin = origin or done
+            _put(node, part, [] if _is_index(loc[depth + 1]) else {})
+        node = node[part]
         if not isinstance(node, dict | list):
-            where = _locate(loc[: depth + 1], data).path
+            where = _locate(done, data).path
             raise ConfigError([f"{var}: cannot set a field inside {where}, which is {_show(node)}"])
-    node[loc[-1]] = value
-    return origin or loc
+    if _absent(node, part):
+        origin = origin or done
+    _put(node, part, value)
+    return origin or done
+
+
+def _is_index(segment: int | str) -> bool:
+    return isinstance(segment, int) or (segment.isascii() and segment.isdigit())
+
+
+def _list_index(node: list[Any], segment: int | str, var: str, done: Loc, data: Any) -> int:
+    """The item number a segment names in a list; ``len(node)`` means a new last item."""
+    if isinstance(segment, int):
+        return segment  # a mapping's index, resolved from its name
+    if _is_index(segment) and len(segment) <= len(str(len(node))) and int(segment) <= len(node):
+        return int(segment)
+    where = _locate(done, data).path
+    size = len(node)
+    numbers = f"0 to {size - 1}, or {size} to add one" if size else "0 to add the first"
+    raise ConfigError(
+        [
+            f"{var}: {where} is a list of {size} item(s); address an item by its number, "
+            f"{numbers}, not {segment!r}"
+        ]
+    )
+
+
+def _absent(node: dict[Any, Any] | list[Any], part: int | str) -> bool:
+    return part == len(node) if isinstance(node, list) else part not in node
+
+
+def _put(node: dict[Any, Any] | list[Any], part: int | str, value: Any) -> None:
+    if isinstance(node, list) and part == len(node):
+        node.append(value)
+    else:
+        node[part] = value  # type: ignore[index]
 
 
 def _parse_scalar(text: str) -> Any:
-    """Parse an override like a YAML scalar; anything else stays the literal text."""
+    """Parse an override like a YAML scalar; anything else stays the literal text.
+
+    The value goes through the file's own bounded loader: plain ``yaml.safe_load`` let a
+    variable of 100,000 '[' raise RecursionError and a 5000-digit number raise ValueError.
+    """
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
+        value = _load_yaml(text, "an environment variable")
+    except ConfigError:
         return text
     scalar = value is None or isinstance(value, str | int | float | date)
     return value if scalar else text
@@ -1520,10 +2108,20 @@ def _item_type(tp: Any, part: int | str) -> Any:
 
 def _segment(part: int | str, raw: Any) -> str:
     if not isinstance(part, int):
-        return f".{part}"
+        return f".{_cut(str(part), _LOC_PART_CHARS)}"
     item = _child(raw, part)
     name = item.get("name") if isinstance(item, dict) else None
-    return f"[{part}] ({name})" if isinstance(name, str) and name else f"[{part}]"
+    shown = _cut(name, _LOC_PART_CHARS) if isinstance(name, str) else None
+    return f"[{part}] ({shown})" if shown else f"[{part}]"
+
+
+#: The longest key or mapping name shown in a field path: a hostile 1 MB key or name would
+#: otherwise be repeated whole in every problem line about that mapping.
+_LOC_PART_CHARS = 80
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _child(raw: Any, part: int | str) -> Any:
@@ -1773,6 +2371,10 @@ def _suggestion(word: str, candidates: list[str] | tuple[str, ...]) -> str:
     return f"; did you mean {lowered[close[0]]!r}?" if close else ""
 
 
+#: The longest quoted value a message shows; longer ones are cut and end with "...".
+_SHOW_CHARS = 300
+
+
 def _show(value: Any) -> str:
     """A value as a user wrote it: strings quoted, null/true/false as in YAML, long ones cut."""
     if value is None:
@@ -1782,5 +2384,5 @@ def _show(value: Any) -> str:
     if isinstance(value, datetime | date):
         return repr(value.isoformat())
     text = repr(value)
-    limit = 300 if isinstance(value, str) else 80
+    limit = _SHOW_CHARS if isinstance(value, str) else 80
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -6,6 +6,7 @@ Errors that reach a user are raised here and nowhere else is an exception class 
     ├── ConfigError            invalid configuration; carries one message per bad field
     ├── SourceError            reading a stream or queue failed
     │   ├── IteratorExpired    the shard iterator expired or is invalid; recreate it
+    │   │   └── PositionTrimmed  the position is older than the stream's retention
     │   ├── Throttled          the source refused the read for capacity; back off
     │   └── SourceUnavailable  the source could not be reached or answered a service error
     ├── HandlerImportError     a Python handler's import path does not resolve
@@ -48,6 +49,12 @@ class IteratorExpired(SourceError):
     """The shard iterator expired or became invalid; recreate it from the last position."""
 
 
+class PositionTrimmed(IteratorExpired):
+    """The position asked for is older than the stream's retention (DynamoDB Streams'
+    ``TrimmedDataAccessException``): the records after it are gone. Reading continues from the
+    oldest record the shard still holds (TRIM_HORIZON), as Lambda does."""
+
+
 class Throttled(SourceError):
     """The source refused a read for capacity (ProvisionedThroughputExceeded)."""
 
@@ -68,9 +75,15 @@ class DestinationError(PollerError):
     """An on-failure destination (SQS, SNS, S3) did not accept a failure record.
 
     Retriable: the records stay unsettled, and the shard waits, until delivery succeeds.
+    ``permanent`` is True when the refusal will not pass by itself (access denied, a queue,
+    topic or bucket that does not exist): the shard still waits, but alerts loudly.
     """
 
     retriable = True
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 class CheckpointError(PollerError):

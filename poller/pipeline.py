@@ -16,19 +16,26 @@ Data flow for one shard::
 * **Errors** follow :mod:`poller.core.retry_policy`; a lane that retries blocks only itself.
   Records that exhaust their retries or age are sent to the on-failure destination (retried
   until it accepts them) or, without one, logged and dropped, as AWS does; only then are they
-  settled.
+  settled. An infinite maximum record age is the stream's retention (``retention``). A
+  destination that refuses for a permanent reason (access denied, no such queue) is waited
+  for too, never dropped: the lane stays blocked and says so once a minute per destination,
+  however many shards it blocks (``destination.blocked`` at error level, the
+  ``destination_blocked`` gauge).
 * **Checkpoints.** The checkpoint is the highest record below which every record is settled
   (:class:`~poller.core.watermark.Watermark`). A lane writes it, durably, before taking its next
   batch, so a restart re-delivers at most what was in flight.
 * **Tumbling windows** (``tumbling_window_seconds`` > 0, one lane): a batch never spans two
-  windows; each event carries the window and its state (:mod:`poller.core.windows`); a final
+  windows; each event carries the window and its state (:mod:`poller.core.windows`), and the
+  6 MB cut counts them (a retry after a partial failure, whose state may have grown, leaves
+  the records that no longer fit for the next invocation); a final
   invocation closes a window when a record of a later window comes, at the shard's end, or
   when the wall clock passes the window's end on an idle shard. The open window and its state
   are stored with every checkpoint and restored when the shard starts again.
 
-Shutdown: when ``stopping`` is set, reading stops and waiting (for records, or between
-retries) is abandoned at once, while invocations in progress finish and are checkpointed. The
-service cancels what still runs at the drain deadline; those records are re-delivered later.
+Shutdown: when ``stopping`` is set, reading stops and waiting (for records, between retries,
+or between sends to a refusing destination) is abandoned at once, while invocations in
+progress finish and are checkpointed. The service cancels what still runs at the drain
+deadline; those records are re-delivered later.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ import time
 import uuid
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +60,7 @@ from poller.core.filtering import FilterSet
 from poller.core.retry_policy import (
     Action,
     GiveUp,
+    Judgement,
     Retry,
     Segment,
     Settle,
@@ -72,6 +80,7 @@ from poller.core.windows import (
     state_too_large,
     window_event,
     window_of,
+    window_overhead,
 )
 from poller.destinations import FailureDestination
 from poller.errors import CheckpointError, DestinationError
@@ -93,6 +102,10 @@ log = structlog.get_logger("poller.pipeline")
 
 #: How long a checkpoint write may take once the drain deadline has cancelled the worker.
 CHECKPOINT_SHIELD_SECONDS = 10.0
+#: While a destination refuses for a permanent reason, the error log repeats this often.
+BLOCKED_ALERT_SECONDS = 60.0
+#: Backoff between sends of a failure record the destination refused.
+DESTINATION_BACKOFF = Backoff(initial=0.5, maximum=30.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,8 +153,11 @@ class ShardProcessor:
         stopping: anyio.Event,
         metrics: Metrics | None = None,
         guard: Callable[[], None] | None = None,
+        retention: Callable[[], Awaitable[float | None]] | None = None,
     ) -> None:
         self.mapping = mapping
+        #: The stream's retention, seconds: the age limit when the maximum age is infinite.
+        self._retention = retention
         #: Called before every invocation; raises to stop the shard (lease self-fencing).
         self._guard = guard
         self._metrics: Metrics = metrics or NullMetrics()
@@ -273,17 +289,55 @@ class ShardProcessor:
         queue: deque[Segment] = deque([first_segment(records)])
         retry_policy = self._retry
         while queue:
-            expired, segment = retry_policy.expire(queue.popleft(), time.time())
-            if expired is not None:
-                await self._give_up(expired)
+            retention = await self._retention_limit()
+            expired, segment = retry_policy.expire(queue.popleft(), time.time(), retention)
+            if expired is not None and not await self._give_up(expired):
+                return False
             if segment is None:
                 continue
-            result, duration = await self._invoke(segment, lane)
-            actions = retry_policy.after_invoke(segment, result)
-            self._count_invocation(segment, result, actions, duration)
-            if not await self._carry_out(actions, self._answered_state(result), queue):
+            segment = self._fit(segment, queue)
+            result, duration = await self._invoke(segment)
+            judgement = retry_policy.judge(segment, result)
+            self._count_invocation(segment, result, judgement, duration)
+            _log_invocation(segment, result, judgement, lane, duration)
+            if not await self._carry_out(judgement.actions, self._answered_state(result), queue):
                 return False
         return True
+
+    async def _retention_limit(self) -> float | None:
+        """The stream's retention when the maximum record age is infinite, else None."""
+        if self._retention is None or self._retry.maximum_record_age_seconds >= 0:
+            return None
+        return await self._retention()
+
+    def _fit(self, segment: Segment, queue: deque[Segment]) -> Segment:
+        """Keep a windowed event within the payload limit. The batch was cut for the state it
+        had then; a retry after a partial failure carries the state the function returned,
+        which may be larger. Records that no longer fit go back to the front of the queue."""
+        if self._window is None or len(segment.records) < 2:
+            return segment
+        builder = self.batch_builder(segment.records[0], len(segment.records))
+        for record in segment.records:
+            if not builder.try_add(record):
+                break
+        kept = len(builder.records)
+        if kept == len(segment.records):
+            return segment
+        queue.appendleft(dataclasses.replace(segment, records=segment.records[kept:]))
+        return dataclasses.replace(segment, records=segment.records[:kept])
+
+    def batch_builder(self, first: StreamRecord | None, max_records: int) -> BatchBuilder:
+        """A builder for a batch starting at ``first``: with a tumbling window, the 6 MB cut
+        counts the window fields and the state the batch will be sent with."""
+        policy = self.policy
+        if policy.tumbling_window_seconds <= 0 or first is None:
+            return BatchBuilder(max_records, policy.max_bytes)
+        window = window_of(first, policy.tumbling_window_seconds)
+        state = self._window_state if window == self._window else {}
+        overhead = window_overhead(
+            window, state, shard_id=self.shard_id, event_source_arn=self._routing.stream_arn
+        )
+        return BatchBuilder(max_records, policy.max_bytes, overhead)
 
     async def _carry_out(
         self, actions: list[Action], state: dict[str, Any] | None, queue: deque[Segment]
@@ -301,7 +355,8 @@ class ShardProcessor:
                     state = None
                 await self._settle(action.records)
             elif isinstance(action, GiveUp):
-                await self._give_up(action)
+                if not await self._give_up(action):
+                    return False
             elif isinstance(action, Split):
                 queue.extendleft((action.second, action.first))
             elif isinstance(action, Retry):
@@ -312,34 +367,31 @@ class ShardProcessor:
         return True
 
     def _count_invocation(
-        self, segment: Segment, result: InvokeResult, actions: list[Action], duration: float
+        self, segment: Segment, result: InvokeResult, judgement: Judgement, duration: float
     ) -> None:
-        """Lambda's event counts for one invocation (see ``poller.observability.metrics``)."""
+        """Lambda's event counts for one invocation (see ``poller.observability.metrics``).
+
+        A malformed answer is a ``function_error`` (as AWS counts it, and as SQS does here);
+        ``partial_failure`` counts the records from the first reported one."""
         size, metrics, mapping = len(segment.records), self._metrics, self.mapping
         reached_function = result.outcome not in (Outcome.THROTTLE, Outcome.SERVICE_ERROR)
         if reached_function:
             metrics.records_invoked(mapping, size)
-        outcome = result.outcome.value
-        if result.outcome is Outcome.SUCCESS:
-            settled = sum(len(a.records) for a in actions if isinstance(a, Settle))
-            if settled < size:
-                outcome = "partial_failure"
-                metrics.records_failed_invoke(mapping, size - settled)
-            else:
-                metrics.iterator_age(mapping, self.shard_id, _age_ms(segment.records[-1]))
+        if judgement.outcome == "success":
+            metrics.iterator_age(mapping, self.shard_id, _age_ms(segment.records[-1]))
+        elif judgement.outcome == "partial_failure":
+            settled = sum(len(a.records) for a in judgement.actions if isinstance(a, Settle))
+            metrics.records_failed_invoke(mapping, size - settled)
         else:
             metrics.records_failed_invoke(mapping, size)
-        metrics.invocation(mapping, outcome, duration, size)
+        metrics.invocation(mapping, judgement.outcome, duration, size)
 
-    async def _invoke(self, segment: Segment, lane: int) -> tuple[InvokeResult, float]:
+    async def _invoke(self, segment: Segment) -> tuple[InvokeResult, float]:
         if self._guard is not None:
             self._guard()
-        records = segment.records
         started = time.monotonic()
-        result = await self._target.invoke(self._event(records))
-        duration = time.monotonic() - started
-        _log_invocation(records, result, segment, lane, duration)
-        return result, duration
+        result = await self._target.invoke(self._event(segment.records))
+        return result, time.monotonic() - started
 
     def _event(self, records: Sequence[StreamRecord]) -> dict[str, Any]:
         if self._window is None:
@@ -503,8 +555,9 @@ class ShardProcessor:
             return False
         return True
 
-    async def _give_up(self, action: GiveUp) -> None:
-        """Route records that failed for good, then settle them."""
+    async def _give_up(self, action: GiveUp) -> bool:
+        """Route records that failed for good, then settle them. False when shutdown abandoned
+        the wait for the destination (the records stay unsettled, to be re-delivered)."""
         last = action.last_result if action.condition == "RetryAttemptsExhausted" else None
         request_id = (action.last_result.request_id if action.last_result else "") or str(
             uuid.uuid4()
@@ -530,35 +583,50 @@ class ShardProcessor:
             log.error("records.dropped", reason="no on-failure destination", **fields)
             self._metrics.records_dropped(self.mapping, len(action.records))
         else:
-            await self._send_failure(routing.destination, record, action.records)
+            if not await self._send_failure(routing.destination, record, action.records):
+                return False
             log.warning(
                 "records.sent_to_destination", destination=routing.destination.arn, **fields
             )
             self._metrics.records_sent_to_destination(self.mapping, len(action.records))
         await self._settle(action.records)
+        return True
 
     async def _send_failure(
         self,
         destination: FailureDestination,
         record: dict[str, Any],
         records: Sequence[StreamRecord],
-    ) -> None:
-        """Deliver the failure record; until it is accepted, the records stay unsettled."""
-
-        async def send() -> None:
-            try:
-                await destination.send(
-                    record,
-                    records=records,
-                    mapping_uuid=self._routing.mapping_uuid,
-                    shard_id=self.shard_id,
-                )
-            except DestinationError:
-                kind = destination.arn.split(":")[2]
-                self._metrics.destination_delivery_failed(self.mapping, kind)
-                raise
-
-        await retrying(f"on-failure destination {destination.arn}", send, initial=0.5, maximum=30.0)
+    ) -> bool:
+        """Deliver the failure record; until it is accepted, the records stay unsettled.
+        False when shutdown came while waiting to send again: nothing is in flight then, so
+        the shard stops at once instead of waiting for the drain deadline."""
+        blocked = _Blocked(self.mapping, self.shard_id, destination.arn, self._metrics)
+        kind = destination.arn.split(":")[2]
+        failures = 0
+        try:
+            while not blocked.delivered:
+                try:
+                    await destination.send(
+                        record,
+                        records=records,
+                        mapping_uuid=self._routing.mapping_uuid,
+                        shard_id=self.shard_id,
+                    )
+                except DestinationError as exc:
+                    failures += 1
+                    self._metrics.destination_delivery_failed(self.mapping, kind)
+                    blocked.refused(exc, failures, _span(records))
+                    with self.interruptible() as scope:
+                        await anyio.sleep(DESTINATION_BACKOFF.delay(failures))
+                    if scope.cancelled_caught:
+                        log.info("destination.abandoned", destination=destination.arn)
+                        return False
+                else:
+                    blocked.delivered = True
+        finally:
+            blocked.end()
+        return True
 
     # -- settlement and checkpoints ---------------------------------------------------------
 
@@ -607,6 +675,101 @@ class ShardProcessor:
         await retrying(what, put)
 
 
+class _BlockedAlerts:
+    """The batches each destination blocks, process-wide, and when that was last logged.
+
+    Shared by every shard, so that a destination blocking many shards is reported in one
+    line a minute (naming how many batches it blocks), not one line a minute per shard.
+    An entry lives only while a batch is blocked.
+    """
+
+    def __init__(self) -> None:
+        self._blocked: dict[tuple[str, str], int] = {}
+        self._last_alert: dict[tuple[str, str], float] = {}
+
+    def start(self, key: tuple[str, str]) -> None:
+        """One more batch blocked by ``key`` (mapping, destination)."""
+        self._blocked[key] = self._blocked.get(key, 0) + 1
+
+    def stop(self, key: tuple[str, str]) -> None:
+        """One batch fewer; the last one forgets the destination."""
+        left = self._blocked.get(key, 1) - 1
+        if left > 0:
+            self._blocked[key] = left
+        else:
+            self._blocked.pop(key, None)
+            self._last_alert.pop(key, None)
+
+    def blocked(self, key: tuple[str, str]) -> int:
+        """How many batches ``key`` blocks now."""
+        return self._blocked.get(key, 0)
+
+    def due(self, key: tuple[str, str], now: float) -> bool:
+        """Whether ``key`` is to be reported now (and, if so, note that it was)."""
+        last = self._last_alert.get(key)
+        if last is not None and now - last < BLOCKED_ALERT_SECONDS:
+            return False
+        self._last_alert[key] = now
+        return True
+
+
+_BLOCKED_ALERTS = _BlockedAlerts()
+
+
+class _Blocked:
+    """The alerts of one failure record while its destination refuses it.
+
+    A passing refusal (throttling, a 5xx, the network) logs a warning per attempt. A permanent
+    one (``DestinationError.permanent``: access denied, no such queue, topic or bucket) cannot
+    pass without an operator, so the batch counts in the ``destination_blocked`` gauge until it
+    is delivered, and ``destination.blocked`` is logged at error level once a minute per
+    destination (whatever the number of shards it blocks). Nothing is dropped either way: the
+    operator can fix the permission or create the queue.
+    """
+
+    def __init__(self, mapping: str, shard_id: str, arn: str, metrics: Metrics) -> None:
+        self._mapping, self._shard_id, self._arn, self._metrics = mapping, shard_id, arn, metrics
+        self._key = (mapping, arn)
+        self._since: float | None = None
+        self.delivered = False
+
+    def refused(self, exc: DestinationError, attempt: int, span: dict[str, Any]) -> None:
+        """One refused send."""
+        fields = {"destination": self._arn, "shard": self._shard_id, "error": str(exc)} | span
+        now = time.monotonic()
+        if not exc.permanent:
+            log.warning("destination.refused", attempt=attempt, **fields)
+            return
+        if self._since is None:
+            self._since = now
+            self._metrics.destination_blocked(self._mapping, True)
+            _BLOCKED_ALERTS.start(self._key)
+        if not _BLOCKED_ALERTS.due(self._key, now):
+            return
+        log.error(
+            "destination.blocked",
+            attempt=attempt,
+            blocked_s=round(now - self._since),
+            blocked_batches=_BLOCKED_ALERTS.blocked(self._key),
+            action="fix the destination or the permission; the shard waits, nothing is dropped",
+            **fields,
+        )
+
+    def end(self) -> None:
+        """The send loop ended: delivered, or abandoned by the drain deadline."""
+        if self._since is None:
+            return
+        self._metrics.destination_blocked(self._mapping, False)
+        _BLOCKED_ALERTS.stop(self._key)
+        log.info(
+            "destination.unblocked",
+            destination=self._arn,
+            shard=self._shard_id,
+            delivered=self.delivered,
+            blocked_s=round(time.monotonic() - self._since),
+        )
+
+
 class _Lane:
     """One partition-key lane: its own buffer, one batch in flight."""
 
@@ -650,11 +813,14 @@ class _Lane:
         buffered, or when the open tumbling window is due to close on an idle shard."""
         processor = self._processor
         policy = processor.policy
-        builder = BatchBuilder(policy.batch_size, policy.max_bytes)
+        builder = processor.batch_builder(None, policy.batch_size)
         deadline: float | None = None
         wait_until: float | None
         with processor.interruptible():
             while True:
+                if not builder.records and self.pending:
+                    # The batch's first record is known now: its window sizes the event.
+                    builder = processor.batch_builder(self.pending[0], policy.batch_size)
                 at_boundary = self._fill(builder)
                 processor.notify_room()
                 if builder.is_full or at_boundary or self._input_closed:
@@ -720,22 +886,26 @@ def _span(records: Sequence[StreamRecord]) -> dict[str, Any]:
 
 
 def _log_invocation(
-    records: Sequence[StreamRecord],
-    result: InvokeResult,
-    segment: Segment,
-    lane: int,
-    duration: float,
+    segment: Segment, result: InvokeResult, judgement: Judgement, lane: int, duration: float
 ) -> None:
-    """The one log line per invocation: never record data, only positions and outcome."""
+    """The one log line per invocation: never record data, only positions, the outcome (as the
+    invocation metric counts it) and why it failed."""
+    records = segment.records
     fields = _span(records) | {
         "duration_ms": round(duration * 1000, 1),
-        "outcome": result.outcome.value,
+        "outcome": judgement.outcome,
         "attempt": segment.failures + 1,
         "lane": lane,
         "iterator_age_ms": int(_age_ms(records[-1])),
     }
-    if result.outcome is Outcome.SUCCESS:
+    if judgement.outcome == "success":
         log.info("batch.processed", **fields)
+    elif judgement.outcome == "partial_failure":
+        log.warning("batch.partially_failed", reason=judgement.reason, **fields)
+    elif result.outcome is Outcome.SUCCESS:
+        # The function returned normally, but its answer was malformed: a function error
+        # with no functionError, as in the failure record.
+        log.warning("batch.failed", error=judgement.reason, function_error=None, **fields)
     else:
         log.warning(
             "batch.failed", error=result.error, function_error=result.function_error, **fields

@@ -31,7 +31,9 @@ Lambda's rules (aws-esm.md §2.2, §2.3, §2.5):
 * **FIFO**: a batch holds messages of several groups, each group in order. When a message
   fails, the later messages of its group in the batch are kept with it (not deleted), so the
   group is retried in order; SQS delivers nothing more of a group while any of its messages is
-  in flight, and other groups go on.
+  in flight, and other groups go on. Messages received past the 6 MB cut (carried to the next
+  batch) follow the same rule: those of a group with a failed message go back with it
+  (:func:`carried_apart`).
 * **Scaling**: five pollers to start (or ``maximum_concurrency`` if smaller), five more each
   second while batches come back full (Lambda adds 300 a minute), one fewer per empty long
   poll, failed batch or throttle, never fewer than two. An idle queue costs one long poll
@@ -39,7 +41,8 @@ Lambda's rules (aws-esm.md §2.2, §2.3, §2.5):
 
 Beyond Lambda: the visibility heartbeat, so that a function running longer than the
 visibility timeout is never delivered twice at once; ``visibility_timeout_on_failure``; and
-deletes that are retried until SQS confirms them instead of being dropped.
+deletes that are retried until SQS confirms them (or the queue is gone) instead of being
+dropped.
 
 Shutdown: when ``stopping`` is set, no new receive starts; receives in flight complete (a long
 poll lasts at most ``receive_wait_time_seconds``; cancelling it could leave messages SQS had
@@ -68,6 +71,7 @@ from poller.observability.metrics import Metrics, NullMetrics
 from poller.retry import INVOKE_BACKOFF, READ_BACKOFF, Backoff, retrying
 from poller.sources.sqs import (
     MAX_WAIT_SECONDS,
+    QUEUE_GONE,
     RECEIVE_LIMIT,
     SETTLE_CLIENT_CONFIG,
     EntryFailure,
@@ -96,6 +100,10 @@ SCALE_INTERVAL = 1.0
 DELETE_BACKOFF = Backoff(initial=0.5, maximum=30.0)
 #: After a heartbeat call failed as a whole, try again this soon (at most).
 HEARTBEAT_RETRY_SECONDS = 2.0
+#: Failed receives in a row, by one poller, after which the queue counts as unreachable (the
+#: mapping is reported down). SQS answers a passing error now and then; with READ_BACKOFF
+#: between them, three in a row mean seconds of errors, not one blip.
+UNREACHABLE_AFTER_FAILURES = 3
 
 _RETRIED_IN_PLACE = (Outcome.THROTTLE, Outcome.SERVICE_ERROR)
 
@@ -150,6 +158,26 @@ def held_back(batch: Sequence[SqsMessage], failed_ids: Iterable[str], *, fifo: b
             if fifo:
                 blocked.add(message.group_id)
     return keep
+
+
+def carried_apart(
+    carry: Sequence[SqsMessage], kept: Sequence[SqsMessage], *, fifo: bool
+) -> tuple[list[SqsMessage], list[SqsMessage]]:
+    """Split the messages carried past a 6 MB cut into those that may still start the next
+    batch and those that must wait with a failed message of their group.
+
+    On a FIFO queue a carried message comes after every message of its group in the batch
+    just processed; if one of those stays in the queue (it failed), delivering the carried
+    one first would break the group's order. So it is held back with them, by the same group
+    rule as a batch's own messages (:func:`held_back`), and SQS delivers the group again in
+    order. A standard queue has no order to keep: everything carried goes on.
+    """
+    if not fifo or not kept:
+        return list(carry), []
+    blocked = {m.group_id for m in kept}
+    return [m for m in carry if m.group_id not in blocked], [
+        m for m in carry if m.group_id in blocked
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +241,22 @@ class _Holding:
     def release(self, messages: Iterable[SqsMessage]) -> None:
         for message in messages:
             self._held.pop(message.receipt_handle, None)
+
+    def drop(self, messages: Iterable[SqsMessage], *, fifo: bool) -> int:
+        """Give up messages whose receipt SQS refused: no longer held, and no longer carried,
+        so that they are never delivered on a receipt that may have passed to another poller
+        (SQS delivers them again from a fresh receive). On a FIFO queue the carried messages
+        of their groups go too, by the rule of :func:`carried_apart`, or they would be
+        delivered before the refused ones come back. Returns how many carried messages went.
+        """
+        refused = list(messages)
+        gone = {m.receipt_handle for m in refused}
+        carried = len(self.carry)
+        kept = [m for m in self.carry if m.receipt_handle not in gone]
+        self.carry, behind = carried_apart(kept, refused, fifo=fifo)
+        for handle in gone | {m.receipt_handle for m in behind}:
+            self._held.pop(handle, None)
+        return carried - len(self.carry)
 
     def holds(self, message: SqsMessage) -> bool:
         return message.receipt_handle in self._held
@@ -352,6 +396,16 @@ class SqsMappingRunner:
         self._in_flight = 0
         self._next_index = 0
         self._info = QueueInfo(url="", visibility_timeout=30, redrive_policy=None, fifo=False)
+        #: Pollers whose receives failed UNREACHABLE_AFTER_FAILURES times in a row, and not
+        #: yet succeeded since.
+        self._failing_pollers = 0
+
+    @property
+    def reachable(self) -> bool:
+        """False while a poller's receives keep failing (the queue is missing, forbidden or
+        does not answer); the service reports the mapping down meanwhile. One failed receive
+        whose retry succeeds does not count."""
+        return self._failing_pollers == 0
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -498,15 +552,21 @@ class SqsMappingRunner:
         messages are processed like any other; no new receive starts.
         """
         failures = 0
-        while not self._stopping.is_set():
-            try:
-                return await self._queue.receive(count, wait)
-            except SourceError as exc:
-                failures += 1
-                log.warning("queue.receive_failed", error=str(exc), attempt=failures)
-            if not await self._pause(READ_BACKOFF.delay(failures)):
-                return None
-        return None
+        try:
+            while not self._stopping.is_set():
+                try:
+                    return await self._queue.receive(count, wait)
+                except SourceError as exc:
+                    failures += 1
+                    if failures == UNREACHABLE_AFTER_FAILURES:
+                        self._failing_pollers += 1
+                    log.warning("queue.receive_failed", error=str(exc), attempt=failures)
+                if not await self._pause(READ_BACKOFF.delay(failures)):
+                    return None
+            return None
+        finally:
+            if failures >= UNREACHABLE_AFTER_FAILURES:
+                self._failing_pollers -= 1
 
     # -- one batch --------------------------------------------------------------------------
 
@@ -526,6 +586,8 @@ class SqsMappingRunner:
             invocation = await self._invoke(batch, received_at)
             verdict = self._verdict(batch, invocation)
             kept = [batch[i] for i in sorted(verdict.keep)]
+            holding.carry, behind = carried_apart(holding.carry, kept, fifo=self._info.fifo)
+            kept += behind
             settled = [m for i, m in enumerate(batch) if i not in verdict.keep] + filtered
             holding.release(kept)
             if kept:
@@ -629,8 +691,9 @@ class SqsMappingRunner:
 
         An entry refused as the sender's fault (ReceiptHandleIsInvalid: typically its
         visibility lapsed and it was received again) is logged and left: the message will be
-        delivered again. Anything else is retried with backoff, also during the drain; the
-        poller's heartbeat keeps the messages hidden meanwhile.
+        delivered again. So is every entry when the queue was deleted: its messages are gone.
+        Anything else is retried with backoff, also during the drain; the poller's heartbeat
+        keeps the messages hidden meanwhile.
         """
         pending = list(messages)
         deleted = attempt = 0
@@ -639,11 +702,14 @@ class SqsMappingRunner:
             deleted += len(pending) - len(failures)
             refused = [f for f in failures if f.sender_fault]
             if refused:
+                gone = all(f.code == QUEUE_GONE for f in refused)
                 log.warning(
                     "messages.delete_refused",
                     count=len(refused),
                     codes=_codes(refused),
-                    hint="these messages will be delivered again after their visibility timeout",
+                    hint="the queue was deleted, and its messages with it"
+                    if gone
+                    else "these messages will be delivered again after their visibility timeout",
                 )
             pending = [f.message for f in failures if not f.sender_fault]
             if pending:
@@ -716,11 +782,12 @@ class SqsMappingRunner:
             return
         refused = [f for f in failures if f.sender_fault]
         if refused:
-            holding.release(f.message for f in refused)
+            carried = holding.drop((f.message for f in refused), fifo=self._info.fifo)
             log.warning(
                 "visibility.extend_refused",
                 count=len(refused),
                 codes=_codes(refused),
+                dropped_from_next_batch=carried,
                 hint="these messages may be delivered again while their batch is in flight",
             )
         retry = [f.message for f in failures if not f.sender_fault]

@@ -1,4 +1,12 @@
-"""``poller status``: the lease table as a plain-text table, one row per mapping and shard.
+"""``poller status``: whether each mapping's source answers, then the lease table as a
+plain-text table, one row per mapping and shard.
+
+The source check makes, from where ``poller status`` runs and with its credentials, the first
+call the service makes for each enabled mapping (DescribeStreamSummary, DescribeStream,
+GetQueueUrl): a mapping whose stream or queue is missing or forbidden shows ``down`` with the
+error, which is what keeps that mapping down in the service (``poller_mapping_up``). A source
+that does not answer within :data:`PROBE_SECONDS` shows ``down`` too; the mappings are probed
+at once.
 
 Each row shows who owns the shard, where its checkpoint is, who asked for it in a graceful
 handoff, how long ago it was renewed, its fencing counter and how often it changed owner since
@@ -17,10 +25,17 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio
+
 from poller.aws.clients import ClientFactory
+from poller.aws.translate import source_call
 from poller.checkpoints.dynamodb import DynamoDBLeaseTable, Lease
-from poller.config import Settings
+from poller.config import AnyMapping, Settings, SqsMapping
+from poller.errors import SourceError
 from poller.types import Checkpoint
+
+#: Longest wait for one mapping's source to answer ``poller status``'s probe.
+PROBE_SECONDS = 5.0
 
 _COLUMNS = (
     ("MAPPING", "mapping"),
@@ -107,17 +122,79 @@ def render_status(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+async def _probe_source(mapping: AnyMapping, factory: ClientFactory) -> None:
+    """The first call the service makes to the mapping's source; raises SourceError."""
+    if isinstance(mapping, SqsMapping):
+        sqs = await factory.client("sqs", purpose="status", region=mapping.region)
+        async with source_call("GetQueueUrl"):
+            await sqs.get_queue_url(
+                QueueName=mapping.queue_name, QueueOwnerAWSAccountId=mapping.account_id
+            )
+    elif mapping.source == "kinesis":
+        kinesis = await factory.client("kinesis", purpose="status", region=mapping.region)
+        async with source_call("DescribeStreamSummary"):
+            await kinesis.describe_stream_summary(StreamARN=mapping.event_source_arn)
+    else:
+        streams = await factory.client("dynamodbstreams", purpose="status", region=mapping.region)
+        async with source_call("DescribeStream"):
+            await streams.describe_stream(StreamArn=mapping.event_source_arn, Limit=1)
+
+
+async def source_status(settings: Settings, factory: ClientFactory) -> list[dict[str, str]]:
+    """One row per enabled mapping, in configuration order: its source kind, ``up`` or
+    ``down``, and the error. The mappings are probed at once, each for at most
+    :data:`PROBE_SECONDS`, so a source that never answers costs seconds, not botocore's
+    timeouts and retries for every such mapping in turn."""
+    enabled = [m for m in settings.mappings if m.enabled]
+    rows: dict[str, dict[str, str]] = {}
+    async with anyio.create_task_group() as tg:
+        for mapping in enabled:
+            tg.start_soon(_source_row, mapping, factory, rows)
+    return [rows[m.name] for m in enabled]
+
+
+async def _source_row(
+    mapping: AnyMapping, factory: ClientFactory, rows: dict[str, dict[str, str]]
+) -> None:
+    state, error = "down", f"no answer within {PROBE_SECONDS:g} s"
+    with anyio.move_on_after(PROBE_SECONDS):
+        try:
+            await _probe_source(mapping, factory)
+        except SourceError as exc:
+            error = str(exc)
+        else:
+            state, error = "up", ""
+    rows[mapping.name] = {
+        "mapping": mapping.name,
+        "source": mapping.source,
+        "state": state,
+        "error": error,
+    }
+
+
+def render_sources(rows: Sequence[dict[str, str]]) -> str:
+    """The rows of :func:`source_status` as aligned plain text."""
+    header = {"mapping": "MAPPING", "source": "SOURCE", "state": "STATE", "error": "ERROR"}
+    widths = {k: max(len(r[k]) for r in [header, *rows]) for k in ("mapping", "source", "state")}
+    return "\n".join(
+        "  ".join([*(r[k].ljust(w) for k, w in widths.items()), r["error"]]).rstrip()
+        for r in [header, *rows]
+    )
+
+
 async def print_status(settings: Settings) -> None:
-    """``poller status``: read the lease table named by ``settings`` and print it."""
+    """``poller status``: check each mapping's source, then read the lease table named by
+    ``settings``, and print both."""
     assert settings.checkpoints.table is not None
     aws = settings.aws
     factory = ClientFactory(
         region=aws.region, endpoint_url=aws.endpoint_url, endpoints=aws.endpoints
     )
     try:
+        sources = await source_status(settings, factory)
         table = DynamoDBLeaseTable(await factory.client("dynamodb"), settings.checkpoints.table)
         streams = [m.name for m in settings.mappings if m.source != "sqs"]
         rows = await lease_status(table, streams, now=time.time())
     finally:
         await factory.aclose()
-    print(render_status(rows))  # noqa: T201 - CLI output
+    print(render_sources(sources) + "\n\n" + render_status(rows))  # noqa: T201 - CLI output

@@ -184,7 +184,24 @@ class CheckpointStore(Protocol):
         ...
 
     async def delete(self, mapping: str, shard_id: str) -> None:
-        """Forget a shard's checkpoint (a finished parent whose children progress)."""
+        """Forget a shard's checkpoint (a finished shard that left the stream's listing)."""
+        ...
+
+    async def mapping_start(self, mapping: str) -> float | None:
+        """The mapping's pinned start instant (epoch seconds), or None before its first start.
+
+        Kept apart from the shard checkpoints, so retiring every checkpoint never makes a
+        started mapping look new. ``0.0`` means "from each shard's TRIM_HORIZON" (a mapping
+        migrated from a version that did not record its start; see ``poller.streams``).
+        """
+        ...
+
+    async def pin_mapping_start(self, mapping: str, instant: float) -> float:
+        """Record ``instant`` as the mapping's start unless one is recorded already, atomically.
+
+        Returns the instant that is recorded afterwards: ``instant``, or the one a previous
+        start (or a replica that won the race) recorded. Never changes a recorded instant.
+        """
         ...
 
     async def aclose(self) -> None:

@@ -15,6 +15,20 @@ names of the Kinesis Client Library's lease table::
     pendingOwner                  S   graceful handoff: a replica asking the owner to let go
     renewedAt                     N   writer's wall clock at the last take/renew/checkpoint
 
+Besides the leases, each mapping that has started has one *mapping item*, keyed
+``leaseKey = "<mapping>#__mapping__"`` (no shard id is spelled so)::
+
+    leaseKey                      S   "<mapping>#__mapping__"
+    startOf                       S   the mapping (deliberately not ``mapping``, so every Scan
+                                      filtered on ``mapping`` - leases, checkpoints, status,
+                                      balancing, older versions - never sees it)
+    startTimestamp                N   the instant the mapping first started (epoch seconds);
+                                      0 for "from TRIM_HORIZON" (see ``poller.streams``)
+    pinnedAt                      N   the writer's wall clock when it was recorded (display)
+
+It is written once, with ``attribute_not_exists(leaseKey)``, by whichever replica starts the
+mapping first, and never changed: every shard that has no checkpoint yet starts from it.
+
 This module is only the I/O layer: every write is one conditional ``UpdateItem`` (or
 ``PutItem``), and the lease manager above it decides when to take, renew, steal and hand off.
 Every ownership or checkpoint write is conditional on the ``leaseCounter`` the caller observed,
@@ -59,9 +73,18 @@ _TABLE_WAIT = {"Delay": 1, "MaxAttempts": 120}
 WINDOW_STATE_LIMIT = 400 * 1024 - 8 * 1024
 
 
+#: The "shard id" half of a mapping item's ``leaseKey``; no Kinesis or DynamoDB shard has it.
+MAPPING_ITEM = "__mapping__"
+
+
 def lease_key(mapping: str, shard_id: str) -> str:
     """The ``leaseKey`` of a (mapping, shard)."""
     return f"{mapping}#{shard_id}"
+
+
+def is_mapping_item(item: Mapping[str, Any]) -> bool:
+    """Whether a raw item is a mapping item rather than a lease."""
+    return str(item["leaseKey"]["S"]).endswith(f"#{MAPPING_ITEM}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -412,7 +435,8 @@ class DynamoDBLeaseTable:
         leases: list[Lease] = []
         while True:
             page = await self._call("Scan", "scan", **params)
-            leases.extend(lease_from_item(item) for item in page.get("Items", []))
+            items = page.get("Items", [])
+            leases.extend(lease_from_item(item) for item in items if not is_mapping_item(item))
             last = page.get("LastEvaluatedKey")
             if not last:
                 break
@@ -431,7 +455,50 @@ class DynamoDBLeaseTable:
         item = response.get("Item")
         return None if item is None else lease_from_item(item)
 
+    async def mapping_start(self, mapping: str) -> float | None:
+        """The mapping item's start instant (a consistent read), or None when there is none."""
+        response = await self._call(
+            "GetItem (mapping start)",
+            "get_item",
+            Key={"leaseKey": _s(lease_key(mapping, MAPPING_ITEM))},
+            ConsistentRead=True,
+        )
+        item = response.get("Item")
+        start = None if item is None else _num(item, "startTimestamp")
+        return None if start is None else float(start)
+
     # -- writes -------------------------------------------------------------------------------
+
+    async def pin_mapping_start(self, mapping: str, instant: float) -> float:
+        """Create the mapping item at ``instant`` unless it exists; return its instant.
+
+        A conditional PutItem: of replicas starting together exactly one records its instant,
+        and every one gets that instant back.
+        """
+        item = {
+            "leaseKey": _s(lease_key(mapping, MAPPING_ITEM)),
+            "startOf": _s(mapping),
+            "startTimestamp": _n(float(instant)),
+            "pinnedAt": _n(time.time()),
+        }
+        try:
+            await self._client.put_item(
+                TableName=self.table,
+                Item=item,
+                ConditionExpression="attribute_not_exists(#leaseKey)",
+                ExpressionAttributeNames={"#leaseKey": "leaseKey"},
+            )
+        except ClientError as exc:
+            if error_code(exc) != _CONDITION_FAILED:
+                raise self._error("PutItem (mapping start)", exc) from exc
+        except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise self._error("PutItem (mapping start)", exc) from exc
+        else:
+            return float(instant)
+        recorded = await self.mapping_start(mapping)
+        if recorded is None:  # only if someone deleted it in between: never done by poller
+            raise CheckpointError(f"lease table {self.table}: mapping item of {mapping} vanished")
+        return recorded
 
     async def create(
         self,

@@ -1,4 +1,7 @@
-"""In-memory checkpoint store: a fake of ``CheckpointStore`` for unit tests of the pipeline."""
+"""In-memory checkpoint store: a fake of ``CheckpointStore`` for unit tests of the pipeline.
+
+Mapping start instants are kept apart from the checkpoints, as the durable stores keep them.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ class MemoryCheckpointStore:
         self.window_state_limit = window_state_limit
         self.checkpoints: dict[tuple[str, str], Checkpoint] = {}
         self.writes: list[tuple[str, str, Checkpoint]] = []
+        self.starts: dict[str, float] = {}
 
     async def get(self, mapping: str, shard_id: str) -> Checkpoint | None:
         """The shard's checkpoint, or None."""
@@ -34,6 +38,14 @@ class MemoryCheckpointStore:
     async def delete(self, mapping: str, shard_id: str) -> None:
         """Forget the checkpoint."""
         self.checkpoints.pop((mapping, shard_id), None)
+
+    async def mapping_start(self, mapping: str) -> float | None:
+        """The mapping's pinned start instant, or None."""
+        return self.starts.get(mapping)
+
+    async def pin_mapping_start(self, mapping: str, instant: float) -> float:
+        """Record ``instant`` unless a start is recorded; return the recorded one."""
+        return self.starts.setdefault(mapping, instant)
 
     async def aclose(self) -> None:
         """Nothing to release."""

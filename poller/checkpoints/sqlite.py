@@ -1,7 +1,10 @@
 """SQLite checkpoint store: the durable single-node default.
 
 Shard workers write a checkpoint after every settled batch and before taking the next one; a
-restart reads them back to resume after the last settled record. The database runs in WAL
+restart reads them back to resume after the last settled record. The ``mapping_starts`` table
+holds one row per mapping that has started: the instant a LATEST mapping pinned at its first
+start, kept apart from the shard checkpoints so that retiring them all never makes the mapping
+look new (a database made by an older version gets the table when opened). The database runs in WAL
 mode, and with ``synchronous=FULL`` (the default) a checkpoint is on disk when ``put``
 returns, so neither a crash nor a power loss re-delivers more than the batch in flight.
 
@@ -36,7 +39,12 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     window_state TEXT,
     updated_at REAL NOT NULL,
     PRIMARY KEY (mapping, shard_id)
-)
+);
+CREATE TABLE IF NOT EXISTS mapping_starts (
+    mapping TEXT PRIMARY KEY,
+    start_timestamp REAL NOT NULL,
+    pinned_at REAL NOT NULL
+);
 """
 
 
@@ -73,7 +81,7 @@ class SqliteCheckpointStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             conn.execute("PRAGMA busy_timeout=5000")
-            conn.execute(_SCHEMA)
+            conn.executescript(_SCHEMA)
             _migrate(conn)
         except (sqlite3.Error, OSError) as exc:
             raise CheckpointError(f"cannot open checkpoint database {self.path}: {exc}") from exc
@@ -145,6 +153,31 @@ class SqliteCheckpointStore:
                 "DELETE FROM checkpoints WHERE mapping = ? AND shard_id = ?", (mapping, shard_id)
             )
         )
+
+    async def mapping_start(self, mapping: str) -> float | None:
+        """The mapping's pinned start instant, or None before its first start."""
+        row = await self._run(
+            lambda c: c.execute(
+                "SELECT start_timestamp FROM mapping_starts WHERE mapping = ?", (mapping,)
+            ).fetchone()
+        )
+        return None if row is None else float(row[0])
+
+    async def pin_mapping_start(self, mapping: str, instant: float) -> float:
+        """Durably record ``instant`` unless a start is recorded; return the recorded one."""
+
+        def pin(c: sqlite3.Connection) -> float:
+            c.execute(
+                "INSERT INTO mapping_starts (mapping, start_timestamp, pinned_at)"
+                " VALUES (?, ?, ?) ON CONFLICT (mapping) DO NOTHING",
+                (mapping, instant, time.time()),
+            )
+            row = c.execute(
+                "SELECT start_timestamp FROM mapping_starts WHERE mapping = ?", (mapping,)
+            ).fetchone()
+            return float(row[0])
+
+        return await self._run(pin)
 
     async def aclose(self) -> None:
         """Close the connection. Idempotent."""

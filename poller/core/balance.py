@@ -1,14 +1,30 @@
-"""Lease balancing across replicas: which leases to take, and which to ask peers to hand off.
+"""Lease balancing across replicas: which leases to take, to ask peers for, and to hand over.
 
 Every balance cycle, each replica reads the lease table and calls :func:`plan_balance` with
 what it saw. The plan is leader-less and converges, as the Kinesis Client Library's does, but
-faster (peers.md §3 lessons): take unowned and expired leases first, then ask the most loaded
-replicas to hand leases over until the counts are within one, several per cycle, so a new
-replica gets its share in about one cycle. Handing over is graceful (the owner finishes its
-batch, checkpoints and releases), which is what makes rolling deploys free of duplicates.
+faster (peers.md §3 lessons), and without moving a lease twice:
 
-Only *active* leases count: ones that are not finished (a finished shard is never taken) and
-whose shard is ready (its parents are finished). I/O-free and synchronous.
+* **Fair share.** Live replicas are counted from the table: owners of unexpired leases, and
+  replicas that only have handoff requests pending (a replica that just started and holds
+  nothing yet). The share is ``ceil(active leases / live replicas)``; nobody takes beyond it.
+* **Take** this replica's own leases that it does not run (the table still names it after a
+  lost response or a self-fenced lease: ours to re-take, through the same fenced take), then
+  unowned and expired leases (an expired lease is free whoever owns it), up to the share.
+* **Ask** the most loaded replicas to hand leases over while they hold two or more above us,
+  several per cycle, so a new replica gets its share in about one cycle. Leases already asked
+  for count as the asker's.
+* **Hand over** (the owner's side): answer a request once it has stood for one cycle (so
+  replicas that started together have all shown up); grant it only while it leaves the asker
+  within its share and the owner no lower than the asker; decline the rest (the owner clears
+  the request).
+  A granted lease goes to the asker itself (the owner writes it as the new owner), never back
+  to the pool where a third replica could grab it, which is what made leases of replicas that
+  started together move as a pack every few seconds.
+
+Handing over is graceful (the owner finishes its batch, checkpoints and hands the lease to the
+asker), which is what makes rolling deploys free of duplicates. Only *active* leases count:
+ones whose shard is ready (its parents are finished; a finished shard is never taken).
+I/O-free and synchronous.
 """
 
 from __future__ import annotations
@@ -21,7 +37,11 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class LeaseView:
-    """What the planner needs to know about one lease."""
+    """What the planner needs to know about one lease.
+
+    ``expired`` is the observer's judgement; for its own leases the observer says False while
+    it runs the shard, and True when the table names it but it does not run the shard.
+    """
 
     shard_id: str
     owner: str | None
@@ -38,6 +58,10 @@ class BalancePlan:
     request: tuple[tuple[str, str], ...]
     #: The fair share this replica aims for.
     target: int
+    #: (shard, asker): our leases to hand over to the replica that asked for them.
+    grant: tuple[tuple[str, str], ...] = ()
+    #: Our leases whose request we turn down (it would leave the asker above its share).
+    decline: tuple[str, ...] = ()
 
 
 def plan_balance(
@@ -46,45 +70,98 @@ def plan_balance(
     me: str,
     ready: Set[str],
     max_leases: int | None = None,
+    standing: Set[str] | None = None,
 ) -> BalancePlan:
-    """Plan this replica's takes and handoff requests for one cycle."""
+    """Plan this replica's takes, handoff requests, grants and refusals for one cycle.
+
+    ``standing`` names our leases whose request was already there at our previous cycle; only
+    those are answered (None: all). Waiting one cycle lets every replica that started together
+    show up before leases are handed out, so the share they are handed by is the final one.
+    """
     active = [lease for lease in leases if lease.shard_id in ready]
-    owners = {lease.owner for lease in active if lease.owner and not lease.expired} | {me}
-    target = math.ceil(len(active) / len(owners)) if active else 0
-    if max_leases is not None:
-        target = min(target, max_leases)
-    mine = sum(1 for lease in active if lease.owner == me and not lease.expired)
-    free = sorted(
-        (lease for lease in active if lease.owner != me and (lease.owner is None or lease.expired)),
+    live = [lease for lease in active if lease.owner is not None and not lease.expired]
+    target = fair_share(active, live, me=me, max_leases=max_leases)
+    mine = sum(1 for lease in live if lease.owner == me)
+    free = [lease for lease in active if lease.owner is None or lease.expired]
+    own = sorted(lease.shard_id for lease in free if lease.owner == me)
+    others = sorted(
+        (lease for lease in free if lease.owner != me),
         key=lambda lease: (lease.owner is not None, lease.pending_owner != me, lease.shard_id),
     )
-    take = tuple(lease.shard_id for lease in free[: max(target - mine, 0)])
-    requests = _handoff_requests(active, me=me, have=mine + len(take), target=target)
-    return BalancePlan(take=take, request=requests, target=target)
+    room = max(target - mine - len(own), 0)
+    take = (*own, *(lease.shard_id for lease in others[:room]))
+    requests = _handoff_requests(live, me=me, have=mine + len(take), target=target)
+    grant, decline = _answer_requests(
+        live, me=me, have=mine + len(take), target=target, standing=standing
+    )
+    return BalancePlan(take=take, request=requests, target=target, grant=grant, decline=decline)
+
+
+def fair_share(
+    active: list[LeaseView], live: list[LeaseView], *, me: str, max_leases: int | None
+) -> int:
+    """``ceil(active / live replicas)``, capped; live replicas include pending askers."""
+    replicas = {lease.owner for lease in live} | {me}
+    replicas |= {lease.pending_owner for lease in live if lease.pending_owner is not None}
+    target = math.ceil(len(active) / len(replicas)) if active else 0
+    return target if max_leases is None else min(target, max_leases)
 
 
 def _handoff_requests(
-    active: list[LeaseView], *, me: str, have: int, target: int
+    live: list[LeaseView], *, me: str, have: int, target: int
 ) -> tuple[tuple[str, str], ...]:
     """Ask the most loaded owners for leases while they hold two or more above us."""
-    live = [lease for lease in active if lease.owner and lease.owner != me and not lease.expired]
-    # Requests already made count as leases on their way: ours, no longer their owner's.
-    pending = [lease for lease in live if lease.pending_owner == me]
-    load = Counter(lease.owner for lease in live if lease.owner and lease.pending_owner != me)
-    have += len(pending)
+    theirs = [lease for lease in live if lease.owner != me]
+    # Requests already made count as leases on their way: the asker's, no longer the owner's.
+    have += sum(1 for lease in theirs if lease.pending_owner == me)
+    load = Counter(lease.pending_owner or lease.owner for lease in theirs)
     candidates = sorted(
-        (lease for lease in live if lease.pending_owner is None), key=lambda lease: lease.shard_id
+        (lease for lease in theirs if lease.pending_owner is None), key=lambda lease: lease.shard_id
     )
     requests: list[tuple[str, str]] = []
     while have < target:
-        owner, count = max(load.items(), key=lambda item: (item[1], item[0]), default=(None, 0))
+        owners = {lease.owner for lease in candidates}
+        owner, count = max(
+            ((o, n) for o, n in load.items() if o in owners),
+            key=lambda item: (item[1], item[0] or ""),
+            default=(None, 0),
+        )
         if owner is None or count - have < 2:
             break
-        lease = next((c for c in candidates if c.owner == owner), None)
-        if lease is None:
-            break
+        lease = next(c for c in candidates if c.owner == owner)
         candidates.remove(lease)
         requests.append((lease.shard_id, owner))
         load[owner] -= 1
         have += 1
     return tuple(requests)
+
+
+def _answer_requests(
+    live: list[LeaseView], *, me: str, have: int, target: int, standing: Set[str] | None
+) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+    """Grant standing requests for our leases, least-loaded asker first, while the asker stays
+    within its share and two or more below us; decline the others."""
+    counts = Counter(lease.owner for lease in live)
+    asked = sorted(
+        (
+            lease
+            for lease in live
+            if lease.owner == me
+            and lease.pending_owner not in (None, me)
+            and (standing is None or lease.shard_id in standing)
+        ),
+        key=lambda lease: lease.shard_id,
+    )
+    grant: list[tuple[str, str]] = []
+    decline: list[str] = []
+    while asked:
+        lease = min(asked, key=lambda lease: (counts[lease.pending_owner], lease.shard_id))
+        asked.remove(lease)
+        asker = lease.pending_owner or ""
+        if counts[asker] < target and have - counts[asker] >= 2:
+            grant.append((lease.shard_id, asker))
+            counts[asker] += 1
+            have -= 1
+        else:
+            decline.append(lease.shard_id)
+    return tuple(grant), tuple(decline)

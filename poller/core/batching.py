@@ -3,7 +3,9 @@
 The shard worker feeds records it has read into a :class:`BatchBuilder` until the builder is
 full by count or by payload size; the worker itself handles the batching window because that
 needs a clock. Sizes are those of the compact JSON event ``{"Records":[r1,r2,...]}`` that the
-targets send, so the 6 MB cut is exact rather than estimated. I/O-free and synchronous.
+targets send, so the 6 MB cut is exact rather than estimated. An event with more than
+``Records`` (a tumbling window's ``window``, ``state`` and the fields around them) passes their
+size as ``overhead``, so the cut counts the whole event as sent. I/O-free and synchronous.
 """
 
 from __future__ import annotations
@@ -37,11 +39,14 @@ class BatchBuilder:
 
     __slots__ = ("_bytes", "_max_bytes", "_max_records", "_refused", "records")
 
-    def __init__(self, max_records: int, max_bytes: int = MAX_PAYLOAD_BYTES) -> None:
+    def __init__(
+        self, max_records: int, max_bytes: int = MAX_PAYLOAD_BYTES, overhead: int = 0
+    ) -> None:
         self.records: list[StreamRecord] = []
         self._max_records = max_records
         self._max_bytes = max_bytes
-        self._bytes = ENVELOPE_BYTES
+        #: ``overhead``: bytes the event holds besides ``{"Records":[...]}``.
+        self._bytes = ENVELOPE_BYTES + overhead
         self._refused = False
 
     @property

@@ -38,6 +38,8 @@ MAGIC: Final = b"\xf3\x89\x9a\xc2"
 FULL_HASH_RANGE: Final = (0, 2**128 - 1)
 
 _DIGEST_SIZE: Final = 16
+#: Decimal digits of the largest hash key, 2**128 - 1: a longer one is past every shard.
+_HASH_KEY_DIGITS: Final = len(str(FULL_HASH_RANGE[1]))
 _MIN_SIZE: Final = len(MAGIC) + _DIGEST_SIZE + 1  # KCL needs at least one protobuf byte
 _VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5
 _UINT64_LIMIT: Final = 1 << 64
@@ -158,7 +160,13 @@ def _decimal(text: str) -> int:
     digits = text[1:] if text[:1] in ("+", "-") else text
     if not (digits.isascii() and digits.isdigit()):
         raise _Malformed
-    return int(text)
+    significant = digits.lstrip("0") or "0"
+    negative = text[:1] == "-"
+    if len(significant) > _HASH_KEY_DIGITS:
+        # Outside every shard's range whatever its exact value, and int() refuses text of
+        # more than 4300 digits; a value just past the range says the same thing.
+        return -(2**128) if negative else 2**128
+    return -int(significant) if negative else int(significant)
 
 
 _Record = tuple[int, int | None, bytes]

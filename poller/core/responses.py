@@ -19,6 +19,8 @@ Rules (aws-esm.md §1.3 and §2.5; for streams, exactly what AWS did in the reco
   or is not an identifier in the batch (recorded: ``""``).
 * **Partial**, when every reported item is valid. Streams (identifier = sequence number)
   checkpoint before the lowest reported record and retry from it; duplicates are allowed.
+  With KPL de-aggregation a user record's identifier is ``seq:sub``; the plain ``seq`` of an
+  aggregate in the batch is accepted too and means its first user record in the batch.
   Queues (identifier = ``messageId``) keep exactly the reported messages.
 * A body that is not JSON (only an HTTP target can produce one) is success for streams and a
   complete failure for queues ("invalid JSON response").
@@ -78,19 +80,29 @@ class _InvalidResponse(ValueError):
 
 
 def parse_stream_response(
-    payload: Any, *, payload_is_json: bool, item_ids: Sequence[str]
+    payload: Any,
+    *,
+    payload_is_json: bool,
+    item_ids: Sequence[str],
+    aggregates: Sequence[str | None] = (),
 ) -> StreamResponse:
     """Judge a stream function's response.
 
     Args:
         payload: the response parsed from JSON, or the raw text when it was not JSON.
         payload_is_json: False when the body was not JSON.
-        item_ids: the sequence numbers of the batch's records, in batch order.
+        item_ids: the sequence numbers of the batch's records, in batch order (``seq:sub``
+            for a user record of a KPL aggregate).
+        aggregates: for each record, the plain sequence number of its KPL aggregate (None for
+            a plain record); that number then identifies the aggregate's first record here.
     """
     if not payload_is_json:
         return StreamResponse("success")
     # The first index of each id: with (unexpected) repeats, the earliest record is retried.
     index = {item_id: i for i, item_id in reversed(tuple(enumerate(item_ids)))}
+    for i, aggregate in enumerate(aggregates):
+        if aggregate is not None:
+            index.setdefault(aggregate, i)
     try:
         reported = _reported_ids(payload, index)
     except _InvalidResponse as exc:

@@ -12,10 +12,16 @@ this module does no I/O and keeps no clock. The rules, as AWS documents and reco
   ``MaximumRetryAttempts`` (-1 = infinite). A partial batch response counts too, and so does a
   malformed one (which fails the whole batch).
 * Throttles and service errors do not count. They are retried until the records expire.
+* An infinite ``MaximumRecordAgeInSeconds`` (-1) means the stream's retention: "failed records
+  are retried until the record expires". A record that has failed at least once and is older
+  than the retention is given up as ``RecordAgeExceeded`` (the stream no longer holds it).
 * With ``BisectBatchOnFunctionError`` a failed batch of two or more records is split in two
   halves, each retried in order; splitting does not use up a retry.
 * With ``ReportBatchItemFailures`` the records before the lowest reported one are settled and
-  the rest is retried from there. Without it, ``batchItemFailures`` is ignored.
+  the rest is retried from there. Without it, ``batchItemFailures`` is ignored. With KPL
+  de-aggregation a user record is reported as ``seq:sub``; the plain ``seq`` of an aggregate
+  (what ``kinesis.sequenceNumber`` holds, and what Lambda Powertools reports) means "from the
+  first user record of that aggregate in the batch".
 * With a tumbling window, an answer without ``state`` (see :mod:`poller.core.windows`) fails
   the whole batch like a malformed partial response: a counted retry, and
   ``functionError: null`` in the failure record.
@@ -93,6 +99,18 @@ Action = Settle | GiveUp | Retry | Split
 
 
 @dataclass(frozen=True, slots=True)
+class Judgement:
+    """What an invocation's result means: the actions that follow, and for the logs and
+    metrics the outcome and why (the malformed answer's reason, or the reported item)."""
+
+    actions: list[Action]
+    #: As the invocation metric names it: success, partial_failure, or the failure's kind
+    #: (a malformed answer is a function_error).
+    outcome: str
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class StreamRetryPolicy:
     """The mapping's error-handling settings, with AWS's meaning.
 
@@ -111,15 +129,25 @@ class StreamRetryPolicy:
     report_batch_item_failures: bool = False
     require_window_state: bool = False
 
-    def expire(self, segment: Segment, now: float) -> tuple[GiveUp | None, Segment | None]:
+    def expire(
+        self, segment: Segment, now: float, retention_seconds: float | None = None
+    ) -> tuple[GiveUp | None, Segment | None]:
         """Split off the records past their maximum age, before an invocation.
 
         Records of a shard arrive in order, so the expired ones are a prefix. Returns the
-        give-up for that prefix (or None) and what remains to invoke (or None).
+        give-up for that prefix (or None) and what remains to invoke (or None). With an
+        infinite maximum age, the stream's ``retention_seconds`` is the limit for records that
+        have been tried at least once: a failure counted, or an invocation made (a bisected
+        half failed with its batch, without a counted retry). A record read for the first
+        time is still in the stream.
         """
-        if self.maximum_record_age_seconds < 0:
-            return None, segment
-        oldest_allowed = now - self.maximum_record_age_seconds
+        max_age: float = self.maximum_record_age_seconds
+        if max_age < 0:
+            untried = segment.failures == 0 and segment.invocations == 0
+            if retention_seconds is None or untried:
+                return None, segment
+            max_age = retention_seconds
+        oldest_allowed = now - max_age
         cut = 0
         for record in segment.records:
             if record.arrival_timestamp >= oldest_allowed:
@@ -133,40 +161,55 @@ class StreamRetryPolicy:
 
     def after_invoke(self, segment: Segment, result: InvokeResult) -> list[Action]:
         """What follows an invocation of ``segment`` that ended with ``result``."""
+        return self.judge(segment, result).actions
+
+    def judge(self, segment: Segment, result: InvokeResult) -> Judgement:
+        """:meth:`after_invoke`, with the outcome and reason the logs and metrics report."""
         if result.outcome in (Outcome.THROTTLE, Outcome.SERVICE_ERROR):
             failed = dataclasses.replace(segment, failures=segment.failures + 1)
-            return [Retry(failed)]
+            return Judgement([Retry(failed)], result.outcome.value, result.error)
         invoked = dataclasses.replace(
             segment, invocations=segment.invocations + 1, last_result=result
         )
         if result.outcome is Outcome.SUCCESS:
             return self._after_success(invoked, result)
-        return self._after_function_error(invoked)
+        return Judgement(self._after_function_error(invoked), result.outcome.value, result.error)
 
-    def _after_success(self, segment: Segment, result: InvokeResult) -> list[Action]:
+    def _after_success(self, segment: Segment, result: InvokeResult) -> Judgement:
         if self.require_window_state:
             answer = parse_window_response(result.payload, payload_is_json=result.payload_is_json)
             if answer.kind == "invalid":
                 # The function answered, so no bisection: retried as a whole, like AWS does
                 # for a malformed partial response.
-                return [self._count_retry(segment)]
+                reason = f"invalid window response: {answer.reason}"
+                return Judgement([self._count_retry(segment)], "function_error", reason)
         if not self.report_batch_item_failures:
-            return [Settle(segment.records)]
-        ids = [r.position for r in segment.records]
+            return Judgement([Settle(segment.records)], "success")
         response = parse_stream_response(
-            result.payload, payload_is_json=result.payload_is_json, item_ids=ids
+            result.payload,
+            payload_is_json=result.payload_is_json,
+            item_ids=[r.position for r in segment.records],
+            aggregates=[_aggregate_of(r) for r in segment.records],
         )
         if response.kind == "success":
-            return [Settle(segment.records)]
-        if response.kind == "invalid" or not response.failed_from:
-            # A malformed response, or one that fails from the first record: the whole batch.
+            return Judgement([Settle(segment.records)], "success")
+        if response.kind == "invalid":
             # No bisection: the function answered, so AWS retries it as reported.
-            return [self._count_retry(segment)]
+            reason = f"invalid partial batch response: {response.reason}"
+            return Judgement([self._count_retry(segment)], "function_error", reason)
+        reason = f"batchItemFailures from record {response.failed_from} of {len(segment.records)}"
+        if not response.failed_from:
+            # Fails from the first record: the whole batch is retried.
+            return Judgement([self._count_retry(segment)], "partial_failure", reason)
         done, rest = (
             segment.records[: response.failed_from],
             segment.records[response.failed_from :],
         )
-        return [Settle(done), self._count_retry(dataclasses.replace(segment, records=rest))]
+        actions: list[Action] = [
+            Settle(done),
+            self._count_retry(dataclasses.replace(segment, records=rest)),
+        ]
+        return Judgement(actions, "partial_failure", reason)
 
     def _after_function_error(self, segment: Segment) -> list[Action]:
         if self.bisect_on_function_error and len(segment.records) > 1:
@@ -185,6 +228,11 @@ class StreamRetryPolicy:
                 counted.records, "RetryAttemptsExhausted", counted.invocations, counted.last_result
             )
         return Retry(counted)
+
+
+def _aggregate_of(record: StreamRecord) -> str | None:
+    """The plain sequence number of the KPL aggregate a user record came from, else None."""
+    return None if record.sub_sequence_number is None else record.sequence_number
 
 
 def first_segment(records: Sequence[StreamRecord]) -> Segment:

@@ -64,6 +64,18 @@ def window_of(record: StreamRecord, seconds: int) -> Window:
     return Window.of(record.arrival_timestamp, seconds)
 
 
+def window_overhead(
+    window: Window, state: dict[str, Any], *, shard_id: str, event_source_arn: str
+) -> int:
+    """Bytes a window event holds besides ``{"Records":[...]}``: the window, the state (up to
+    1 MB) and the other fields, as compact UTF-8 JSON, the way the targets send it. The 6 MB
+    cut adds this to the records' size (the flags are counted at their longer value)."""
+    empty = window_event(
+        [], window=window, state=state, shard_id=shard_id, event_source_arn=event_source_arn
+    )
+    return len(_dumps(empty).encode()) - len('{"Records":[]}')
+
+
 def window_event(
     records: Sequence[StreamRecord],
     *,
@@ -106,7 +118,8 @@ def parse_window_response(payload: Any, *, payload_is_json: bool) -> WindowRespo
 
     A missing ``state`` is a failed invocation (AWS: "A response without state counts as a
     failed invocation"), counted like a malformed partial batch response. ``null`` counts as
-    an empty state.
+    an empty state. A state holding a lone surrogate (JSON can escape one) is invalid too: it
+    could be neither sent, stored nor measured as UTF-8.
     """
     if not payload_is_json:
         return WindowResponse("invalid", reason="the response is not JSON; expected an object")
@@ -120,6 +133,12 @@ def parse_window_response(payload: Any, *, payload_is_json: bool) -> WindowRespo
         return WindowResponse("ok", state={})
     if not isinstance(state, dict):
         return WindowResponse("invalid", reason=f"state is {type(state).__name__}, not an object")
+    try:
+        _dumps(state).encode()
+    except UnicodeEncodeError:
+        # JSON may escape half a surrogate pair; such text cannot be sent, stored or measured
+        # as UTF-8, and a state that cannot be carried is no state (a malformed answer).
+        return WindowResponse("invalid", reason="state holds a lone surrogate (not Unicode text)")
     return WindowResponse("ok", state=state)
 
 

@@ -9,7 +9,9 @@ Data flow::
 The shard worker calls :meth:`FailureDestination.send` once per batch it gives up on. Until
 ``send`` returns, those records are not settled and the shard's checkpoint does not move: a
 :class:`~poller.errors.DestinationError` (retriable) makes the worker back off and send again,
-so a destination outage pauses the shard instead of losing records. Destinations never log the
+so a destination outage pauses the shard instead of losing records. A refusal that will not
+pass by itself (``DestinationError.permanent``: access denied, no such queue, topic or bucket)
+is waited out too, but reported as blocking the mapping. Destinations never log the
 record; their errors name the destination ARN and the AWS error code only.
 
 A destination type is one module (``sqs``, ``sns``, ``s3``) with a builder, and one entry in
@@ -54,6 +56,51 @@ _ARN = re.compile(
 #: Error codes whose service message quotes the message body; the message is dropped so that
 #: record data never reaches an exception or a log line.
 _MESSAGE_ECHOES_PAYLOAD = frozenset({"InvalidMessageContents"})
+
+#: Error codes that say the destination cannot accept anything until someone changes it: a
+#: missing permission, a KMS key that is disabled, deleted or forbidden, or a queue, topic or
+#: bucket that does not exist. The shard still waits (nothing is dropped), but these are
+#: reported as blocking, loudly (see ``poller.pipeline``). Each service spells its KMS errors
+#: its own way (the codes of its botocore model; SQS and S3 also send ``KMS.*Exception``).
+PERMANENT_CODES = frozenset(
+    {
+        # Permissions and credentials.
+        "AccessDenied",
+        "AccessDeniedException",
+        "AuthorizationError",
+        "InvalidClientTokenId",
+        "UnrecognizedClientException",
+        "InvalidSecurity",
+        # KMS, as Kinesis and Lambda, SNS, SQS (JSON), and SQS or S3 (query-style) spell it.
+        "KMSAccessDeniedException",
+        "KMSDisabledException",
+        "KMSNotFoundException",
+        "KMSInvalidStateException",
+        "KMSAccessDenied",
+        "KMSDisabled",
+        "KMSNotFound",
+        "KMSInvalidState",
+        "KMSOptInRequired",
+        "KmsAccessDenied",
+        "KmsDisabled",
+        "KmsNotFound",
+        "KmsInvalidState",
+        "KmsInvalidKeyUsage",
+        "KMS.AccessDeniedException",
+        "KMS.DisabledException",
+        "KMS.NotFoundException",
+        "KMS.InvalidStateException",
+        "KMS.InvalidKeyUsageException",
+        # The resource does not exist.
+        "AWS.SimpleQueueService.NonExistentQueue",
+        "QueueDoesNotExist",
+        "NoSuchBucket",
+        "NotFound",
+        "NotFoundException",
+        "ResourceNotFound",
+        "ResourceNotFoundException",
+    }
+)
 
 #: The longest service message kept in a DestinationError.
 _MAX_MESSAGE = 300
@@ -125,7 +172,9 @@ async def destination_call(arn: str, call: str) -> AsyncIterator[None]:
         code = error_code(exc)
         message = "" if code in _MESSAGE_ECHOES_PAYLOAD else _service_message(exc)
         text = f"on-failure destination {arn}: {call} failed with {code}"
-        raise DestinationError(f"{text}: {message}" if message else text) from exc
+        raise DestinationError(
+            f"{text}: {message}" if message else text, permanent=code in PERMANENT_CODES
+        ) from exc
     except ParamValidationError as exc:
         # Its text quotes parameter values, which may be record data.
         raise DestinationError(

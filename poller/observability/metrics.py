@@ -67,6 +67,15 @@ class Metrics(Protocol):
     def records_sent_to_destination(self, mapping: str, count: int) -> None: ...
     def records_deleted(self, mapping: str, count: int) -> None: ...
     def destination_delivery_failed(self, mapping: str, destination_type: str) -> None: ...
+    def destination_blocked(self, mapping: str, blocked: bool) -> None:
+        """A batch starts (True) or stops (False) waiting on an on-failure destination that
+        refuses for a permanent reason (access denied, no such queue, topic or bucket)."""
+        ...
+
+    def retention_gap(self, mapping: str, shard: str) -> None:
+        """A shard's position was older than the stream's retention: reading went on from
+        the oldest record held, and the records in between were lost to the stream's trim."""
+        ...
 
     # -- invocations ------------------------------------------------------------------------
     def invocation(
@@ -78,6 +87,10 @@ class Metrics(Protocol):
 
     def retry(self, mapping: str) -> None:
         """A batch (or part of one) is about to be invoked again."""
+        ...
+
+    def handler_thread_abandoned(self, mapping: str) -> None:
+        """A sync Python handler ran past its timeout; its thread runs on, abandoned."""
         ...
 
     # -- shard progress ---------------------------------------------------------------------
@@ -98,10 +111,21 @@ class Metrics(Protocol):
         """``event``: taken, stolen, lost or handed_off."""
         ...
 
+    def dependency_error(self, mapping: str, operation: str) -> None:
+        """A call to an AWS dependency failed after retries (``operation``: list_shards,
+        sync, balance, retire, renew, release, ...); the mapping retries and keeps running."""
+        ...
+
     # -- SQS --------------------------------------------------------------------------------
     def sqs_in_flight(self, mapping: str, batches: int) -> None: ...
     def sqs_concurrency(self, mapping: str, pollers: int) -> None: ...
     def visibility_extended(self, mapping: str, messages: int) -> None: ...
+
+    # -- the service ------------------------------------------------------------------------
+    def mapping_up(self, mapping: str, up: bool) -> None:
+        """The mapping's runner started (True), or has not started yet or crashed (False);
+        its supervisor keeps retrying while it is down."""
+        ...
 
 
 class NullMetrics:
@@ -131,12 +155,21 @@ class NullMetrics:
     def destination_delivery_failed(self, mapping: str, destination_type: str) -> None:
         """Ignored."""
 
+    def destination_blocked(self, mapping: str, blocked: bool) -> None:
+        """Ignored."""
+
+    def retention_gap(self, mapping: str, shard: str) -> None:
+        """Ignored."""
+
     def invocation(
         self, mapping: str, outcome: str, duration_seconds: float, batch_size: int
     ) -> None:
         """Ignored."""
 
     def retry(self, mapping: str) -> None:
+        """Ignored."""
+
+    def handler_thread_abandoned(self, mapping: str) -> None:
         """Ignored."""
 
     def iterator_age(self, mapping: str, shard: str, age_ms: float) -> None:
@@ -160,6 +193,9 @@ class NullMetrics:
     def lease_event(self, mapping: str, event: str) -> None:
         """Ignored."""
 
+    def dependency_error(self, mapping: str, operation: str) -> None:
+        """Ignored."""
+
     def sqs_in_flight(self, mapping: str, batches: int) -> None:
         """Ignored."""
 
@@ -167,6 +203,9 @@ class NullMetrics:
         """Ignored."""
 
     def visibility_extended(self, mapping: str, messages: int) -> None:
+        """Ignored."""
+
+    def mapping_up(self, mapping: str, up: bool) -> None:
         """Ignored."""
 
 
@@ -302,14 +341,17 @@ class PrometheusMetrics:
       and ``poller_destination_delivery_failures_total{destination_type}``;
     * invocations: ``poller_invocations_total{outcome}``,
       ``poller_invocation_duration_seconds`` and ``poller_batch_size`` histograms,
-      ``poller_retries_total``;
+      ``poller_retries_total``, ``poller_handler_threads_abandoned_total``;
     * shards: ``poller_iterator_age_milliseconds`` (Lambda's unit),
       ``poller_millis_behind_latest``, ``poller_checkpoint_writes_total``,
       ``poller_checkpoint_failures_total``, ``poller_checkpoint_age_seconds`` (computed at
       scrape time);
-    * leases: ``poller_leases_held``, ``poller_lease_events_total{event}``;
+    * leases: ``poller_leases_held``, ``poller_lease_events_total{event}``,
+      ``poller_dependency_errors_total{operation}``;
     * SQS: ``poller_sqs_in_flight_batches``, ``poller_sqs_concurrency``,
       ``poller_visibility_extensions_total``;
+    * mappings: ``poller_mapping_up`` (1 while the mapping's runner runs, 0 while it cannot
+      start or restarts after a crash);
     * the process: ``poller_info{version}``, ``poller_start_time_seconds``, and the standard
       ``process_*``, ``python_info`` and ``python_gc_*`` series.
 
@@ -381,6 +423,17 @@ class PrometheusMetrics:
             "Failed sends to the on-failure destination (Lambda DestinationDeliveryFailures).",
             ("mapping", "destination_type"),
         )
+        self._destination_blocked = gauge(
+            "poller_destination_blocked",
+            "Batches waiting on an on-failure destination that refuses for a permanent reason "
+            "(access denied, no such queue, topic or bucket); above 0 needs an operator.",
+        )
+        self._retention_gaps = counter(
+            "poller_retention_gaps_total",
+            "Times a shard's position was older than the stream's retention and reading went "
+            "on from the oldest record held (the records in between were trimmed).",
+            by_shard,
+        )
 
         # Invocations.
         self._invocations = counter(
@@ -400,6 +453,10 @@ class PrometheusMetrics:
         self._retries = counter(
             "poller_retries_total",
             "Batches (or parts of batches) invoked again after a failure.",
+        )
+        self._abandoned_threads = counter(
+            "poller_handler_threads_abandoned_total",
+            "Threads of sync Python handlers left running after a timeout or the drain deadline.",
         )
 
         # Shards.
@@ -430,6 +487,12 @@ class PrometheusMetrics:
             "Lease changes by event: taken, stolen, lost, handed_off.",
             ("mapping", "event"),
         )
+        self._dependency_errors = counter(
+            "poller_dependency_errors_total",
+            "Failed calls to an AWS dependency (lease table, ListShards) by operation; the "
+            "mapping logs them, backs off and retries.",
+            ("mapping", "operation"),
+        )
 
         # SQS.
         self._sqs_in_flight = gauge(
@@ -439,6 +502,13 @@ class PrometheusMetrics:
         self._visibility = counter(
             "poller_visibility_extensions_total",
             "Messages whose visibility timeout was extended, once per message and extension.",
+        )
+
+        # Mappings.
+        self._mapping_up = gauge(
+            "poller_mapping_up",
+            "1 while the mapping runs; 0 while it cannot reach its source or restarts after a "
+            "crash (it keeps retrying, the other mappings run on).",
         )
 
         # The process and the metrics themselves.
@@ -507,6 +577,20 @@ class PrometheusMetrics:
         """Count one failed send to the on-failure destination."""
         self._delivery_failures(mapping, destination_type).inc()
 
+    @_never_raises
+    def destination_blocked(self, mapping: str, blocked: bool) -> None:
+        """One more (True) or one fewer (False) batch blocked by its destination."""
+        gauge = self._destination_blocked(mapping)
+        if blocked:
+            gauge.inc()
+        else:
+            gauge.dec()
+
+    @_never_raises
+    def retention_gap(self, mapping: str, shard: str) -> None:
+        """Count a retention gap of the shard."""
+        self._retention_gaps(mapping, shard).inc()
+
     # -- invocations ------------------------------------------------------------------------
     @_never_raises
     def invocation(
@@ -528,6 +612,11 @@ class PrometheusMetrics:
     def retry(self, mapping: str) -> None:
         """Count one retry."""
         self._retries(mapping).inc()
+
+    @_never_raises
+    def handler_thread_abandoned(self, mapping: str) -> None:
+        """Count one abandoned handler thread."""
+        self._abandoned_threads(mapping).inc()
 
     # -- shard progress ---------------------------------------------------------------------
     @_never_raises
@@ -577,6 +666,11 @@ class PrometheusMetrics:
                 self._lease_events(mapping, known)
         self._lease_events(mapping, event).inc()
 
+    @_never_raises
+    def dependency_error(self, mapping: str, operation: str) -> None:
+        """Count a failed call to an AWS dependency."""
+        self._dependency_errors(mapping, operation).inc()
+
     # -- SQS --------------------------------------------------------------------------------
     @_never_raises
     def sqs_in_flight(self, mapping: str, batches: int) -> None:
@@ -592,6 +686,12 @@ class PrometheusMetrics:
     def visibility_extended(self, mapping: str, messages: int) -> None:
         """Count messages whose visibility timeout was extended."""
         self._visibility(mapping).inc(messages)
+
+    # -- the service ------------------------------------------------------------------------
+    @_never_raises
+    def mapping_up(self, mapping: str, up: bool) -> None:
+        """Set whether the mapping runs."""
+        self._mapping_up(mapping).set(1 if up else 0)
 
 
 # == Recording (tests) ========================================================================
@@ -728,6 +828,14 @@ class RecordingMetrics:
         """Recorded."""
         self._record("destination_delivery_failed", mapping, destination_type)
 
+    def destination_blocked(self, mapping: str, blocked: bool) -> None:
+        """Recorded."""
+        self._record("destination_blocked", mapping, blocked)
+
+    def retention_gap(self, mapping: str, shard: str) -> None:
+        """Recorded."""
+        self._record("retention_gap", mapping, shard)
+
     def invocation(
         self, mapping: str, outcome: str, duration_seconds: float, batch_size: int
     ) -> None:
@@ -737,6 +845,10 @@ class RecordingMetrics:
     def retry(self, mapping: str) -> None:
         """Recorded."""
         self._record("retry", mapping)
+
+    def handler_thread_abandoned(self, mapping: str) -> None:
+        """Recorded."""
+        self._record("handler_thread_abandoned", mapping)
 
     def iterator_age(self, mapping: str, shard: str, age_ms: float) -> None:
         """Recorded."""
@@ -766,6 +878,10 @@ class RecordingMetrics:
         """Recorded."""
         self._record("lease_event", mapping, event)
 
+    def dependency_error(self, mapping: str, operation: str) -> None:
+        """Recorded."""
+        self._record("dependency_error", mapping, operation)
+
     def sqs_in_flight(self, mapping: str, batches: int) -> None:
         """Recorded."""
         self._record("sqs_in_flight", mapping, batches)
@@ -777,6 +893,10 @@ class RecordingMetrics:
     def visibility_extended(self, mapping: str, messages: int) -> None:
         """Recorded."""
         self._record("visibility_extended", mapping, messages)
+
+    def mapping_up(self, mapping: str, up: bool) -> None:
+        """Recorded."""
+        self._record("mapping_up", mapping, up)
 
 
 #: Parameters that can never be negative.

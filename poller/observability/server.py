@@ -14,8 +14,13 @@ because the probe itself could not be served.
 * ``/healthz`` (liveness): 200 while the last heartbeat is younger than
   ``observability.liveness_timeout_seconds``, else 503. A failing liveness check should
   restart the task.
-* ``/readyz`` (readiness): 200 once the configuration is loaded, the AWS clients are
-  connected and every expected mapping has started, until shutdown begins; else 503. Both
+* ``/readyz`` (readiness): 200 once the configuration is loaded, the AWS clients and the
+  checkpoint store (the lease table) are open and start-up is over, until shutdown begins;
+  else 503. Start-up is over when every mapping has started, or when the service gave up
+  waiting for the ones that cannot reach their source (``poller.app``: 10 s); those keep
+  retrying and are listed as ``down`` in the body (and ``poller_mapping_up`` is 0), but they
+  do not make the service unready: a restart cannot bring back a missing stream, and an
+  orchestrator that replaced the task for it would only stop the mappings that work. Both
   answers carry the same JSON, which names what is missing.
 * ``/metrics``: the Prometheus text format.
 
@@ -86,11 +91,15 @@ class Readiness:
 
     Attributes:
         checks: each condition of readiness and whether it holds.
-        missing_mappings: expected mappings that have not started, sorted.
+        missing_mappings: expected mappings that are not running (not started yet, cannot
+            reach their source, or restarting after a crash), sorted.
+        mappings: each expected mapping's state: ``up``, ``starting`` (start-up not over)
+            or ``down``.
     """
 
     checks: dict[str, bool]
     missing_mappings: list[str] = field(default_factory=list)
+    mappings: dict[str, str] = field(default_factory=dict)
 
     @property
     def ready(self) -> bool:
@@ -103,6 +112,7 @@ class Readiness:
             "status": "ready" if self.ready else "not_ready",
             "checks": self.checks,
             "missing_mappings": self.missing_mappings,
+            "mappings": self.mappings,
         }
 
 
@@ -111,9 +121,11 @@ class HealthState:
 
     Readiness needs every step: :meth:`mark_config_loaded`, :meth:`mark_clients_connected`,
     :meth:`expect_mappings` (even with an empty list, so that readiness never passes before
-    the service knows its mappings) and :meth:`mark_mapping_started` for each expected
-    mapping. :meth:`mark_stopping` makes it not ready for good. Liveness is the age of the last
-    :meth:`beat`; construction counts as the first beat.
+    the service knows its mappings), and then either :meth:`mark_mapping_started` for each
+    expected mapping or :meth:`mark_startup_over` (the service stopped waiting for mappings
+    that cannot start; they are reported down). :meth:`mark_mapping_down` reports a mapping
+    that crashed or cannot reach its source. :meth:`mark_stopping` makes it not ready for
+    good. Liveness is the age of the last :meth:`beat`; construction counts as the first beat.
 
     Args:
         clock: monotonic seconds; tests inject a fake one.
@@ -127,6 +139,7 @@ class HealthState:
         self._clients_connected = False
         self._expected: frozenset[str] | None = None
         self._started: set[str] = set()
+        self._startup_over = False
         self._stopping = False
 
     # -- written by the service -------------------------------------------------------------
@@ -155,6 +168,16 @@ class HealthState:
         with self._lock:
             self._started.add(name)
 
+    def mark_mapping_down(self, name: str) -> None:
+        """The mapping's runner crashed, or cannot start; it is being retried."""
+        with self._lock:
+            self._started.discard(name)
+
+    def mark_startup_over(self) -> None:
+        """Start-up is over: readiness no longer waits for mappings that are down."""
+        with self._lock:
+            self._startup_over = True
+
     def mark_stopping(self) -> None:
         """Shutdown began: not ready from now on, so that traffic and checks drain."""
         with self._lock:
@@ -169,17 +192,21 @@ class HealthState:
         )
 
     def readiness(self) -> Readiness:
-        """Each readiness condition and the mappings not yet started."""
+        """Each readiness condition, and the state of each mapping."""
         with self._lock:
             expected = self._expected
             missing = sorted(expected - self._started) if expected is not None else []
+            waiting = "down" if self._startup_over else "starting"
+            states = {
+                name: "up" if name in self._started else waiting for name in sorted(expected or ())
+            }
             checks = {
                 "config_loaded": self._config_loaded,
                 "clients_connected": self._clients_connected,
-                "mappings_started": expected is not None and not missing,
+                "mappings_started": expected is not None and (not missing or self._startup_over),
                 "not_stopping": not self._stopping,
             }
-        return Readiness(checks=checks, missing_mappings=missing)
+        return Readiness(checks=checks, missing_mappings=missing, mappings=states)
 
 
 async def heartbeat_loop(health: HealthState, interval: float = HEARTBEAT_INTERVAL_SECONDS) -> None:

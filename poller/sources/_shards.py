@@ -11,6 +11,18 @@ recreates the iterator *after that record*; it never goes back to the starting p
 end of a closed shard it sends ``ShardEnd`` with the child shard ids (when the service reports
 them) and stops.
 
+When that position is older than the stream's retention (the service answers
+``PositionTrimmed``: the records after it were trimmed), the reader goes on from the oldest
+record the shard still holds (TRIM_HORIZON), as Lambda does, and says so loudly: a
+``shard.retention_gap`` warning naming the position, the first record read after the gap and
+its age, and the ``retention_gap`` metric. Waiting would not bring those records back, and
+would keep the records still held, and the shard's children, blocked forever.
+
+Kinesis documents no such error: for a sequence number older than its retention it reads from
+the oldest record held, silently. The gap cannot be seen exactly (sequence numbers are not
+contiguous), so when a shard resumes from a checkpoint and its first record is about as old as
+the retention, a ``shard.possible_retention_gap`` warning says records were probably trimmed.
+
 The adapter (:class:`StreamApi`) captures what differs between the services: the names of the
 calls and their arguments, the record shape, the poll rate, whether ``MillisBehindLatest``
 exists, and how a start instant is honoured.
@@ -19,16 +31,20 @@ exists, and how a start instant is honoured.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectSendStream
+from botocore.exceptions import ClientError
 
+from poller.aws.translate import error_code, source_call
 from poller.core.lineage import ShardInfo
-from poller.errors import IteratorExpired, SourceError, Throttled
+from poller.errors import IteratorExpired, PositionTrimmed, SourceError, Throttled
+from poller.observability.metrics import Metrics, NullMetrics
 from poller.retry import READ_BACKOFF, retrying
 from poller.types import Chunk, ShardEnd, StreamRecord
 
@@ -36,6 +52,8 @@ log = structlog.get_logger("poller.sources")
 
 #: Both services allow five GetRecords calls per second per shard.
 MIN_CALL_INTERVAL = 0.2
+#: A first record read this close to the retention's edge (seconds) suggests a silent trim.
+RETENTION_EDGE_SECONDS = 300.0
 
 IteratorType = Literal[
     "TRIM_HORIZON", "LATEST", "AT_TIMESTAMP", "AT_SEQUENCE_NUMBER", "AFTER_SEQUENCE_NUMBER"
@@ -61,6 +79,25 @@ class RecordsPage:
     next_iterator: str | None
     millis_behind_latest: int | None = None
     child_shard_ids: tuple[str, ...] = field(default_factory=tuple)
+
+
+#: The error code of a position older than the stream's retention.
+TRIMMED_CODE = "TrimmedDataAccessException"
+
+
+@asynccontextmanager
+async def reading(call: str) -> AsyncIterator[None]:
+    """``source_call`` for reads: a position older than the retention (TrimmedDataAccessException)
+    becomes :class:`PositionTrimmed`, which the reader answers by moving to TRIM_HORIZON; other
+    iterator errors stay :class:`IteratorExpired` (recreate the iterator where it was)."""
+    try:
+        async with source_call(call):
+            yield
+    except IteratorExpired as exc:
+        cause = exc.__cause__
+        if isinstance(cause, ClientError) and error_code(cause) == TRIMMED_CODE:
+            raise PositionTrimmed(str(exc)) from cause
+        raise
 
 
 Converter = Callable[[dict[str, Any]], StreamRecord]
@@ -97,6 +134,22 @@ class StreamApi(Protocol):
         iterator could not skip by itself (a pinned start, an aggregate settled in part)."""
         ...
 
+    def arrival_of(self, raw: dict[str, Any]) -> float:
+        """A raw record's arrival (creation) time, epoch seconds."""
+        ...
+
+    @property
+    def reports_trims(self) -> bool:
+        """True when the service refuses a trimmed position with an error (DynamoDB
+        Streams); False when it silently reads from the oldest record held (Kinesis)."""
+        ...
+
+    async def retention_seconds(self) -> float | None:
+        """How long the stream keeps a record (None while unknown). An infinite
+        ``maximum_record_age_in_seconds`` means this: a failing record is retried until the
+        stream has dropped it (aws-esm.md §1.2)."""
+        ...
+
 
 class ShardReader:
     """Reads one shard and sends chunks of records to its processor."""
@@ -108,9 +161,17 @@ class ShardReader:
         shard_id: str,
         start: StartPosition,
         on_page: Callable[[RecordsPage], None] | None = None,
+        metrics: Metrics | None = None,
+        mapping: str = "",
     ) -> None:
         self._api = api
         self._on_page = on_page
+        self._metrics: Metrics = metrics or NullMetrics()
+        self._mapping = mapping
+        #: The position whose records were trimmed, until the first record after the gap.
+        self._gap_after: str | None = None
+        #: Resuming from a checkpoint: the first record read is checked against the retention.
+        self._resumed_from = start.sequence_number
         self.shard_id = shard_id
         self._position = start
         self._convert = api.converter(shard_id, start)
@@ -141,6 +202,12 @@ class ShardReader:
             self._on_page(page)
         self._child_ids = page.child_shard_ids or self._child_ids
         if raw:
+            if self._gap_after is not None:
+                self._report_gap_end(raw[0])
+            elif self._resumed_from is not None and not self._api.reports_trims:
+                # A service that reports trims accepted the checkpoint: nothing was trimmed.
+                await self._check_retention_edge(raw[0], self._resumed_from)
+            self._resumed_from = None
             chunk = self._convert(raw)
             if chunk:
                 await send.send(chunk)
@@ -160,15 +227,79 @@ class ShardReader:
         return await self._api.get_records(iterator)
 
     async def _recover(self, exc: SourceError, failures: int) -> str:
-        """Back off as the error requires, then recreate the iterator after the last record."""
-        if not isinstance(exc, IteratorExpired):
+        """Back off as the error requires, then recreate the iterator after the last record.
+
+        An expired iterator is recreated at once, the first time: it is the normal end of an
+        iterator left unused (backpressure). A fresh iterator refused again is not normal (a
+        service that keeps refusing the position): that is backed off and logged like any
+        read error, not retried at the call rate forever.
+        """
+        if not isinstance(exc, IteratorExpired) or failures > 1:
             level = log.info if isinstance(exc, Throttled) else log.warning
             level("shard.read_failed", error=str(exc), attempt=failures)
-            await anyio.sleep(READ_BACKOFF.delay(failures))
+            steps = failures - 1 if isinstance(exc, IteratorExpired) else failures
+            await anyio.sleep(READ_BACKOFF.delay(steps))
         return await self._new_iterator()
 
     async def _new_iterator(self) -> str:
         async def call() -> str:
-            return await self._api.get_iterator(self.shard_id, self._position)
+            try:
+                return await self._api.get_iterator(self.shard_id, self._position)
+            except PositionTrimmed as exc:
+                if self._position.sequence_number is None:
+                    raise  # already at the trim horizon: a passing error, retried
+                self._skip_trimmed(exc)
+                return await self._api.get_iterator(self.shard_id, self._position)
 
         return await retrying(f"GetShardIterator {self.shard_id}", call, initial=0.5, maximum=30.0)
+
+    def _skip_trimmed(self, exc: PositionTrimmed) -> None:
+        """The position is older than the stream's retention: go on from the oldest record
+        still held. Logged as an error-level warning and counted; the gap's far end is logged
+        with the first record read (:meth:`_report_gap_end`)."""
+        lost_after = self._position.sequence_number
+        log.warning(
+            "shard.retention_gap",
+            shard=self.shard_id,
+            after_sequence=lost_after,
+            error=str(exc),
+            resume="TRIM_HORIZON",
+            note="records after this position were trimmed by the stream before they were read",
+        )
+        self._metrics.retention_gap(self._mapping, self.shard_id)
+        self._gap_after = lost_after
+        self._position = StartPosition("TRIM_HORIZON")
+
+    async def _check_retention_edge(self, first: dict[str, Any], checkpoint: str) -> None:
+        """Warn when the first record read after resuming from ``checkpoint`` is about as old
+        as the stream's retention: Kinesis reads a trimmed position from the oldest record it
+        still holds without an error, so records after the checkpoint were probably lost."""
+        retention = await self._api.retention_seconds()
+        if retention is None:
+            return
+        age = time.time() - self._api.arrival_of(first)
+        if age < retention - RETENTION_EDGE_SECONDS:
+            return
+        log.warning(
+            "shard.possible_retention_gap",
+            shard=self.shard_id,
+            after_sequence=checkpoint,
+            first_sequence=self._api.sequence_of(first),
+            first_arrival_age_s=round(age, 1),
+            retention_s=retention,
+            note="the first record after the checkpoint is as old as the retention: records "
+            "between them may have been trimmed before they were read",
+        )
+
+    def _report_gap_end(self, first: dict[str, Any]) -> None:
+        """Log the first record read after a retention gap: where the gap ends, and how old
+        the oldest record held is (the stream's trim horizon, as far as it can be seen)."""
+        arrival = self._api.arrival_of(first)
+        log.warning(
+            "shard.retention_gap_end",
+            shard=self.shard_id,
+            after_sequence=self._gap_after,
+            first_sequence=self._api.sequence_of(first),
+            first_arrival_age_s=round(max(0.0, time.time() - arrival), 1),
+        )
+        self._gap_after = None

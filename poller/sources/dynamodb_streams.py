@@ -21,13 +21,15 @@ from typing import Any
 
 from poller.aws.translate import source_call
 from poller.core.lineage import ShardInfo
-from poller.sources._shards import Converter, PageConverter, RecordsPage, StartPosition
+from poller.sources._shards import Converter, PageConverter, RecordsPage, StartPosition, reading
 from poller.types import StreamRecord
 
 #: DynamoDB Streams' maximum records per GetRecords call.
 GET_RECORDS_LIMIT = 1000
 #: Lambda polls a DynamoDB stream shard four times per second.
 IDLE_POLL_INTERVAL = 0.25
+#: DynamoDB Streams keeps a record 24 hours (fixed).
+RETENTION_SECONDS = 24 * 3600.0
 
 
 def make_ddb_record_factory(*, stream_arn: str, region: str) -> Converter:
@@ -97,13 +99,13 @@ class DynamoDBStreamApi:
         }
         if kind == "AFTER_SEQUENCE_NUMBER":
             args["SequenceNumber"] = position.sequence_number
-        async with source_call("GetShardIterator"):
+        async with reading("GetShardIterator"):
             response = await self._client.get_shard_iterator(**args)
         return str(response["ShardIterator"])
 
     async def get_records(self, iterator: str) -> RecordsPage:
         """GetRecords; a closed shard's last page has no NextShardIterator."""
-        async with source_call("GetRecords"):
+        async with reading("GetRecords"):
             response = await self._client.get_records(ShardIterator=iterator, Limit=self.limit)
         return RecordsPage(
             records=response.get("Records", []),
@@ -113,6 +115,17 @@ class DynamoDBStreamApi:
     def sequence_of(self, raw: dict[str, Any]) -> str:
         """A raw record's sequence number."""
         return str(raw["dynamodb"]["SequenceNumber"])
+
+    #: A trimmed position is refused with TrimmedDataAccessException.
+    reports_trims = True
+
+    def arrival_of(self, raw: dict[str, Any]) -> float:
+        """A raw record's ``ApproximateCreationDateTime``, epoch seconds."""
+        return float(raw["dynamodb"].get("ApproximateCreationDateTime", 0.0))
+
+    async def retention_seconds(self) -> float:
+        """DynamoDB Streams' fixed 24 hours."""
+        return RETENTION_SECONDS
 
     def converter(self, shard_id: str, start: StartPosition) -> PageConverter:
         """Lambda's DynamoDB event records; for a pinned start instant, only the changes made

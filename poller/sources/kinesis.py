@@ -12,19 +12,28 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import time
 from collections.abc import Callable
 from typing import Any
+
+import structlog
 
 from poller.aws.translate import source_call
 from poller.core.kpl import deaggregate, is_aggregated
 from poller.core.lineage import ShardInfo
-from poller.sources._shards import Converter, PageConverter, RecordsPage, StartPosition
+from poller.errors import SourceError
+from poller.sources._shards import Converter, PageConverter, RecordsPage, StartPosition, reading
 from poller.types import StreamRecord
 
 #: Kinesis' maximum records per GetRecords call.
 GET_RECORDS_LIMIT = 10_000
 #: Lambda polls an idle Kinesis shard once per second.
 IDLE_POLL_INTERVAL = 1.0
+#: How long the stream's retention period (DescribeStreamSummary) is trusted before it is
+#: read again: it changes rarely, and only a retried record's expiry depends on it.
+RETENTION_REFRESH_SECONDS = 600.0
+
+log = structlog.get_logger("poller.sources")
 
 
 def make_record_factory(
@@ -109,6 +118,8 @@ class KinesisStreamApi:
         self._identity_arn = identity_arn
         self._deaggregate = deaggregate
         self._hash_ranges: dict[str, tuple[int, int]] = {}
+        self._retention: float | None = None
+        self._retention_read_at: float | None = None
 
     async def list_shards(self) -> list[ShardInfo]:
         """Every shard of the stream within retention."""
@@ -142,13 +153,13 @@ class KinesisStreamApi:
             args["StartingSequenceNumber"] = position.sequence_number
         elif position.type == "AT_TIMESTAMP":
             args["Timestamp"] = position.timestamp
-        async with source_call("GetShardIterator"):
+        async with reading("GetShardIterator"):
             response = await self._client.get_shard_iterator(**args)
         return str(response["ShardIterator"])
 
     async def get_records(self, iterator: str) -> RecordsPage:
         """GetRecords, passing StreamARN (valid on AWS, and needed by some emulators)."""
-        async with source_call("GetRecords"):
+        async with reading("GetRecords"):
             response = await self._client.get_records(
                 ShardIterator=iterator, Limit=self.limit, StreamARN=self.stream_arn
             )
@@ -162,6 +173,31 @@ class KinesisStreamApi:
     def sequence_of(self, raw: dict[str, Any]) -> str:
         """A raw record's sequence number."""
         return str(raw["SequenceNumber"])
+
+    #: A trimmed position is read from the oldest record held, silently.
+    reports_trims = False
+
+    def arrival_of(self, raw: dict[str, Any]) -> float:
+        """A raw record's ``ApproximateArrivalTimestamp``, epoch seconds."""
+        return float(raw["ApproximateArrivalTimestamp"])
+
+    async def retention_seconds(self) -> float | None:
+        """The stream's retention period (DescribeStreamSummary ``RetentionPeriodHours``),
+        read again every ``RETENTION_REFRESH_SECONDS``. While it cannot be read the last value
+        is kept; None (never expire) until it has been read once, so that an outage can only
+        delay giving up a record, never give it up early."""
+        read_at = self._retention_read_at
+        if read_at is not None and time.monotonic() - read_at < RETENTION_REFRESH_SECONDS:
+            return self._retention
+        self._retention_read_at = time.monotonic()
+        try:
+            async with source_call("DescribeStreamSummary"):
+                response = await self._client.describe_stream_summary(StreamARN=self.stream_arn)
+            hours = response["StreamDescriptionSummary"]["RetentionPeriodHours"]
+            self._retention = float(hours) * 3600
+        except (SourceError, KeyError, TypeError, ValueError) as exc:
+            log.warning("stream.retention_unknown", error=str(exc), kept=self._retention)
+        return self._retention
 
     def converter(self, shard_id: str, start: StartPosition) -> PageConverter:
         """Lambda's Kinesis event records for this shard, de-aggregated when configured."""

@@ -36,9 +36,10 @@ from typing import Any
 import anyio
 import structlog
 from aiobotocore.config import AioConfig
+from botocore.exceptions import ClientError
 
 from poller.aws.clients import client_config
-from poller.aws.translate import source_call
+from poller.aws.translate import error_code, source_call
 from poller.errors import SourceError
 
 log = structlog.get_logger("poller.sources.sqs")
@@ -55,6 +56,10 @@ PARALLEL_CALLS = 10
 MAX_VISIBILITY_TIMEOUT = 43200
 #: The code of an :class:`EntryFailure` whose whole call failed (not an SQS entry code).
 CALL_FAILED = "CallFailed"
+#: The code of an :class:`EntryFailure` whose queue no longer exists (not an SQS entry code).
+QUEUE_GONE = "QueueDoesNotExist"
+#: The codes SQS answers a call on a deleted queue with (query and JSON protocols).
+_QUEUE_GONE_CODES = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
 
 #: Deletes and visibility changes: poller retries them, so botocore does not.
 SETTLE_CLIENT_CONFIG = client_config(attempts=1, read_timeout=30, pool=100)
@@ -306,6 +311,13 @@ class SqsQueue:
         return await _in_chunks([m for m, _ in changes], call)
 
 
+def _queue_gone(exc: SourceError) -> bool:
+    """Whether a call failed because its queue was deleted: its messages went with it, so
+    repeating the call can never succeed."""
+    cause = exc.__cause__
+    return isinstance(cause, ClientError) and error_code(cause) in _QUEUE_GONE_CODES
+
+
 async def _in_chunks(
     messages: Sequence[SqsMessage],
     call: Callable[[Sequence[SqsMessage]], Awaitable[dict[str, Any]]],
@@ -314,7 +326,9 @@ async def _in_chunks(
 
     A call that fails as a whole (a :class:`SourceError`: unreachable, throttled, a service
     error) makes every entry of its chunk a failure with ``sender_fault`` False and the error's
-    text, so that the caller retries exactly those; the other chunks still count.
+    text, so that the caller retries exactly those; the other chunks still count. A call on a
+    queue that was deleted makes them failures with ``sender_fault`` True (code
+    :data:`QUEUE_GONE`): the messages are gone, there is nothing left to retry.
     """
     chunks = [messages[i : i + BATCH_ENTRIES] for i in range(0, len(messages), BATCH_ENTRIES)]
     failures: list[EntryFailure] = []
@@ -325,7 +339,8 @@ async def _in_chunks(
             try:
                 result = await call(chunk)
             except SourceError as exc:
-                failures.extend(EntryFailure(m, CALL_FAILED, str(exc), False) for m in chunk)
+                code, final = (QUEUE_GONE, True) if _queue_gone(exc) else (CALL_FAILED, False)
+                failures.extend(EntryFailure(m, code, str(exc), final) for m in chunk)
                 return
         failures.extend(
             EntryFailure(

@@ -8,7 +8,9 @@ Data flow::
 Every target implements :class:`poller.types.Target`: Lambda (``lambda_``), an HTTP
 endpoint (``http``) or an in-process Python handler (``python``). The composition root
 calls :func:`build_target` once per mapping; a new target type is one builder function and
-one entry in ``_BUILDERS``.
+one entry in ``_BUILDERS``. Every built target is wrapped in a
+:class:`~poller.targets.guard.GuardedTarget`, so whatever a target raises is an invocation
+outcome and never a crash of the shard task, whatever the target type.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from poller.errors import ConfigError
+from poller.targets.guard import GuardedTarget
 from poller.targets.http import HttpTarget
 from poller.targets.lambda_ import LAMBDA_INVOKE_CONFIG, LambdaTarget, function_arn_for
 from poller.targets.python import PythonTarget, load_handler
@@ -25,10 +28,12 @@ from poller.targets.python import PythonTarget, load_handler
 if TYPE_CHECKING:
     from poller.aws.clients import ClientFactory
     from poller.config import HttpTargetConfig, LambdaTargetConfig, PythonTargetConfig
+    from poller.observability.metrics import Metrics
     from poller.types import Target
 
 __all__ = [
     "LAMBDA_INVOKE_CONFIG",
+    "GuardedTarget",
     "HttpTarget",
     "LambdaTarget",
     "PythonTarget",
@@ -46,6 +51,8 @@ class _Environment:
     partition: str
     region: str
     account_id: str
+    mapping: str
+    metrics: Metrics | None
 
 
 async def _build_lambda(config: LambdaTargetConfig, env: _Environment) -> Target:
@@ -80,11 +87,15 @@ async def _build_python(config: PythonTargetConfig, env: _Environment) -> Target
     """A Python target; importing the handler here makes a bad path fail at startup."""
     handler = load_handler(config.handler)
     module, _, function = config.handler.partition(":")
+    metrics, mapping = env.metrics, env.mapping
     return PythonTarget(
         handler,
         timeout_seconds=config.timeout_seconds,
         function_arn=f"python:{module}:{function}",
         function_name=function.rsplit(".", 1)[-1],
+        on_thread_abandoned=(
+            None if metrics is None else lambda: metrics.handler_thread_abandoned(mapping)
+        ),
     )
 
 
@@ -104,8 +115,10 @@ async def build_target(
     partition: str,
     region: str,
     account_id: str,
+    mapping: str = "",
+    metrics: Metrics | None = None,
 ) -> Target:
-    """Build the target a mapping's config describes.
+    """Build the target a mapping's config describes, wrapped in a :class:`GuardedTarget`.
 
     Args:
         config: the target section of a mapping.
@@ -113,9 +126,12 @@ async def build_target(
         partition: the AWS partition, for Lambda function ARNs built from names.
         region: the region, for Lambda function ARNs.
         account_id: the account, for Lambda function ARNs.
+        mapping: the mapping's name, the label of the target's metrics.
+        metrics: where a Python target counts abandoned handler threads; none when omitted.
 
     Returns:
-        A ready target; the caller closes it with ``aclose``.
+        A ready target that never raises for a failed invocation; the caller closes it with
+        ``aclose``.
 
     Raises:
         ConfigError: the target type has no builder.
@@ -125,5 +141,12 @@ async def build_target(
     if builder is None:
         known = ", ".join(sorted(_BUILDERS))
         raise ConfigError([f"target.type: unknown target type {config.type!r} (known: {known})"])
-    env = _Environment(clients=clients, partition=partition, region=region, account_id=account_id)
-    return await builder(config, env)
+    env = _Environment(
+        clients=clients,
+        partition=partition,
+        region=region,
+        account_id=account_id,
+        mapping=mapping,
+        metrics=metrics,
+    )
+    return GuardedTarget(await builder(config, env))

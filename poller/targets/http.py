@@ -8,8 +8,12 @@ Data flow::
 An HTTP endpoint stands in for a function, so its answers map onto Lambda's outcome classes:
 2xx is success and its JSON body is the function's response (partial batch responses work
 the same way), 429 is a throttle, any other status is a function error, running past the
-timeout is a function timeout, and a request that never got through (refused, DNS, reset,
-connect timeout) is a service error that the pipeline retries without counting.
+timeout is a function timeout, an answer that is not valid HTTP (bad framing, a body shorter
+than its ``Content-Length``, headers over aiohttp's limits) is a function error, and a request
+that never got through (refused, DNS, reset, connect timeout, the connection closed with no
+answer) is a service error that the pipeline retries without counting. A body over
+Lambda's 6 MB response limit is a function error that names its size: it is read in chunks
+and given up at the limit, so an endpoint can never make the service hold more than that.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from poller.core.batching import MAX_PAYLOAD_BYTES
 from poller.targets.lambda_ import decode_payload, encode_event
 from poller.types import InvokeResult, Outcome
 
@@ -32,6 +37,24 @@ _CONNECT_TIMEOUT = 10.0
 
 #: Connections an owned session keeps; the pipeline, not the pool, bounds concurrency.
 _POOL_SIZE = 1000
+
+#: The largest response body kept: Lambda's synchronous response limit, 6 MB.
+MAX_RESPONSE_BYTES = MAX_PAYLOAD_BYTES
+
+#: The size of each read of a response body.
+_CHUNK_BYTES = 64 * 1024
+
+#: Headers the target sets itself; a configured header of the same name (in any case) is
+#: dropped rather than sent twice.
+_OWN_HEADERS = frozenset({"content-type", REQUEST_ID_HEADER.lower()})
+
+
+class _BodyTooLarge(Exception):
+    """The endpoint's answer is over :data:`MAX_RESPONSE_BYTES`."""
+
+    def __init__(self, size: str) -> None:
+        super().__init__(size)
+        self.size = size
 
 
 def _display_url(url: str) -> str:
@@ -64,7 +87,7 @@ class HttpTarget:
         self._session = session
         self._owns_session = session is None
         self._url = url
-        self._headers = dict(headers)
+        self._headers = {k: v for k, v in headers.items() if k.lower() not in _OWN_HEADERS}
         self._timeout = aiohttp.ClientTimeout(
             total=timeout_seconds, sock_connect=min(_CONNECT_TIMEOUT, timeout_seconds)
         )
@@ -97,8 +120,17 @@ class HttpTarget:
                 timeout=self._timeout,
                 allow_redirects=False,
             ) as response:
-                body = await response.read()
                 status = response.status
+                try:
+                    body = await _read_capped(response)
+                except _BodyTooLarge as exc:
+                    return _too_large(status, exc.size, request_id)
+        except (aiohttp.ClientPayloadError, aiohttp.ClientResponseError) as exc:
+            # The request reached the endpoint, which answered something that is not HTTP
+            # (a bad status line, headers too big, broken chunking, a body shorter than its
+            # Content-Length, an encoding that does not decode). The function ran and its
+            # answer is unusable: a function error, so the retries are counted and end.
+            return _malformed(exc, request_id)
         except aiohttp.ConnectionTimeoutError:
             # Checked before TimeoutError, its base: the request was never sent.
             return _failure(Outcome.SERVICE_ERROR, request_id, "connect to endpoint timed out")
@@ -115,6 +147,44 @@ class HttpTarget:
         if self._owns_session and self._session is not None:
             await self._session.close()
             self._session = None
+
+
+async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
+    """The response body, read in chunks up to :data:`MAX_RESPONSE_BYTES`.
+
+    Raises:
+        _BodyTooLarge: the declared length or the bytes read pass the limit; the connection
+            is closed, since the rest of the body is never read.
+    """
+    declared = response.content_length
+    if declared is not None and declared > MAX_RESPONSE_BYTES:
+        response.close()
+        raise _BodyTooLarge(f"{declared} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(_CHUNK_BYTES):
+        size += len(chunk)
+        if size > MAX_RESPONSE_BYTES:
+            response.close()
+            raise _BodyTooLarge(f"more than {MAX_RESPONSE_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(status: int, size: str, request_id: str) -> InvokeResult:
+    """The function error for a body over the limit, shaped like Lambda's."""
+    message = (
+        f"Response payload size ({size}) exceeded maximum allowed payload size "
+        f"({MAX_RESPONSE_BYTES} bytes)."
+    )
+    return InvokeResult(
+        outcome=Outcome.FUNCTION_ERROR,
+        payload={"errorType": "Function.ResponseSizeTooLarge", "errorMessage": message},
+        status_code=status,
+        function_error="Unhandled",
+        request_id=request_id,
+        error=f"endpoint response too large: {size}, over the {MAX_RESPONSE_BYTES}-byte limit",
+    )
 
 
 def _classify(status: int, body: bytes, request_id: str) -> InvokeResult:
@@ -135,6 +205,19 @@ def _classify(status: int, body: bytes, request_id: str) -> InvokeResult:
         function_error=function_error,
         request_id=request_id,
         error=error,
+    )
+
+
+def _malformed(exc: aiohttp.ClientError, request_id: str) -> InvokeResult:
+    """The function error for an answer aiohttp could not parse; names the error, not the
+    answer (which may quote the request's headers)."""
+    kind = type(exc).__name__
+    return InvokeResult(
+        outcome=Outcome.FUNCTION_ERROR,
+        payload={"errorType": "Function.MalformedResponse", "errorMessage": kind},
+        function_error="Unhandled",
+        request_id=request_id,
+        error=f"endpoint sent a malformed response: {kind}",
     )
 
 

@@ -109,7 +109,9 @@ def decode_payload(body: bytes) -> tuple[Any, bool]:
         return None, True
     try:
         return json.loads(body), True
-    except ValueError:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
+    # JSONDecodeError and UnicodeDecodeError are ValueErrors; RecursionError is JSON nested
+    # deeper than the parser recurses, which a 6 MB body can easily be.
+    except (ValueError, RecursionError):
         return body.decode("utf-8", errors="replace"), False
 
 

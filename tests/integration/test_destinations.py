@@ -25,6 +25,7 @@ from poller.errors import ConfigError, DestinationError
 from poller.sources.kinesis import make_record_factory
 from poller.types import InvokeResult, Outcome, StreamRecord
 from tests.support.aws import ACCOUNT, CREDENTIALS, REGION, stream_arn, unique
+from tests.support.fault_proxy import FaultProxy
 from tests.support.sqs import queue_arn
 
 pytestmark = pytest.mark.anyio
@@ -216,6 +217,7 @@ async def test_missing_resource_raises_destination_error_naming_the_arn(
     assert arn in str(caught.value)
     assert code in str(caught.value)
     assert caught.value.retriable
+    assert caught.value.permanent, "a missing destination needs an operator: it is permanent"
     assert "eyJpbnB1dCI6" not in str(caught.value), "record data must not leak into errors"
 
 
@@ -253,6 +255,7 @@ async def test_unreachable_endpoint_raises_destination_error_quickly() -> None:
     for arn, exc in errors.items():
         assert arn in str(exc)
         assert "could not reach" in str(exc)
+        assert not exc.permanent, "an unreachable endpoint may come back by itself"
 
 
 @pytest.mark.parametrize(
@@ -283,3 +286,55 @@ async def test_invalid_destination_arn_is_a_config_error(clients: ClientFactory,
     with pytest.raises(ConfigError) as caught:
         await build_destination(arn, clients=clients)
     assert arn in str(caught.value)
+
+
+async def make_destination_resource(aws: dict[str, Any], service: str) -> str:
+    """A queue, topic or bucket that exists; returns its ARN."""
+    name = unique("refusing")
+    if service == "sqs":
+        await aws["sqs"].create_queue(QueueName=name)
+        return queue_arn(name)
+    if service == "sns":
+        return str((await aws["sns"].create_topic(Name=name))["TopicArn"])
+    await aws["s3"].create_bucket(Bucket=name)
+    return f"arn:aws:s3:::{name}"
+
+
+@pytest.mark.parametrize(
+    ("service", "operation", "code"),
+    [
+        # The codes each service's model gives its KMS and access errors (botocore data).
+        ("sns", "SNS.Publish", "KMSDisabled"),
+        ("sns", "SNS.Publish", "KMSAccessDenied"),
+        ("sns", "SNS.Publish", "KMSNotFound"),
+        ("sns", "SNS.Publish", "KMSInvalidState"),
+        ("sns", "SNS.Publish", "KMSOptInRequired"),
+        ("sns", "SNS.Publish", "InvalidSecurity"),
+        ("sqs", "AmazonSQS.SendMessage", "KmsDisabled"),
+        ("sqs", "AmazonSQS.SendMessage", "KmsAccessDenied"),
+        ("sqs", "AmazonSQS.SendMessage", "KmsNotFound"),
+        # SQS's query-compatible codes, which botocore reports when AWS sends them.
+        ("sqs", "AmazonSQS.SendMessage", "KMS.DisabledException"),
+        ("sqs", "AmazonSQS.SendMessage", "KMS.AccessDeniedException"),
+        ("s3", "S3.PutObject", "KMS.DisabledException"),
+        ("s3", "S3.PutObject", "KMS.NotFoundException"),
+    ],
+)
+async def test_a_disabled_or_forbidden_kms_key_is_a_permanent_refusal(
+    moto_url: str, aws: dict[str, Any], service: str, operation: str, code: str
+) -> None:
+    """The README promises that a disabled KMS key blocks loudly (``permanent``). Before, only
+    Kinesis-style codes (``KMSDisabledException``) were known, none of which SNS, SQS or S3
+    send: their KMS refusals passed for transient, a warning per attempt and no gauge."""
+    arn = await make_destination_resource(aws, service)
+    with FaultProxy(moto_url) as proxy:
+        factory = ClientFactory(region=REGION, endpoint_url=proxy.url, credentials=CREDENTIALS)
+        try:
+            destination = await build_destination(arn, clients=factory)
+            proxy.fail(operation, code=code, times=1)
+            with pytest.raises(DestinationError) as caught:
+                await send(destination, records())
+        finally:
+            await factory.aclose()
+    assert code in str(caught.value)
+    assert caught.value.permanent

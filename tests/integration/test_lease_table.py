@@ -22,6 +22,7 @@ from poller.errors import CheckpointError, ConfigError
 from poller.status import lease_status, render_status
 from poller.types import SHARD_END, Checkpoint
 from tests.support.aws import CREDENTIALS, REGION, aws_client, unique
+from tests.support.dynamodb_local import require_dynamodb_local
 
 pytestmark = pytest.mark.anyio
 
@@ -37,8 +38,9 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(scope="module")
-async def ddb(moto_url: str) -> AsyncIterator[Any]:
-    async with aws_client("dynamodb", moto_url) as client:
+async def ddb() -> AsyncIterator[Any]:
+    """A client of DynamoDB Local (atomic conditional writes, as DynamoDB's)."""
+    async with aws_client("dynamodb", require_dynamodb_local()) as client:
         yield client
 
 
@@ -514,3 +516,44 @@ async def test_status_shows_owner_checkpoint_pending_and_age(table: DynamoDBLeas
         "0",
     ]
     assert render_status([]) == "no leases"
+
+
+# -- the mapping item: a mapping's start instant --------------------------------------------
+
+
+async def test_mapping_start_is_recorded_once_and_kept_apart_from_leases(
+    table: DynamoDBLeaseTable,
+) -> None:
+    """The first pin wins; later pins get it back; leases, checkpoints and status never see
+    the mapping item (defects 7 and 11)."""
+    assert await table.mapping_start(MAPPING) is None
+    assert await table.pin_mapping_start(MAPPING, NOW) == NOW
+    assert await table.pin_mapping_start(MAPPING, NOW + 60) == NOW
+    assert await table.mapping_start(MAPPING) == NOW
+    stored = await raw(table, "__mapping__")
+    assert stored is not None
+    assert stored["startOf"] == {"S": MAPPING}
+    assert stored["startTimestamp"] == {"N": repr(NOW)}
+    assert "mapping" not in stored
+    assert "shardId" not in stored
+
+    assert await table.create(MAPPING, SHARD)
+    assert [lease.shard_id for lease in await table.list_leases(MAPPING)] == [SHARD]
+    rows = await lease_status(table, [MAPPING], now=NOW)
+    assert [row["shard_id"] for row in rows] == [SHARD]
+    assert await table.mapping_start("another-mapping") is None
+
+
+async def test_replicas_pinning_together_all_get_one_instant(table: DynamoDBLeaseTable) -> None:
+    """Ten concurrent conditional puts of different instants: one is recorded, all get it."""
+    got: list[float] = []
+
+    async def pin(instant: float) -> None:
+        got.append(await table.pin_mapping_start(MAPPING, instant))
+
+    async with anyio.create_task_group() as tg:
+        for i in range(10):
+            tg.start_soon(pin, NOW + i)
+    recorded = await table.mapping_start(MAPPING)
+    assert recorded is not None
+    assert got == [recorded] * 10

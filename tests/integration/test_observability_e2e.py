@@ -97,8 +97,8 @@ async def test_metric_counts_match_a_known_mix(moto_url: str, tmp_path: Path) ->
 
 
 async def test_readiness_waits_for_every_mapping(moto_url: str, tmp_path: Path) -> None:
-    """/readyz is 503 while a mapping cannot start (its shard listing fails) and 200 once it
-    has; /healthz answers 200 throughout."""
+    """/readyz is 503 while a mapping cannot start (its shard listing fails; within the 10 s
+    start-up grace) and 200 once it has; /healthz answers 200 throughout."""
     stream = unique("ready")
     await stream_with(moto_url, stream, [("k", b"{}")])
     with FaultProxy(moto_url) as proxy:

@@ -182,6 +182,7 @@ def test_readyz_needs_every_mark_and_fails_again_when_stopping(
             "not_stopping": True,
         },
         "missing_mappings": [],
+        "mappings": {},
     }
 
     health.mark_config_loaded()
@@ -192,6 +193,7 @@ def test_readyz_needs_every_mark_and_fails_again_when_stopping(
     assert status == 503
     assert body["checks"]["mappings_started"] is False
     assert body["missing_mappings"] == ["orders"]
+    assert body["mappings"] == {"orders": "starting", "payments": "up"}
 
     health.mark_mapping_started("orders")
     status, body = get_json(url)
@@ -205,6 +207,7 @@ def test_readyz_needs_every_mark_and_fails_again_when_stopping(
             "not_stopping": True,
         },
         "missing_mappings": [],
+        "mappings": {"orders": "up", "payments": "up"},
     }
 
     health.mark_stopping()
@@ -212,6 +215,29 @@ def test_readyz_needs_every_mark_and_fails_again_when_stopping(
     assert status == 503
     assert body["status"] == "not_ready"
     assert body["checks"]["not_stopping"] is False
+
+
+def test_readyz_after_start_up_lists_down_mappings_and_stays_ready(
+    server: ObservabilityServer, health: HealthState
+) -> None:
+    """Once start-up is over, a mapping that cannot start or crashed is listed as down, but
+    the service stays ready (a restart would not bring back a missing stream)."""
+    url = f"{server.url}/readyz"
+    health.mark_config_loaded()
+    health.mark_clients_connected()
+    health.expect_mappings(["orders", "payments"])
+    health.mark_mapping_started("payments")
+    assert get_json(url)[0] == 503
+    health.mark_startup_over()
+    status, body = get_json(url)
+    assert status == 200
+    assert body["missing_mappings"] == ["orders"]
+    assert body["mappings"] == {"orders": "down", "payments": "up"}
+    health.mark_mapping_started("orders")
+    health.mark_mapping_down("payments")
+    status, body = get_json(url)
+    assert status == 200
+    assert body["mappings"] == {"orders": "up", "payments": "down"}
 
 
 def test_readyz_with_no_mappings_still_needs_them_declared(

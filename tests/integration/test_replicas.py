@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.aws import moto_server_process
+from tests.support.dynamodb_local import require_dynamodb_local
 from tests.support.process import REPO, run_cli
 from tests.support.replicas import (
     Fleet,
@@ -37,7 +38,10 @@ def moto_url() -> Iterator[str]:
 
 @pytest.fixture
 def fleet(tmp_path: Path, moto_url: str) -> Iterator[tuple[Fleet, str, str, list[dict[str, str]]]]:
-    replicas, stream, table, shards = new_fleet(tmp_path, moto_url, "fleet")
+    lease_store = require_dynamodb_local()  # the lease table on DynamoDB Local, not moto
+    replicas, stream, table, shards = new_fleet(
+        tmp_path, moto_url, "fleet", lease_store=lease_store
+    )
     try:
         yield replicas, stream, table, shards
     finally:
@@ -127,7 +131,14 @@ def test_paused_replica_is_fenced(fleet, moto_url: str) -> None:  # type: ignore
         replicas.start_all("ab")
         wait(lambda: balanced(moto_url, table, {"a", "b"}), 60, "a 4/4 split")
         paused = replicas.procs["b"]
-        held = {lease.shard_id for lease in leases(moto_url, table) if lease.owner == "b"}
+        # A lease a peer handed over is written to b before b adopts it; b can only learn
+        # it lost the leases it had adopted (acquired) itself.
+        adopted = {str(e["shard"]) for e in paused.events("lease.acquired")}
+        held = {
+            lease.shard_id
+            for lease in leases(moto_url, table)
+            if lease.owner == "b" and lease.shard_id in adopted
+        }
         paused.signal(signal.SIGSTOP)
         wait(lambda: owner_counts(moto_url, table).get("a") == 8, 40, "a taking b's leases")
         resumed_at = time.time()

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import time
+import urllib.error
+import urllib.request
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,7 @@ import pytest
 
 from tests.support import file_sink
 from tests.support.aws import stream_arn, stream_holding, unique
+from tests.support.fault_proxy import FaultProxy
 from tests.support.process import (
     REPO,
     Launch,
@@ -23,6 +27,7 @@ from tests.support.process import (
     write_config,
 )
 from tests.support.service_config import service_config, stream_mapping
+from tests.support.sqs import queue_arn
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
@@ -250,3 +255,105 @@ def test_unreachable_dependency_at_startup_is_one_clear_line(tmp_path: Path) -> 
     assert "poller: cannot start: lease table leases-missing" in result.stderr
     assert "credentials" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# -- start-up outages ---------------------------------------------------------------------------
+
+
+def lease_config(tmp_path: Path, moto_url: str, mapping: dict[str, Any], dynamodb_url: str) -> Path:
+    """A configuration on the dynamodb (lease) backend whose lease table is at
+    ``dynamodb_url``, with ``mapping``, JSON logs and a 20 s drain."""
+    return write_config(
+        tmp_path / "poller.yaml",
+        service_config(
+            moto_url,
+            mapping,
+            checkpoints={"backend": "dynamodb", "table": unique("leases")},
+            endpoints={"dynamodb": dynamodb_url},
+            logging={"format": "json"},
+            shutdown={"drain_timeout_seconds": 20},
+        ),
+    )
+
+
+def readyz_status(proc: ServiceProcess) -> int:
+    [listening] = wait_for(lambda: proc.events("observability.listening"), 10, "the endpoint")
+    try:
+        with urllib.request.urlopen(f"{listening['url']}/readyz", timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return int(exc.code)
+
+
+def alive(proc: ServiceProcess) -> bool:
+    return proc.proc is not None and proc.proc.poll() is None
+
+
+def running_with(proc: ServiceProcess, event: str, count: int, limit: float) -> None:
+    """Wait until the running process logged ``event`` ``count`` times; fail if it exits."""
+    wait_for(
+        lambda: len(proc.events(event)) >= count or not alive(proc), limit, f"{count} x {event}"
+    )
+    assert alive(proc), proc.log_path.read_text()
+
+
+def test_lease_table_outage_at_start_up_is_waited_out(
+    tmp_path: Path, moto_url: str, launch: Launch
+) -> None:
+    """DescribeTable and Scan fail for 8 s as the service starts: it does not exit; it logs
+    the retries and is alive but not ready; once the table answers it starts, delivers every
+    record and stops cleanly."""
+    stream, written = setup_stream(moto_url, shards=1, per_shard=20)
+    sink = tmp_path / "sink.jsonl"
+    mapping = stream_mapping("proc", stream_arn(stream), "tests.support.file_sink:handler")
+    with FaultProxy(moto_url) as proxy:
+        proxy.outage(8, ["DescribeTable", "Scan"])
+        proc = launch(
+            lease_config(tmp_path, moto_url, mapping, proxy.url), "run.log", file_sink.env(sink)
+        )
+        running_with(proc, "lease_table.unavailable", 2, 20)
+        assert readyz_status(proc) == 503
+        wait_for(
+            lambda: set(file_sink.delivered(sink)) >= set(written),
+            60,
+            "every record once the lease table answers",
+        )
+        assert readyz_status(proc) == 200
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    assert "Traceback" not in proc.log_path.read_text()
+
+
+@pytest.mark.parametrize("stuck_on", ["queue", "lease_table"])
+def test_sigterm_during_start_up_retries_stops_promptly(
+    tmp_path: Path, moto_url: str, launch: Launch, stuck_on: str
+) -> None:
+    """A service retrying start-up (its queue does not exist; its lease table does not answer)
+    has nothing in flight: SIGTERM stops it within a couple of seconds, not after the 20 s
+    drain timeout, and the exit is clean."""
+    if stuck_on == "queue":
+        missing = {"name": "jobs", "event_source_arn": queue_arn(unique("missing"))}
+        mapping = {**missing, "target": {"type": "python", "handler": "examples.handlers:noop"}}
+        config = write_config(
+            tmp_path / "poller.yaml",
+            service_config(
+                moto_url,
+                mapping,
+                checkpoints={"path": str(tmp_path / "c.db")},
+                logging={"format": "json"},
+                shutdown={"drain_timeout_seconds": 20},
+            ),
+        )
+        event = "retry.scheduled"
+    else:
+        mapping = stream_mapping("proc", stream_arn(unique("s")), "examples.handlers:noop")
+        config = lease_config(tmp_path, moto_url, mapping, "http://127.0.0.1:9")
+        event = "lease_table.unavailable"
+    proc = launch(config, "run.log")
+    running_with(proc, event, 2, 20)
+    proc.signal(signal.SIGTERM)
+    began = time.monotonic()
+    assert proc.wait(15) == 0
+    assert time.monotonic() - began < 3, "stopped only at the drain deadline"
+    assert proc.events("service.stopped")

@@ -97,20 +97,7 @@ async def test_fifo_order_holds_per_group_through_a_failure(
     )
     calls = sorted(invocations(queue.arn), key=lambda c: c.finished)
     done = acknowledged(calls)
-    assert sorted(done) == [f"g{g:02d}" for g in range(20)]
-    for group, completed in done.items():
-        assert [n for n, _ in completed] == [0, 1, 2, 3, 4], group
-    progress: dict[str, int] = defaultdict(int)
-    for call in calls:
-        seen: dict[str, list[int]] = defaultdict(list)
-        for record in call.records:
-            body = json.loads(record["body"])
-            seen[body["group"]].append(body["n"])
-        for group, ns in seen.items():
-            first = progress[group]
-            assert ns == list(range(first, first + len(ns))), (group, ns, first)
-        for group, completed in acknowledged([call]).items():
-            progress[group] += len(completed)
+    assert assert_group_order(calls) == {f"g{g:02d}": [0, 1, 2, 3, 4] for g in range(20)}
     retried = next(
         c
         for c in calls
@@ -122,6 +109,66 @@ async def test_fifo_order_holds_per_group_through_a_failure(
     )
     others_done = max(t for g, completed in done.items() if g != "g07" for _, t in completed)
     assert others_done < retried.started, "other groups waited for g07's retry"
+
+
+def assert_group_order(calls: list[support.Invocation]) -> dict[str, list[int]]:
+    """Every invocation starts each group at its next uncompleted message, and each group is
+    completed in order; return the completed numbers per group."""
+    progress: dict[str, int] = defaultdict(int)
+    for call in calls:
+        seen: dict[str, list[int]] = defaultdict(list)
+        for record in call.records:
+            body = json.loads(record["body"])
+            seen[body["group"]].append(body["n"])
+        for group, ns in seen.items():
+            first = progress[group]
+            assert ns == list(range(first, first + len(ns))), (group, ns, first)
+        for group, completed in acknowledged([call]).items():
+            progress[group] += len(completed)
+    return {group: [n for n, _ in done] for group, done in acknowledged(calls).items()}
+
+
+async def test_fifo_messages_carried_past_the_6_mb_cut_wait_for_their_failed_group(
+    sqs: Any, new_queue: NewQueue, drain: Drain
+) -> None:
+    """Ten 700 kB messages of one FIFO group arrive in one receive; eight fit in 6 MB and the
+    last two are carried to the next batch. The function reports message 3 as failed on its
+    first delivery: the carried 8 and 9 must not be delivered before 3..7 are retried, so
+    every invocation starts the group at its next uncompleted message and the group completes
+    in order 0..9."""
+    queue = await new_queue("carry.fifo", visibility_timeout=2)
+    entries = [
+        {
+            "MessageBody": json.dumps({"group": "g", "n": n, "pad": "x" * 700_000}),
+            "MessageGroupId": "g",
+            "MessageDeduplicationId": f"g-{n}",
+        }
+        for n in range(10)
+    ]
+    ids = [(await sqs.send_message(QueueUrl=queue.url, **entry))["MessageId"] for entry in entries]
+
+    def function(records: list[dict[str, Any]]) -> dict[str, Any]:
+        failed = [
+            r["messageId"]
+            for r in records
+            if json.loads(r["body"])["n"] == 3 and r["attributes"]["ApproximateReceiveCount"] == "1"
+        ]
+        return {"batchItemFailures": [{"itemIdentifier": i} for i in failed]}
+
+    support.BEHAVIOUR[queue.arn] = function
+    await drain(
+        queue,
+        ids,
+        45,
+        "the group completed",
+        batch_size=10,
+        function_response_types=["ReportBatchItemFailures"],
+        scaling_config={"maximum_concurrency": 2},
+    )
+    calls = sorted(invocations(queue.arn), key=lambda c: c.started)
+    first = [json.loads(r["body"])["n"] for r in calls[0].records]
+    assert first == list(range(8)), "the first batch is cut at 6 MB after eight messages"
+    assert assert_group_order(calls) == {"g": list(range(10))}
 
 
 # --------------------------------------------------------------------------- visibility

@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from poller.config import KinesisMapping, Settings
+from poller.observability.metrics import PrometheusMetrics
 from tests.integration.kinesis_harness import delivered, kinesis_settings, lambda_settings
 from tests.integration.stream_errors_harness import (
     checkpoint_of,
@@ -30,7 +32,7 @@ from tests.integration.stream_errors_harness import (
     wait_for_messages,
 )
 from tests.support import recorder
-from tests.support.aws import aws_client, stream_arn, stream_holding, unique
+from tests.support.aws import ACCOUNT, REGION, aws_client, stream_arn, stream_holding, unique
 from tests.support.conformance import assert_matches, recorded, recorded_message
 from tests.support.fault_proxy import FaultProxy
 from tests.support.invoke_api import InvokeApiServer, Throttled
@@ -417,3 +419,49 @@ async def test_other_shards_keep_flowing_while_one_retries(
         await wait_until(lambda: len(attempts) >= 2, 30, "the stuck shard retrying")
     assert delivered(stream) == flowing
     assert stuck[0] not in delivered(stream)
+
+
+async def test_missing_destination_blocks_the_shard_loudly_and_loses_nothing(
+    moto_url: str, server: InvokeApiServer, new_case: NewCase
+) -> None:
+    """A destination refusing for a permanent reason (a queue that does not exist) is waited
+    for, never dropped: the shard stays before the failed record, the
+    ``poller_destination_blocked`` gauge says 1 and ``destination.blocked`` is logged at error
+    level. Once the queue exists, the failure record reaches it and the shard moves on."""
+    case = await new_case("gone", [("a", b"ok"), ("poison", b"bad"), ("b", b"ok")])
+    written, db = case.written, case.db
+    name = unique("missing")
+    missing_arn = f"arn:aws:sqs:{REGION}:{ACCOUNT}:{name}"
+
+    def fn(event: dict[str, Any], context: Any) -> None:
+        if any(r["kinesis"]["partitionKey"] == "poison" for r in event["Records"]):
+            raise RuntimeError("bad record")
+
+    server.register("fn", fn, timeout=5)
+    settings = case.settings(destination=missing_arn, batch_size=1, maximum_retry_attempts=0)
+    with structlog.testing.capture_logs() as logs:
+        async with running(settings) as service:
+            assert isinstance(service.metrics, PrometheusMetrics)
+            registry = service.metrics.registry
+
+            def blocked() -> float | None:
+                value: float | None = registry.get_sample_value(
+                    "poller_destination_blocked", {"mapping": "m"}
+                )
+                return value
+
+            await wait_until(lambda: blocked() == 1, 30, "the destination reported blocked")
+            assert checkpoint_of(db) == written[0]
+            alerts = [e for e in logs if e["event"] == "destination.blocked"]
+            assert alerts
+            assert alerts[0]["log_level"] == "error"
+            assert alerts[0]["destination"] == missing_arn
+            async with aws_client("sqs", moto_url) as sqs:
+                url = (await sqs.create_queue(QueueName=name))["QueueUrl"]
+            await wait_until(
+                lambda: checkpoint_of(db) == written[2], 60, "the rest settled once it exists"
+            )
+            assert blocked() == 0
+    (message,) = await queue_bodies(moto_url, url)
+    assert message["KinesisBatchInfo"]["startSequenceNumber"] == written[1]
+    assert [sequences(i.event) for i in server.invocations("fn")] == [[w] for w in written]

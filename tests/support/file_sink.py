@@ -7,7 +7,12 @@ delivered again after restart: the duplicate the tests allow). ``POLLER_TEST_SLE
 each batch take that many seconds, to catch the service with a batch in flight, and
 ``POLLER_TEST_STARTED`` names a file that gets a line when a batch starts. While the file named
 by ``POLLER_TEST_FAIL_FLAG`` exists, a batch holding a record with partition key ``poison``
-raises (and is not written).
+raises (and is not written). While the file named by ``POLLER_TEST_SLOW_FLAG`` exists, each
+batch also sleeps the number of seconds it holds (the nemesis makes slow batches on demand).
+``POLLER_TEST_BEGUN`` names a JSON-lines file that gets the batch's identity when it starts, so
+a batch whose handler never returned (its process was killed) still has a start for the
+exclusivity checker (``tests/support/checker.py``). Each sink line names the process (``pid``)
+and the replica (``replica``, from ``POLLER_CHECKPOINTS__REPLICA_ID``).
 """
 
 from __future__ import annotations
@@ -25,11 +30,14 @@ def env(
     sleep: float | None = None,
     started: Path | None = None,
     fail_flag: Path | None = None,
+    slow_flag: Path | None = None,
+    begun: Path | None = None,
 ) -> dict[str, str]:
     """The environment that steers :func:`handler` (and ``tests.support.sqs:sink_handler``,
     which reads the same variables) in a service subprocess."""
     variables = {"POLLER_TEST_SINK": sink, "POLLER_TEST_SLEEP": sleep}
     variables |= {"POLLER_TEST_STARTED": started, "POLLER_TEST_FAIL_FLAG": fail_flag}
+    variables |= {"POLLER_TEST_SLOW_FLAG": slow_flag, "POLLER_TEST_BEGUN": begun}
     return {name: str(value) for name, value in variables.items() if value is not None}
 
 
@@ -40,6 +48,10 @@ def handler(event: dict[str, Any], context: Any) -> None:
     if marker:
         with open(marker, "a", encoding="utf-8") as out:
             out.write(f"{len(event['Records'])}\n")
+    begun = os.environ.get("POLLER_TEST_BEGUN")
+    if begun:
+        _append(begun, {**_identity(event), "started": started})
+    delay += _slow_seconds(os.environ.get("POLLER_TEST_SLOW_FLAG"))
     if delay:
         time.sleep(delay)
     flag = os.environ.get("POLLER_TEST_FAIL_FLAG")
@@ -47,7 +59,7 @@ def handler(event: dict[str, Any], context: Any) -> None:
     if flag and os.path.exists(flag) and "poison" in keys:
         raise RuntimeError("poison record")
     line = {
-        "pid": os.getpid(),
+        **_identity(event),
         "started": started,
         "finished": time.time(),
         "records": [
@@ -59,9 +71,32 @@ def handler(event: dict[str, Any], context: Any) -> None:
             for r in event["Records"]
         ],
     }
-    with open(os.environ["POLLER_TEST_SINK"], "a", encoding="utf-8") as sink:
-        sink.write(json.dumps(line) + "\n")
-        sink.flush()
+    _append(os.environ["POLLER_TEST_SINK"], line)
+
+
+def _identity(event: dict[str, Any]) -> dict[str, Any]:
+    """Who runs the batch, and on which shard."""
+    shard = event["Records"][0]["eventID"].split(":", 1)[0] if event["Records"] else ""
+    replica = os.environ.get("POLLER_CHECKPOINTS__REPLICA_ID", "")
+    return {"pid": os.getpid(), "replica": replica, "shard": shard}
+
+
+def _slow_seconds(flag: str | None) -> float:
+    """The extra seconds a batch sleeps: what the slow flag file holds, while it exists."""
+    if not flag:
+        return 0.0
+    try:
+        with open(flag, encoding="utf-8") as held:
+            return float(held.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0.0
+
+
+def _append(path: str, line: dict[str, Any]) -> None:
+    """One JSON line, written and flushed in one call (several processes append at once)."""
+    with open(path, "a", encoding="utf-8") as out:
+        out.write(json.dumps(line) + "\n")
+        out.flush()
 
 
 def read(path: str) -> list[dict[str, Any]]:

@@ -1,7 +1,8 @@
 """Several poller replicas as OS processes sharing one lease table, for the lease tests.
 
 Every replica runs ``python -m poller run`` with the same configuration (the ``dynamodb``
-checkpoint backend against moto's server) and its own ``replica_id``; deliveries go to one
+checkpoint backend, its lease table on DynamoDB Local, ``tests/support/dynamodb_local.py``,
+when the fleet is given one, else on moto's server) and its own ``replica_id``; deliveries go to one
 shared JSON-lines sink (``tests/support/file_sink.py``) that records, per batch, the process,
 the shard, and when the handler started and finished, which is what overlap, duplicate and loss
 checks need. A writer thread puts records continuously, one shard after another (moto loses
@@ -43,10 +44,13 @@ def fleet_config(
     endpoints: dict[str, str] | None = None,
     **checkpoints: Any,
 ) -> Path:
+    # A short handler timeout keeps the lease takeover grace (the target's timeout by default)
+    # and so the failover short; the fleet's handler takes milliseconds.
+    handler = {"type": "python", "handler": "tests.support.file_sink:handler", "timeout_seconds": 3}
     mapping = stream_mapping(
         "fleet",
         stream_arn(stream),
-        "tests.support.file_sink:handler",
+        handler,
         batch_size=20,
         shard_discovery_interval_seconds=5,
     )
@@ -66,15 +70,23 @@ def fleet_config(
 class Fleet:
     """Replicas by name, started and stopped by the test."""
 
-    def __init__(self, tmp_path: Path, config: Path, sink: Path, sleep: float = 0.02) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        config: Path,
+        sink: Path,
+        sleep: float = 0.02,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.tmp_path, self.config, self.sink = tmp_path, config, sink
         self.sleep = sleep
+        self.env = env or {}  # more of the sink handler's settings (file_sink.env)
         self.procs: dict[str, ServiceProcess] = {}
         self._runs = Counter[str]()
 
     def start(self, name: str) -> ServiceProcess:
         self._runs[name] += 1
-        env = file_sink.env(self.sink, sleep=self.sleep)
+        env = {**file_sink.env(self.sink, sleep=self.sleep), **self.env}
         env["POLLER_CHECKPOINTS__REPLICA_ID"] = name
         log = self.tmp_path / f"{name}-{self._runs[name]}.log"
         proc = ServiceProcess(self.config, log, env).start()
@@ -101,10 +113,21 @@ class Fleet:
 
 
 class Writer:
-    """Puts records round-robin over the shards from a background thread until stopped."""
+    """Puts records round-robin over the shards from a background thread until stopped.
+
+    Partition keys are unique (``k<n>``), or, with ``keys_per_shard``, cycle over that many keys
+    per shard (``s<i>-k<j>``), so that per-key order means something to the checker.
+    """
 
     def __init__(
-        self, moto_url: str, stream: str, shards: list[dict[str, Any]], per_round: int = 5
+        self,
+        moto_url: str,
+        stream: str,
+        shards: list[dict[str, Any]],
+        per_round: int = 5,
+        *,
+        pause: float = 0.2,
+        keys_per_shard: int | None = None,
     ) -> None:
         self.moto_url, self.stream, self.shards, self.per_round = (
             moto_url,
@@ -112,7 +135,9 @@ class Writer:
             shards,
             per_round,
         )
+        self.pause, self.keys_per_shard = pause, keys_per_shard
         self.written: list[tuple[str, str]] = []
+        self.keys: dict[tuple[str, str], str] = {}  # (shard, sequence) -> partition key
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: anyio.run(self._run), daemon=True)
 
@@ -120,13 +145,19 @@ class Writer:
         async with aws_client("kinesis", self.moto_url) as kinesis:
             n = 0
             while not self._stop.is_set():
-                for shard in self.shards:
-                    entries = [
-                        (f"k{n + i}", b"{}", hash_key_for(shard)) for i in range(self.per_round)
-                    ]
-                    self.written += await put_records(kinesis, self.stream, entries)
+                for index, shard in enumerate(self.shards):
+                    keys = [self._key(index, n + i) for i in range(self.per_round)]
+                    entries = [(key, b"{}", hash_key_for(shard)) for key in keys]
+                    put = await put_records(kinesis, self.stream, entries)
+                    self.keys.update(zip(put, keys, strict=True))
+                    self.written += put
                     n += self.per_round
-                await anyio.sleep(0.2)
+                await anyio.sleep(self.pause)
+
+    def _key(self, shard_index: int, n: int) -> str:
+        if self.keys_per_shard is None:
+            return f"k{n}"
+        return f"s{shard_index}-k{n % self.keys_per_shard}"
 
     def __enter__(self) -> Writer:
         self._thread.start()
@@ -146,19 +177,35 @@ async def make_stream(moto_url: str, stream: str, shards: int) -> list[dict[str,
 
 
 def new_fleet(
-    workdir: Path, moto_url: str, prefix: str, endpoints: dict[str, str] | None = None
+    workdir: Path,
+    moto_url: str,
+    prefix: str,
+    endpoints: dict[str, str] | None = None,
+    *,
+    lease_store: str | None = None,
 ) -> tuple[Fleet, str, str, list[dict[str, Any]]]:
-    """A fleet (no replica started yet) on a new 8-shard stream and a new lease table; returns
-    it with the stream's name, the table's name and the shards."""
+    """A fleet (no replica started yet) on a new 8-shard stream and a new lease table (on
+    ``lease_store``, a DynamoDB endpoint, else on moto); returns it with the stream's name, the
+    table's name and the shards. ``endpoints`` win (a fault proxy in front of the store)."""
     stream, table = unique(prefix), unique("leases")
     shards = anyio.run(make_stream, moto_url, stream, 8)
+    if lease_store is not None:
+        LEASE_STORES[table] = lease_store
+        endpoints = {"dynamodb": lease_store, **(endpoints or {})}
     config = fleet_config(workdir, moto_url, stream, table, endpoints=endpoints)
     return Fleet(workdir, config, workdir / "sink.jsonl"), stream, table, shards
 
 
+#: Where each fleet's lease table lives (table name -> DynamoDB endpoint), when not on moto.
+LEASE_STORES: dict[str, str] = {}
+
+
 def leases(moto_url: str, table: str, mapping: str = "fleet") -> list[Lease]:
+    """The table's leases, read from the fleet's lease store (``moto_url`` if it has none)."""
+    endpoint = LEASE_STORES.get(table, moto_url)
+
     async def read() -> list[Lease]:
-        async with aws_client("dynamodb", moto_url) as client:
+        async with aws_client("dynamodb", endpoint) as client:
             try:
                 return await DynamoDBLeaseTable(client, table).list_leases(mapping)
             except CheckpointError:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import copy
+import json
+import os
+import socket
 import textwrap
+import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from poller import cli
 from poller.config import (
     SQS_DEFAULT_MAXIMUM_CONCURRENCY,
     AwsSettings,
@@ -1071,7 +1076,8 @@ def test_unset_variable_is_an_error(tmp_path: Path) -> None:
     assert yaml_problems(tmp_path, text) == [
         "aws.endpoint_url: environment variable ENDPOINT is not set (used as ${ENDPOINT}); "
         "set it or give a default: ${ENDPOINT:-default}",
-        "aws.region: '${1BAD}' is not a valid reference; use ${NAME} or ${NAME:-default}",
+        "aws.region: '${1BAD}' is not a valid reference; use ${NAME} or ${NAME:-default}, "
+        "or $${ for a literal ${",
     ]
 
 
@@ -1106,7 +1112,7 @@ def test_yaml_syntax_error_gives_line_and_column(tmp_path: Path) -> None:
 def test_duplicate_yaml_key_is_an_error(tmp_path: Path) -> None:
     text = MAPPING_YAML + "    batch_size: 5\n    batch_size: 6\n"
     assert yaml_problems(tmp_path, text) == [
-        "YAML syntax error at line 7, column 5: duplicate key 'batch_size' (first at line 6)"
+        "invalid YAML at line 7, column 5: duplicate key 'batch_size' (first at line 6)"
     ]
 
 
@@ -1502,3 +1508,345 @@ def test_one_file_holds_every_source_kind(tmp_path: Path) -> None:
     data["mappings"][2]["name"] = "k"
     [problem] = dict_problems(tmp_path, data)
     assert "name 'k' is used by mappings[0] and mappings[2]" in problem
+
+
+# ------------------------------------------------------------------- hostile files (#18, #20)
+
+
+def alias_bomb(levels: int, width: int = 9) -> str:
+    """The "billion laughs": each level is a list of `width` aliases of the level before."""
+    lines = ['l0: &l0 ["lol"]']
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * width)}]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n" + MAPPING_YAML
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("levels", [6, 9])
+def test_an_alias_bomb_is_refused_at_once(tmp_path: Path, levels: int) -> None:
+    """#18: 9 levels of 9 aliases stand for 387 million values; loading them never ended."""
+    path = write(tmp_path, alias_bomb(levels))
+    assert path.stat().st_size < 800
+    started = time.monotonic()
+    [problem] = problems_of(path)
+    assert time.monotonic() - started < 2
+    assert problem.startswith("YAML refused at line ")
+    assert "more than 100,000 values once aliases (*name) are expanded" in problem
+
+
+def test_a_few_aliases_still_load(tmp_path: Path) -> None:
+    text = MAPPING_YAML.replace("target:", "target: &t") + "  - {name: b, event_source_arn: "
+    text += f"'{ARN}-b', starting_position: LATEST, target: *t}}\n"
+    settings = load_settings(write(tmp_path, text), environ={})
+    assert [m.target for m in settings.mappings] == [
+        PythonTargetConfig.model_validate(PYTHON_TARGET)
+    ] * 2
+
+
+@pytest.mark.timeout(20)
+def test_an_alias_inside_its_own_anchor_is_refused(tmp_path: Path) -> None:
+    """A recursive alias made `${VAR}` expansion recurse until RecursionError."""
+    [problem] = yaml_problems(tmp_path, "aws: &a {endpoints: [*a]}\n" + MAPPING_YAML)
+    assert problem == "YAML refused at line 1, column 6: an alias refers to a node that contains it"
+
+
+@pytest.mark.timeout(20)
+def test_aliases_that_nest_too_deep_are_refused(tmp_path: Path) -> None:
+    chain = "a0: &a0 [x]\n" + "".join(f"a{i}: &a{i} [*a{i - 1}]\n" for i in range(1, 80))
+    [problem] = yaml_problems(tmp_path, chain + MAPPING_YAML)
+    assert "nested more than 64 levels deep once aliases (*name) are expanded" in problem
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: " + "[" * 2000 + "]" * 2000,
+        "a: " + "{a: " * 400 + "1" + "}" * 400,
+        "".join(f"{'  ' * level}a:\n" for level in range(400)),
+    ],
+)
+def test_deeply_nested_yaml_is_a_one_line_error(tmp_path: Path, text: str) -> None:
+    """#20: deep nesting raised RecursionError out of the YAML composer."""
+    [problem] = yaml_problems(tmp_path, text + "\n")
+    assert problem.startswith("YAML refused at line ")
+    assert problem.endswith("nested more than 64 levels deep; a configuration is flatter")
+
+
+def test_a_nul_byte_is_a_one_line_error(tmp_path: Path) -> None:
+    """#20: the YAML reader's ReaderError escaped as a traceback."""
+    path = tmp_path / "poller.yaml"
+    path.write_bytes(MAPPING_YAML.replace("name: orders", "name: ord\0ers").encode())
+    assert problems_of(path) == [
+        "the file contains U+0000, a control character YAML does not allow, at line 2, "
+        "column 14; a configuration is text"
+    ]
+
+
+def test_bytes_that_are_not_utf8_name_their_position(tmp_path: Path) -> None:
+    path = tmp_path / "poller.yaml"
+    path.write_bytes(b"mappings: \xff\n")
+    assert problems_of(path) == ["the file is not UTF-8 text: invalid start byte at byte 10"]
+
+
+@pytest.mark.timeout(20)
+def test_dev_zero_is_refused_without_reading_it() -> None:
+    """#20: `--config /dev/zero` read forever and filled memory."""
+    assert problems_of(Path("/dev/zero")) == [
+        "is a character device, not a regular file; give the path of a YAML file"
+    ]
+
+
+@pytest.mark.timeout(20)
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    """#20: opening a FIFO blocked until a writer came, so the loader hung."""
+    fifo = tmp_path / "poller.yaml"
+    os.mkfifo(fifo)
+    assert problems_of(fifo) == [
+        "is a FIFO (named pipe), not a regular file; give the path of a YAML file"
+    ]
+
+
+def test_a_file_over_1_mib_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, MAPPING_YAML + "#" * (1024 * 1024) + "\n")
+    assert problems_of(path) == ["the file is larger than 1 MiB; a configuration is far smaller"]
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("9" * 5000, "'" + "9" * 296 + "..."),
+        ("2024-13-45", "'2024-13-45' cannot be read as tag:yaml.org,2002:timestamp: month must be"),
+        ("!!int abc", "'abc' cannot be read as tag:yaml.org,2002:int: invalid literal"),
+    ],
+)
+def test_a_scalar_its_tag_cannot_read_is_a_one_line_error(
+    tmp_path: Path, value: str, shown: str
+) -> None:
+    """Found by fuzzing: PyYAML's safe constructors raise ValueError for these."""
+    [problem] = yaml_problems(tmp_path, MAPPING_YAML + f"    batch_size: {value}\n")
+    assert problem.startswith(f"invalid YAML at line 6, column 17: {shown}")
+
+
+# ------------------------------------------------------------------- overrides into lists (#20)
+
+
+def test_an_override_into_a_list_item_replaces_or_appends_it(tmp_path: Path) -> None:
+    """#20: `..._TYPES__0=x` raised TypeError (a list indexed by the text '0')."""
+    text = MAPPING_YAML + "    function_response_types: [ReportBatchItemFailures]\n"
+    var = "POLLER_MAPPINGS__orders__FUNCTION_RESPONSE_TYPES__0"
+    assert yaml_problems(tmp_path, text, {var: "x"}) == [
+        "mappings[0] (orders).function_response_types[0]: 'x' is not allowed; allowed items "
+        f"[ReportBatchItemFailures] (AWS FunctionResponseTypes) (set by {var})"
+    ]
+    appended = {var: "ReportBatchItemFailures"}
+    assert kinesis(
+        load_settings(write(tmp_path, MAPPING_YAML), environ=appended)
+    ).report_batch_item_failures
+
+
+@pytest.mark.parametrize("segment", ["5", "first", "0000000000000000000000000000000001"])
+def test_an_override_with_a_bad_list_index_names_the_variable(tmp_path: Path, segment: str) -> None:
+    text = MAPPING_YAML + "    function_response_types: [ReportBatchItemFailures]\n"
+    var = f"POLLER_MAPPINGS__orders__FUNCTION_RESPONSE_TYPES__{segment}"
+    assert yaml_problems(tmp_path, text, {var: "x"}) == [
+        f"{var}: mappings[0] (orders).function_response_types is a list of 1 item(s); address "
+        f"an item by its number, 0 to 0, or 1 to add one, not {segment!r}"
+    ]
+
+
+# --------------------------------------------------------------------------- smaller (#21)
+
+
+def test_merge_keys_are_supported(tmp_path: Path) -> None:
+    """#21: `<<: *base` was refused as a "syntax error" (no constructor for the merge tag)."""
+    text = (
+        "mappings:\n"
+        f"  - &base {{name: a, event_source_arn: '{ARN}', starting_position: LATEST,\n"
+        "      batch_size: 7, target: {type: python, handler: 'examples.handlers:log_batch'}}\n"
+        f"  - <<: *base\n    name: b\n    event_source_arn: '{ARN}-b'\n"
+    )
+    a, b = load_settings(write(tmp_path, text), environ={}).mappings
+    assert (a.name, b.name, b.batch_size, b.event_source_arn) == ("a", "b", 7, ARN + "-b")
+
+
+def test_a_key_repeated_beside_a_merge_is_still_a_duplicate(tmp_path: Path) -> None:
+    text = "x: &x {a: 1}\n" + MAPPING_YAML + "    <<: *x\n    batch_size: 5\n    batch_size: 6\n"
+    assert yaml_problems(tmp_path, text) == [
+        "invalid YAML at line 9, column 5: duplicate key 'batch_size' (first at line 8)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "kind"),
+    [
+        ("batch_size", "true", "mappings[0] (orders).batch_size"),
+        ("parallelization_factor", "false", "mappings[0] (orders).parallelization_factor"),
+        (
+            "maximum_record_age_in_seconds",
+            "true",
+            "mappings[0] (orders).maximum_record_age_in_seconds",
+        ),
+    ],
+)
+def test_a_boolean_is_not_a_number(tmp_path: Path, field: str, value: str, kind: str) -> None:
+    """#21: `batch_size: true` became 1."""
+    assert yaml_problems(tmp_path, MAPPING_YAML + f"    {field}: {value}\n") == [
+        f"{kind}: {value} is not a number; write a number, not true or false"
+    ]
+
+
+def test_a_boolean_is_not_a_number_in_sections_either(tmp_path: Path) -> None:
+    text = "shutdown: {drain_timeout_seconds: true}\nobservability: {port: false}\n" + MAPPING_YAML
+    assert yaml_problems(tmp_path, text) == [
+        "shutdown.drain_timeout_seconds: true is not a number; write a number, not true or false",
+        "observability.port: false is not a number; write a number, not true or false",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("written", "problem"),
+    [
+        (
+            "${A:-${B}}",
+            "aws.region: '${A:-${B}}': a default cannot hold another reference (nested ${...} "
+            "is not supported); give A's default as plain text",
+        ),
+        (
+            "eu-${X",
+            "aws.region: 'eu-${X': '${' is never closed by '}'; use ${NAME} or "
+            "${NAME:-default}, or $${ for a literal ${",
+        ),
+    ],
+)
+def test_nested_and_unterminated_references_are_errors(
+    tmp_path: Path, written: str, problem: str
+) -> None:
+    """#21: both stayed in the value as literal text, without a word."""
+    text = f"aws:\n  region: '{written}'\n" + MAPPING_YAML
+    assert yaml_problems(tmp_path, text, {"B": "x"}) == [problem]
+
+
+def test_a_doubled_dollar_writes_a_literal_reference(tmp_path: Path) -> None:
+    text = MAPPING_YAML.replace("name: orders", "name: orders\n    uuid: $${X}")
+    [problem] = yaml_problems(tmp_path, text)
+    assert problem.startswith("mappings[0] (orders).uuid: '${X}' is not valid")
+
+
+SECRET_YAML = f"""\
+aws:
+  endpoint_url: http://admin:${{DB_PASSWORD}}@localhost:4566
+mappings:
+  - name: orders
+    event_source_arn: {ARN}
+    starting_position: TRIM_HORIZON
+    batch_size: ${{API_TOKEN}}
+    target:
+      type: http
+      url: https://bob:hunter22@example.com/x
+      headers: {{Authorization: "Bearer ${{API_TOKEN}}", X-Key: header-secret}}
+      timeout_seconds: header-secret
+"""
+SECRETS = ("pa55word", "tok-abcdef", "hunter22", "header-secret", "admin:")
+
+
+def test_validation_errors_hide_secrets(tmp_path: Path) -> None:
+    """#21: errors echoed header values, URL credentials and `${VAR}`-expanded secrets."""
+    environ = {"DB_PASSWORD": "pa55word", "API_TOKEN": "tok-abcdef"}
+    problems = yaml_problems(
+        tmp_path, SECRET_YAML.replace("localhost:4566", "localhost:port"), environ
+    )
+    assert problems == [
+        "aws.endpoint_url: 'http://***@localhost:port' is not an http:// or https:// URL",
+        "mappings[0] (orders).batch_size: '***' is not a whole number",
+        "mappings[0] (orders).target.timeout_seconds: '***' is not a number",
+    ]
+
+
+def test_validate_print_hides_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """#21: `validate --print` printed header values, URL credentials and expanded secrets."""
+    monkeypatch.setenv("DB_PASSWORD", "pa55word")
+    monkeypatch.setenv("API_TOKEN", "tok-abcdef")
+    text = SECRET_YAML.replace("${API_TOKEN}\n", "5\n").replace(
+        "timeout_seconds: header-secret", "timeout_seconds: 5"
+    )
+    text = text.replace("url: https://", "url: https://x.example/?t=${API_TOKEN}&u=https://")
+    checkpoint = tmp_path / "checkpoints.db"
+    text += f"checkpoints: {{path: '{checkpoint}'}}\nobservability: {{enabled: false}}\n"
+    path = write(tmp_path, text)
+    assert cli.main(["validate", "--print", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    printed = json.loads(out[: out.rindex("}") + 1])
+    assert printed["aws"]["endpoint_url"] == "http://***@localhost:4566"
+    target = printed["mappings"][0]["target"]
+    assert target["headers"] == {"Authorization": "***", "X-Key": "***"}
+    assert target["url"] == "https://x.example/?t=***&u=https://***@example.com/x"
+    for secret in SECRETS:
+        assert secret not in out
+
+
+# ------------------------------------------------------------------- validate checks the host (#21)
+
+
+def validate(path: Path, *extra: str) -> int:
+    return cli.main(["validate", *extra, "--config", str(path)])
+
+
+def test_validate_imports_handlers_and_says_what_it_cannot_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """#21: `validate` passed a handler that `run` could not import."""
+    text = MAPPING_YAML.replace("examples.handlers:log_batch", "no_such_module:handle")
+    path = write(tmp_path, text + "observability: {enabled: false}\n")
+    assert validate(path) == 2
+    assert capsys.readouterr().err.splitlines()[1:] == [
+        "  - mappings[0] (orders).target.handler: handler module 'no_such_module' not found",
+        "  - (--config-only checks the file without these checks of this host)",
+    ]
+    assert validate(path, "--config-only") == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"{path}: valid (1 mapping(s): orders)",
+        cli.NOT_CHECKED,
+    ]
+
+
+@pytest.mark.parametrize("where", ["a-file/checkpoints.db", "a-directory"])
+def test_validate_checks_the_checkpoint_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    """#21: `validate` passed a checkpoint path that `run` could not open."""
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "a-directory").mkdir()
+    checkpoint = tmp_path / where
+    text = f"checkpoints: {{path: '{checkpoint}'}}\nobservability: {{enabled: false}}\n"
+    assert validate(write(tmp_path, text + MAPPING_YAML)) == 2
+    expected = (
+        f"cannot be created: '{tmp_path / 'a-file'}' is not a directory"
+        if where.startswith("a-file")
+        else "is a directory; give the path of the checkpoint file"
+    )
+    assert f"  - checkpoints.path: '{checkpoint}' {expected}" in capsys.readouterr().err
+
+
+def test_validate_accepts_a_checkpoint_file_in_a_directory_to_be_created(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "new" / "deeper" / "checkpoints.db"
+    text = f"checkpoints: {{path: '{checkpoint}'}}\nobservability: {{enabled: false}}\n"
+    assert validate(write(tmp_path, text + MAPPING_YAML)) == 0
+    assert not (tmp_path / "new").exists(), "validate creates nothing"
+
+
+def test_validate_binds_the_observability_address(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """#21: `validate` passed an address that `run` could not bind."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        text = f"observability: {{host: 127.0.0.1, port: {port}}}\n" + MAPPING_YAML
+        assert validate(write(tmp_path, text)) == 2
+    assert (
+        f"  - observability: cannot listen on 127.0.0.1:{port}: Address already in use; free "
+        "the port or set observability.host/observability.port"
+    ) in capsys.readouterr().err

@@ -324,6 +324,42 @@ def test_sqs_gauges_hold_the_latest_value(metrics: PrometheusMetrics, hook: str,
     assert value(metrics, name, mapping="jobs") == 2.0
 
 
+def test_mapping_up_is_a_gauge_of_one_or_zero(metrics: PrometheusMetrics) -> None:
+    diff = changed(metrics, lambda: metrics.mapping_up("orders", False))
+    assert diff == {("poller_mapping_up", (("mapping", "orders"),)): 0.0}
+    metrics.mapping_up("orders", True)
+    assert value(metrics, "poller_mapping_up", mapping="orders") == 1.0
+    metrics.mapping_up("orders", False)
+    assert value(metrics, "poller_mapping_up", mapping="orders") == 0.0
+
+
+def test_destination_blocked_counts_blocked_batches(metrics: PrometheusMetrics) -> None:
+    metrics.destination_blocked("orders", True)
+    metrics.destination_blocked("orders", True)
+    assert value(metrics, "poller_destination_blocked", mapping="orders") == 2.0
+    metrics.destination_blocked("orders", False)
+    assert value(metrics, "poller_destination_blocked", mapping="orders") == 1.0
+
+
+def test_retention_gaps_count_per_shard(metrics: PrometheusMetrics) -> None:
+    diff = changed(metrics, lambda: metrics.retention_gap("orders", "shard-1"))
+    assert diff == {
+        ("poller_retention_gaps_total", (("mapping", "orders"), ("shard", "shard-1"))): 1.0
+    }
+
+
+def test_abandoned_handler_threads_count_per_mapping(metrics: PrometheusMetrics) -> None:
+    diff = changed(metrics, lambda: metrics.handler_thread_abandoned("orders"))
+    assert diff == {("poller_handler_threads_abandoned_total", (("mapping", "orders"),)): 1.0}
+
+
+def test_dependency_errors_count_per_operation(metrics: PrometheusMetrics) -> None:
+    diff = changed(metrics, lambda: metrics.dependency_error("orders", "balance"))
+    assert diff == {
+        ("poller_dependency_errors_total", (("mapping", "orders"), ("operation", "balance"))): 1.0
+    }
+
+
 def test_every_protocol_hook_is_covered_by_these_tests() -> None:
     covered = {hook for hook, _ in COUNT_HOOKS} | {
         "destination_delivery_failed",
@@ -338,6 +374,11 @@ def test_every_protocol_hook_is_covered_by_these_tests() -> None:
         "lease_event",
         "sqs_in_flight",
         "sqs_concurrency",
+        "mapping_up",
+        "destination_blocked",
+        "retention_gap",
+        "handler_thread_abandoned",
+        "dependency_error",
     }
     assert covered == set(HOOK_PARAMETERS)
 

@@ -21,6 +21,7 @@ from poller.queues import (
     _Gathering,
     _Scaler,
     _wait_seconds,
+    carried_apart,
     held_back,
 )
 from poller.sources.sqs import SqsMessage, make_message_factory
@@ -59,6 +60,22 @@ def test_fifo_failures_in_two_groups() -> None:
 
 def test_nothing_reported_keeps_nothing() -> None:
     assert held_back([message("a", "g"), message("b", "g")], set(), fifo=True) == set()
+
+
+def test_fifo_carried_messages_of_a_failed_group_wait_with_it() -> None:
+    """Carried past the 6 MB cut: x3 waits with group x's failed message; y3 and z1 go on."""
+    carry = [message("x3", "x"), message("y3", "y"), message("z1", "z")]
+    kept = [message("x2", "x")]
+    go_on, behind = carried_apart(carry, kept, fifo=True)
+    assert [m.message_id for m in go_on] == ["y3", "z1"]
+    assert [m.message_id for m in behind] == ["x3"]
+
+
+def test_carried_messages_go_on_on_a_standard_queue_or_without_failures() -> None:
+    carry = [message("a"), message("b")]
+    assert carried_apart(carry, [message("c")], fifo=False) == (carry, [])
+    fifo_carry = [message("a", "g")]
+    assert carried_apart(fifo_carry, [], fifo=True) == (fifo_carry, [])
 
 
 # --------------------------------------------------------------------------- gathering

@@ -111,3 +111,38 @@ def test_repeated_cycles_converge_within_one(seed: int) -> None:
     counts = [sum(1 for o in owner.values() if o == r) for r in replicas]
     assert all(o is not None for o in owner.values())
     assert max(counts) - min(counts) <= 1, counts
+
+
+def test_an_expired_lease_is_free_whoever_owns_it() -> None:
+    """The table still names us but we do not run the shard (the coordinator says expired):
+    ours to re-take first, even above the share."""
+    leases = [LeaseView("s0", "a", True), LeaseView("s1", "a", False), LeaseView("s2", "b", False)]
+    plan = plan_balance(leases, me="a", ready={"s0", "s1", "s2"})
+    assert plan.take == ("s0",)
+
+
+def test_replicas_with_only_pending_requests_count_toward_the_share() -> None:
+    """c holds nothing yet but has asked for a lease: it is live, so the share of 6 is 2, not 3,
+    and b asks for no more than that."""
+    leases = [LeaseView(f"s{i}", "a", False, "c" if i == 5 else None) for i in range(6)]
+    plan = plan_balance(leases, me="b", ready={f"s{i}" for i in range(6)})
+    assert plan.target == 2
+    assert len(plan.request) == 2
+
+
+def test_the_owner_grants_within_the_askers_share_and_declines_the_rest() -> None:
+    """a holds 6; b asked for 3, c for 1; the share is 2: least loaded asker first, b gets 2,
+    c gets 1, b's third request is declined."""
+    pending = {"s0": "b", "s1": "b", "s2": "b", "s3": "c"}
+    leases = [LeaseView(f"s{i}", "a", False, pending.get(f"s{i}")) for i in range(6)]
+    plan = plan_balance(leases, me="a", ready={f"s{i}" for i in range(6)})
+    assert plan.target == 2
+    assert sorted(plan.grant) == [("s0", "b"), ("s1", "b"), ("s3", "c")]
+    assert plan.decline == ("s2",)
+
+
+def test_a_request_is_answered_only_once_it_has_stood_a_cycle() -> None:
+    leases = [LeaseView("s0", "a", False, "b"), LeaseView("s1", "a", False)]
+    ready = {"s0", "s1"}
+    assert plan_balance(leases, me="a", ready=ready, standing=set()).grant == ()
+    assert plan_balance(leases, me="a", ready=ready, standing={"s0"}).grant == (("s0", "b"),)

@@ -8,9 +8,15 @@ from collections import deque
 from datetime import UTC, datetime
 
 import pytest
+from aws_kinesis_agg.aggregator import RecordAggregator
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from poller.core.batching import MAX_PAYLOAD_BYTES, BatchBuilder, event_size
-from poller.sources.kinesis import make_record_factory
+from poller.core.windows import Window, window_event, window_overhead
+from poller.sources.dynamodb_streams import make_ddb_record_factory
+from poller.sources.kinesis import make_deaggregator, make_record_factory
+from poller.targets.lambda_ import encode_event
 from poller.types import StreamRecord
 
 ARRIVAL = datetime(2026, 1, 1, 12, 0, 0, 123000, tzinfo=UTC).timestamp()
@@ -115,3 +121,158 @@ def test_six_megabyte_default() -> None:
     builder.fill_from(pending)
     assert len(builder.records) == 4
     assert builder.size_bytes <= MAX_PAYLOAD_BYTES < builder.size_bytes + one_mib.size
+
+
+def test_overhead_counts_toward_the_limit() -> None:
+    """Fields besides Records (a tumbling window's window and state) shrink the room left."""
+    records = [record(i, b"x" * 1000) for i in range(10)]
+    plain, loaded = BatchBuilder(100, 6_000), BatchBuilder(100, 6_000, overhead=3_000)
+    plain.fill_from(deque(records))
+    loaded.fill_from(deque(records))
+    assert len(loaded.records) < len(plain.records)
+    assert loaded.size_bytes == compact(loaded.records) + 3_000
+    assert loaded.size_bytes <= 6_000
+
+
+# -- property: every 6 MB computation counts what is actually sent (issue 11 review) ---------
+
+#: Text AWS can hold: any code point but a lone surrogate (services reject invalid UTF-8).
+_text = st.text(st.characters(exclude_categories=["Cs"]), max_size=12)
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | _text,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_text, inner, max_size=3),
+    max_leaves=8,
+)
+_arrival = st.floats(min_value=1e9, max_value=2e9, allow_nan=False)
+_kinesis_raw = st.builds(
+    lambda seq, key, data, arrival: {
+        "SequenceNumber": str(seq),
+        "PartitionKey": key or "k",
+        "Data": base64.b64encode(data).decode(),
+        "ApproximateArrivalTimestamp": arrival,
+    },
+    st.integers(min_value=0, max_value=10**56),
+    _text,
+    st.binary(max_size=40),
+    _arrival,
+)
+_ddb_raw = st.builds(
+    lambda seq, key, image, created: {
+        "eventID": "e" + str(seq),
+        "eventName": "INSERT",
+        "dynamodb": {
+            "SequenceNumber": str(seq),
+            "Keys": {"id": {"S": key}},
+            "NewImage": {"v": {"S": json.dumps(image, ensure_ascii=False)}},
+            "ApproximateCreationDateTime": created,
+            "StreamViewType": "NEW_IMAGE",
+        },
+    },
+    st.integers(min_value=0, max_value=10**30),
+    _text,
+    _json,
+    st.integers(min_value=10**9, max_value=2 * 10**9),
+)
+
+
+def _aggregate(raw: dict[str, object], users: list[tuple[str, bytes]]) -> dict[str, object]:
+    """``raw`` with its data replaced by a KPL aggregate of ``users``."""
+    aggregator = RecordAggregator()
+    for key, data in users:
+        aggregator.add_user_record(key, data)
+    record = aggregator.clear_and_get()
+    assert record is not None
+    _, _, blob = record.get_contents()
+    return raw | {"Data": base64.b64encode(blob).decode()}
+
+
+def _cut_and_send(
+    records: list[StreamRecord], state: dict[str, object] | None, limit: int
+) -> list[tuple[int, int, int]]:
+    """Cut ``records`` as the pipeline does; (records, counted size, sent size) per event."""
+    window = Window(1_600_000_000, 1_600_000_060)
+    pending = deque(records)
+    out = []
+    while pending:
+        overhead = 0
+        if state is not None:
+            overhead = window_overhead(window, state, shard_id="shardId-0", event_source_arn="a")
+        builder = BatchBuilder(1_000, limit, overhead)
+        builder.fill_from(pending)
+        event: dict[str, object] = {"Records": [r.event_record for r in builder.records]}
+        if state is not None:
+            event = window_event(
+                builder.records,
+                window=window,
+                state=state,
+                shard_id="shardId-0",
+                event_source_arn="a",
+            )
+        out.append((len(builder.records), builder.size_bytes, len(encode_event(event))))
+    return out
+
+
+def _check(
+    records: list[StreamRecord], state: dict[str, object] | None, limit: int, *, exact: bool
+) -> None:
+    """No event is larger than counted (over-counting only where JSON escapes text)."""
+    for count, counted, sent in _cut_and_send(records, state, limit):
+        assert sent <= counted, (sent, counted)
+        assert counted <= limit or count == 1, "only a lone record may pass the limit"
+        if exact:
+            assert sent == counted
+
+
+def _plain(text: str) -> bool:
+    """Whether JSON writes ``text`` as it is (then a Kinesis record's size is exact)."""
+    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    raws=st.lists(_kinesis_raw, min_size=1, max_size=20),
+    state=st.none() | st.dictionaries(_text, _json, max_size=4),
+    limit=st.integers(min_value=400, max_value=5_000),
+)
+def test_kinesis_events_never_exceed_what_the_cut_counted(
+    raws: list[dict[str, object]], state: dict[str, object] | None, limit: int
+) -> None:
+    factory = make_record_factory(
+        shard_id="shardId-0", stream_arn="a", region="r", identity_arn="i"
+    )
+    exact = all(_plain(str(r["PartitionKey"])) for r in raws)
+    _check([factory(r) for r in raws], state, limit, exact=exact)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    raws=st.lists(_kinesis_raw, min_size=1, max_size=5),
+    users=st.lists(st.tuples(_text.filter(bool), st.binary(max_size=30)), min_size=1, max_size=6),
+    state=st.none() | st.dictionaries(_text, _json, max_size=3),
+    limit=st.integers(min_value=400, max_value=5_000),
+)
+def test_kpl_user_records_never_exceed_what_the_cut_counted(
+    raws: list[dict[str, object]],
+    users: list[tuple[str, bytes]],
+    state: dict[str, object] | None,
+    limit: int,
+) -> None:
+    factory = make_record_factory(
+        shard_id="shardId-0", stream_arn="a", region="r", identity_arn="i"
+    )
+    expand = make_deaggregator(factory, None, None)
+    records = [r for raw in raws for r in expand(_aggregate(raw, users))]
+    _check(records, state, limit, exact=all(_plain(key) for key, _ in users))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    raws=st.lists(_ddb_raw, min_size=1, max_size=10),
+    state=st.none() | st.dictionaries(_text, _json, max_size=3),
+    limit=st.integers(min_value=600, max_value=5_000),
+)
+def test_dynamodb_events_never_exceed_what_the_cut_counted(
+    raws: list[dict[str, object]], state: dict[str, object] | None, limit: int
+) -> None:
+    factory = make_ddb_record_factory(stream_arn="a", region="r")
+    _check([factory(r) for r in raws], state, limit, exact=False)

@@ -298,3 +298,70 @@ def test_result_defaults() -> None:
     assert StreamResponse("success") == StreamResponse("success", failed_from=None, reason=None)
     assert QueueResponse("success").failed_ids == frozenset()
     assert QueueResponse("success").reason is None
+
+
+# KPL: a user record's identifier is ``seq:sub``; the aggregate's plain ``seq`` also names it.
+
+KPL_IDS = ["100:0", "100:1", "200:0", "200:1", "300"]
+KPL_AGGREGATES = ["100", "100", "200", "200", None]
+
+
+@pytest.mark.parametrize(
+    ("identifier", "failed_from"),
+    [("200", 2), ("100", 0), ("200:1", 3), ("300", 4)],
+)
+def test_stream_plain_sequence_of_an_aggregate(identifier: str, failed_from: int) -> None:
+    result = parse_stream_response(
+        failures(identifier), payload_is_json=True, item_ids=KPL_IDS, aggregates=KPL_AGGREGATES
+    )
+    assert result == StreamResponse("partial", failed_from=failed_from)
+
+
+def test_stream_plain_sequence_without_aggregates_is_not_in_the_batch() -> None:
+    """Without the aggregates (de-aggregation off), only the batch's identifiers count."""
+    result = parse_stream_response(failures("200"), payload_is_json=True, item_ids=KPL_IDS)
+    assert result.kind == "invalid"
+    assert result.reason == 'batchItemFailures[0].itemIdentifier "200" is not in the batch'
+
+
+# -- KPL identifiers, attacked (issue 11 review) ----------------------------------------------
+
+#: Plain 10, aggregate 20 with user records 0-2, aggregate 30 whose user record 0 was settled
+#: in an earlier batch (only 1 and 2 are here), plain 40.
+MIXED_IDS = ["10", "20:0", "20:1", "20:2", "30:1", "30:2", "40"]
+MIXED_AGGREGATES = [None, "20", "20", "20", "30", "30", None]
+
+
+@pytest.mark.parametrize(
+    ("reported", "failed_from"),
+    [
+        (["30", "20:1"], 2),  # both forms: the lowest record wins, whatever the order
+        (["20:2", "20"], 1),  # the plain number is the aggregate's first user record here
+        (["30", "30", "30:2"], 4),  # duplicates
+        (["30"], 4),  # an aggregate only partly in the batch: its first record in it
+        (["40", "10"], 0),  # plain records by their plain number, lowest wins
+    ],
+)
+def test_kpl_identifiers_fail_from_the_lowest_record_named(
+    reported: list[str], failed_from: int
+) -> None:
+    payload = {"batchItemFailures": [{"itemIdentifier": i} for i in reported]}
+    response = parse_stream_response(
+        payload, payload_is_json=True, item_ids=MIXED_IDS, aggregates=MIXED_AGGREGATES
+    )
+    assert (response.kind, response.failed_from) == ("partial", failed_from)
+
+
+@pytest.mark.parametrize(
+    "identifier",
+    ["20:9", "30:0", "10:0", "40:0", "020", " 20", "20:", ":1", "30:01"],
+)
+def test_kpl_identifiers_not_in_the_batch_are_malformed(identifier: str) -> None:
+    """A sub-record out of range, one settled in an earlier batch, a sub-record of a plain
+    record, and near-misses of a valid number are not in the batch: the whole batch fails."""
+    payload = {"batchItemFailures": [{"itemIdentifier": identifier}]}
+    response = parse_stream_response(
+        payload, payload_is_json=True, item_ids=MIXED_IDS, aggregates=MIXED_AGGREGATES
+    )
+    assert response.kind == "invalid"
+    assert identifier in (response.reason or "")

@@ -9,9 +9,14 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
+import anyio
 import pytest
+import structlog
 
+from poller import pipeline
+from poller.checkpoints.memory import MemoryCheckpointStore
 from poller.core.retry_policy import (
     Action,
     GiveUp,
@@ -22,7 +27,12 @@ from poller.core.retry_policy import (
     StreamRetryPolicy,
     first_segment,
 )
-from poller.types import InvokeResult, Outcome, StreamRecord
+from poller.errors import DestinationError
+from poller.observability.metrics import RecordingMetrics
+from poller.pipeline import BatchPolicy, FailureRouting, ShardProcessor
+from poller.retry import Backoff
+from poller.types import Checkpoint, InvokeResult, Outcome, ShardEnd, StreamRecord
+from tests.support.waiting import wait_until
 
 NOW = 1_800_000_000.0
 
@@ -315,3 +325,365 @@ def test_backoff_counter_grows_with_every_failure() -> None:
         assert isinstance(action, Retry)
         segment = action.segment
         assert segment.failures == expected
+
+
+# -- an infinite maximum age means the stream's retention (issue 11, defect 5) ---------------
+
+
+def test_infinite_age_gives_up_a_failed_record_past_the_retention() -> None:
+    """-1 means "until the record expires": once a record that failed is older than the
+    stream's retention, it is given up as RecordAgeExceeded (AWS's condition)."""
+    policy = StreamRetryPolicy()
+    segment = first_segment([rec(1, age=90_000), rec(2, age=10)])
+    (action,) = policy.after_invoke(segment, ERROR)
+    assert isinstance(action, Retry)
+    expired, rest = policy.expire(action.segment, NOW, retention_seconds=86_400)
+    assert expired is not None
+    assert (seqs(expired.records), expired.condition) == (["1"], "RecordAgeExceeded")
+    assert expired.invoke_count == 2  # one invocation made, the one about to be made
+    assert rest is not None
+    assert seqs(rest.records) == ["2"]
+
+
+def test_infinite_age_never_gives_up_a_record_before_its_first_attempt() -> None:
+    """A record read for the first time is still in the stream, however old it looks."""
+    policy = StreamRetryPolicy()
+    segment = first_segment([rec(1, age=90_000)])
+    assert policy.expire(segment, NOW, retention_seconds=86_400) == (None, segment)
+
+
+def test_infinite_age_without_a_known_retention_keeps_retrying() -> None:
+    policy = StreamRetryPolicy()
+    (action,) = policy.after_invoke(first_segment([rec(1, age=10**7)]), THROTTLE)
+    assert isinstance(action, Retry)
+    assert policy.expire(action.segment, NOW, retention_seconds=None) == (None, action.segment)
+
+
+def test_a_configured_maximum_age_ignores_the_retention() -> None:
+    policy = StreamRetryPolicy(maximum_record_age_seconds=60)
+    segment = first_segment([rec(1, age=30)])
+    assert policy.expire(segment, NOW, retention_seconds=10) == (None, segment)
+
+
+# -- what the logs and metrics are told (issue 11, defect 21a) -------------------------------
+
+
+def test_malformed_partial_response_is_judged_a_function_error_with_its_reason() -> None:
+    policy = StreamRetryPolicy(report_batch_item_failures=True)
+    segment = first_segment([rec(1), rec(2)])
+    judgement = policy.judge(segment, ok({"batchItemFailures": [{"itemIdentifier": ""}]}))
+    assert judgement.outcome == "function_error"
+    assert judgement.reason is not None
+    assert "batchItemFailures[0].itemIdentifier" in judgement.reason
+    assert [type(a) for a in judgement.actions] == [Retry]
+
+
+@pytest.mark.parametrize(
+    ("payload", "outcome"),
+    [
+        (None, "success"),
+        ({"batchItemFailures": [{"itemIdentifier": "2"}]}, "partial_failure"),
+        ({"batchItemFailures": [{"itemIdentifier": "1"}]}, "partial_failure"),
+        ({"batchItemFailures": "2"}, "function_error"),
+    ],
+)
+def test_judged_outcomes(payload: object, outcome: str) -> None:
+    policy = StreamRetryPolicy(report_batch_item_failures=True)
+    assert policy.judge(first_segment([rec(1), rec(2)]), ok(payload)).outcome == outcome
+
+
+def test_failed_invocations_keep_their_outcome() -> None:
+    policy = StreamRetryPolicy()
+    segment = first_segment([rec(1)])
+    assert policy.judge(segment, TIMEOUT).outcome == "timeout"
+    assert policy.judge(segment, THROTTLE).outcome == "throttle"
+
+
+# -- KPL: the plain sequence number of an aggregate (issue 11, defect 12) --------------------
+
+
+def user(seq: int, sub: int) -> StreamRecord:
+    return StreamRecord(str(seq), f"k{seq}.{sub}", NOW, {}, 10, sub_sequence_number=sub)
+
+
+def test_plain_sequence_of_an_aggregate_fails_from_its_first_user_record() -> None:
+    """Powertools reports ``kinesis.sequenceNumber``: for a user record of an aggregate that is
+    the aggregate's number, meaning "from its first user record in the batch"."""
+    policy = StreamRetryPolicy(report_batch_item_failures=True)
+    batch = [user(100, 0), user(100, 1), user(200, 0), user(200, 1), user(200, 2), rec(300)]
+    response = ok({"batchItemFailures": [{"itemIdentifier": "200"}]})
+    settle, retry = policy.after_invoke(first_segment(batch), response)
+    assert isinstance(settle, Settle)
+    assert isinstance(retry, Retry)
+    assert [r.position for r in settle.records] == ["100:0", "100:1"]
+    assert [r.position for r in retry.segment.records] == ["200:0", "200:1", "200:2", "300"]
+
+
+def test_plain_sequence_inside_a_retry_that_starts_mid_aggregate_retries_it_all() -> None:
+    policy = StreamRetryPolicy(report_batch_item_failures=True)
+    batch = [user(200, 1), user(200, 2), rec(300)]
+    response = ok({"batchItemFailures": [{"itemIdentifier": "200"}]})
+    (retry,) = policy.after_invoke(first_segment(batch), response)
+    assert isinstance(retry, Retry)
+    assert len(retry.segment.records) == 3
+
+
+def test_sub_record_identifiers_still_point_inside_an_aggregate() -> None:
+    policy = StreamRetryPolicy(report_batch_item_failures=True)
+    batch = [user(200, 0), user(200, 1), user(200, 2)]
+    response = ok({"batchItemFailures": [{"itemIdentifier": "200:2"}]})
+    settle, _ = policy.after_invoke(first_segment(batch), response)
+    assert isinstance(settle, Settle)
+    assert [r.position for r in settle.records] == ["200:0", "200:1"]
+
+
+class MalformedAnswer:
+    """A function that answers every batch with an identifier that is not in it."""
+
+    function_arn = "arn:aws:lambda:us-east-1:123456789012:function:f"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def invoke(self, event: dict[str, Any]) -> InvokeResult:
+        self.calls += 1
+        return ok({"batchItemFailures": [{"itemIdentifier": "nope"}]})
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.anyio
+async def test_malformed_partial_response_is_logged_as_the_metrics_count_it() -> None:
+    """Issue 11, defect 21a: the log line says function_error and why, never success."""
+    metrics = RecordingMetrics()
+    processor = ShardProcessor(
+        mapping="m",
+        shard_id="shardId-000000000000",
+        target=MalformedAnswer(),
+        store=MemoryCheckpointStore(),
+        policy=BatchPolicy(
+            batch_size=10,
+            window_seconds=0,
+            retry=StreamRetryPolicy(maximum_retry_attempts=0, report_batch_item_failures=True),
+        ),
+        routing=FailureRouting(kind="kinesis", stream_arn="arn:s", mapping_uuid="u"),
+        stopping=anyio.Event(),
+        metrics=metrics,
+    )
+    send, receive = anyio.create_memory_object_stream[Any](10)
+    async with send:
+        await send.send([rec(1), rec(2)])
+        await send.send(ShardEnd())
+    with structlog.testing.capture_logs() as logs, anyio.fail_after(10):
+        await processor.run(receive)
+    [line] = [e for e in logs if e["event"].startswith("batch.")]
+    assert line["event"] == "batch.failed"
+    assert line["outcome"] == "function_error"
+    assert line["error"] == (
+        'invalid partial batch response: batchItemFailures[0].itemIdentifier "nope" '
+        "is not in the batch"
+    )
+    [invocation] = metrics.calls_to("invocation")
+    assert invocation["outcome"] == line["outcome"]
+
+
+# -- a destination that refuses for good (issue 11: permanent destination refusal) ----------
+
+
+class AlwaysFails(MalformedAnswer):
+    async def invoke(self, event: dict[str, Any]) -> InvokeResult:
+        self.calls += 1
+        return ERROR
+
+
+class MissingQueue:
+    """An on-failure destination whose queue does not exist, until ``exists`` is set."""
+
+    arn = "arn:aws:sqs:us-east-1:123456789012:gone"
+
+    def __init__(self) -> None:
+        self.exists = False
+        self.attempts = 0
+
+    async def send(self, record: dict[str, Any], **context: Any) -> None:
+        self.attempts += 1
+        if not self.exists:
+            raise DestinationError(
+                f"on-failure destination {self.arn}: GetQueueUrl failed with "
+                "AWS.SimpleQueueService.NonExistentQueue",
+                permanent=True,
+            )
+
+
+def blocking_processor(
+    destination: MissingQueue, metrics: RecordingMetrics, stopping: anyio.Event
+) -> tuple[ShardProcessor, MemoryCheckpointStore]:
+    store = MemoryCheckpointStore()
+    processor = ShardProcessor(
+        mapping="m",
+        shard_id="shardId-000000000000",
+        target=AlwaysFails(),
+        store=store,
+        policy=BatchPolicy(
+            batch_size=10, window_seconds=0, retry=StreamRetryPolicy(maximum_retry_attempts=0)
+        ),
+        routing=FailureRouting(
+            kind="kinesis", stream_arn="arn:s", mapping_uuid="u", destination=destination
+        ),
+        stopping=stopping,
+        metrics=metrics,
+    )
+    return processor, store
+
+
+@pytest.mark.anyio
+async def test_a_permanent_refusal_blocks_loudly_until_fixed_and_loses_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The gauge goes up once and down once; the error log repeats (here every 0.1 s instead
+    of every minute) while the batch waits; once the queue exists the records settle."""
+    monkeypatch.setattr(pipeline, "BLOCKED_ALERT_SECONDS", 0.1)
+    monkeypatch.setattr(pipeline, "DESTINATION_BACKOFF", Backoff(0.02, 0.05))
+    destination, metrics = MissingQueue(), RecordingMetrics()
+    processor, store = blocking_processor(destination, metrics, anyio.Event())
+    send, receive = anyio.create_memory_object_stream[Any](10)
+    with structlog.testing.capture_logs() as logs, anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(processor.run, receive)
+            await send.send([rec(1)])
+            await wait_until(
+                lambda: len([e for e in logs if e["event"] == "destination.blocked"]) >= 3,
+                5,
+                "three alerts",
+                interval=0.01,
+            )
+            assert store.writes == [], "nothing settled while the destination refuses"
+            destination.exists = True
+            await send.send(ShardEnd())
+            await send.aclose()
+    assert [c["blocked"] for c in metrics.calls_to("destination_blocked")] == [True, False]
+    alerts = [e for e in logs if e["event"] == "destination.blocked"]
+    assert {e["log_level"] for e in alerts} == {"error"}
+    assert destination.attempts > len(alerts), "the alert is rate-limited, not per attempt"
+    assert next(c for _, _, c in store.writes) == Checkpoint("1")
+
+
+@pytest.mark.anyio
+async def test_shutdown_does_not_wait_for_a_blocked_destination() -> None:
+    """Waiting to send again is abandoned at once on shutdown: the records stay unsettled
+    (re-delivered after the restart) and the gauge goes back down."""
+    destination, metrics, stopping = MissingQueue(), RecordingMetrics(), anyio.Event()
+    processor, store = blocking_processor(destination, metrics, stopping)
+    send, receive = anyio.create_memory_object_stream[Any](10)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(processor.run, receive)
+            await send.send([rec(1)])
+            await wait_until(
+                lambda: metrics.calls_to("destination_blocked"), 5, "blocked", interval=0.01
+            )
+            stopping.set()
+            processor.interrupt()
+            await send.aclose()
+    assert store.writes == []
+    assert [c["blocked"] for c in metrics.calls_to("destination_blocked")] == [True, False]
+
+
+@pytest.mark.anyio
+async def test_many_shards_blocked_on_one_destination_alert_once_a_period_not_once_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before: every shard logged its own error at once and then once a period, so 40 shards
+    blocked on one missing queue logged 40 lines a minute. Now one line a period per
+    destination, naming how many batches it blocks; the gauge still counts every batch."""
+    monkeypatch.setattr(pipeline, "BLOCKED_ALERT_SECONDS", 5.0)
+    monkeypatch.setattr(pipeline, "DESTINATION_BACKOFF", Backoff(0.02, 0.05))
+    shards = 40
+    destination, metrics = MissingQueue(), RecordingMetrics()
+    processors = [blocking_processor(destination, metrics, anyio.Event())[0] for _ in range(shards)]
+    sends = []
+    with structlog.testing.capture_logs() as logs, anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for processor in processors:
+                send, receive = anyio.create_memory_object_stream[Any](10)
+                tg.start_soon(processor.run, receive)
+                await send.send([rec(1)])
+                sends.append(send)
+
+            def blocked() -> int:
+                return sum(1 for c in metrics.calls_to("destination_blocked") if c["blocked"])
+
+            await wait_until(lambda: blocked() == shards, 5, "every shard blocked", interval=0.01)
+            alerts = [e for e in logs if e["event"] == "destination.blocked"]
+            assert len(alerts) <= 2, len(alerts)
+            destination.exists = True
+            for send in sends:
+                await send.send(ShardEnd())
+                await send.aclose()
+    assert alerts[0]["log_level"] == "error"
+    assert max(e["blocked_batches"] for e in alerts) >= 1
+    calls = [c["blocked"] for c in metrics.calls_to("destination_blocked")]
+    assert calls.count(True) == calls.count(False) == shards
+
+
+class FlippingQueue(MissingQueue):
+    """Refuses for good, then passingly, then for good again, then accepts."""
+
+    async def send(self, record: dict[str, Any], **context: Any) -> None:
+        self.attempts += 1
+        if self.attempts == 5:
+            return
+        permanent = self.attempts != 2
+        raise DestinationError(f"refusal {self.attempts}", permanent=permanent)
+
+
+@pytest.mark.anyio
+async def test_a_refusal_that_flips_between_permanent_and_passing_blocks_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The gauge goes up at the first permanent refusal and down once, when the record is
+    accepted; the passing refusal in between is a warning; one failure record is sent."""
+    monkeypatch.setattr(pipeline, "DESTINATION_BACKOFF", Backoff(0.01, 0.02))
+    destination, metrics = FlippingQueue(), RecordingMetrics()
+    processor, store = blocking_processor(destination, metrics, anyio.Event())
+    send, receive = anyio.create_memory_object_stream[Any](10)
+    with structlog.testing.capture_logs() as logs, anyio.fail_after(10):
+        async with send:
+            await send.send([rec(1)])
+            await send.send(ShardEnd())
+        await processor.run(receive)
+    assert destination.attempts == 5
+    assert [c["blocked"] for c in metrics.calls_to("destination_blocked")] == [True, False]
+    assert [e["attempt"] for e in logs if e["event"] == "destination.refused"] == [2]
+    assert [e["event"] for e in logs if e["event"].startswith("records.")] == [
+        "records.sent_to_destination"
+    ]
+    assert store.writes[0][2] == Checkpoint("1")
+
+
+def test_infinite_age_gives_up_a_bisected_half_past_the_retention() -> None:
+    """Bisection uses no retry, so a half has failed (it was in the failed batch) with no
+    failure counted yet. Before: such a half past the retention was invoked again, and again
+    for each bisection level, as though it had never been tried."""
+    policy = StreamRetryPolicy(bisect_on_function_error=True)
+    segment = first_segment([rec(1, age=90_000), rec(2, age=90_000), rec(3, age=10)])
+    (split,) = policy.after_invoke(segment, ERROR)
+    assert isinstance(split, Split)
+    expired, rest = policy.expire(split.first, NOW, retention_seconds=86_400)
+    assert expired is not None
+    assert seqs(expired.records) == ["1"]
+    expired, rest = policy.expire(split.second, NOW, retention_seconds=86_400)
+    assert expired is not None
+    assert rest is not None
+    assert (seqs(expired.records), seqs(rest.records)) == (["2"], ["3"])
+
+
+@pytest.mark.parametrize(("age", "given_up"), [(86_400, False), (86_400.001, True)])
+def test_infinite_age_at_the_retention_boundary(age: float, given_up: bool) -> None:
+    """Exactly as old as the retention is still held; a millisecond older is not."""
+    policy = StreamRetryPolicy()
+    (action,) = policy.after_invoke(first_segment([rec(1, age=age)]), ERROR)
+    assert isinstance(action, Retry)
+    expired, _ = policy.expire(action.segment, NOW, retention_seconds=86_400)
+    assert (expired is not None) is given_up

@@ -3,6 +3,7 @@ pieces around them (retry policy, config, checkpoint stores)."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -439,3 +440,142 @@ def test_stores_declare_their_window_state_limit(tmp_path: Path) -> None:
     assert SqliteCheckpointStore(tmp_path / "c.db").window_state_limit == MAX_STATE_BYTES
     assert LeasedCheckpointStore.window_state_limit == WINDOW_STATE_LIMIT
     assert MAX_STATE_BYTES > WINDOW_STATE_LIMIT > 390_000
+
+
+# -- the 6 MB cut counts the whole window event (issue 11, defect 10) -------------------------
+
+
+class StatefulFunction(FakeFunction):
+    """Keeps a state of ``big`` bytes across the window, as an aggregating function may."""
+
+    async def invoke(self, event: dict[str, Any]) -> InvokeResult:
+        self.events.append(event)
+        count = event["state"].get("count", 0) + len(event["Records"])
+        return ok({"state": {"count": count, "pad": "s" * self.big}})
+
+
+def sized(seq: int, arrival: float, data: int) -> StreamRecord:
+    """A record whose declared size is its exact compact JSON size, as the converters make."""
+    event_record = {"seq": seq, "data": "d" * data}
+    size = len(json.dumps(event_record, separators=(",", ":")))
+    return StreamRecord(str(seq), f"k{seq}", arrival, event_record, size)
+
+
+@pytest.mark.anyio
+async def test_batches_with_a_large_state_stay_within_the_payload_limit() -> None:
+    """With a 3 KB state and a 10 KB limit, each event as sent (records, window, state and
+    the other fields) stays within the limit; before, only the records were counted."""
+    limit = 10_000
+    function = StatefulFunction(big=3_000)
+    processor = ShardProcessor(
+        mapping="m",
+        shard_id="shardId-000000000000",
+        target=function,
+        store=MemoryCheckpointStore(),
+        policy=BatchPolicy(
+            batch_size=100, window_seconds=0, tumbling_window_seconds=60, max_bytes=limit
+        ),
+        routing=FailureRouting(kind="kinesis", stream_arn="arn:s", mapping_uuid="u"),
+        stopping=anyio.Event(),
+    )
+    records = [sized(i, T0 + 1, 900) for i in range(40)]
+    send, receive = anyio.create_memory_object_stream[Any](10)
+    async with send:
+        await send.send(records)
+        await send.send(ShardEnd())
+    with anyio.fail_after(10):
+        await processor.run(receive)
+    sizes = [
+        len(json.dumps(e, separators=(",", ":"), ensure_ascii=False).encode())
+        for e in function.events
+    ]
+    assert max(sizes) <= limit, sizes
+    delivered = [r["seq"] for e in function.events for r in e["Records"]]
+    assert delivered == list(range(40))
+    # Batches after the first carry the 3 KB state and so hold fewer records.
+    counts = [len(e["Records"]) for e in function.events if e["Records"]]
+    assert counts[0] > counts[1]
+
+
+@pytest.mark.anyio
+async def test_a_retry_whose_state_grew_leaves_what_no_longer_fits_for_later() -> None:
+    """A partial failure settles part of a batch and adopts the returned (larger) state; the
+    retry of the rest is cut again so that its event still fits."""
+    limit = 10_000
+
+    class GrowingState(FakeFunction):
+        async def invoke(self, event: dict[str, Any]) -> InvokeResult:
+            self.events.append(event)
+            records = event["Records"]
+            if len(self.events) == 1:
+                failed = str(records[1]["seq"])
+                return ok(
+                    {
+                        "state": {"pad": "s" * 4_000},
+                        "batchItemFailures": [{"itemIdentifier": failed}],
+                    }
+                )
+            return ok({"state": event["state"]})
+
+    function = GrowingState()
+    processor = ShardProcessor(
+        mapping="m",
+        shard_id="shardId-000000000000",
+        target=function,
+        store=MemoryCheckpointStore(),
+        policy=BatchPolicy(
+            batch_size=100,
+            window_seconds=0,
+            tumbling_window_seconds=60,
+            max_bytes=limit,
+            retry=StreamRetryPolicy(report_batch_item_failures=True),
+        ),
+        routing=FailureRouting(kind="kinesis", stream_arn="arn:s", mapping_uuid="u"),
+        stopping=anyio.Event(),
+    )
+    records = [sized(i, T0 + 1, 900) for i in range(10)]
+    send, receive = anyio.create_memory_object_stream[Any](10)
+    async with send:
+        await send.send(records)
+        await send.send(ShardEnd())
+    with anyio.fail_after(10):
+        await processor.run(receive)
+    sizes = [
+        len(json.dumps(e, separators=(",", ":"), ensure_ascii=False).encode())
+        for e in function.events
+    ]
+    assert max(sizes) <= limit, sizes
+    delivered = [r["seq"] for e in function.events[1:] for r in e["Records"]]
+    assert delivered == list(range(1, 10))
+
+
+# -- review attacks (issue 11 follow-up) -----------------------------------------------------
+
+
+def test_a_state_holding_a_lone_surrogate_is_an_invalid_answer() -> None:
+    """JSON may escape half a surrogate pair (``"\\ud800"``); such a state is not Unicode text
+    and cannot be measured, stored or sent as UTF-8. It is a malformed answer, not a crash."""
+    answer = parse_window_response({"state": {"x": "\ud800"}}, payload_is_json=True)
+    assert answer.kind == "invalid"
+    assert answer.reason is not None
+    assert "surrogate" in answer.reason
+
+
+@pytest.mark.anyio
+async def test_a_lone_surrogate_state_is_retried_not_a_crash_of_the_shard() -> None:
+    """Before: ``state_too_large`` raised UnicodeEncodeError out of the shard processor."""
+
+    class SurrogateOnce(FakeFunction):
+        async def invoke(self, event: dict[str, Any]) -> InvokeResult:
+            self.events.append(event)
+            if len(self.events) == 1:
+                return ok({"state": {"x": "\ud800"}})
+            return ok({"state": {"n": len(event["Records"])}})
+
+    function = SurrogateOnce()
+    store = await process([[rec(1, T0 + 1), rec(2, T0 + 2)], ShardEnd()], function)
+    batches = [[r["seq"] for r in e["Records"]] for e in function.events]
+    # The malformed answer is retried with the same (empty) state, then the window closes.
+    assert batches == [[1, 2], [1, 2], []]
+    assert function.events[1]["state"] == {}
+    assert store.writes[-1][2] == Checkpoint("SHARD_END")
