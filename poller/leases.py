@@ -33,6 +33,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -52,7 +53,7 @@ from poller.core.lineage import (
 )
 from poller.errors import CheckpointError
 from poller.observability.metrics import Metrics, NullMetrics
-from poller.types import Checkpoint
+from poller.types import Checkpoint, InvokeResult, Target
 
 log = structlog.get_logger("poller.leases")
 
@@ -147,6 +148,10 @@ class LeaseCoordinator:
         self._renewed_at: dict[str, float] = {}
         self._locks: defaultdict[str, anyio.Lock] = defaultdict(anyio.Lock)
         self._seen: dict[str, tuple[int, float]] = {}
+        #: When an invocation of each shard was cancelled mid-flight (the shard stopped): the
+        #: call itself may run on (a sync handler's thread, a remote function) for up to the
+        #: takeover grace, so we re-take our own lease only after it.
+        self._abandoned_at: dict[str, float] = {}
         #: Leases handed to us are waiting to be taken: poll faster than the balance interval.
         self.awaiting_handoff = False
         #: Held leases granted to a peer: released to it once the shard has drained.
@@ -263,7 +268,9 @@ class LeaseCoordinator:
             if shard_id not in self._handing_to:  # granted earlier: already draining
                 await self._decline(shard_id)
         self.awaiting_handoff = bool(plan.request) or any(
-            self.owner in (lease.pending_owner, lease.owner) and lease.shard_id not in self.held
+            self.owner in (lease.pending_owner, lease.owner)
+            and lease.shard_id not in self.held
+            and lease.shard_id not in self._abandoned_at  # next_expiry wakes us for those
             for lease in leases.values()
         )
         self._metrics.leases_held(self.mapping, len(self.held))
@@ -281,6 +288,8 @@ class LeaseCoordinator:
 
     def _plan(self, leases: dict[str, Lease], busy: AbstractSet[str]) -> BalancePlan:
         now = self._clock()
+        grace = self.settings.takeover_grace
+        self._abandoned_at = {s: t for s, t in self._abandoned_at.items() if now - t < grace}
         views = [self._view(lease, now, busy) for lease in leases.values()]
         checkpoints = {s: lease.checkpoint for s, lease in leases.items() if lease.checkpoint}
         infos = [ShardInfo(lease.shard_id, lease.parent_ids) for lease in leases.values()]
@@ -305,7 +314,13 @@ class LeaseCoordinator:
             # Ours in the table: live while we run it (or its old task still winds down);
             # otherwise free for us to re-take (a lost response, a self-fenced lease, a
             # lease handed to us).
-            expired = lease.shard_id not in self.held and lease.shard_id not in busy
+            # An invocation cancelled with its task may run on (a handler thread, a remote
+            # call): re-take only once the takeover grace has passed since it was abandoned.
+            expired = (
+                lease.shard_id not in self.held
+                and lease.shard_id not in busy
+                and lease.shard_id not in self._abandoned_at
+            )
         return LeaseView(lease.shard_id, lease.owner, expired, lease.pending_owner)
 
     def next_expiry(self) -> float | None:
@@ -317,6 +332,11 @@ class LeaseCoordinator:
         horizon = [
             since + self.settings.takeover_after
             for shard_id, (_, since) in self._seen.items()
+            if shard_id not in self.held
+        ]
+        horizon += [
+            abandoned + self.settings.takeover_grace
+            for shard_id, abandoned in self._abandoned_at.items()
             if shard_id not in self.held
         ]
         upcoming = [t for t in horizon if t > self._clock()]
@@ -425,6 +445,14 @@ class LeaseCoordinator:
         horizon = self.settings.lease_duration * STALE_FRACTION
         now = self._clock()
         return [s for s in self.held if now - self._renewed_at.get(s, now) >= horizon]
+
+    def tracked(self, shard_id: str, target: Target) -> Target:
+        """``target`` for ``shard_id``'s invocations, noting each one cancelled mid-flight (see
+        ``_abandoned_at``): only those can outlive the shard's task."""
+        return _TrackedTarget(target, partial(self._abandoned, shard_id))
+
+    def _abandoned(self, shard_id: str) -> None:
+        self._abandoned_at[shard_id] = self._clock()
 
     def ensure_fresh(self, shard_id: str) -> None:
         """Self-fencing before every invocation: raise LeaseLost unless the lease is held and
@@ -584,3 +612,23 @@ class LeasedCheckpointStore:
 def describe(lease: Lease) -> dict[str, Any]:
     """A lease in log-friendly form (no record data exists in leases)."""
     return {"shard": lease.shard_id, "owner": lease.owner, "counter": lease.counter}
+
+
+class _TrackedTarget:
+    """A target that reports an invocation cancelled before it returned (see
+    :meth:`LeaseCoordinator.tracked`)."""
+
+    def __init__(self, target: Target, on_abandoned: Callable[[], None]) -> None:
+        self.target = target
+        self.on_abandoned = on_abandoned
+        self.function_arn = target.function_arn
+
+    async def invoke(self, event: dict[str, Any]) -> InvokeResult:
+        try:
+            return await self.target.invoke(event)
+        except BaseException:  # a cancellation: targets turn failures into outcomes
+            self.on_abandoned()
+            raise
+
+    async def aclose(self) -> None:
+        await self.target.aclose()

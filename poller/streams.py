@@ -524,7 +524,9 @@ class StreamMappingRunner:
         worker = ShardProcessor(
             mapping=self.mapping.name,
             shard_id=shard_id,
-            target=self._target,
+            target=self._target
+            if self._leases is None
+            else self._leases.tracked(shard_id, self._target),
             store=self._store,
             policy=self._policy,
             routing=self._routing,

@@ -446,26 +446,23 @@ class DynamoDBLeaseTable:
 
     async def get(self, mapping: str, shard_id: str) -> Lease | None:
         """The lease of (mapping, shard) by a consistent read, or None when there is none."""
-        response = await self._call(
-            "GetItem",
-            "get_item",
-            Key={"leaseKey": _s(lease_key(mapping, shard_id))},
-            ConsistentRead=True,
-        )
-        item = response.get("Item")
+        item = await self._read("GetItem", lease_key(mapping, shard_id))
         return None if item is None else lease_from_item(item)
 
     async def mapping_start(self, mapping: str) -> float | None:
         """The mapping item's start instant (a consistent read), or None when there is none."""
-        response = await self._call(
-            "GetItem (mapping start)",
-            "get_item",
-            Key={"leaseKey": _s(lease_key(mapping, MAPPING_ITEM))},
-            ConsistentRead=True,
-        )
-        item = response.get("Item")
+        item = await self._read("GetItem (mapping start)", lease_key(mapping, MAPPING_ITEM))
         start = None if item is None else _num(item, "startTimestamp")
         return None if start is None else float(start)
+
+    async def _read(self, call: str, key: str) -> dict[str, Any] | None:
+        """The item at lease key ``key``, or None when there is none. The read is consistent:
+        ownership and the pinned start are decided on it, and a stale copy could undo them."""
+        response = await self._call(
+            call, "get_item", Key={"leaseKey": _s(key)}, ConsistentRead=True
+        )
+        item: dict[str, Any] | None = response.get("Item")
+        return item
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -481,19 +478,7 @@ class DynamoDBLeaseTable:
             "startTimestamp": _n(float(instant)),
             "pinnedAt": _n(time.time()),
         }
-        try:
-            await self._client.put_item(
-                TableName=self.table,
-                Item=item,
-                ConditionExpression="attribute_not_exists(#leaseKey)",
-                ExpressionAttributeNames={"#leaseKey": "leaseKey"},
-            )
-        except ClientError as exc:
-            if error_code(exc) != _CONDITION_FAILED:
-                raise self._error("PutItem (mapping start)", exc) from exc
-        except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise self._error("PutItem (mapping start)", exc) from exc
-        else:
+        if await self._put_new(item, "PutItem (mapping start)"):
             return float(instant)
         recorded = await self.mapping_start(mapping)
         if recorded is None:  # only if someone deleted it in between: never done by poller
@@ -528,6 +513,14 @@ class DynamoDBLeaseTable:
                 item["checkpoint"] = _s(checkpoint.sequence_number)
             if checkpoint.start_timestamp is not None:
                 item["startTimestamp"] = _n(float(checkpoint.start_timestamp))
+        return await self._put_new(item, "PutItem (create)")
+
+    async def _put_new(self, item: dict[str, Any], what: str) -> bool:
+        """Put ``item`` unless an item with its lease key exists; False when one does.
+
+        The condition makes creation race-free: of replicas creating the same item at once,
+        exactly one wins and the others learn it without overwriting anything.
+        """
         try:
             await self._client.put_item(
                 TableName=self.table,
@@ -538,9 +531,9 @@ class DynamoDBLeaseTable:
         except ClientError as exc:
             if error_code(exc) == _CONDITION_FAILED:
                 return False
-            raise self._error("PutItem (create)", exc) from exc
+            raise self._error(what, exc) from exc
         except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise self._error("PutItem (create)", exc) from exc
+            raise self._error(what, exc) from exc
         return True
 
     async def take(self, lease: Lease, owner: str) -> Lease | None:

@@ -77,12 +77,20 @@ class HandlerLoop:
         Raises:
             the caller's cancellation: the coroutine is cancelled and left as well.
         """
-        future = asyncio.run_coroutine_threadsafe(make_coroutine(), self._running_loop())
+        gate = _StartGate()
+        future = asyncio.run_coroutine_threadsafe(
+            _gated(gate, make_coroutine), self._running_loop()
+        )
         # Cancelling the wrapper (patience over, or the caller cancelled) cancels the task.
         waiter = asyncio.wrap_future(future)
-        with anyio.move_on_after(patience):
-            return await waiter
-        return None
+        try:
+            with anyio.move_on_after(patience):
+                return await waiter
+            return None
+        finally:
+            # A call its caller gave up before the (busy) loop reached it must never start:
+            # its shard may already belong to another replica by then.
+            gate.give_up()
 
     def wait(self, awaitable: Awaitable[T]) -> T:
         """From a worker thread: run ``awaitable`` on the handler loop and block until done."""
@@ -188,6 +196,32 @@ class _ExecutorCall:
 
 async def _awaited(awaitable: Awaitable[T]) -> T:
     return await awaitable
+
+
+class _StartGate:
+    """Decides, once and under a lock, whether a call starts or was given up first."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._started = False
+        self._given_up = False
+
+    def start(self) -> bool:
+        """On the handler loop: True if the call may start (its caller still waits)."""
+        with self._lock:
+            self._started = not self._given_up
+            return self._started
+
+    def give_up(self) -> None:
+        """From the caller: a call that has not started yet never will."""
+        with self._lock:
+            self._given_up = not self._started
+
+
+async def _gated(gate: _StartGate, make_coroutine: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    if not gate.start():
+        raise asyncio.CancelledError  # given up before it started: never run the handler
+    return await make_coroutine()
 
 
 #: The loop every Python target's async handlers share (see the module docstring).

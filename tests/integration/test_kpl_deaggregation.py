@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from aws_kinesis_agg.aggregator import RecordAggregator
 
+from poller.config import Settings
 from tests.integration.kinesis_harness import kinesis_settings
 from tests.integration.stream_errors_harness import checkpoint_of
 from tests.support import recorder
@@ -45,6 +46,34 @@ def user_records(arn: str) -> list[dict[str, Any]]:
 
 def decoded(records: list[dict[str, Any]]) -> list[tuple[str, bytes]]:
     return [(r["kinesis"]["partitionKey"], base64.b64decode(r["kinesis"]["data"])) for r in records]
+
+
+def partial_failure_settings(moto_url: str, stream: str, db: Path) -> Settings:
+    """One de-aggregating mapping on ``stream`` whose handler may report batch item failures;
+    a batch of 30 takes three aggregates of ten at once."""
+    return kinesis_settings(
+        endpoint_url=moto_url,
+        stream=stream,
+        db=db,
+        batch_size=30,
+        deaggregate_records=True,
+        function_response_types=["ReportBatchItemFailures"],
+    )
+
+
+async def run_until_retried(
+    settings: Settings, arn: str, db: Path, what: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Any]:
+    """Run the service until a partly failed batch has been retried (three batches seen);
+    return the first batch, its retry and the stored (sequence, sub-sequence) checkpoint."""
+    async with running(settings):
+        await wait_until(lambda: len(recorder.BATCHES[arn]) >= 3, 30, what)
+    first, retried = recorder.BATCHES[arn][0], recorder.BATCHES[arn][1]
+    with sqlite3.connect(db) as conn:
+        stored = conn.execute(
+            "SELECT sequence_number, sub_sequence_number FROM checkpoints"
+        ).fetchone()
+    return first, retried, stored
 
 
 async def test_1000_user_records_in_50_aggregates(moto_url: str, tmp_path: Path) -> None:
@@ -92,24 +121,11 @@ async def test_partial_failure_inside_an_aggregate_resumes_at_that_user_record(
         return {"batchItemFailures": []}
 
     recorder.BEHAVIOUR[arn] = hook
-    settings = kinesis_settings(
-        endpoint_url=moto_url,
-        stream=stream,
-        db=db,
-        batch_size=30,
-        deaggregate_records=True,
-        function_response_types=["ReportBatchItemFailures"],
-    )
+    settings = partial_failure_settings(moto_url, stream, db)
     try:
-        async with running(settings):
-            await wait_until(
-                lambda: len(recorder.BATCHES[arn]) >= 3, 30, "the failing record retried"
-            )
-        first, retried = recorder.BATCHES[arn][0], recorder.BATCHES[arn][1]
-        with sqlite3.connect(db) as conn:
-            stored = conn.execute(
-                "SELECT sequence_number, sub_sequence_number FROM checkpoints"
-            ).fetchone()
+        first, retried, stored = await run_until_retried(
+            settings, arn, db, "the failing record retried"
+        )
         second_aggregate = first[10]["kinesis"]["sequenceNumber"]
         failing["on"] = False
         recorder.BATCHES.pop(arn)

@@ -9,18 +9,19 @@ Aggregates are built by aws-kinesis-agg (not by our code), as in test_kpl_deaggr
 from __future__ import annotations
 
 import base64
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.kinesis_harness import kinesis_settings
-from tests.integration.test_kpl_deaggregation import decoded, put_aggregates
+from tests.integration.test_kpl_deaggregation import (
+    decoded,
+    partial_failure_settings,
+    put_aggregates,
+    run_until_retried,
+)
 from tests.support import recorder
 from tests.support.aws import stream_arn, unique
-from tests.support.service import running
-from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -43,24 +44,11 @@ async def test_plain_sequence_number_fails_from_the_aggregates_first_user_record
         return {"batchItemFailures": []}
 
     recorder.BEHAVIOUR[arn] = powertools_style
-    settings = kinesis_settings(
-        endpoint_url=moto_url,
-        stream=stream,
-        db=db,
-        batch_size=30,
-        deaggregate_records=True,
-        function_response_types=["ReportBatchItemFailures"],
-    )
+    settings = partial_failure_settings(moto_url, stream, db)
     try:
-        async with running(settings):
-            await wait_until(
-                lambda: len(recorder.BATCHES[arn]) >= 3, 30, "the failing aggregate retried"
-            )
-        first, retried = recorder.BATCHES[arn][0], recorder.BATCHES[arn][1]
-        with sqlite3.connect(db) as conn:
-            stored = conn.execute(
-                "SELECT sequence_number, sub_sequence_number FROM checkpoints"
-            ).fetchone()
+        first, retried, stored = await run_until_retried(
+            settings, arn, db, "the failing aggregate retried"
+        )
     finally:
         recorder.clear(arn)
     assert decoded(first) == sent

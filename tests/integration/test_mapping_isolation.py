@@ -25,7 +25,7 @@ from tests.support import recorder
 from tests.support.aws import aws_client, stream_arn, unique
 from tests.support.fault_proxy import FaultProxy
 from tests.support.service_config import service_config, stream_mapping
-from tests.support.sqs import NewQueue, delivered_ids, send_bodies
+from tests.support.sqs import NewQueue, delivered_ids, send_bodies, sqs_mapping
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -130,12 +130,7 @@ async def test_a_crashing_mapping_is_restarted_alone(
         )
         config = service_config(
             moto_url,
-            {
-                "name": "jobs",
-                "event_source_arn": queue.arn,
-                "receive_wait_time_seconds": 1,
-                "target": {"type": "python", "handler": "tests.support.sqs:handler"},
-            },
+            sqs_mapping("jobs", queue.arn),
             checkpoints={"path": str(tmp_path / "c.db")},
             endpoints={"sqs": proxy.url},
             shutdown={"drain_timeout_seconds": 10},

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,14 @@ from tests.support.aws import aws_client, stream_arn, unique
 from tests.support.fault_proxy import FaultProxy
 from tests.support.service import running
 from tests.support.service_config import service_config, stream_mapping
-from tests.support.sqs import Drain, NewQueue, delivered_ids, send_bodies, sqs_settings
+from tests.support.sqs import (
+    Drain,
+    NewQueue,
+    delivered_ids,
+    send_bodies,
+    sqs_mapping,
+    sqs_settings,
+)
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -97,6 +104,20 @@ def fake_settings(moto_url: str, tmp_path: Path) -> Any:
     )
 
 
+async def stop_when(
+    service: Service, ready: Callable[[list[MutableMapping[str, Any]]], bool], what: str
+) -> tuple[float, list[MutableMapping[str, Any]]]:
+    """Run ``service`` until ``ready(logs)`` holds, then request a stop; return when the stop
+    was requested (``time.monotonic()``) and the logs of the whole run."""
+    with structlog.testing.capture_logs() as logs:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: service.run(handle_signals=False))
+            await wait_until(lambda: ready(logs), 10, what)
+            began = time.monotonic()
+            service.request_stop()
+    return began, logs
+
+
 @pytest.fixture
 def quick_restarts(monkeypatch: pytest.MonkeyPatch) -> Backoff:
     """Restart backoff in tens of milliseconds, without jitter, so the growth is exact."""
@@ -134,11 +155,7 @@ async def test_a_runner_that_returns_before_shutdown_is_restarted_and_reported_d
     """A runner that returns while the service runs has stopped reading its source: it is
     logged as crashed and restarted, not left for dead while ``poller_mapping_up`` says 1."""
     service = FakeRunnerService(fake_settings(moto_url, tmp_path), "return", start_grace=0)
-    with structlog.testing.capture_logs() as logs:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(lambda: service.run(handle_signals=False))
-            await wait_until(lambda: service.built >= 3, 10, "the runner rebuilt twice")
-            service.request_stop()
+    _, logs = await stop_when(service, lambda _: service.built >= 3, "the runner rebuilt twice")
     crashed = [e for e in logs if e["event"] == "mapping.crashed"]
     assert crashed
     assert crashed[0]["error"] == "the runner returned before shutdown"
@@ -152,14 +169,9 @@ async def test_a_stop_while_a_mapping_waits_to_restart_ends_the_service_at_once(
     drain deadline."""
     monkeypatch.setattr(app, "MAPPING_RESTART_BACKOFF", Backoff(initial=60, maximum=60))
     service = FakeRunnerService(fake_settings(moto_url, tmp_path), "crash", start_grace=0)
-    with structlog.testing.capture_logs() as logs:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(lambda: service.run(handle_signals=False))
-            await wait_until(
-                lambda: any(e["event"] == "mapping.crashed" for e in logs), 10, "the crash"
-            )
-            began = time.monotonic()
-            service.request_stop()
+    began, logs = await stop_when(
+        service, lambda logs: any(e["event"] == "mapping.crashed" for e in logs), "the crash"
+    )
     assert time.monotonic() - began < 5
     assert not any(e["event"] == "shutdown.drain_deadline" for e in logs)
 
@@ -170,12 +182,7 @@ async def test_a_stop_while_a_runner_is_being_built_ends_the_service_at_once(
     """Building a mapping's runner hangs (nothing of it runs yet): a stop request ends the
     service at once instead of waiting for the build or the drain deadline."""
     service = FakeRunnerService(fake_settings(moto_url, tmp_path), "hang_build", start_grace=0)
-    with structlog.testing.capture_logs() as logs:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(lambda: service.run(handle_signals=False))
-            await wait_until(lambda: service.built == 1, 10, "the build under way")
-            began = time.monotonic()
-            service.request_stop()
+    began, logs = await stop_when(service, lambda _: service.built == 1, "the build under way")
     assert time.monotonic() - began < 5
     assert not any(e["event"] == "shutdown.drain_deadline" for e in logs)
 
@@ -345,12 +352,7 @@ async def test_a_slow_batch_drains_and_is_deleted_while_another_mapping_is_down(
     support.BEHAVIOUR[queue.arn] = slow
     config = service_config(
         sqs_url,
-        {
-            "name": "jobs",
-            "event_source_arn": queue.arn,
-            "receive_wait_time_seconds": 1,
-            "target": {"type": "python", "handler": "tests.support.sqs:handler"},
-        },
+        sqs_mapping("jobs", queue.arn),
         checkpoints={"path": str(tmp_path / "c.db")},
         shutdown={"drain_timeout_seconds": 25},
     )
@@ -478,6 +480,33 @@ def body_of(record: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+def slow_first(records: list[dict[str, Any]]) -> None:
+    """The first batch (eight 700 kB messages) spends 2 s in the function, so its
+    visibility is extended and the two carried messages wait meanwhile."""
+    if len(records) == 8:
+        time.sleep(2)
+
+
+async def run_with_visibility_answers(
+    sqs_url: str,
+    queue: support.Queue,
+    db: Path,
+    answers: Callable[[dict[str, Any]], dict[str, Any]],
+    *,
+    until: Callable[[], Any],
+    limit: float,
+    what: str,
+) -> None:
+    """Run one SQS mapping (batches of ten, a slow first batch) with SQS's answers to
+    ChangeMessageVisibilityBatch rewritten by ``answers``, until ``until`` holds."""
+    support.BEHAVIOUR[queue.arn] = slow_first
+    with FaultProxy(sqs_url) as proxy:
+        proxy.rewrite("AmazonSQS.ChangeMessageVisibilityBatch", answers)
+        settings = sqs_settings(endpoint_url=proxy.url, queue=queue.name, db=db, batch_size=10)
+        async with running(settings):
+            await wait_until(until, limit, what)
+
+
 async def test_a_carried_message_whose_visibility_was_refused_is_not_delivered_on_it(
     sqs: Any, sqs_url: str, new_queue: NewQueue, tmp_path: Path
 ) -> None:
@@ -495,10 +524,6 @@ async def test_a_carried_message_whose_visibility_was_refused_is_not_delivered_o
         for n in range(10)
     ]
 
-    def slow_first(records: list[dict[str, Any]]) -> None:
-        if len(records) == 8:
-            time.sleep(2)
-
     def refuse_all(answer: dict[str, Any]) -> dict[str, Any]:
         entries = [*answer.get("Successful", []), *answer.get("Failed", [])]
         return {
@@ -509,14 +534,15 @@ async def test_a_carried_message_whose_visibility_was_refused_is_not_delivered_o
             ],
         }
 
-    support.BEHAVIOUR[queue.arn] = slow_first
-    with FaultProxy(sqs_url) as proxy:
-        proxy.rewrite("AmazonSQS.ChangeMessageVisibilityBatch", refuse_all)
-        settings = sqs_settings(
-            endpoint_url=proxy.url, queue=queue.name, db=tmp_path / "c.db", batch_size=10
-        )
-        async with running(settings):
-            await wait_until(lambda: set(delivered_ids(queue.arn)) == set(ids), 30, "all")
+    await run_with_visibility_answers(
+        sqs_url,
+        queue,
+        tmp_path / "c.db",
+        refuse_all,
+        until=lambda: set(delivered_ids(queue.arn)) == set(ids),
+        limit=30,
+        what="all",
+    )
     calls = support.invocations(queue.arn)
     first = set(calls[0].ids)
     assert len(first) == 8
@@ -546,10 +572,6 @@ async def test_fifo_carried_messages_behind_a_refused_one_wait_with_it(
         )
         ids.append(sent["MessageId"])
 
-    def slow_first(records: list[dict[str, Any]]) -> None:
-        if len(records) == 8:
-            time.sleep(2)
-
     refused: list[str] = []
 
     def refuse_the_ninth_entry_once(answer: dict[str, Any]) -> dict[str, Any]:
@@ -560,16 +582,15 @@ async def test_fifo_carried_messages_behind_a_refused_one_wait_with_it(
         failed = {"Id": "8", "Code": "ReceiptHandleIsInvalid", "SenderFault": True}
         return {**answer, "Successful": [e for e in ok if e["Id"] != "8"], "Failed": [failed]}
 
-    support.BEHAVIOUR[queue.arn] = slow_first
-    with FaultProxy(sqs_url) as proxy:
-        proxy.rewrite("AmazonSQS.ChangeMessageVisibilityBatch", refuse_the_ninth_entry_once)
-        settings = sqs_settings(
-            endpoint_url=proxy.url, queue=queue.name, db=tmp_path / "c.db", batch_size=10
-        )
-        async with running(settings):
-            await wait_until(
-                lambda: support.drained(sqs, queue.url, queue.arn, ids), 45, "the group"
-            )
+    await run_with_visibility_answers(
+        sqs_url,
+        queue,
+        tmp_path / "c.db",
+        refuse_the_ninth_entry_once,
+        until=lambda: support.drained(sqs, queue.url, queue.arn, ids),
+        limit=45,
+        what="the group",
+    )
     assert refused
     calls = sorted(support.invocations(queue.arn), key=lambda c: c.started)
     assert [body_of(r)["n"] for r in calls[0].records] == list(range(8))

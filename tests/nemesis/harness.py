@@ -47,12 +47,12 @@ from pathlib import Path
 from typing import Any
 
 from tests.support import file_sink
-from tests.support.aws import stream_arn, unique
+from tests.support.aws import unique
 from tests.support.checker import Batch, Interruption, Record, Report, check
 from tests.support.fault_proxy import FaultProxy, Mode
 from tests.support.process import ServiceProcess, write_config
-from tests.support.replicas import LEASE_STORES, Fleet, Writer, make_stream
-from tests.support.service_config import service_config, stream_mapping
+from tests.support.replicas import LEASE_STORES, Fleet, Writer, fleet_mapping, make_stream
+from tests.support.service_config import service_config
 from tests.support.waiting import wait_for
 
 REPLICAS = ("a", "b", "c")
@@ -254,18 +254,7 @@ class Nemesis:
         # The handler's timeout covers the slowest batch, so no invocation outlives it; the
         # takeover grace (the target's timeout by default) then keeps a peer off a shard while
         # an owner cut off from the lease table may still be invoking it.
-        handler = {
-            "type": "python",
-            "handler": "tests.support.file_sink:handler",
-            "timeout_seconds": HANDLER_TIMEOUT_SECONDS,
-        }
-        mapping = stream_mapping(
-            "fleet",
-            stream_arn(stream),
-            handler,
-            batch_size=20,
-            shard_discovery_interval_seconds=5,
-        )
+        mapping = fleet_mapping(stream, handler_timeout=HANDLER_TIMEOUT_SECONDS)
         endpoints = {"dynamodb": self.ddb_proxy.url, "kinesis": self.kinesis_proxy.url}
         config = service_config(
             self.moto_url,

@@ -36,6 +36,22 @@ from tests.support.service_config import service_config, stream_mapping
 from tests.support.waiting import wait_for
 
 
+def fleet_mapping(stream: str, handler_timeout: float) -> dict[str, Any]:
+    """The fleet's one mapping: ``stream`` delivered to the shared file sink's handler."""
+    handler = {
+        "type": "python",
+        "handler": "tests.support.file_sink:handler",
+        "timeout_seconds": handler_timeout,
+    }
+    return stream_mapping(
+        "fleet",
+        stream_arn(stream),
+        handler,
+        batch_size=20,
+        shard_discovery_interval_seconds=5,
+    )
+
+
 def fleet_config(
     tmp_path: Path,
     moto_url: str,
@@ -46,14 +62,7 @@ def fleet_config(
 ) -> Path:
     # A short handler timeout keeps the lease takeover grace (the target's timeout by default)
     # and so the failover short; the fleet's handler takes milliseconds.
-    handler = {"type": "python", "handler": "tests.support.file_sink:handler", "timeout_seconds": 3}
-    mapping = stream_mapping(
-        "fleet",
-        stream_arn(stream),
-        handler,
-        batch_size=20,
-        shard_discovery_interval_seconds=5,
-    )
+    mapping = fleet_mapping(stream, handler_timeout=3)
     return write_config(
         tmp_path / "replica.yaml",
         service_config(

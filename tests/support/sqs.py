@@ -386,6 +386,20 @@ async def drained(sqs: Any, url: str, arn: str, ids: list[str]) -> bool:
 # --------------------------------------------------------------------------- the service
 
 
+def sqs_mapping(
+    name: str, arn: str, target: dict[str, Any] | None = None, **mapping: Any
+) -> dict[str, Any]:
+    """One SQS mapping on the queue ``arn`` delivering to :func:`handler`."""
+    return {
+        "name": name,
+        "event_source_arn": arn,
+        "target": target or {"type": "python", "handler": "tests.support.sqs:handler"},
+        # Shutdown waits for receives in flight; 1-second long polls keep it quick.
+        "receive_wait_time_seconds": 1,
+        **mapping,
+    }
+
+
 def sqs_settings(
     *,
     endpoint_url: str,
@@ -397,18 +411,10 @@ def sqs_settings(
     **mapping: Any,
 ) -> Settings:
     """Settings with one SQS mapping on ``queue`` delivering to :func:`handler`."""
-    mapping = {
-        "name": name,
-        "event_source_arn": queue_arn(queue),
-        "target": target or {"type": "python", "handler": "tests.support.sqs:handler"},
-        # Shutdown waits for receives in flight; 1-second long polls keep it quick.
-        "receive_wait_time_seconds": 1,
-        **mapping,
-    }
     return parse_settings(
         service_config(
             endpoint_url,
-            mapping,
+            sqs_mapping(name, queue_arn(queue), target, **mapping),
             checkpoints={"path": str(db)},
             shutdown={"drain_timeout_seconds": drain_timeout},
         )

@@ -155,12 +155,14 @@ class Clock:
         return self.now
 
 
-def coordinator(table: FakeLeaseTable, owner: str, clock: Clock) -> LeaseCoordinator:
+def coordinator(
+    table: FakeLeaseTable, owner: str, clock: Clock, settings: LeaseSettings = SETTINGS
+) -> LeaseCoordinator:
     return LeaseCoordinator(
         table,  # type: ignore[arg-type]  # a fake of our own interface
         mapping=MAPPING,
         owner=owner,
-        settings=SETTINGS,
+        settings=settings,
         clock=clock,
     )
 
@@ -257,13 +259,7 @@ async def test_a_peer_waits_the_takeover_grace_before_taking_a_silent_lease() ->
     table, clock = await table_with(2), Clock()
 
     def with_grace(owner: str) -> LeaseCoordinator:
-        return LeaseCoordinator(
-            table,  # type: ignore[arg-type]  # a fake of our own interface
-            mapping=MAPPING,
-            owner=owner,
-            settings=settings,
-            clock=clock,
-        )
+        return coordinator(table, owner, clock, settings)
 
     a, b = with_grace("a"), with_grace("b")
     await a.balance()

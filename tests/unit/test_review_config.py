@@ -16,15 +16,7 @@ import pytest
 from poller import cli
 from poller.config import load_settings, redacted_settings
 from poller.errors import ConfigError
-
-ARN = "arn:aws:kinesis:us-east-1:123456789012:stream/orders"
-MAPPING_YAML = f"""\
-mappings:
-  - name: orders
-    event_source_arn: {ARN}
-    starting_position: TRIM_HORIZON
-    target: {{type: python, handler: "examples.handlers:log_batch"}}
-"""
+from tests.unit.test_config import MAPPING_YAML
 
 
 def problems_of(tmp_path: Path, text: str, environ: Mapping[str, str] | None = None) -> list[str]:

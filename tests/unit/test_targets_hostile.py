@@ -620,3 +620,24 @@ def test_handler_module_raising_a_base_exception_at_import_is_a_clear_import_err
         load_handler(f"{name}:handle")
 
     assert str(caught.value).startswith(f"importing handler module {name!r} failed: {error_type}")
+
+
+async def test_a_call_given_up_while_the_handler_loop_was_busy_never_starts() -> None:
+    """A handler blocks the shared loop; a second call's caller gives up before the loop reaches
+    it. That call must never run later: by then its shard may belong to another replica."""
+    loop = handler_loop.HandlerLoop(name="test-gate")
+    ran: list[float] = []
+
+    async def blocker() -> None:
+        time.sleep(0.6)  # noqa: ASYNC251 - blocks the handler loop, as a hostile handler does
+
+    async def recorded() -> str:
+        ran.append(time.monotonic())
+        return "ran"
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: loop.run(blocker, patience=5))
+        await anyio.sleep(0.05)
+        assert await loop.run(recorded, patience=0.1) is None  # given up
+    assert await loop.run(recorded, patience=5) == "ran"  # the loop is free again: runs
+    assert len(ran) == 1, "the call given up while the loop was busy ran anyway"

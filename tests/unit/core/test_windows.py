@@ -356,15 +356,20 @@ class FakeFunction:
 
 
 async def process(
-    chunks: list[Any], function: FakeFunction, *, store_limit: int = MAX_STATE_BYTES
+    chunks: list[Any],
+    function: FakeFunction,
+    *,
+    store_limit: int = MAX_STATE_BYTES,
+    policy: BatchPolicy | None = None,
 ) -> MemoryCheckpointStore:
+    """Run one shard processor over ``chunks`` (by default: windows of 60 s, batches of 2)."""
     store = MemoryCheckpointStore(window_state_limit=store_limit)
     processor = ShardProcessor(
         mapping="m",
         shard_id="shardId-000000000000",
         target=function,
         store=store,
-        policy=BatchPolicy(batch_size=2, window_seconds=0, tumbling_window_seconds=60),
+        policy=policy or BatchPolicy(batch_size=2, window_seconds=0, tumbling_window_seconds=60),
         routing=FailureRouting(kind="kinesis", stream_arn="arn:s", mapping_uuid="u"),
         stopping=anyio.Event(),
     )
@@ -461,34 +466,23 @@ def sized(seq: int, arrival: float, data: int) -> StreamRecord:
     return StreamRecord(str(seq), f"k{seq}", arrival, event_record, size)
 
 
+def event_sizes(events: list[dict[str, Any]]) -> list[int]:
+    """Each event's size as sent: its compact UTF-8 JSON bytes."""
+    return [len(json.dumps(e, separators=(",", ":"), ensure_ascii=False).encode()) for e in events]
+
+
 @pytest.mark.anyio
 async def test_batches_with_a_large_state_stay_within_the_payload_limit() -> None:
     """With a 3 KB state and a 10 KB limit, each event as sent (records, window, state and
     the other fields) stays within the limit; before, only the records were counted."""
     limit = 10_000
     function = StatefulFunction(big=3_000)
-    processor = ShardProcessor(
-        mapping="m",
-        shard_id="shardId-000000000000",
-        target=function,
-        store=MemoryCheckpointStore(),
-        policy=BatchPolicy(
-            batch_size=100, window_seconds=0, tumbling_window_seconds=60, max_bytes=limit
-        ),
-        routing=FailureRouting(kind="kinesis", stream_arn="arn:s", mapping_uuid="u"),
-        stopping=anyio.Event(),
+    policy = BatchPolicy(
+        batch_size=100, window_seconds=0, tumbling_window_seconds=60, max_bytes=limit
     )
     records = [sized(i, T0 + 1, 900) for i in range(40)]
-    send, receive = anyio.create_memory_object_stream[Any](10)
-    async with send:
-        await send.send(records)
-        await send.send(ShardEnd())
-    with anyio.fail_after(10):
-        await processor.run(receive)
-    sizes = [
-        len(json.dumps(e, separators=(",", ":"), ensure_ascii=False).encode())
-        for e in function.events
-    ]
+    await process([records, ShardEnd()], function, policy=policy)
+    sizes = event_sizes(function.events)
     assert max(sizes) <= limit, sizes
     delivered = [r["seq"] for e in function.events for r in e["Records"]]
     assert delivered == list(range(40))
@@ -518,32 +512,16 @@ async def test_a_retry_whose_state_grew_leaves_what_no_longer_fits_for_later() -
             return ok({"state": event["state"]})
 
     function = GrowingState()
-    processor = ShardProcessor(
-        mapping="m",
-        shard_id="shardId-000000000000",
-        target=function,
-        store=MemoryCheckpointStore(),
-        policy=BatchPolicy(
-            batch_size=100,
-            window_seconds=0,
-            tumbling_window_seconds=60,
-            max_bytes=limit,
-            retry=StreamRetryPolicy(report_batch_item_failures=True),
-        ),
-        routing=FailureRouting(kind="kinesis", stream_arn="arn:s", mapping_uuid="u"),
-        stopping=anyio.Event(),
+    policy = BatchPolicy(
+        batch_size=100,
+        window_seconds=0,
+        tumbling_window_seconds=60,
+        max_bytes=limit,
+        retry=StreamRetryPolicy(report_batch_item_failures=True),
     )
     records = [sized(i, T0 + 1, 900) for i in range(10)]
-    send, receive = anyio.create_memory_object_stream[Any](10)
-    async with send:
-        await send.send(records)
-        await send.send(ShardEnd())
-    with anyio.fail_after(10):
-        await processor.run(receive)
-    sizes = [
-        len(json.dumps(e, separators=(",", ":"), ensure_ascii=False).encode())
-        for e in function.events
-    ]
+    await process([records, ShardEnd()], function, policy=policy)
+    sizes = event_sizes(function.events)
     assert max(sizes) <= limit, sizes
     delivered = [r["seq"] for e in function.events[1:] for r in e["Records"]]
     assert delivered == list(range(1, 10))
