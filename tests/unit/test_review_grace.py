@@ -23,17 +23,18 @@ import pytest
 
 from poller.checkpoints.dynamodb import LeaseLost
 from poller.errors import CheckpointError
-from poller.leases import LeaseCoordinator, LeaseSettings
+from poller.leases import LeaseCoordinator
 from poller.types import InvokeResult, Outcome
 from tests.unit.test_lease_runtime import (
-    MAPPING,
     SETTINGS,
     Clock,
     FakeLeaseTable,
     SimReplica,
+    coordinator,
     simulate,
     table_with,
 )
+from tests.unit.test_targets_hostile import SleepingTarget
 
 pytestmark = pytest.mark.anyio
 
@@ -41,40 +42,14 @@ GRACE = 30.0
 GRACED = replace(SETTINGS, takeover_grace=GRACE)
 
 
-def graced(
-    table: FakeLeaseTable, owner: str, clock: Clock, settings: LeaseSettings = GRACED
-) -> LeaseCoordinator:
-    return LeaseCoordinator(
-        table,  # type: ignore[arg-type]  # a fake of our own interface
-        mapping=MAPPING,
-        owner=owner,
-        settings=settings,
-        clock=clock,
-    )
-
-
-class HangingTarget:
-    """A target whose invocation is still running when its shard is stopped: a sync handler's
-    thread, or a remote function, that cancelling the caller does not stop."""
-
-    function_arn = "arn:aws:lambda:us-east-1:000000000000:function:hangs"
-
-    def __init__(self) -> None:
-        self.started = anyio.Event()
-
-    async def invoke(self, event: dict[str, Any]) -> InvokeResult:
-        self.started.set()
-        await anyio.sleep_forever()
-        raise AssertionError("unreachable")
-
-    async def aclose(self) -> None:
-        return None
+def graced(table: FakeLeaseTable, owner: str, clock: Clock) -> LeaseCoordinator:
+    return coordinator(table, owner, clock, settings=GRACED)
 
 
 async def cancel_mid_invocation(coordinator: LeaseCoordinator, shard: str) -> None:
     """Start an invocation of ``shard`` through the coordinator's tracked target and cancel it
     (the fence stopping the shard task), as the runner does."""
-    hanging = HangingTarget()
+    hanging = SleepingTarget()
     target = coordinator.tracked(shard, hanging)
     async with anyio.create_task_group() as tg:
         tg.start_soon(target.invoke, {})
