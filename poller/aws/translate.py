@@ -15,13 +15,16 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from poller.errors import (
     IteratorExpired,
+    PositionTrimmed,
     SourceError,
     SourceUnavailable,
     StreamNotFound,
     Throttled,
 )
 
-_ITERATOR_CODES = frozenset({"ExpiredIteratorException", "TrimmedDataAccessException"})
+_ITERATOR_CODES = frozenset({"ExpiredIteratorException"})
+#: A position older than the stream's retention: the reader moves to TRIM_HORIZON.
+_TRIMMED_CODES = frozenset({"TrimmedDataAccessException"})
 _THROTTLE_CODES = frozenset(
     {
         "ProvisionedThroughputExceededException",
@@ -44,6 +47,8 @@ def translate_client_error(call: str, exc: ClientError) -> SourceError:
     code = error_code(exc)
     message = exc.response.get("Error", {}).get("Message", "")
     text = f"{call} failed with {code}: {message}".rstrip(": ")
+    if code in _TRIMMED_CODES:
+        return PositionTrimmed(text)
     if code in _ITERATOR_CODES:
         return IteratorExpired(text)
     if code in _THROTTLE_CODES:

@@ -31,17 +31,14 @@ exists, and how a start instant is honoured.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectSendStream
-from botocore.exceptions import ClientError
 
-from poller.aws.translate import error_code, source_call
 from poller.core.lineage import ShardInfo
 from poller.errors import IteratorExpired, PositionTrimmed, SourceError, Throttled
 from poller.observability.metrics import Metrics, NullMetrics
@@ -79,25 +76,6 @@ class RecordsPage:
     next_iterator: str | None
     millis_behind_latest: int | None = None
     child_shard_ids: tuple[str, ...] = field(default_factory=tuple)
-
-
-#: The error code of a position older than the stream's retention.
-TRIMMED_CODE = "TrimmedDataAccessException"
-
-
-@asynccontextmanager
-async def reading(call: str) -> AsyncIterator[None]:
-    """``source_call`` for reads: a position older than the retention (TrimmedDataAccessException)
-    becomes :class:`PositionTrimmed`, which the reader answers by moving to TRIM_HORIZON; other
-    iterator errors stay :class:`IteratorExpired` (recreate the iterator where it was)."""
-    try:
-        async with source_call(call):
-            yield
-    except IteratorExpired as exc:
-        cause = exc.__cause__
-        if isinstance(cause, ClientError) and error_code(cause) == TRIMMED_CODE:
-            raise PositionTrimmed(str(exc)) from cause
-        raise
 
 
 Converter = Callable[[dict[str, Any]], StreamRecord]

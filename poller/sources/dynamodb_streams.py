@@ -21,7 +21,7 @@ from typing import Any
 
 from poller.aws.translate import source_call
 from poller.core.lineage import ShardInfo
-from poller.sources._shards import Converter, PageConverter, RecordsPage, StartPosition, reading
+from poller.sources._shards import Converter, PageConverter, RecordsPage, StartPosition
 from poller.types import StreamRecord
 
 #: DynamoDB Streams' maximum records per GetRecords call.
@@ -99,13 +99,13 @@ class DynamoDBStreamApi:
         }
         if kind == "AFTER_SEQUENCE_NUMBER":
             args["SequenceNumber"] = position.sequence_number
-        async with reading("GetShardIterator"):
+        async with source_call("GetShardIterator"):
             response = await self._client.get_shard_iterator(**args)
         return str(response["ShardIterator"])
 
     async def get_records(self, iterator: str) -> RecordsPage:
         """GetRecords; a closed shard's last page has no NextShardIterator."""
-        async with reading("GetRecords"):
+        async with source_call("GetRecords"):
             response = await self._client.get_records(ShardIterator=iterator, Limit=self.limit)
         return RecordsPage(
             records=response.get("Records", []),

@@ -22,7 +22,7 @@ from poller.aws.translate import source_call
 from poller.core.kpl import deaggregate, is_aggregated
 from poller.core.lineage import ShardInfo
 from poller.errors import SourceError
-from poller.sources._shards import Converter, PageConverter, RecordsPage, StartPosition, reading
+from poller.sources._shards import Converter, PageConverter, RecordsPage, StartPosition
 from poller.types import StreamRecord
 
 #: Kinesis' maximum records per GetRecords call.
@@ -153,13 +153,13 @@ class KinesisStreamApi:
             args["StartingSequenceNumber"] = position.sequence_number
         elif position.type == "AT_TIMESTAMP":
             args["Timestamp"] = position.timestamp
-        async with reading("GetShardIterator"):
+        async with source_call("GetShardIterator"):
             response = await self._client.get_shard_iterator(**args)
         return str(response["ShardIterator"])
 
     async def get_records(self, iterator: str) -> RecordsPage:
         """GetRecords, passing StreamARN (valid on AWS, and needed by some emulators)."""
-        async with reading("GetRecords"):
+        async with source_call("GetRecords"):
             response = await self._client.get_records(
                 ShardIterator=iterator, Limit=self.limit, StreamARN=self.stream_arn
             )
