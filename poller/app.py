@@ -54,9 +54,9 @@ from poller.errors import CheckpointError, PollerError
 from poller.leases import LeaseCoordinator, LeasedCheckpointStore, LeaseSettings, replica_identity
 from poller.observability.metrics import Metrics, NullMetrics, PrometheusMetrics
 from poller.observability.server import HealthState, serve_observability
+from poller.ports import StreamApi
 from poller.queues import SqsMappingRunner, build_sqs_runner
 from poller.retry import Backoff
-from poller.sources._shards import StreamApi
 from poller.sources.dynamodb_streams import DynamoDBStreamApi
 from poller.sources.kinesis import KinesisStreamApi
 from poller.streams import StreamMappingRunner

@@ -14,7 +14,7 @@ window early (``isWindowTerminatedEarly: true``) and the window continues with a
 Beyond Lambda, the window and its state are stored with each checkpoint
 (:func:`encode_window_state`), so a restart resumes the window where it was.
 
-I/O-free and synchronous; the shard processor (``poller.pipeline``) owns the clock.
+I/O-free and synchronous; the shard processor (``poller.streams.processor``) owns the clock.
 """
 
 from __future__ import annotations

@@ -60,8 +60,9 @@ _MESSAGE_ECHOES_PAYLOAD = frozenset({"InvalidMessageContents"})
 #: Error codes that say the destination cannot accept anything until someone changes it: a
 #: missing permission, a KMS key that is disabled, deleted or forbidden, or a queue, topic or
 #: bucket that does not exist. The shard still waits (nothing is dropped), but these are
-#: reported as blocking, loudly (see ``poller.pipeline``). Each service spells its KMS errors
-#: its own way (the codes of its botocore model; SQS and S3 also send ``KMS.*Exception``).
+#: reported as blocking, loudly (see ``poller.streams.processor``). Each service spells its
+#: KMS errors its own way (the codes of its botocore model; SQS and S3 also send
+#: ``KMS.*Exception``).
 PERMANENT_CODES = frozenset(
     {
         # Permissions and credentials.

@@ -1,6 +1,6 @@
 """DynamoDB Streams: the stream adapter of the shard reader, and Lambda's event shape.
 
-:class:`DynamoDBStreamApi` gives :class:`~poller.sources._shards.ShardReader` what differs for
+:class:`DynamoDBStreamApi` gives :class:`~poller.streams.reader.ShardReader` what differs for
 DynamoDB Streams: DescribeStream paginated with ``ExclusiveStartShardId`` for discovery (shards
 roll over every few hours, so this path is routine), GetRecords of up to 1,000 records, no
 ``MillisBehindLatest``, and Lambda's pace for DynamoDB (four polls a second per shard).
@@ -21,7 +21,7 @@ from typing import Any
 
 from poller.aws.translate import source_call
 from poller.core.lineage import ShardInfo
-from poller.sources._shards import Converter, PageConverter, RecordsPage, StartPosition
+from poller.ports import Converter, PageConverter, RecordsPage, StartPosition
 from poller.types import StreamRecord
 
 #: DynamoDB Streams' maximum records per GetRecords call.

@@ -1,6 +1,6 @@
 """Kinesis Data Streams: the stream adapter of the shard reader, and Lambda's event shape.
 
-:class:`KinesisStreamApi` gives :class:`~poller.sources._shards.ShardReader` what differs for
+:class:`KinesisStreamApi` gives :class:`~poller.streams.reader.ShardReader` what differs for
 Kinesis: ListShards (paginated the way AWS requires), GetShardIterator with every iterator type
 including AT_TIMESTAMP, GetRecords with ``MillisBehindLatest`` and ``ChildShards``, and Lambda's
 pace for Kinesis (an idle shard once per second). :func:`make_record_factory` builds the
@@ -22,7 +22,7 @@ from poller.aws.translate import source_call
 from poller.core.kpl import deaggregate, is_aggregated
 from poller.core.lineage import ShardInfo
 from poller.errors import SourceError
-from poller.sources._shards import Converter, PageConverter, RecordsPage, StartPosition
+from poller.ports import Converter, PageConverter, RecordsPage, StartPosition
 from poller.types import StreamRecord
 
 #: Kinesis' maximum records per GetRecords call.

@@ -27,7 +27,7 @@ from poller.checkpoints.sqlite import SqliteCheckpointStore
 from poller.config import KinesisMapping, Settings, parse_settings
 from poller.core.lineage import ShardInfo
 from poller.errors import CheckpointError
-from poller.sources._shards import StreamApi
+from poller.ports import StreamApi
 from poller.sources.kinesis import KinesisStreamApi
 from poller.streams import StreamMappingRunner
 from poller.types import SHARD_END, Checkpoint, Target

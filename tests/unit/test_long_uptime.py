@@ -25,7 +25,7 @@ from poller.checkpoints.memory import MemoryCheckpointStore
 from poller.config import parse_settings
 from poller.core.lineage import ShardInfo, plan_shards
 from poller.leases import LeaseCoordinator, LeasedCheckpointStore, LeaseSettings
-from poller.sources._shards import StreamApi
+from poller.ports import StreamApi
 from poller.streams import StreamMappingRunner
 from poller.types import SHARD_END, Checkpoint, CheckpointStore, Target
 from tests.support.service_config import service_config, stream_mapping

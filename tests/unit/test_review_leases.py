@@ -32,7 +32,7 @@ import pytest
 from poller.checkpoints.dynamodb import Lease, LeaseLost
 from poller.errors import CheckpointError
 from poller.leases import LeaseCoordinator, LeaseSettings
-from poller.streams import EXPIRY_MARGIN_SECONDS, FENCE_CHECK_SECONDS, HANDOFF_POLL_SECONDS
+from poller.streams.runner import EXPIRY_MARGIN_SECONDS, FENCE_CHECK_SECONDS, HANDOFF_POLL_SECONDS
 from poller.types import Checkpoint
 from tests.unit.test_lease_runtime import MAPPING, Clock, FakeLeaseTable, simulate, table_with
 from tests.unit.test_lease_runtime import SimReplica as BalanceReplica

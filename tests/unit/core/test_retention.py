@@ -15,7 +15,8 @@ import structlog
 from poller.core.lineage import ShardInfo
 from poller.errors import PositionTrimmed
 from poller.observability.metrics import RecordingMetrics
-from poller.sources._shards import PageConverter, RecordsPage, ShardReader, StartPosition
+from poller.ports import PageConverter, RecordsPage, StartPosition
+from poller.streams.reader import ShardReader
 from poller.types import Chunk, ShardEnd, StreamRecord
 
 pytestmark = pytest.mark.anyio

@@ -15,7 +15,6 @@ import anyio
 import pytest
 import structlog
 
-from poller import pipeline
 from poller.checkpoints.memory import MemoryCheckpointStore
 from poller.core.retry_policy import (
     Action,
@@ -29,8 +28,9 @@ from poller.core.retry_policy import (
 )
 from poller.errors import DestinationError
 from poller.observability.metrics import RecordingMetrics
-from poller.pipeline import BatchPolicy, FailureRouting, ShardProcessor
 from poller.retry import Backoff
+from poller.streams import processor as pipeline
+from poller.streams.processor import BatchPolicy, FailureRouting, ShardProcessor
 from poller.types import Checkpoint, InvokeResult, Outcome, ShardEnd, StreamRecord
 from tests.support.waiting import wait_until
 

@@ -30,7 +30,7 @@ from poller.core.windows import (
 )
 from poller.errors import ConfigError
 from poller.leases import LeasedCheckpointStore
-from poller.pipeline import BatchPolicy, FailureRouting, ShardProcessor
+from poller.streams.processor import BatchPolicy, FailureRouting, ShardProcessor
 from poller.types import Checkpoint, InvokeResult, Outcome, ShardEnd, StreamRecord
 
 # 2020-12-09T07:04:00Z, the start of the window in AWS's documented example event.

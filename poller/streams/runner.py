@@ -57,9 +57,10 @@ from poller.destinations import FailureDestination
 from poller.errors import CheckpointError, PollerError
 from poller.leases import LeaseCoordinator, RenewOutcome, report_reopened
 from poller.observability.metrics import Metrics, NullMetrics
-from poller.pipeline import BatchPolicy, FailureRouting, ShardProcessor
+from poller.ports import RecordsPage, StartPosition, StreamApi
 from poller.retry import READ_BACKOFF, Backoff, retrying
-from poller.sources._shards import RecordsPage, ShardReader, StartPosition, StreamApi
+from poller.streams.processor import BatchPolicy, FailureRouting, ShardProcessor
+from poller.streams.reader import ShardReader
 from poller.types import SHARD_END, Checkpoint, CheckpointStore, Chunk, Target
 
 StreamMapping = KinesisMapping | DynamoDBStreamMapping
