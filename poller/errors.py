@@ -12,6 +12,7 @@ Errors that reach a user are raised here and nowhere else is an exception class 
     ├── HandlerImportError     a Python handler's import path does not resolve
     ├── DestinationError       an on-failure destination did not accept a failure record
     └── CheckpointError        a checkpoint could not be read or written
+        └── LeaseLost          a fenced write found another owner: stop the shard
 
 Failed invocations are not exceptions: targets return an ``InvokeResult``. ``retriable`` tells
 the reader loops whether to back off and try again or to stop the shard.
@@ -90,3 +91,21 @@ class CheckpointError(PollerError):
     """A checkpoint could not be read or written."""
 
     retriable = True
+
+
+class LeaseLost(CheckpointError):
+    """A fenced write found another owner or a newer counter: this replica lost the lease.
+
+    Not retriable: the writer must stop working on the shard. ``observed`` is the lease item as
+    the lease table held it when the write was refused (None when the item no longer exists;
+    a :class:`poller.checkpoints.dynamodb.Lease`, typed loosely here so that errors stay at the
+    bottom of the import layers). An ``observed.owner`` equal to the writer means the counter
+    was moved by this same replica (a concurrent write, or a retried write whose first response
+    was lost).
+    """
+
+    retriable = False
+
+    def __init__(self, message: str, *, observed: object | None = None) -> None:
+        super().__init__(message)
+        self.observed = observed

@@ -40,7 +40,7 @@ import aiohttp
 import anyio
 import structlog
 
-from poller.checkpoints.dynamodb import WINDOW_STATE_LIMIT, DynamoDBLeaseTable, Lease, LeaseLost
+from poller.checkpoints.dynamodb import WINDOW_STATE_LIMIT, DynamoDBLeaseTable, Lease
 from poller.core.balance import BalancePlan, LeaseView, plan_balance
 from poller.core.lineage import (
     RetirementGate,
@@ -51,7 +51,7 @@ from poller.core.lineage import (
     retired_checkpoints,
     vanished_shards,
 )
-from poller.errors import CheckpointError
+from poller.errors import CheckpointError, LeaseLost
 from poller.observability.metrics import Metrics, NullMetrics
 from poller.types import Checkpoint, InvokeResult, Target
 

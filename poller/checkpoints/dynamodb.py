@@ -58,7 +58,7 @@ import aiohttp
 from botocore.exceptions import BotoCoreError, ClientError
 
 from poller.aws.translate import error_code
-from poller.errors import CheckpointError, ConfigError
+from poller.errors import CheckpointError, ConfigError, LeaseLost
 from poller.types import Checkpoint
 
 _CONDITION_FAILED = "ConditionalCheckFailedException"
@@ -119,22 +119,6 @@ class Lease:
     def key(self) -> str:
         """The item's ``leaseKey``."""
         return lease_key(self.mapping, self.shard_id)
-
-
-class LeaseLost(CheckpointError):
-    """A fenced write found another owner or a newer counter: this replica lost the lease.
-
-    Not retriable: the writer must stop working on the shard. ``observed`` is the item as
-    DynamoDB held it when the write was refused (None when the item no longer exists). An
-    ``observed.owner`` equal to the writer means the counter was moved by this same replica
-    (a concurrent write, or a retried write whose first response was lost).
-    """
-
-    retriable = False
-
-    def __init__(self, message: str, *, observed: Lease | None = None) -> None:
-        super().__init__(message)
-        self.observed = observed
 
 
 class _Write(NamedTuple):

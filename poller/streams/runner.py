@@ -48,13 +48,12 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 
-from poller.checkpoints.dynamodb import LeaseLost
 from poller.config import DynamoDBStreamMapping, KinesisMapping
 from poller.core.failure_record import SourceKind
 from poller.core.lineage import ShardInfo, finished_shards, plan_shards, retired_checkpoints
 from poller.core.retry_policy import StreamRetryPolicy
 from poller.destinations import FailureDestination
-from poller.errors import CheckpointError, PollerError
+from poller.errors import CheckpointError, LeaseLost, PollerError
 from poller.leases import LeaseCoordinator, RenewOutcome, report_reopened
 from poller.observability.metrics import Metrics, NullMetrics
 from poller.ports import RecordsPage, StartPosition, StreamApi

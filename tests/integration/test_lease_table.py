@@ -17,8 +17,8 @@ import pytest
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
-from poller.checkpoints.dynamodb import DynamoDBLeaseTable, Lease, LeaseLost
-from poller.errors import CheckpointError, ConfigError
+from poller.checkpoints.dynamodb import DynamoDBLeaseTable, Lease
+from poller.errors import CheckpointError, ConfigError, LeaseLost
 from poller.status import lease_status, render_status
 from poller.types import SHARD_END, Checkpoint
 from tests.support.aws import CREDENTIALS, REGION, aws_client, unique

@@ -29,8 +29,8 @@ import anyio.abc
 import anyio.lowlevel
 import pytest
 
-from poller.checkpoints.dynamodb import Lease, LeaseLost
-from poller.errors import CheckpointError
+from poller.checkpoints.dynamodb import Lease
+from poller.errors import CheckpointError, LeaseLost
 from poller.leases import LeaseCoordinator, LeaseSettings
 from poller.streams.runner import EXPIRY_MARGIN_SECONDS, FENCE_CHECK_SECONDS, HANDOFF_POLL_SECONDS
 from poller.types import Checkpoint
