@@ -87,5 +87,5 @@ class StreamApi(Protocol):
     async def retention_seconds(self) -> float | None:
         """How long the stream keeps a record (None while unknown). An infinite
         ``maximum_record_age_in_seconds`` means this: a failing record is retried until the
-        stream has dropped it (aws-esm.md §1.2)."""
+        stream has dropped it (docs/aws-esm.md §1.2)."""
         ...

@@ -2,9 +2,9 @@
 
 Data flow::
 
-    Source (one reader per shard)  --StreamRecord-->  ShardWorker (batch, invoke, settle)
-        ShardWorker  --event dict-->  Target  --InvokeResult-->  ShardWorker
-        ShardWorker  --Checkpoint-->  CheckpointStore
+    Source (one reader per shard)  --StreamRecord-->  ShardProcessor (batch, invoke, settle)
+        ShardProcessor  --event dict-->  Target  --InvokeResult-->  ShardProcessor
+        ShardProcessor  --Checkpoint-->  CheckpointStore
 
 A source turns each raw record into a :class:`StreamRecord` once, already shaped as the record
 Lambda puts in ``Records[]``, so nothing downstream touches per-record JSON again. Targets never
@@ -192,7 +192,7 @@ class CheckpointStore(Protocol):
 
         Kept apart from the shard checkpoints, so retiring every checkpoint never makes a
         started mapping look new. ``0.0`` means "from each shard's TRIM_HORIZON" (a mapping
-        migrated from a version that did not record its start; see ``poller.streams``).
+        migrated from a version that did not record its start; see ``poller.streams.start``).
         """
         ...
 

@@ -1,7 +1,8 @@
-"""Batch cutting: decides which buffered records go into the next invocation.
+"""Batch cutting: decides which buffered items go into the next invocation.
 
-The shard worker feeds records it has read into a :class:`BatchBuilder` until the builder is
-full by count or by payload size; the worker itself handles the batching window because that
+Both engines cut their batches here: a stream lane feeds the records it has read into a
+:class:`BatchBuilder`, and an SQS poller feeds the messages it has received, until the builder
+is full by count or by payload size. The caller handles the batching window, because that
 needs a clock. Sizes are those of the compact JSON event ``{"Records":[r1,r2,...]}`` that the
 targets send, so the 6 MB cut is exact rather than estimated. An event with more than
 ``Records`` (a tumbling window's ``window``, ``state`` and the fields around them) passes their
@@ -12,6 +13,11 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
+from typing import Generic, Protocol
+
+# typing_extensions (installed with pydantic) for PEP 696 TypeVar defaults on Python 3.11:
+# a bare ``BatchBuilder`` annotation keeps meaning a builder of stream records.
+from typing_extensions import TypeVar
 
 from poller.types import StreamRecord
 
@@ -22,19 +28,31 @@ MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
 ENVELOPE_BYTES = len('{"Records":[') + len("]}")
 
 
-def event_size(records: Sequence[StreamRecord]) -> int:
+class SizedItem(Protocol):
+    """An item of ``Records``: a stream record or a queue message."""
+
+    @property
+    def size(self) -> int:
+        """Bytes the item adds to the compact JSON event."""
+        ...
+
+
+ItemT = TypeVar("ItemT", bound=SizedItem, default=StreamRecord)
+
+
+def event_size(records: Sequence[SizedItem]) -> int:
     """The size in bytes of the compact JSON event holding ``records``."""
     separators = max(len(records) - 1, 0)
     return ENVELOPE_BYTES + separators + sum(r.size for r in records)
 
 
-class BatchBuilder:
-    """Collects records until the batch is full by count or by payload size.
+class BatchBuilder(Generic[ItemT]):
+    """Collects items until the batch is full by count or by payload size.
 
-    A record that would push the event past ``max_bytes`` is refused, so it starts the next
-    batch. A record too large to fit even alone is accepted into an empty batch: it cannot be
-    split, and refusing it would stall the shard forever. The target then decides (Lambda
-    rejects it with ``RequestTooLargeException``, which the retry policy handles).
+    An item that would push the event past ``max_bytes`` is refused, so it starts the next
+    batch. An item too large to fit even alone is accepted into an empty batch: it cannot be
+    split, and refusing it would stall the shard or queue forever. The target then decides
+    (Lambda rejects it with ``RequestTooLargeException``, which the retry policy handles).
     """
 
     __slots__ = ("_bytes", "_max_bytes", "_max_records", "_refused", "records")
@@ -42,7 +60,7 @@ class BatchBuilder:
     def __init__(
         self, max_records: int, max_bytes: int = MAX_PAYLOAD_BYTES, overhead: int = 0
     ) -> None:
-        self.records: list[StreamRecord] = []
+        self.records: list[ItemT] = []
         self._max_records = max_records
         self._max_bytes = max_bytes
         #: ``overhead``: bytes the event holds besides ``{"Records":[...]}``.
@@ -51,15 +69,20 @@ class BatchBuilder:
 
     @property
     def is_full(self) -> bool:
-        """True when no further record may be added."""
+        """True when no further item may be added."""
         return self._refused or len(self.records) >= self._max_records
+
+    @property
+    def room(self) -> int:
+        """How many more items the count limit allows (the size limit may allow fewer)."""
+        return max(0, self._max_records - len(self.records))
 
     @property
     def size_bytes(self) -> int:
         """The serialized size of the event built so far."""
         return self._bytes
 
-    def try_add(self, record: StreamRecord) -> bool:
+    def try_add(self, record: ItemT) -> bool:
         """Add ``record`` if it fits; once one is refused the batch counts as full."""
         if self.is_full:
             return False
@@ -71,7 +94,14 @@ class BatchBuilder:
         self._bytes += added
         return True
 
-    def fill_from(self, pending: deque[StreamRecord]) -> None:
-        """Move records from the front of ``pending`` into the batch while they fit."""
+    def fill_from(self, pending: deque[ItemT]) -> None:
+        """Move items from the front of ``pending`` into the batch while they fit."""
         while pending and self.try_add(pending[0]):
             pending.popleft()
+
+    def take(self, pending: Sequence[ItemT]) -> list[ItemT]:
+        """Add items from the front of ``pending`` while they fit; return the rest."""
+        for index, item in enumerate(pending):
+            if not self.try_add(item):
+                return list(pending[index:])
+        return []

@@ -3,10 +3,10 @@
 Data flow::
 
     config (on-failure destination ARN) --build_destination--> FailureDestination
-    ShardWorker (records exhausted retries or exceeded their maximum age)
+    ShardProcessor (records exhausted retries or exceeded their maximum age)
         --failure_record(...)--> FailureDestination.send --> SQS queue / SNS topic / S3 bucket
 
-The shard worker calls :meth:`FailureDestination.send` once per batch it gives up on. Until
+The shard processor calls :meth:`FailureDestination.send` once per batch it gives up on. Until
 ``send`` returns, those records are not settled and the shard's checkpoint does not move: a
 :class:`~poller.errors.DestinationError` (retriable) makes the worker back off and send again,
 so a destination outage pauses the shard instead of losing records. A refusal that will not
@@ -60,7 +60,7 @@ _MESSAGE_ECHOES_PAYLOAD = frozenset({"InvalidMessageContents"})
 #: Error codes that say the destination cannot accept anything until someone changes it: a
 #: missing permission, a KMS key that is disabled, deleted or forbidden, or a queue, topic or
 #: bucket that does not exist. The shard still waits (nothing is dropped), but these are
-#: reported as blocking, loudly (see ``poller.streams.processor``). Each service spells its
+#: reported as blocking, loudly (see ``poller.streams.failures``). Each service spells its
 #: KMS errors its own way (the codes of its botocore model; SQS and S3 also send
 #: ``KMS.*Exception``).
 PERMANENT_CODES = frozenset(

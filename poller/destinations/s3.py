@@ -2,10 +2,10 @@
 
 Data flow::
 
-    ShardWorker --failure record + records--> S3Destination.send
+    ShardProcessor --failure record + records--> S3Destination.send
         --PutObject(aws/lambda/<mapping>/<shard>/YYYY/MM/DD/...)--> S3 bucket
 
-The shard worker calls ``send`` when records exhaust their retries or exceed their maximum age;
+The shard processor calls ``send`` when records exhaust their retries or exceed their maximum age;
 until it succeeds the records are not settled and the shard's checkpoint does not move. Unlike
 SQS and SNS, the object holds the failed records too: the failure record plus
 ``payload: {"Records": [...]}`` (:func:`~poller.core.failure_record.with_payload`). Object keys

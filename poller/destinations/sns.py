@@ -2,9 +2,9 @@
 
 Data flow::
 
-    ShardWorker --failure record--> SnsDestination.send --Publish(JSON record)--> standard topic
+    ShardProcessor --failure record--> SnsDestination.send --Publish(JSON record)--> standard topic
 
-The shard worker calls ``send`` when records exhaust their retries or exceed their maximum age;
+The shard processor calls ``send`` when records exhaust their retries or exceed their maximum age;
 until it succeeds the records are not settled and the shard's checkpoint does not move. The
 notification's ``Message`` is the failure record as JSON, exactly what Lambda publishes;
 subscribers receive it inside SNS's usual envelope.

@@ -2,10 +2,10 @@
 
 Data flow::
 
-    ShardWorker --failure record--> SqsDestination.send
+    ShardProcessor --failure record--> SqsDestination.send
         --GetQueueUrl (first send only)--> --SendMessage(JSON record)--> standard SQS queue
 
-The shard worker calls ``send`` when records exhaust their retries or exceed their maximum age;
+The shard processor calls ``send`` when records exhaust their retries or exceed their maximum age;
 until it succeeds the records are not settled and the shard's checkpoint does not move. The
 message body is the failure record as JSON, exactly what Lambda sends. The queue URL is
 resolved once, from the name and account in the ARN, and cached; a failed resolution is tried

@@ -6,7 +6,7 @@ roll over every few hours, so this path is routine), GetRecords of up to 1,000 r
 ``MillisBehindLatest``, and Lambda's pace for DynamoDB (four polls a second per shard).
 
 DynamoDB Streams has no AT_TIMESTAMP iterator. A LATEST mapping pins its start instant in the
-checkpoints (see ``poller.streams``); on a restart before the first record of a shard, the
+checkpoints (see ``poller.streams.start``); on a restart before the first record of a shard, the
 reader starts at TRIM_HORIZON and skips records created before the second of that instant
 (``ApproximateCreationDateTime`` is rounded down to the second, so every change made after the
 instant is kept; a change made earlier in the same second is delivered too): at least once,

@@ -211,7 +211,9 @@ class KinesisStreamApi:
             return lambda raws: [convert(r) for r in raws]
         settled = None
         if start.type == "AT_SEQUENCE_NUMBER" and start.sequence_number is not None:
-            settled = (start.sequence_number, start.settled_through or -1)
+            # settled_through 0 means user record 0 is settled; only None means none is.
+            through = -1 if start.settled_through is None else start.settled_through
+            settled = (start.sequence_number, through)
         expand = make_deaggregator(convert, self._hash_ranges.get(shard_id), settled)
         return lambda raws: [record for raw in raws for record in expand(raw)]
 

@@ -16,7 +16,7 @@ call that failed as a whole (code :data:`CALL_FAILED`); ``open`` and ``receive``
 owns every retry and backoff.
 
 Each received message becomes an :class:`SqsMessage` whose ``event_record`` is exactly the
-record Lambda puts in ``Records[]`` (aws-esm.md §3.3, checked against AWS's recordings), and
+record Lambda puts in ``Records[]`` (docs/aws-esm.md §3.3, checked against AWS's recordings), and
 whose ``size`` is the bytes it adds to the compact UTF-8 JSON event, so the runner cuts batches
 at 6 MB exactly. Bodies are passed through untouched and never logged.
 

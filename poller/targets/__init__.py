@@ -3,7 +3,7 @@
 Data flow::
 
     config (target section) --build_target--> Target
-    ShardWorker --event dict--> Target.invoke --> InvokeResult
+    ShardProcessor --event dict--> Target.invoke --> InvokeResult
 
 Every target implements :class:`poller.types.Target`: Lambda (``lambda_``), an HTTP
 endpoint (``http``) or an in-process Python handler (``python``). The composition root

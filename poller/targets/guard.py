@@ -2,8 +2,8 @@
 
 Data flow::
 
-    ShardWorker --event dict--> GuardedTarget.invoke --> Target.invoke (Lambda, HTTP, Python)
-    ShardWorker <--InvokeResult-- the target's result, or a function error for what it raised
+    ShardProcessor --event dict--> GuardedTarget.invoke --> Target.invoke (Lambda, HTTP, Python)
+    ShardProcessor <--InvokeResult-- the target's result, or a function error for what it raised
 
 Targets promise never to raise for a failed invocation, but a library can still raise what a
 target did not foresee (aiohttp's ``ValueError`` for a header it refuses, a handler's

@@ -2,8 +2,8 @@
 
 Data flow::
 
-    ShardWorker --event dict--> HttpTarget.invoke --POST application/json--> endpoint
-    ShardWorker <--InvokeResult-- classify(status, body or connection error)
+    ShardProcessor --event dict--> HttpTarget.invoke --POST application/json--> endpoint
+    ShardProcessor <--InvokeResult-- classify(status, body or connection error)
 
 An HTTP endpoint stands in for a function, so its answers map onto Lambda's outcome classes:
 2xx is success and its JSON body is the function's response (partial batch responses work

@@ -2,12 +2,12 @@
 
 Data flow::
 
-    ShardWorker --event dict--> LambdaTarget.invoke --Invoke (RequestResponse)--> Lambda
-    ShardWorker <--InvokeResult-- classify(response or ClientError)
+    ShardProcessor --event dict--> LambdaTarget.invoke --Invoke (RequestResponse)--> Lambda
+    ShardProcessor <--InvokeResult-- classify(response or ClientError)
 
 The event is sent as compact JSON exactly as an event source mapping would send it, and the
 answer is sorted into the :class:`~poller.types.Outcome` classes that AWS uses to count
-retries (``aws-esm.md`` §1.2, §2.5): the function failed or timed out (counted), Lambda
+retries (``docs/aws-esm.md`` §1.2, §2.5): the function failed or timed out (counted), Lambda
 throttled the call (not counted), or the call never reached the function (not counted).
 Botocore's own retries are off (:data:`LAMBDA_INVOKE_CONFIG`) because the pipeline owns
 retries and backoff; a botocore retry would hide throttles from it and double invocations.

@@ -30,6 +30,7 @@ from poller.errors import CheckpointError
 from poller.ports import StreamApi
 from poller.sources.kinesis import KinesisStreamApi
 from poller.streams import StreamMappingRunner
+from poller.streams.ownership import SoloOwnership
 from poller.types import SHARD_END, Checkpoint, Target
 from tests.support import recorder
 from tests.support.aws import (
@@ -237,7 +238,7 @@ async def test_sqlite_crash_part_way_through_initialisation_then_restart(
             ),
             kind="kinesis",
             target=_no_target(),
-            store=store,
+            ownership=SoloOwnership(store, MAPPING),
             stopping=anyio.Event(),
         )
         with pytest.raises(CheckpointError, match="injected"):
@@ -386,7 +387,7 @@ def memory_runner(store: MemoryCheckpointStore, listing: Listing) -> StreamMappi
         api=cast(StreamApi, listing),
         kind="kinesis",
         target=_no_target(),
-        store=store,
+        ownership=SoloOwnership(store, MAPPING),
         stopping=anyio.Event(),
     )
 

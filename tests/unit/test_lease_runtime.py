@@ -20,8 +20,8 @@ from types import SimpleNamespace
 import pytest
 
 from poller.app import takeover_grace
-from poller.checkpoints.dynamodb import Lease, LeaseLost
-from poller.errors import CheckpointError
+from poller.checkpoints.dynamodb import Lease
+from poller.errors import CheckpointError, LeaseLost
 from poller.leases import LeaseCoordinator, LeaseSettings
 from poller.types import Checkpoint
 

@@ -27,6 +27,7 @@ from poller.core.lineage import ShardInfo, plan_shards
 from poller.leases import LeaseCoordinator, LeasedCheckpointStore, LeaseSettings
 from poller.ports import StreamApi
 from poller.streams import StreamMappingRunner
+from poller.streams.ownership import LeasedOwnership, SoloOwnership
 from poller.types import SHARD_END, Checkpoint, CheckpointStore, Target
 from tests.support.service_config import service_config, stream_mapping
 
@@ -168,9 +169,8 @@ def runner_for(
         api=cast(StreamApi, stream),  # only listing is used: no shard runs here
         kind="dynamodb",
         target=cast(Target, None),
-        store=store,
+        ownership=SoloOwnership(store, MAPPING) if leases is None else LeasedOwnership(leases),
         stopping=anyio.Event(),
-        leases=leases,
     )
 
 
@@ -204,8 +204,7 @@ async def test_months_of_rollovers_keep_the_lease_table_and_balance_cost_bounded
         stream.generation = step
         listing = await stream.list_shards()
         before = sum(table.calls.values())
-        await coordinator.sync(listing, runner._initial_checkpoint)
-        await runner._retire(listing, await coordinator.checkpoints())
+        await coordinator.sync(listing, runner._start.checkpoint_for)
         for _ in range(2):  # the parent ends, then its child becomes ready
             await coordinator.balance()
             await read_held_shards(coordinator, listing, step)
@@ -235,7 +234,7 @@ async def test_rollovers_never_recreate_a_retired_lease_and_children_start_at_th
     for step in range(50):
         stream.generation = step
         listing = await stream.list_shards()
-        await coordinator.sync(listing, runner._initial_checkpoint)
+        await coordinator.sync(listing, runner._start.checkpoint_for)
         for shard_id in {s.shard_id for s in listing if not s.closed}:
             lease = table.items[f"{MAPPING}#{shard_id}"]
             if step > 0 and lease.owner is None:
@@ -265,7 +264,7 @@ async def test_months_of_rollovers_and_restarts_without_leases_stay_bounded() ->
             await runner._maybe_initialize()
             assert store.starts == {MAPPING: pin}
         listing = await stream.list_shards()
-        await runner._retire(listing, await store.get_all(MAPPING))
+        await cast(SoloOwnership, runner._ownership).retire(listing, await store.get_all(MAPPING))
         for _ in range(2):
             checkpoints = await store.get_all(MAPPING)
             ready = plan_shards(listing, checkpoints).ready

@@ -21,8 +21,7 @@ from typing import Any
 import anyio
 import pytest
 
-from poller.checkpoints.dynamodb import LeaseLost
-from poller.errors import CheckpointError
+from poller.errors import CheckpointError, LeaseLost
 from poller.leases import LeaseCoordinator
 from poller.types import InvokeResult, Outcome
 from tests.unit.test_lease_runtime import (

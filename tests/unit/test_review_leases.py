@@ -32,7 +32,11 @@ import pytest
 from poller.checkpoints.dynamodb import Lease
 from poller.errors import CheckpointError, LeaseLost
 from poller.leases import LeaseCoordinator, LeaseSettings
-from poller.streams.runner import EXPIRY_MARGIN_SECONDS, FENCE_CHECK_SECONDS, HANDOFF_POLL_SECONDS
+from poller.streams.ownership import (
+    EXPIRY_MARGIN_SECONDS,
+    FENCE_CHECK_SECONDS,
+    HANDOFF_POLL_SECONDS,
+)
 from poller.types import Checkpoint
 from tests.unit.test_lease_runtime import MAPPING, Clock, FakeLeaseTable, simulate, table_with
 from tests.unit.test_lease_runtime import SimReplica as BalanceReplica
@@ -302,7 +306,7 @@ def fresh_holders(replicas: list[SimReplica], shard: str, clock: SimClock) -> li
     holders = []
     for replica in replicas:
         coord = replica.coordinator
-        renewed = coord._renewed_at.get(shard)
+        renewed = coord._holdings.renewed_at.get(shard)
         if replica.exited or shard not in coord.held or renewed is None:
             continue
         if clock.now - renewed <= SIM_SETTINGS.lease_duration - SIM_SETTINGS.renew_interval:

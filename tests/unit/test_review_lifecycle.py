@@ -23,6 +23,7 @@ from poller.core.lineage import ShardInfo, plan_shards, reopened_shards
 from poller.leases import LeaseCoordinator, LeasedCheckpointStore, LeaseSettings
 from poller.ports import StreamApi
 from poller.streams import StreamMappingRunner
+from poller.streams.ownership import LeasedOwnership, SoloOwnership
 from poller.types import SHARD_END, Checkpoint, CheckpointStore, Target
 from tests.support.service_config import service_config, stream_mapping
 from tests.unit.test_long_uptime import FakeLeaseTable
@@ -62,9 +63,8 @@ def runner(
         api=cast(StreamApi, listing),
         kind="kinesis",
         target=cast(Target, None),
-        store=store,
+        ownership=SoloOwnership(store, MAPPING) if leases is None else LeasedOwnership(leases),
         stopping=anyio.Event(),
-        leases=leases,
     )
 
 
@@ -93,7 +93,7 @@ async def test_a_listing_glitch_never_gets_a_finished_parent_read_again_lease_pa
     listing = Listing(PARENT, CHILD)
     run = runner(listing, LeasedCheckpointStore(coordinator), coordinator)
     await run._maybe_initialize()
-    await coordinator.sync(listing.shards, run._initial_checkpoint)
+    await coordinator.sync(listing.shards, run._start.checkpoint_for)
     await table.checkpoint(
         await table.take(table.items[f"{MAPPING}#shardId-0"], "a"),  # type: ignore[arg-type]
         "a",
@@ -101,8 +101,8 @@ async def test_a_listing_glitch_never_gets_a_finished_parent_read_again_lease_pa
     )
     restarted = runner(listing, LeasedCheckpointStore(coordinator), coordinator)
     await restarted._maybe_initialize()  # (or a peer): the pin is read, not recorded
-    await coordinator.sync(glitch, restarted._initial_checkpoint)  # the glitch
-    await coordinator.sync(listing.shards, restarted._initial_checkpoint)  # back to normal
+    await coordinator.sync(glitch, restarted._start.checkpoint_for)  # the glitch
+    await coordinator.sync(listing.shards, restarted._start.checkpoint_for)  # back to normal
     assert table.items[f"{MAPPING}#shardId-0"].checkpoint == Checkpoint(SHARD_END)
     plan = plan_shards(listing.shards, await coordinator.checkpoints())
     assert plan.ready == ("shardId-1",)
@@ -115,7 +115,9 @@ async def test_a_partial_listing_never_gets_a_finished_parent_read_again_sqlite_
     run = runner(listing, store)
     await run._maybe_initialize()
     await store.put(MAPPING, "shardId-0", Checkpoint(SHARD_END))
-    await run._retire([CHILD], await store.get_all(MAPPING))  # the parent is missing once
+    await cast(SoloOwnership, run._ownership).retire(
+        [CHILD], await store.get_all(MAPPING)
+    )  # the parent is missing once
     plan = plan_shards(listing.shards, await store.get_all(MAPPING))
     assert plan.ready == ("shardId-1",), "the finished parent would be read again"
 
@@ -127,7 +129,7 @@ async def test_a_parent_whose_child_progressed_is_still_retired_once_gone() -> N
     listing = Listing(PARENT, CHILD)
     run = runner(listing, LeasedCheckpointStore(coordinator), coordinator)
     await run._maybe_initialize()
-    await coordinator.sync(listing.shards, run._initial_checkpoint)
+    await coordinator.sync(listing.shards, run._start.checkpoint_for)
     for shard_id, checkpoint in (
         ("shardId-0", Checkpoint(SHARD_END)),
         ("shardId-1", Checkpoint("9")),
@@ -135,9 +137,9 @@ async def test_a_parent_whose_child_progressed_is_still_retired_once_gone() -> N
         lease = await table.take(table.items[f"{MAPPING}#{shard_id}"], "a")
         assert lease is not None
         await table.checkpoint(lease, "a", checkpoint)
-    await coordinator.sync([CHILD], run._initial_checkpoint)
+    await coordinator.sync([CHILD], run._start.checkpoint_for)
     assert f"{MAPPING}#shardId-0" in table.items, "retired on the first listing without it"
-    await coordinator.sync([CHILD], run._initial_checkpoint)
+    await coordinator.sync([CHILD], run._start.checkpoint_for)
     assert set(table.items) == {f"{MAPPING}#shardId-1"}
 
 
@@ -157,7 +159,7 @@ async def test_a_recreated_stream_whose_open_shard_has_an_old_shard_end_is_repor
     reborn = ShardInfo("shardId-0")  # open again: a new stream under the old name
     run = runner(Listing(reborn), store)
     with capture_logs() as logs:
-        await run._retire([reborn], await store.get_all(MAPPING))
+        await cast(SoloOwnership, run._ownership).retire([reborn], await store.get_all(MAPPING))
     [event] = [e for e in logs if e["event"] == "shard.reopened"]
     assert event["log_level"] == "error"
     assert event["reopened_shards"] == ["shardId-0"]
@@ -188,7 +190,7 @@ async def test_other_starting_positions_never_gain_a_pin(options: dict[str, obje
     listing = Listing(PARENT, CHILD, ShardInfo("shardId-2"))
     run = runner(listing, LeasedCheckpointStore(coordinator), coordinator, **options)
     await run._maybe_initialize()
-    await coordinator.sync(listing.shards, run._initial_checkpoint)
+    await coordinator.sync(listing.shards, run._start.checkpoint_for)
     assert table.starts == {}
     assert {lease.checkpoint for lease in table.items.values()} == {None}
     store = MemoryCheckpointStore()
@@ -303,7 +305,7 @@ async def test_splits_merges_a_restart_and_listing_glitches_over_months() -> Non
             # listing of a mapping is trusted (see the README, "Resharding").
             glitch = step > 0 and not glitched[index] and stream.random.random() < 0.1
             stream.glitch = glitched[index] = glitch
-            await coordinator.sync(await stream.list_shards(), run._initial_checkpoint)
+            await coordinator.sync(await stream.list_shards(), run._start.checkpoint_for)
             outcome = await coordinator.balance()
             for shard_id in outcome.handoffs:
                 await coordinator.release(shard_id)
@@ -347,7 +349,7 @@ async def test_children_of_a_parent_trimmed_unread_start_on_the_lease_path(
     listing = Listing(PARENT, other, merged)
     run = runner(listing, LeasedCheckpointStore(coordinator), coordinator)
     await run._maybe_initialize()
-    await coordinator.sync(listing.shards, run._initial_checkpoint)
+    await coordinator.sync(listing.shards, run._start.checkpoint_for)
     parent = table.items[f"{MAPPING}#shardId-0"]
     table.items[parent.key] = dataclasses.replace(parent, checkpoint=checkpoint)
     ended = table.items[f"{MAPPING}#shardId-9"]
@@ -355,7 +357,7 @@ async def test_children_of_a_parent_trimmed_unread_start_on_the_lease_path(
     trimmed = [other, merged]  # shardId-0 aged out of the stream
     with capture_logs() as logs:
         for _ in range(2):
-            await coordinator.sync(trimmed, run._initial_checkpoint)
+            await coordinator.sync(trimmed, run._start.checkpoint_for)
     assert f"{MAPPING}#shardId-0" not in table.items
     assert [e["vanished_shard"] for e in logs if e["event"] == "lease.vanished"] == ["shardId-0"]
     await coordinator.balance()
@@ -372,16 +374,16 @@ async def test_a_child_whose_parent_a_listing_hides_gets_no_lease_before_its_par
     root = ShardInfo("shardId-0")
     run = runner(Listing(root), LeasedCheckpointStore(coordinator), coordinator)
     await run._maybe_initialize()
-    await coordinator.sync([root], run._initial_checkpoint)
+    await coordinator.sync([root], run._start.checkpoint_for)
     parent = ShardInfo("shardId-1", closed=True)
     child = ShardInfo("shardId-2", ("shardId-1",), closed=True)
     grandchild = ShardInfo("shardId-3", ("shardId-2",))
-    await coordinator.sync([root, child, grandchild], run._initial_checkpoint)  # hides parent
+    await coordinator.sync([root, child, grandchild], run._start.checkpoint_for)  # hides parent
     assert sorted(table.items) == [f"{MAPPING}#shardId-0"]
-    await coordinator.sync([root, parent, child, grandchild], run._initial_checkpoint)
+    await coordinator.sync([root, parent, child, grandchild], run._start.checkpoint_for)
     assert len(table.items) == 4
     gone = ShardInfo("shardId-5", ("shardId-4",))  # its parent aged out unseen
-    await coordinator.sync([root, parent, child, grandchild, gone], run._initial_checkpoint)
+    await coordinator.sync([root, parent, child, grandchild, gone], run._start.checkpoint_for)
     assert f"{MAPPING}#shardId-5" not in table.items
-    await coordinator.sync([root, parent, child, grandchild, gone], run._initial_checkpoint)
+    await coordinator.sync([root, parent, child, grandchild, gone], run._start.checkpoint_for)
     assert f"{MAPPING}#shardId-5" in table.items

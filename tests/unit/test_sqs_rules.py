@@ -1,8 +1,9 @@
 """The SQS runner's I/O-free rules: which messages a partial failure keeps, batch cutting by
 count and 6 MB, the receive wait within a batching window, the scaler, and event shaping.
 
-They test poller/queues.py and poller/sources/sqs.py from the inside; the SQS integration
-tests (tests/integration/test_sqs_*.py) run the same code against moto.
+They test poller/core/queue_rules.py, poller/queues/ and poller/sources/sqs.py from the
+inside; the SQS integration tests (tests/integration/test_sqs_*.py) run the same code against
+moto.
 """
 
 from __future__ import annotations
@@ -14,16 +15,15 @@ from typing import Any
 import pytest
 
 from poller.core.batching import ENVELOPE_BYTES
-from poller.queues import (
+from poller.core.queue_rules import (
     MIN_POLLERS,
     SCALE_UP_STEP,
     START_POLLERS,
-    _Gathering,
-    _Scaler,
-    _wait_seconds,
+    Scaler,
     carried_apart,
     held_back,
 )
+from poller.queues.intake import Gathering, _wait_seconds
 from poller.sources.sqs import SqsMessage, make_message_factory
 
 ARN = "arn:aws:sqs:us-east-1:123456789012:q.fifo"
@@ -82,7 +82,7 @@ def test_carried_messages_go_on_on_a_standard_queue_or_without_failures() -> Non
 
 
 def test_gathering_cuts_at_the_batch_size_and_returns_the_rest() -> None:
-    gathering = _Gathering(limit=3, max_bytes=10_000)
+    gathering = Gathering(limit=3, max_bytes=10_000)
     rest = gathering.take([message(str(i)) for i in range(5)])
     assert [m.message_id for m in gathering.messages] == ["0", "1", "2"]
     assert [m.message_id for m in rest] == ["3", "4"]
@@ -92,7 +92,7 @@ def test_gathering_cuts_at_the_batch_size_and_returns_the_rest() -> None:
 def test_gathering_cuts_before_the_message_that_would_pass_the_byte_limit() -> None:
     """Sizes are those of the compact event: envelope, records and the commas between."""
     limit = ENVELOPE_BYTES + 100 + 1 + 100  # exactly two 100-byte records
-    gathering = _Gathering(limit=10, max_bytes=limit)
+    gathering = Gathering(limit=10, max_bytes=limit)
     rest = gathering.take([message("a"), message("b"), message("c")])
     assert [m.message_id for m in gathering.messages] == ["a", "b"]
     assert [m.message_id for m in rest] == ["c"]
@@ -100,14 +100,14 @@ def test_gathering_cuts_before_the_message_that_would_pass_the_byte_limit() -> N
 
 
 def test_a_message_larger_than_the_limit_is_sent_alone() -> None:
-    gathering = _Gathering(limit=10, max_bytes=50)
+    gathering = Gathering(limit=10, max_bytes=50)
     rest = gathering.take([message("huge", size=500), message("next")])
     assert [m.message_id for m in gathering.messages] == ["huge"]
     assert [m.message_id for m in rest] == ["next"]
 
 
 def test_gathering_below_both_limits_is_not_full() -> None:
-    gathering = _Gathering(limit=10, max_bytes=10_000)
+    gathering = Gathering(limit=10, max_bytes=10_000)
     assert gathering.take([message("a")]) == []
     assert not gathering.full
     assert gathering.room == 9
@@ -135,16 +135,16 @@ def test_wait_is_what_is_left_of_the_window_rounded_down() -> None:
 # --------------------------------------------------------------------------- scaling
 
 
-def started(cap: int) -> _Scaler:
-    scaler = _Scaler(cap)
+def started(cap: int) -> Scaler:
+    scaler = Scaler(cap)
     scaler.active = scaler.target
     return scaler
 
 
 def test_scaler_starts_at_five_or_the_cap() -> None:
-    assert _Scaler(1000).target == START_POLLERS
-    assert _Scaler(3).target == 3
-    assert _Scaler(3).floor == MIN_POLLERS
+    assert Scaler(1000).target == START_POLLERS
+    assert Scaler(3).target == 3
+    assert Scaler(3).floor == MIN_POLLERS
 
 
 def test_full_batches_add_pollers_up_to_the_cap() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from collections import deque
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pytest
@@ -132,6 +133,31 @@ def test_overhead_counts_toward_the_limit() -> None:
     assert len(loaded.records) < len(plain.records)
     assert loaded.size_bytes == compact(loaded.records) + 3_000
     assert loaded.size_bytes <= 6_000
+
+
+@dataclass(frozen=True)
+class Item:
+    """Any item that knows its size: the builder is shared by streams and queues."""
+
+    name: str
+    size: int
+
+
+def test_take_adds_from_the_front_and_returns_the_rest() -> None:
+    """take() is fill_from() over a list: the SQS poller carries what is left over."""
+    items = [Item(name, 100) for name in "abcd"]
+    builder: BatchBuilder[Item] = BatchBuilder(10, event_size(items[:2]))
+    assert builder.take(items) == items[2:]
+    assert builder.records == items[:2]
+    assert (builder.is_full, builder.room) == (True, 8)
+
+
+def test_take_of_what_fits_returns_nothing_and_leaves_room() -> None:
+    builder: BatchBuilder[Item] = BatchBuilder(3)
+    assert builder.take([Item("a", 10)]) == []
+    assert (builder.is_full, builder.room) == (False, 2)
+    assert builder.take([Item("b", 10), Item("c", 10), Item("d", 10)]) == [Item("d", 10)]
+    assert (builder.is_full, builder.room) == (True, 0)
 
 
 # -- property: every 6 MB computation counts what is actually sent (issue 11 review) ---------

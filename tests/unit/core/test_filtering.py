@@ -797,7 +797,7 @@ def test_sqs_record_is_not_modified() -> None:
 
 def test_data_is_parsed_once_per_record(monkeypatch: pytest.MonkeyPatch) -> None:
     """However many filters reference data, a record's data is parsed once."""
-    import poller.core.filtering as filtering
+    import poller.core.filtering.json_text as filtering
 
     calls: list[str] = []
     real = filtering._loads

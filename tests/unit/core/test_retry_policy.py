@@ -29,7 +29,7 @@ from poller.core.retry_policy import (
 from poller.errors import DestinationError
 from poller.observability.metrics import RecordingMetrics
 from poller.retry import Backoff
-from poller.streams import processor as pipeline
+from poller.streams import failures as pipeline
 from poller.streams.processor import BatchPolicy, FailureRouting, ShardProcessor
 from poller.types import Checkpoint, InvokeResult, Outcome, ShardEnd, StreamRecord
 from tests.support.waiting import wait_until

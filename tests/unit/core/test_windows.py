@@ -11,7 +11,8 @@ from typing import Any
 import anyio
 import pytest
 
-from poller.checkpoints.dynamodb import WINDOW_STATE_LIMIT, _checkpoint_from, _checkpoint_update
+from poller.checkpoints.dynamodb import WINDOW_STATE_LIMIT
+from poller.checkpoints.dynamodb.items import _checkpoint_from, _checkpoint_update
 from poller.checkpoints.memory import MemoryCheckpointStore
 from poller.checkpoints.sqlite import SqliteCheckpointStore
 from poller.config import parse_settings

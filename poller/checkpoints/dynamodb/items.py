@@ -1,0 +1,226 @@
+"""Lease items in DynamoDB's wire format: the :class:`Lease` the coordinator works with, and
+the attribute values and update expressions the table writes (see the package docstring for
+the schema). No I/O: :mod:`.table` and :mod:`.calls` send what this module builds.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from poller.types import Checkpoint
+
+_PLACEHOLDER = re.compile(r"#(\w+)")
+#: The largest window state (bytes of compact JSON) a lease can carry: DynamoDB's item limit
+#: is 400 KB, names and values together; 8 KB is left for the lease's other attributes (key,
+#: owner, checkpoint, parents, counters), which take well under 1 KB.
+WINDOW_STATE_LIMIT = 400 * 1024 - 8 * 1024
+
+
+#: The "shard id" half of a mapping item's ``leaseKey``; no Kinesis or DynamoDB shard has it.
+MAPPING_ITEM = "__mapping__"
+
+
+def lease_key(mapping: str, shard_id: str) -> str:
+    """The ``leaseKey`` of a (mapping, shard)."""
+    return f"{mapping}#{shard_id}"
+
+
+def is_mapping_item(item: Mapping[str, Any]) -> bool:
+    """Whether a raw item is a mapping item rather than a lease."""
+    return str(item["leaseKey"]["S"]).endswith(f"#{MAPPING_ITEM}")
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """One lease item as last read or written.
+
+    Attributes:
+        mapping: the event source mapping the shard belongs to.
+        shard_id: the shard.
+        owner: the replica holding the lease (``leaseOwner``), or None when unowned.
+        counter: ``leaseCounter``, the fencing token every ownership and checkpoint write is
+            conditional on.
+        checkpoint: the shard's durable position, or None when never checkpointed.
+        parent_ids: parent shard ids, sorted (``parentShardId``).
+        pending_owner: a replica that asked the owner to hand the lease over, or None.
+        owner_switches: ``ownerSwitchesSinceCheckpoint``.
+        renewed_at: the writer's wall clock (epoch seconds) at the last take, renew or
+            checkpoint. For display only: never compare it with another host's clock.
+    """
+
+    mapping: str
+    shard_id: str
+    owner: str | None
+    counter: int
+    checkpoint: Checkpoint | None
+    parent_ids: tuple[str, ...]
+    pending_owner: str | None
+    owner_switches: int
+    renewed_at: float | None
+
+    @property
+    def key(self) -> str:
+        """The item's ``leaseKey``."""
+        return lease_key(self.mapping, self.shard_id)
+
+
+def _n(value: int | float) -> dict[str, str]:
+    return {"N": repr(value) if isinstance(value, float) else str(value)}
+
+
+def _s(value: str) -> dict[str, str]:
+    return {"S": value}
+
+
+def _names(*expressions: str) -> dict[str, str]:
+    """ExpressionAttributeNames for the ``#attribute`` placeholders used in ``expressions``.
+
+    DynamoDB refuses unused names, so the map is built from the expressions themselves.
+    """
+    found = {name for expr in expressions for name in _PLACEHOLDER.findall(expr)}
+    return {f"#{name}": name for name in sorted(found)}
+
+
+def _str(item: Mapping[str, Any], name: str) -> str | None:
+    value = item.get(name)
+    return None if value is None else str(value["S"])
+
+
+def _num(item: Mapping[str, Any], name: str) -> Decimal | None:
+    value = item.get(name)
+    return None if value is None else Decimal(value["N"])
+
+
+def _checkpoint_from(item: Mapping[str, Any]) -> Checkpoint | None:
+    sequence = _str(item, "checkpoint")
+    start = _num(item, "startTimestamp")
+    sub = _num(item, "checkpointSubSequenceNumber")
+    if sequence is None and start is None:
+        return None
+    return Checkpoint(
+        sequence_number=sequence,
+        start_timestamp=None if start is None else float(start),
+        sub_sequence_number=None if sub is None else int(sub),
+        window_state=_str(item, "windowState"),
+    )
+
+
+def lease_from_item(item: Mapping[str, Any]) -> Lease:
+    """Parse a lease item in DynamoDB's wire format."""
+    key = str(item["leaseKey"]["S"])
+    fallback_mapping, _, fallback_shard = key.rpartition("#")
+    counter = _num(item, "leaseCounter")
+    switches = _num(item, "ownerSwitchesSinceCheckpoint")
+    renewed = _num(item, "renewedAt")
+    return Lease(
+        mapping=_str(item, "mapping") or fallback_mapping,
+        shard_id=_str(item, "shardId") or fallback_shard,
+        owner=_str(item, "leaseOwner"),
+        counter=0 if counter is None else int(counter),
+        checkpoint=_checkpoint_from(item),
+        parent_ids=tuple(sorted(item.get("parentShardId", {}).get("SS", ()))),
+        pending_owner=_str(item, "pendingOwner"),
+        owner_switches=0 if switches is None else int(switches),
+        renewed_at=None if renewed is None else float(renewed),
+    )
+
+
+def _checkpoint_update(checkpoint: Checkpoint) -> tuple[list[str], list[str], dict[str, Any]]:
+    """SET clauses, REMOVE clauses and values that store ``checkpoint`` exactly."""
+    if checkpoint.sequence_number is None and checkpoint.start_timestamp is None:
+        raise ValueError("a checkpoint needs a sequence number, SHARD_END or a start timestamp")
+    sets: list[str] = []
+    removes: list[str] = []
+    values: dict[str, Any] = {}
+    if checkpoint.sequence_number is not None:
+        sets.append("#checkpoint = :checkpoint")
+        values[":checkpoint"] = _s(checkpoint.sequence_number)
+    else:
+        removes.append("#checkpoint")
+    if checkpoint.start_timestamp is not None:
+        sets.append("#startTimestamp = :start")
+        values[":start"] = _n(float(checkpoint.start_timestamp))
+    else:
+        removes.append("#startTimestamp")
+    # KCL's attribute for a position inside a de-aggregated KPL record.
+    if checkpoint.sub_sequence_number is not None:
+        sets.append("#checkpointSubSequenceNumber = :sub")
+        values[":sub"] = _n(checkpoint.sub_sequence_number)
+    else:
+        removes.append("#checkpointSubSequenceNumber")
+    # A tumbling window's open window and state (JSON), stored with the position it belongs to.
+    if checkpoint.window_state is not None:
+        sets.append("#windowState = :window")
+        values[":window"] = _s(checkpoint.window_state)
+    else:
+        removes.append("#windowState")
+    return sets, removes, values
+
+
+def _update_expression(sets: Sequence[str], removes: Sequence[str] = ()) -> str:
+    parts = []
+    if sets:
+        parts.append("SET " + ", ".join(sets))
+    if removes:
+        parts.append("REMOVE " + ", ".join(removes))
+    return " ".join(parts)
+
+
+def new_lease_item(
+    mapping: str, shard_id: str, parent_ids: Sequence[str], checkpoint: Checkpoint | None
+) -> dict[str, Any]:
+    """The item of a new, unowned lease at counter 0."""
+    item: dict[str, Any] = {
+        "leaseKey": _s(lease_key(mapping, shard_id)),
+        "mapping": _s(mapping),
+        "shardId": _s(shard_id),
+        "leaseCounter": _n(0),
+        "ownerSwitchesSinceCheckpoint": _n(0),
+    }
+    parents = sorted(set(parent_ids))
+    if parents:
+        item["parentShardId"] = {"SS": parents}
+    if checkpoint is not None:
+        if checkpoint.sequence_number is not None:
+            item["checkpoint"] = _s(checkpoint.sequence_number)
+        if checkpoint.start_timestamp is not None:
+            item["startTimestamp"] = _n(float(checkpoint.start_timestamp))
+    return item
+
+
+def mapping_item(mapping: str, instant: float) -> dict[str, Any]:
+    """The mapping item recording the mapping's start ``instant``."""
+    return {
+        "leaseKey": _s(lease_key(mapping, MAPPING_ITEM)),
+        "startOf": _s(mapping),
+        "startTimestamp": _n(float(instant)),
+        "pinnedAt": _n(time.time()),
+    }
+
+
+def take_update(lease: Lease, owner: str) -> tuple[str, dict[str, Any]]:
+    """The update expression and values of a take of ``lease`` by ``owner``."""
+    sets = [
+        "#leaseOwner = :owner",
+        "#leaseCounter = :next",
+        "#renewedAt = :now",
+    ]
+    values: dict[str, Any] = {
+        ":owner": _s(owner),
+        ":next": _n(lease.counter + 1),
+        ":counter": _n(lease.counter),
+        ":now": _n(time.time()),
+    }
+    if lease.owner is not None and lease.owner != owner:
+        sets.append(
+            "#ownerSwitchesSinceCheckpoint ="
+            " if_not_exists(#ownerSwitchesSinceCheckpoint, :zero) + :one"
+        )
+        values[":zero"] = _n(0)
+        values[":one"] = _n(1)
+    return _update_expression(sets, ["#pendingOwner"]), values

@@ -1,0 +1,248 @@
+"""The lease table's operations: what the lease coordinator reads and writes, one call each.
+
+:class:`DynamoDBLeaseTable` is the store under :mod:`poller.leases` (and under the status
+command): list, get, create, take, renew, checkpoint, release, hand off and delete leases, and
+pin a mapping's start. Items are built by :mod:`.items`, requests sent by :mod:`.calls`, and the
+table itself made by :mod:`.schema`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from poller.checkpoints.dynamodb import schema
+from poller.checkpoints.dynamodb.calls import TableCalls
+from poller.checkpoints.dynamodb.items import (
+    MAPPING_ITEM,
+    Lease,
+    _checkpoint_update,
+    _n,
+    _num,
+    _s,
+    _update_expression,
+    is_mapping_item,
+    lease_from_item,
+    lease_key,
+    mapping_item,
+    new_lease_item,
+    take_update,
+)
+from poller.errors import CheckpointError
+from poller.types import Checkpoint
+
+
+class DynamoDBLeaseTable:
+    """Conditional reads and writes of one lease table.
+
+    Args:
+        client: an aiobotocore DynamoDB client (a control client: a few quick retries). The
+            caller owns it and closes it.
+        table: the table name.
+        scan_page_size: ``Limit`` of each Scan page in :meth:`list_leases`; None lets DynamoDB
+            fill 1 MB pages.
+
+    Every call raises :class:`~poller.errors.CheckpointError` (retriable) when DynamoDB cannot
+    be reached or answers an error, naming the table and the call. A refused condition is not
+    an error: each method documents what it returns or raises then.
+    """
+
+    def __init__(self, client: Any, table: str, *, scan_page_size: int | None = None) -> None:
+        self._client = client
+        self.table = table
+        self._scan_page_size = scan_page_size
+        self._calls = TableCalls(client, table)
+
+    async def ensure_table(self, *, create: bool = True) -> None:
+        """Make sure the table exists and is ACTIVE, creating it when allowed (see
+        :func:`.schema.ensure_table`).
+
+        Raises:
+            ConfigError: the table does not exist and ``create`` is False, or its key schema is
+                not ``leaseKey`` alone.
+            CheckpointError: DynamoDB could not be reached or refused a call.
+        """
+        await schema.ensure_table(self._calls, create=create)
+
+    # -- reads --------------------------------------------------------------------------------
+
+    async def list_leases(self, mapping: str) -> list[Lease]:
+        """Every lease of ``mapping``, sorted by shard id (a consistent, paginated Scan)."""
+        params: dict[str, Any] = {
+            "ConsistentRead": True,
+            "FilterExpression": "#mapping = :mapping",
+            "ExpressionAttributeNames": {"#mapping": "mapping"},
+            "ExpressionAttributeValues": {":mapping": _s(mapping)},
+        }
+        if self._scan_page_size is not None:
+            params["Limit"] = self._scan_page_size
+        leases: list[Lease] = []
+        while True:
+            page = await self._calls.call("Scan", "scan", **params)
+            items = page.get("Items", [])
+            leases.extend(lease_from_item(item) for item in items if not is_mapping_item(item))
+            last = page.get("LastEvaluatedKey")
+            if not last:
+                break
+            params["ExclusiveStartKey"] = last
+        leases.sort(key=lambda lease: lease.shard_id)
+        return leases
+
+    async def get(self, mapping: str, shard_id: str) -> Lease | None:
+        """The lease of (mapping, shard) by a consistent read, or None when there is none."""
+        item = await self._calls.read("GetItem", lease_key(mapping, shard_id))
+        return None if item is None else lease_from_item(item)
+
+    async def mapping_start(self, mapping: str) -> float | None:
+        """The mapping item's start instant (a consistent read), or None when there is none."""
+        item = await self._calls.read("GetItem (mapping start)", lease_key(mapping, MAPPING_ITEM))
+        start = None if item is None else _num(item, "startTimestamp")
+        return None if start is None else float(start)
+
+    # -- writes -------------------------------------------------------------------------------
+
+    async def pin_mapping_start(self, mapping: str, instant: float) -> float:
+        """Create the mapping item at ``instant`` unless it exists; return its instant.
+
+        A conditional PutItem: of replicas starting together exactly one records its instant,
+        and every one gets that instant back.
+        """
+        if await self._calls.put_new(mapping_item(mapping, instant), "PutItem (mapping start)"):
+            return float(instant)
+        recorded = await self.mapping_start(mapping)
+        if recorded is None:  # only if someone deleted it in between: never done by poller
+            raise CheckpointError(f"lease table {self.table}: mapping item of {mapping} vanished")
+        return recorded
+
+    async def create(
+        self,
+        mapping: str,
+        shard_id: str,
+        *,
+        parent_ids: Sequence[str] = (),
+        checkpoint: Checkpoint | None = None,
+    ) -> bool:
+        """Create an unowned lease at counter 0. False when the lease already exists.
+
+        An existing lease is left exactly as it is, whatever ``parent_ids`` and ``checkpoint``
+        say: several replicas may discover the same shard at once.
+        """
+        item = new_lease_item(mapping, shard_id, parent_ids, checkpoint)
+        return await self._calls.put_new(item, "PutItem (create)")
+
+    async def take(self, lease: Lease, owner: str) -> Lease | None:
+        """Take ``lease`` for ``owner`` if its counter is still the one observed.
+
+        Sets the owner, moves the counter, counts an owner switch (unless the lease was unowned
+        or already ``owner``'s) and clears any pending handoff. Used for unowned, expired and
+        stolen leases alike: the caller decides which leases to take.
+
+        Returns:
+            The lease as written, or None when the counter moved since it was observed
+            (another replica took it, or the owner renewed it) or the lease is gone.
+        """
+        update, values = take_update(lease, owner)
+        write = await self._calls.update(
+            "UpdateItem (take)",
+            lease.key,
+            update=update,
+            condition="#leaseCounter = :counter",
+            values=values,
+        )
+        return lease_from_item(write.item) if write.ok and write.item else None
+
+    async def renew(self, lease: Lease, owner: str) -> Lease:
+        """Renew ``owner``'s lease: move the counter so that observers see it alive.
+
+        Returns:
+            The lease as written, including a ``pending_owner`` that a peer may have set.
+
+        Raises:
+            LeaseLost: ``owner`` no longer holds the lease at ``lease.counter``.
+        """
+        write = await self._calls.fenced_update(
+            "UpdateItem (renew)",
+            lease,
+            owner,
+            update="SET #leaseCounter = :next, #renewedAt = :now",
+            values={":now": _n(time.time())},
+        )
+        if not write.ok or write.item is None:
+            raise self._calls.lost("renew", lease, owner, write)
+        return lease_from_item(write.item)
+
+    async def checkpoint(self, lease: Lease, owner: str, checkpoint: Checkpoint) -> Lease:
+        """Durably store ``checkpoint`` on ``owner``'s lease, fenced like :meth:`renew`.
+
+        Replaces the previous checkpoint entirely (a sequence number drops a start timestamp),
+        resets ``ownerSwitchesSinceCheckpoint`` and moves the counter, which also counts as a
+        renewal.
+
+        Raises:
+            LeaseLost: ``owner`` no longer holds the lease at ``lease.counter``; nothing was
+                written.
+            ValueError: ``checkpoint`` holds neither a sequence number nor a start timestamp.
+        """
+        sets, removes, values = _checkpoint_update(checkpoint)
+        sets += [
+            "#leaseCounter = :next",
+            "#renewedAt = :now",
+            "#ownerSwitchesSinceCheckpoint = :zero",
+        ]
+        values.update({":now": _n(time.time()), ":zero": _n(0)})
+        write = await self._calls.fenced_update(
+            "UpdateItem (checkpoint)",
+            lease,
+            owner,
+            update=_update_expression(sets, removes),
+            values=values,
+        )
+        if not write.ok or write.item is None:
+            raise self._calls.lost("checkpoint", lease, owner, write)
+        return lease_from_item(write.item)
+
+    async def release(self, lease: Lease, owner: str) -> bool:
+        """Give up ``owner``'s lease: remove the owner and any pending handoff, move the counter.
+
+        Returns:
+            True when released; False when ``owner`` had already lost it at ``lease.counter``
+            (never raises :class:`LeaseLost`).
+        """
+        write = await self._calls.fenced_update(
+            "UpdateItem (release)",
+            lease,
+            owner,
+            update="SET #leaseCounter = :next REMOVE #leaseOwner, #pendingOwner",
+            return_new=False,
+        )
+        return write.ok
+
+    async def request_handoff(self, lease: Lease, requester: str) -> bool:
+        """Ask the lease's owner to hand it to ``requester`` (sets ``pendingOwner``).
+
+        Leaves the counter alone, so the owner keeps renewing; it sees the request in its next
+        renew, checkpoints and releases. Only one request stands at a time.
+
+        Returns:
+            True when the request was recorded; False when the lease is no longer
+            ``lease.owner``'s, another request is pending, or the lease is unowned (an unowned
+            lease needs no handoff: take it).
+        """
+        if lease.owner is None:
+            return False
+        write = await self._calls.update(
+            "UpdateItem (request_handoff)",
+            lease.key,
+            update="SET #pendingOwner = :requester",
+            condition="#leaseOwner = :owner AND attribute_not_exists(#pendingOwner)",
+            values={":owner": _s(lease.owner), ":requester": _s(requester)},
+            return_new=False,
+        )
+        return write.ok
+
+    async def delete(self, mapping: str, shard_id: str) -> None:
+        """Delete the lease (a finished parent whose children progress). Unconditional."""
+        await self._calls.call(
+            "DeleteItem", "delete_item", Key={"leaseKey": _s(lease_key(mapping, shard_id))}
+        )

@@ -1,0 +1,127 @@
+"""From a validated mapping to its running parts: its target, its source adapter, its runner.
+
+Data flow (called by the composition root, :mod:`poller.app`)::
+
+    enabled mapping --build_target--> Target (one per mapping; the service closes it)
+    Kinesis / DynamoDB Streams mapping
+        --stream_api--> KinesisStreamApi | DynamoDBStreamApi (the embedded stream created first)
+        --build_destination--> its on-failure destination, if any
+        --ownership_for(checkpoints)--> ShardOwnership (solo or leased)
+        --> StreamMappingRunner
+    SQS mapping --build_sqs_runner--> SqsMappingRunner
+
+Nothing here runs anything: a runner is built afresh for every run of a mapping (a crashed
+runner's state is dropped), and the service supervises it.
+"""
+
+from __future__ import annotations
+
+import anyio
+from anyio.abc import TaskStatus
+
+from poller.aws.clients import ClientFactory
+from poller.aws.embedded import ensure_streams, traffic_loop
+from poller.checkpoints import Checkpoints
+from poller.config import AnyMapping, DynamoDBStreamMapping, KinesisMapping, Settings, SqsMapping
+from poller.destinations import build_destination
+from poller.observability.metrics import Metrics
+from poller.ports import StreamApi
+from poller.queues import SqsMappingRunner, build_sqs_runner
+from poller.sources.dynamodb_streams import DynamoDBStreamApi
+from poller.sources.kinesis import KinesisStreamApi
+from poller.streams import StreamMappingRunner
+from poller.streams.ownership import ownership_for
+from poller.targets import build_target
+from poller.types import Target
+
+Runner = StreamMappingRunner | SqsMappingRunner
+
+
+async def build_mapping_target(
+    mapping: AnyMapping, *, clients: ClientFactory, metrics: Metrics
+) -> Target:
+    """The mapping's target. Nothing here calls AWS, so a bad target (a handler that does not
+    import) is a configuration error that stops start-up."""
+    return await build_target(
+        mapping.target,
+        clients=clients,
+        partition=mapping.partition,
+        region=mapping.region,
+        account_id=mapping.account_id,
+        mapping=mapping.name,
+        metrics=metrics,
+    )
+
+
+async def build_runner(
+    mapping: AnyMapping,
+    target: Target,
+    *,
+    settings: Settings,
+    clients: ClientFactory,
+    checkpoints: Checkpoints,
+    stopping: anyio.Event,
+    metrics: Metrics,
+) -> Runner:
+    """A fresh runner for one run of ``mapping``, delivering to ``target``."""
+    if isinstance(mapping, KinesisMapping | DynamoDBStreamMapping):
+        return StreamMappingRunner(
+            mapping,
+            api=await stream_api(mapping, clients, settings),
+            kind=mapping.source,
+            target=target,
+            ownership=ownership_for(checkpoints, mapping, metrics=metrics),
+            stopping=stopping,
+            destination=(
+                None
+                if mapping.on_failure_arn is None
+                else await build_destination(mapping.on_failure_arn, clients=clients)
+            ),
+            metrics=metrics,
+        )
+    assert isinstance(mapping, SqsMapping)
+    return await build_sqs_runner(
+        mapping, clients=clients, target=target, stopping=stopping, metrics=metrics
+    )
+
+
+async def stream_api(
+    mapping: KinesisMapping | DynamoDBStreamMapping, clients: ClientFactory, settings: Settings
+) -> StreamApi:
+    """The service adapter the shared stream engine reads through."""
+    if isinstance(mapping, KinesisMapping):
+        kinesis = await clients.client("kinesis", purpose="source", region=mapping.region)
+        if settings.embedded.enabled:
+            await ensure_streams(kinesis, [mapping], settings.embedded.shard_count)
+        return KinesisStreamApi(
+            kinesis,
+            stream_arn=mapping.event_source_arn,
+            region=mapping.region,
+            identity_arn=mapping.identity_arn,
+            deaggregate=mapping.deaggregate_records,
+        )
+    region = mapping.region
+    streams = await clients.client("dynamodbstreams", purpose="source", region=region)
+    return DynamoDBStreamApi(streams, stream_arn=mapping.event_source_arn, region=region)
+
+
+async def run_sample_traffic(
+    settings: Settings,
+    clients: ClientFactory,
+    stopping: anyio.Event,
+    *,
+    task_status: TaskStatus[None],
+) -> None:
+    """The embedded mode's sample traffic: one producer per region of its Kinesis mappings,
+    stopped with intake (``stopping``)."""
+    by_region: dict[str, list[KinesisMapping]] = {}
+    for mapping in settings.mappings:
+        if mapping.enabled and isinstance(mapping, KinesisMapping):
+            by_region.setdefault(mapping.region, []).append(mapping)
+    task_status.started()
+    async with anyio.create_task_group() as tg:
+        for region, mappings in by_region.items():
+            kinesis = await clients.client("kinesis", purpose="traffic", region=region)
+            tg.start_soon(traffic_loop, kinesis, mappings, settings.embedded)
+        await stopping.wait()
+        tg.cancel_scope.cancel()

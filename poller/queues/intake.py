@@ -1,0 +1,165 @@
+"""Intake: receives messages for one poller's next batch.
+
+Data flow::
+
+    the queue --ReceiveMessage (≤ 10 messages, ≤ 20 s)--> Intake --add()--> Holding
+    Intake.gather() --Gathering (cut by core.batching.BatchBuilder)--> the poller
+
+A batch is gathered until ``batch_size``, the batching window (from the first message) or
+6 MB, metadata included; messages received beyond what fits stay in ``Holding.carry`` and
+start the next batch. Before the first message a receive long-polls; after it, it waits only
+for what is left of the window (:func:`poller.core.queue_rules.wait_seconds`). A failed
+receive is retried with backoff; a poller whose receives keep failing marks the mapping
+unreachable until one succeeds.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import anyio
+import structlog
+
+from poller.core.batching import BatchBuilder
+from poller.core.queue_rules import wait_seconds
+from poller.errors import SourceError
+from poller.observability.metrics import Metrics
+from poller.queues.holding import Holding
+from poller.queues.ports import QueueApi
+from poller.queues.stopping import pause
+from poller.retry import READ_BACKOFF
+from poller.sources.sqs import MAX_WAIT_SECONDS, RECEIVE_LIMIT, SqsMessage
+
+if TYPE_CHECKING:
+    from poller.config import SqsMapping
+
+log = structlog.get_logger("poller.queues")
+
+#: Failed receives in a row, by one poller, after which the queue counts as unreachable (the
+#: mapping is reported down). SQS answers a passing error now and then; with READ_BACKOFF
+#: between them, three in a row mean seconds of errors, not one blip.
+UNREACHABLE_AFTER_FAILURES = 3
+
+
+class Gathering:
+    """A batch being assembled: at most ``limit`` messages and ``max_bytes`` of event."""
+
+    def __init__(self, limit: int, max_bytes: int) -> None:
+        self._batch: BatchBuilder[SqsMessage] = BatchBuilder(limit, max_bytes)
+        #: When the receive that brought the first message began.
+        self.received_at = time.monotonic()
+
+    @property
+    def messages(self) -> list[SqsMessage]:
+        return self._batch.records
+
+    @property
+    def full(self) -> bool:
+        """Full by count or by size: nothing more may join."""
+        return self._batch.is_full
+
+    @property
+    def room(self) -> int:
+        return self._batch.room
+
+    def received(self, started: float) -> None:
+        if not self.messages:
+            self.received_at = started
+
+    def take(self, pending: list[SqsMessage]) -> list[SqsMessage]:
+        """Add messages from the front of ``pending`` while they fit; return the rest."""
+        return self._batch.take(pending)
+
+
+def _wait_seconds(deadline: float | None, window: int, long_poll: int) -> int | None:
+    """WaitTimeSeconds for the next receive, as of now (see :func:`wait_seconds`)."""
+    return wait_seconds(deadline, window, long_poll, now=time.monotonic())
+
+
+class Intake:
+    """Receives the messages of one mapping's batches, for all its pollers."""
+
+    def __init__(
+        self,
+        mapping: SqsMapping,
+        *,
+        queue: QueueApi,
+        stopping: anyio.Event,
+        metrics: Metrics,
+        max_bytes: int,
+    ) -> None:
+        self.mapping = mapping
+        self._queue = queue
+        self._stopping = stopping
+        self._metrics = metrics
+        self._max_bytes = max_bytes
+        self._long_poll = max(1, min(MAX_WAIT_SECONDS, mapping.receive_wait_time_seconds))
+        self._name = mapping.name
+        #: Pollers whose receives failed UNREACHABLE_AFTER_FAILURES times in a row, and not
+        #: yet succeeded since.
+        self._failing_pollers = 0
+
+    @property
+    def reachable(self) -> bool:
+        """False while a poller's receives keep failing."""
+        return self._failing_pollers == 0
+
+    async def gather(self, holding: Holding) -> Gathering:
+        """Receive until the batch is full (by count or 6 MB), the window ends, or shutdown.
+
+        An empty batch means that a long poll came back empty. Messages received beyond what
+        fits stay in ``holding.carry`` and start the poller's next batch.
+        """
+        window = self.mapping.maximum_batching_window_in_seconds
+        gathering = Gathering(self.mapping.batch_size, self._max_bytes)
+        pending, holding.carry = holding.carry, []
+        deadline: float | None = None
+        while True:
+            holding.carry = gathering.take(pending)
+            if gathering.full:
+                return gathering
+            if gathering.messages and deadline is None:
+                deadline = time.monotonic() + window
+            wait = _wait_seconds(deadline, window, self._long_poll)
+            if wait is None:
+                return gathering
+            started = time.monotonic()
+            received = await self._receive(min(RECEIVE_LIMIT, gathering.room), wait)
+            if received is None:  # shutdown
+                return gathering
+            if not received and (deadline is None or wait == 0):
+                return gathering
+            if received:
+                gathering.received(started)
+                holding.add(received, started)
+                self._metrics.records_polled(self._name, len(received))
+            pending = received
+
+    async def _receive(self, count: int, wait: int) -> list[SqsMessage] | None:
+        """One ReceiveMessage, retried with backoff on errors; None once shutdown began.
+
+        A receive in flight when shutdown begins is not cancelled: SQS may already have handed
+        it messages, which would then stay invisible for a visibility timeout (and an
+        abandoned long poll keeps taking messages that arrive after the service stopped). Its
+        messages are processed like any other; no new receive starts.
+
+        Not :func:`poller.retry.retrying`: its wait must end when shutdown begins, and the
+        failures in a row count towards :attr:`reachable`.
+        """
+        failures = 0
+        try:
+            while not self._stopping.is_set():
+                try:
+                    return await self._queue.receive(count, wait)
+                except SourceError as exc:
+                    failures += 1
+                    if failures == UNREACHABLE_AFTER_FAILURES:
+                        self._failing_pollers += 1
+                    log.warning("queue.receive_failed", error=str(exc), attempt=failures)
+                if not await pause(self._stopping, READ_BACKOFF.delay(failures)):
+                    return None
+            return None
+        finally:
+            if failures >= UNREACHABLE_AFTER_FAILURES:
+                self._failing_pollers -= 1

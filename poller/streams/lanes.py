@@ -1,0 +1,185 @@
+"""Lanes: where a shard's records wait and are cut into batches, one batch in flight per lane.
+
+Data flow::
+
+    ShardProcessor --records (by partition-key hash)--> Lane.extend -> buffer
+        Lane: BatchBuilder (count, 6 MB) + batching window -> batch --> deliver(batch, lane)
+        Lane --took records--> the processor reads on (backpressure)
+
+With ``parallelization_factor`` 1 there is one lane: one batch in flight per shard. With more,
+records go to lanes by a stable hash of their partition key, so the order of each key holds
+while up to ten batches of a shard are in flight. Batches are cut at ``batch_size``, when the
+next record would push the event past 6 MB, or when the batching window (from the batch's
+first record) ends. With a window of 0 the batch holds what has been read so far, as Lambda
+does. With a tumbling window, a batch also stops at the window's boundary, is not held past
+the time the window closes, and an idle lane closes the window when it is due.
+
+A lane is handed what it needs (:class:`LaneWiring`: ``deliver``, a view of the tumbling
+window, the stop signal), never the processor.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import anyio
+
+from poller.core.batching import BatchBuilder
+from poller.core.windows import Window, window_of
+from poller.streams.stopping import StopSignal
+from poller.types import StreamRecord
+
+
+class WindowView(Protocol):
+    """What a lane asks of the shard's tumbling window (``poller.streams.windows``)."""
+
+    @property
+    def is_open(self) -> bool:
+        """Whether a window is open."""
+        ...
+
+    def due(self) -> bool:
+        """Whether the open window is due to close on an idle shard."""
+        ...
+
+    def close_deadline(self, window: Window | None = None) -> float | None:
+        """When (monotonic) ``window`` (by default the open one) should close if idle."""
+        ...
+
+    def batch_builder(
+        self, first: StreamRecord | None, max_records: int
+    ) -> BatchBuilder[StreamRecord]:
+        """A builder sized for a batch starting at ``first``."""
+        ...
+
+    async def close(self) -> bool:
+        """The open window's final invocation; False when shutdown abandoned it."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class LaneWiring:
+    """What every lane of a shard is handed: its batching limits and narrow callables."""
+
+    batch_size: int
+    #: The batching window, seconds (MaximumBatchingWindowInSeconds).
+    window_seconds: float
+    #: TumblingWindowInSeconds; 0 for none.
+    tumbling_window_seconds: int
+    windows: WindowView
+    #: Carries a batch until all of it is settled; False when shutdown abandoned it.
+    deliver: Callable[[Sequence[StreamRecord], int], Awaitable[bool]]
+    #: The lane took records from its buffer (the processor may read on).
+    took_records: Callable[[], None]
+    #: Whether the reader reached the end of a closed shard.
+    shard_ended: Callable[[], bool]
+    stop: StopSignal
+
+
+class Lane:
+    """One partition-key lane: its own buffer, one batch in flight."""
+
+    def __init__(self, wiring: LaneWiring, index: int) -> None:
+        self._wiring = wiring
+        self.index = index
+        self.pending: deque[StreamRecord] = deque()
+        self._arrived = anyio.Event()
+        self._input_closed = False
+
+    def extend(self, records: list[StreamRecord]) -> None:
+        """Records for this lane, in read order."""
+        self.pending.extend(records)
+        self._arrived.set()
+
+    def close_input(self) -> None:
+        """No more records will come: flush what is buffered without waiting for the window."""
+        self._input_closed = True
+        self._arrived.set()
+
+    async def run(self) -> None:
+        """Cut and deliver batches until the input closes and is drained, or shutdown."""
+        wiring = self._wiring
+        stop, windows = wiring.stop, wiring.windows
+        while not stop.is_set:
+            batch = await self._next_batch()
+            if batch:
+                if not await wiring.deliver(batch, self.index):
+                    return
+            elif stop.is_set:
+                return
+            elif windows.is_open and (
+                windows.due() or (self._input_closed and wiring.shard_ended())
+            ):
+                # An idle shard past its window's end, or the end of the shard (resharding
+                # closes the window before SHARD_END is checkpointed).
+                if not await windows.close():
+                    return
+            elif self._input_closed:
+                return
+
+    async def _next_batch(self) -> list[StreamRecord]:
+        """The next batch; empty when interrupted, when the input closed with nothing
+        buffered, or when the open tumbling window is due to close on an idle shard."""
+        wiring = self._wiring
+        windows = wiring.windows
+        builder = windows.batch_builder(None, wiring.batch_size)
+        deadline: float | None = None
+        wait_until: float | None
+        with wiring.stop.interruptible():
+            while True:
+                if not builder.records and self.pending:
+                    # The batch's first record is known now: its window sizes the event.
+                    builder = windows.batch_builder(self.pending[0], wiring.batch_size)
+                at_boundary = self._fill(builder)
+                wiring.took_records()
+                if builder.is_full or at_boundary or self._input_closed:
+                    return builder.records
+                if builder.records:
+                    if deadline is None:
+                        deadline = self._batch_deadline(builder.records[0])
+                    if time.monotonic() >= deadline:
+                        return builder.records
+                    wait_until = deadline
+                else:
+                    if windows.due():
+                        return []
+                    wait_until = windows.close_deadline()  # None: no open window
+                await self._wait_for_records(wait_until)
+        return []
+
+    def _batch_deadline(self, first: StreamRecord) -> float:
+        """When (monotonic) a batch starting at ``first`` is sent, full or not: the end of the
+        batching window, and never past the time the record's tumbling window would close."""
+        wiring = self._wiring
+        deadline = time.monotonic() + wiring.window_seconds
+        if wiring.tumbling_window_seconds > 0:
+            window = window_of(first, wiring.tumbling_window_seconds)
+            deadline = min(deadline, wiring.windows.close_deadline(window) or 0)
+        return deadline
+
+    def _fill(self, builder: BatchBuilder[StreamRecord]) -> bool:
+        """Move buffered records into the batch; True when the batch stopped at a tumbling
+        window's boundary (the next record belongs to another window)."""
+        seconds = self._wiring.tumbling_window_seconds
+        if seconds <= 0:
+            builder.fill_from(self.pending)
+            return False
+        pending = self.pending
+        while pending and not builder.is_full:
+            first = builder.records[0] if builder.records else pending[0]
+            if window_of(pending[0], seconds) != window_of(first, seconds):
+                return True
+            if not builder.try_add(pending[0]):
+                return False
+            pending.popleft()
+        return False
+
+    async def _wait_for_records(self, deadline: float | None) -> None:
+        self._arrived = anyio.Event()
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        with anyio.move_on_after(timeout):
+            await self._arrived.wait()

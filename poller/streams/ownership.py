@@ -1,0 +1,347 @@
+"""Shard ownership: which shards of one stream mapping this replica runs, behind one seam.
+
+Data flow (one :class:`ShardOwnership` per stream mapping, driven by its runner)::
+
+    first refresh (LATEST) -> prepare(listing)   solo: write the start checkpoint of every
+                                                  listed shard that has none
+    each discovery         -> discovered(listing) leased: create the leases of new shards at
+                                                  their start checkpoint, retire finished ones
+    each refresh           -> claim(listing)      the shards to run: solo, the ready ones by
+                                                  the stored checkpoints (lineage), retiring
+                                                  finished ones; leased, the leases held after
+                                                  a balance (lost ones stop at once, handed-off
+                                                  ones drain first)
+    each shard             -> store, target(id), guard(id): where it checkpoints (fenced when
+                                                  leased), what it invokes (tracked when
+                                                  leased), the self-fencing check before each
+                                                  invocation
+    a shard that stopped settled -> release(id)   leased: hand the lease on, bounded in time
+    upkeep(shards), from before the first refresh until cancelled once the last shard task
+    has finished               -> leased: renew leases, fence stale ones
+
+:class:`SoloOwnership` (one replica, every shard is ours; SQLite or memory) and
+:class:`LeasedOwnership` (replicas share the shards through the lease table) implement it.
+The runner never asks which one it has; :func:`ownership_for` picks it, once per mapping,
+from the opened checkpoint backend (:mod:`poller.checkpoints`).
+
+Stopping: ownership has no stop signal of its own. It stops shards through
+:class:`ShardStops` (lost: cancelled at once; handed off: drained), and its upkeep runs until
+the runner cancels it, which it does only once every shard task has finished: a lease is
+renewed, and fenced, while its last batch settles, then released.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
+from functools import partial
+from typing import Protocol
+
+import anyio
+import structlog
+
+from poller.checkpoints import Checkpoints, SharedCheckpoints, SoloCheckpoints
+from poller.config import AnyMapping
+from poller.core.lineage import ShardInfo, finished_shards, plan_shards, retired_checkpoints
+from poller.errors import CheckpointError
+from poller.leases import LeaseCoordinator, LeasedCheckpointStore, LeaseSettings, report_reopened
+from poller.observability.metrics import Metrics, NullMetrics
+from poller.types import Checkpoint, CheckpointStore, Target
+
+log = structlog.get_logger("poller.streams")
+
+#: While leases are being handed to this replica, balance this often to take them promptly.
+HANDOFF_POLL_SECONDS = 1.0
+#: How often held leases are checked for staleness (self-fencing) at the longest; the check
+#: also wakes exactly when the soonest lease goes stale (``LeaseCoordinator.fence_wait``).
+FENCE_CHECK_SECONDS = 0.5
+#: Balance this long after a peer's lease would expire, to observe it expired.
+EXPIRY_MARGIN_SECONDS = 0.2
+#: The release of a lease is shielded from the drain's cancellation (the next owner may start
+#: at once) for at most this many lease durations: a lease table that hangs must not hang the
+#: exit, and past one lease duration the lease has expired for the peers anyway.
+RELEASE_DEADLINE_LEASES = 1.0
+
+#: The start checkpoint of a shard that has none (``MappingStart.checkpoint_for``).
+StartOf = Callable[[ShardInfo], Checkpoint | None]
+#: Runs one step of a refresh, named for logs and metrics; False when it failed (logged and
+#: counted by the runner, never raised).
+Attempt = Callable[[str, Callable[[], Awaitable[None]]], Awaitable[bool]]
+
+
+class ShardStops(Protocol):
+    """The running shard tasks, as ownership sees them (``ShardSupervisor``)."""
+
+    @property
+    def running(self) -> AbstractSet[str]:
+        """Shards whose task still runs (releasing included)."""
+        ...
+
+    def stop(self, shard_id: str, *, lost: bool) -> None:
+        """Lost: cancel at once (no invocation, no checkpoint). Else: drain, then release."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The shards this replica should run now, and whether finding out failed."""
+
+    shard_ids: tuple[str, ...]
+    failed: bool
+
+
+class ShardOwnership(Protocol):
+    """How one mapping's shards come to be this replica's (see the module docstring)."""
+
+    #: Where the mapping's checkpoints are read and written (fenced when leased).
+    store: CheckpointStore
+
+    def refresh_interval(self, discovery_interval: float) -> float:
+        """The refresh interval, before jitter: the discovery interval, or shorter."""
+        ...
+
+    def refresh_due_in(self) -> float:
+        """Seconds until ownership wants a refresh (``inf``: no hurry)."""
+        ...
+
+    async def prepare(self, shards: Sequence[ShardInfo], start_of: StartOf) -> None:
+        """At the first start of a LATEST mapping, once its instant is pinned."""
+        ...
+
+    async def discovered(self, shards: Sequence[ShardInfo], start_of: StartOf) -> None:
+        """After each listing."""
+        ...
+
+    async def claim(self, shards: list[ShardInfo], tasks: ShardStops, attempt: Attempt) -> Claim:
+        """Which shards to run; may stop running shards that are no longer ours."""
+        ...
+
+    async def upkeep(self, tasks: ShardStops) -> None:
+        """Keep ownership alive until cancelled; may stop shards that lost it."""
+        ...
+
+    def target(self, shard_id: str, target: Target) -> Target:
+        """The target a shard's invocations go to."""
+        ...
+
+    def guard(self, shard_id: str) -> Callable[[], None] | None:
+        """Called before every invocation of the shard; raises LeaseLost to stop it."""
+        ...
+
+    async def release(self, shard_id: str) -> None:
+        """The shard stopped settled: let another replica have it. Never raises."""
+        ...
+
+
+class SoloOwnership:
+    """One replica: every ready shard is ours, checkpoints go straight to ``store``."""
+
+    def __init__(self, store: CheckpointStore, mapping: str) -> None:
+        self.store = store
+        self._mapping = mapping
+
+    def refresh_interval(self, discovery_interval: float) -> float:
+        return discovery_interval
+
+    def refresh_due_in(self) -> float:
+        return math.inf
+
+    async def prepare(self, shards: Sequence[ShardInfo], start_of: StartOf) -> None:
+        """Give every listed shard that has no checkpoint (and is not finished) its start
+        checkpoint, so a restart after a crash part-way through completes the first start at
+        the same instant. Idempotent: safe to retry after a CheckpointError."""
+        checkpoints = await self.store.get_all(self._mapping)
+        finished = finished_shards(shards, checkpoints)
+        for shard in shards:
+            if shard.shard_id in checkpoints or shard.shard_id in finished:
+                continue
+            checkpoint = start_of(shard)
+            if checkpoint is not None:
+                await self.store.put(self._mapping, shard.shard_id, checkpoint)
+
+    async def discovered(self, shards: Sequence[ShardInfo], start_of: StartOf) -> None:
+        """Nothing: a shard without a checkpoint starts by the mapping's starting position."""
+
+    async def claim(self, shards: list[ShardInfo], tasks: ShardStops, attempt: Attempt) -> Claim:
+        """The ready shards by the stored checkpoints, after retiring finished ones (a failed
+        retirement is logged and counted, and the shards read are still planned)."""
+        read: dict[str, dict[str, Checkpoint]] = {}
+
+        async def read_and_retire() -> None:
+            read["checkpoints"] = await self.store.get_all(self._mapping)
+            await self.retire(shards, read["checkpoints"])
+
+        if not await attempt("checkpoints", read_and_retire) and "checkpoints" not in read:
+            return Claim((), failed=True)
+        return Claim(plan_shards(shards, read["checkpoints"]).ready, failed=False)
+
+    async def retire(self, shards: list[ShardInfo], checkpoints: dict[str, Checkpoint]) -> None:
+        """Delete the checkpoints of finished shards that left the listing (lineage rules).
+
+        An empty listing (none taken yet) proves nothing, so nothing goes. No
+        ``RetirementGate`` here: the store keeps no parent links, so a shard is witnessed
+        finished only while its child is listed, maybe for a single listing; the witness rule
+        alone already keeps a shard hidden by one listing finished when it comes back.
+        """
+        if not shards:
+            return
+        report_reopened(shards, checkpoints)
+        for shard_id in retired_checkpoints(shards, checkpoints):
+            await self.store.delete(self._mapping, shard_id)
+            log.info("checkpoint.retired", retired_shard=shard_id)
+
+    async def upkeep(self, tasks: ShardStops) -> None:
+        """Nothing to keep: no other replica can take a shard."""
+
+    def target(self, shard_id: str, target: Target) -> Target:
+        return target
+
+    def guard(self, shard_id: str) -> Callable[[], None] | None:
+        return None
+
+    async def release(self, shard_id: str) -> None:
+        """Nothing to hand on."""
+
+
+class LeasedOwnership:
+    """Replicas share the shards: a shard is ours while we hold its lease (``leases``)."""
+
+    def __init__(self, leases: LeaseCoordinator, *, metrics: Metrics | None = None) -> None:
+        self._leases = leases
+        self._metrics: Metrics = metrics or NullMetrics()
+        self.store: CheckpointStore = LeasedCheckpointStore(leases)
+
+    def refresh_interval(self, discovery_interval: float) -> float:
+        """Balance at least every balance interval."""
+        return min(discovery_interval, self._leases.settings.balance_interval)
+
+    def refresh_due_in(self) -> float:
+        """Sooner while leases are handed to us, and just after a peer's lease expires."""
+        due = HANDOFF_POLL_SECONDS if self._leases.awaiting_handoff else math.inf
+        expiry = self._leases.next_expiry()
+        if expiry is not None:
+            due = min(due, max(expiry - time.monotonic() + EXPIRY_MARGIN_SECONDS, 0.1))
+        return due
+
+    async def prepare(self, shards: Sequence[ShardInfo], start_of: StartOf) -> None:
+        """Nothing: start checkpoints are written when leases are created (``discovered``)."""
+
+    async def discovered(self, shards: Sequence[ShardInfo], start_of: StartOf) -> None:
+        """Create the leases of new shards at their start checkpoint; retire finished ones
+        (``sync`` also sees lease items that have no checkpoint)."""
+        await self._leases.sync(shards, start_of)
+
+    async def claim(self, shards: list[ShardInfo], tasks: ShardStops, attempt: Attempt) -> Claim:
+        """Balance, then every lease held (as known, even when the balance failed)."""
+        balanced = await attempt("balance", partial(self._balance, tasks))
+        return Claim(tuple(sorted(self._leases.held)), failed=not balanced)
+
+    async def _balance(self, tasks: ShardStops) -> None:
+        """Balance; stop lost shards at once and drain granted ones (handed over on release).
+
+        Also cancels any running shard whose lease is no longer held, whatever forgot it
+        (a failed cycle may have forgotten leases before it raised).
+        """
+        try:
+            outcome = await self._leases.balance(busy=frozenset(tasks.running))
+            for shard_id in outcome.handoffs:
+                log.info("lease.handing_off", handoff_shard=shard_id)
+                tasks.stop(shard_id, lost=False)
+        finally:
+            for shard_id in set(tasks.running) - set(self._leases.held):
+                tasks.stop(shard_id, lost=True)
+
+    async def upkeep(self, tasks: ShardStops) -> None:
+        """Renew and self-fence until cancelled (the runner does once every shard drained)."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._renew_loop, tasks, name="lease renewals")
+            tg.start_soon(self._fence_loop, tasks, name="lease self-fencing")
+
+    async def _renew_loop(self, tasks: ShardStops) -> None:
+        """Renew held leases and stop lost shards at once. A renewal hung on the lease table
+        is abandoned by the same cancellation that ends the loop (nothing left to renew)."""
+        while True:
+            await anyio.sleep(self._leases.settings.renew_interval)
+            try:
+                outcome = await self._leases.renew_all()
+            except Exception:
+                log.exception("lease.renew_round_failed")
+                continue
+            for shard_id in outcome.lost:
+                tasks.stop(shard_id, lost=True)
+
+    async def _fence_loop(self, tasks: ShardStops) -> None:
+        """Cancel, in-flight invocation included, any shard whose lease went stale (a batch
+        that outlives its lease during the drain is fenced too).
+
+        Independent of the lease table's latency: a renewal stuck on a slow table must not let
+        a batch run on while a peer, seeing the lease expire, starts the same shard.
+        """
+        while True:
+            await anyio.sleep(self._leases.fence_wait(FENCE_CHECK_SECONDS))
+            for shard_id in self._leases.stale():
+                log.warning("lease.stale", stale_shard=shard_id)
+                self._leases.forget(shard_id)
+                tasks.stop(shard_id, lost=True)
+
+    def target(self, shard_id: str, target: Target) -> Target:
+        """Invocations cancelled mid-flight are noted: our own lease is re-taken only a
+        takeover grace after one."""
+        return self._leases.tracked(shard_id, target)
+
+    def guard(self, shard_id: str) -> Callable[[], None] | None:
+        return partial(self._leases.ensure_fresh, shard_id)
+
+    async def release(self, shard_id: str) -> None:
+        """Release, shielded from the drain's cancellation (the next owner may start at once)
+        but bounded by :data:`RELEASE_DEADLINE_LEASES` lease durations."""
+        limit = self._leases.settings.lease_duration * RELEASE_DEADLINE_LEASES
+        with anyio.CancelScope(shield=True), anyio.move_on_after(limit):
+            await self._release(shard_id)
+            return
+        self._metrics.dependency_error(self._leases.mapping, "release")
+        log.warning("lease.release_timed_out", waited_s=limit)
+
+    async def _release(self, shard_id: str) -> None:
+        try:
+            await self._leases.release(shard_id)
+        except CheckpointError as exc:
+            # The lease stays ours in the table: it expires, or the balancer re-takes it.
+            self._metrics.dependency_error(self._leases.mapping, "release")
+            log.warning("lease.release_failed", error=str(exc))
+
+
+def takeover_grace(configured: float | None, mapping: AnyMapping) -> float:
+    """The lease takeover grace of ``mapping``: as configured, else its target's timeout.
+
+    A Lambda target has no timeout of its own here (the function's is remote), so its default
+    grace is 0; ``checkpoints.takeover_grace_seconds`` sets one.
+    """
+    if configured is not None:
+        return configured
+    return float(getattr(mapping.target, "timeout_seconds", 0.0))
+
+
+def ownership_for(
+    checkpoints: Checkpoints, mapping: AnyMapping, *, metrics: Metrics | None = None
+) -> ShardOwnership:
+    """The ownership of ``mapping``'s shards over the opened backend: the one place that tells
+    solo and leased apart. Leased: a coordinator of the mapping's own, named as this replica,
+    with the configured lease timing."""
+    match checkpoints:
+        case SoloCheckpoints(store=store):
+            return SoloOwnership(store, mapping.name)
+        case SharedCheckpoints(table=table, replica=replica, settings=cfg):
+            settings = LeaseSettings(
+                lease_duration=cfg.lease_duration_seconds,
+                balance_interval=cfg.balance_interval_seconds,
+                max_leases_per_replica=cfg.max_leases_per_replica,
+                takeover_grace=takeover_grace(cfg.takeover_grace_seconds, mapping),
+            )
+            coordinator = LeaseCoordinator(
+                table, mapping=mapping.name, owner=replica, settings=settings, metrics=metrics
+            )
+            return LeasedOwnership(coordinator, metrics=metrics)

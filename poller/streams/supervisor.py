@@ -1,0 +1,254 @@
+"""Per-shard supervision: one reader feeding one processor, per shard this replica runs.
+
+Data flow (one :class:`ShardSupervisor` per stream mapping, owned by its runner)::
+
+    runner --start(shard_id)--> a supervised task per shard, in the runner's task group:
+        checkpoint (ownership.store) -> start_position -> ShardReader (GetRecords)
+            --bounded stream (READ_AHEAD_CHUNKS)--> ShardProcessor (lanes, invoke, checkpoint)
+        a settled stop -> ownership.release(shard_id)
+    ownership --stop(shard_id, lost=...)--> that shard's _ShardControl
+
+A shard task that fails unexpectedly is logged (``shard.crashed``) and restarted from its
+checkpoint after a backoff; it never stops the other shards or the service. A shard that ends
+(SHARD_END checkpointed) wakes the runner, which then starts its children.
+
+Stopping, one signal per shard: ``_ShardControl.drain`` (an event, set once) means "read no
+more, take no new batch, let the batches in flight finish and checkpoint, then return"; the
+runner's ``stopping`` (shutdown) and a handoff set it. The processor is handed that event as
+its ``stopping``, and when it is set the reader's scope is cancelled and
+``ShardProcessor.interrupt()`` abandons the processor's waits. A lost lease is not a signal but
+a cancellation of the shard's whole scope (``_ShardControl.scope``), in-flight invocation
+included: nothing of a shard another replica owns may run on, nor may its lease be released.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup
+
+from poller.core.failure_record import SourceKind
+from poller.core.retry_policy import StreamRetryPolicy
+from poller.destinations import FailureDestination
+from poller.errors import LeaseLost
+from poller.observability.metrics import Metrics
+from poller.ports import RecordsPage, StreamApi
+from poller.retry import READ_BACKOFF
+from poller.streams.ownership import ShardOwnership
+from poller.streams.processor import BatchPolicy, FailureRouting, ShardProcessor
+from poller.streams.reader import ShardReader
+from poller.streams.start import StreamMapping, start_position
+from poller.types import Chunk, Target
+
+log = structlog.get_logger("poller.streams")
+
+#: Chunks (GetRecords responses) a reader may read ahead of its processor.
+READ_AHEAD_CHUNKS = 2
+
+
+@dataclass(slots=True)
+class _ShardControl:
+    """How the supervisor stops one shard: ``drain`` drains it; ``scope`` cancels it outright
+    (a lost lease, which ``lost`` records: such a shard is not released)."""
+
+    drain: anyio.Event = field(default_factory=anyio.Event)
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    lost: bool = False
+
+
+class ShardSupervisor:
+    """Runs, restarts and stops the shard tasks of one mapping."""
+
+    def __init__(
+        self,
+        mapping: StreamMapping,
+        *,
+        api: StreamApi,
+        kind: SourceKind,
+        target: Target,
+        ownership: ShardOwnership,
+        stopping: anyio.Event,
+        metrics: Metrics,
+        destination: FailureDestination | None,
+        on_shard_end: Callable[[], None],
+    ) -> None:
+        self._mapping = mapping
+        self._api = api
+        self._target = target
+        self._ownership = ownership
+        self._stopping = stopping
+        self._metrics = metrics
+        self._on_shard_end = on_shard_end
+        self._controls: dict[str, _ShardControl] = {}
+        self._running: set[str] = set()
+        self._policy = batch_policy(mapping)
+        self._routing = FailureRouting(
+            kind=kind,
+            stream_arn=mapping.event_source_arn,
+            mapping_uuid=mapping.mapping_uuid,
+            destination=destination,
+        )
+
+    @property
+    def running(self) -> AbstractSet[str]:
+        """Shards whose task still runs, releasing included (the balancer must not re-take
+        their leases meanwhile)."""
+        return self._running
+
+    def start(self, tg: TaskGroup, shard_id: str) -> None:
+        """Run ``shard_id`` in ``tg`` unless it runs already or shutdown began."""
+        if shard_id in self._running or self._stopping.is_set():
+            return
+        self._running.add(shard_id)
+        tg.start_soon(self._supervise, shard_id, name=f"shard {shard_id}")
+
+    def stop(self, shard_id: str, *, lost: bool) -> None:
+        """Lost: cancel at once (no invocation, no checkpoint). Else: drain, then release."""
+        control = self._controls.get(shard_id)
+        if control is None:
+            return
+        if lost:
+            control.lost = True
+            control.scope.cancel()
+        control.drain.set()
+
+    async def relay_stop(self) -> None:
+        """On shutdown, drain every running shard (a shard started later drains at once)."""
+        await self._stopping.wait()
+        for control in list(self._controls.values()):
+            control.drain.set()
+
+    async def _supervise(self, shard_id: str) -> None:
+        """Run a shard until it ends, is handed off or shutdown; restart it after failures.
+
+        The shard is released (or handed to the peer that asked) only when it stopped
+        *settled*: its last batch finished and its checkpoint was written. A shard cancelled
+        by the drain deadline keeps its lease until it expires, since its invocation may still
+        be running; a lost shard's lease is not ours to release.
+        """
+        control = self._controls[shard_id] = _ShardControl()
+        if self._stopping.is_set():
+            control.drain.set()
+        settled = False
+        with structlog.contextvars.bound_contextvars(shard=shard_id):
+            try:
+                with control.scope:
+                    await self._run_until_done(shard_id, control)
+                settled = not control.lost
+            finally:
+                self._controls.pop(shard_id, None)
+                self._metrics.shard_released(self._mapping.name, shard_id)
+                if settled:
+                    await self._ownership.release(shard_id)
+                # Only now: while it was busy, the balancer must not re-take its lease.
+                self._running.discard(shard_id)
+
+    async def _run_until_done(self, shard_id: str, control: _ShardControl) -> None:
+        # Not ``poller.retry.retrying``: any exception restarts the shard (a bug included,
+        # logged with its traceback), a lost lease ends it, and the drain ends the loop.
+        failures = 0
+        while not control.drain.is_set():
+            try:
+                ended = await self._run_shard(shard_id, control.drain)
+            except Exception as exc:
+                if _contains(exc, LeaseLost):
+                    control.lost = True
+                    log.warning("shard.stopped", reason="lease lost")
+                    return
+                failures += 1
+                log.exception("shard.crashed", attempt=failures)
+                await anyio.sleep(READ_BACKOFF.delay(failures))
+                continue
+            if ended:
+                self._on_shard_end()
+            return
+
+    async def _run_shard(self, shard_id: str, drain: anyio.Event) -> bool:
+        """One pass over a shard: reader and processor side by side. True when it ended."""
+        checkpoint = await self._ownership.store.get(self._mapping.name, shard_id)
+        if checkpoint is not None and checkpoint.is_shard_end:
+            return True
+        start = start_position(self._mapping, checkpoint)
+        log.info("shard.started", start=start.type, after=start.sequence_number)
+        reader = ShardReader(
+            self._api,
+            shard_id=shard_id,
+            start=start,
+            on_page=self._page_reporter(shard_id),
+            metrics=self._metrics,
+            mapping=self._mapping.name,
+        )
+        processor = ShardProcessor(
+            mapping=self._mapping.name,
+            shard_id=shard_id,
+            target=self._ownership.target(shard_id, self._target),
+            store=self._ownership.store,
+            policy=self._policy,
+            routing=self._routing,
+            stopping=drain,
+            metrics=self._metrics,
+            guard=self._ownership.guard(shard_id),
+            retention=self._api.retention_seconds,
+        )
+        send, receive = anyio.create_memory_object_stream[Chunk](READ_AHEAD_CHUNKS)
+        reader_scope = anyio.CancelScope()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_run_cancellable, reader.run, send, reader_scope)
+            tg.start_soon(_stop_intake, drain, reader_scope, processor)
+            ended = await processor.run(receive)
+            tg.cancel_scope.cancel()
+        return ended is not None
+
+    def _page_reporter(self, shard_id: str) -> Callable[[RecordsPage], None]:
+        """Reports the source's own lag (Kinesis ``MillisBehindLatest``) per read."""
+        metrics, name = self._metrics, self._mapping.name
+
+        def report(page: RecordsPage) -> None:
+            if page.millis_behind_latest is not None:
+                metrics.millis_behind_latest(name, shard_id, page.millis_behind_latest)
+
+        return report
+
+
+def batch_policy(mapping: StreamMapping) -> BatchPolicy:
+    """How the mapping's batches are cut, how many are in flight, how failures are handled."""
+    return BatchPolicy(
+        batch_size=mapping.batch_size,
+        window_seconds=float(mapping.maximum_batching_window_in_seconds),
+        parallelization_factor=mapping.parallelization_factor,
+        filters=mapping.filters,
+        tumbling_window_seconds=mapping.tumbling_window_in_seconds,
+        retry=StreamRetryPolicy(
+            maximum_retry_attempts=mapping.maximum_retry_attempts,
+            maximum_record_age_seconds=mapping.maximum_record_age_in_seconds,
+            bisect_on_function_error=mapping.bisect_batch_on_function_error,
+            report_batch_item_failures=mapping.report_batch_item_failures,
+        ),
+    )
+
+
+def _contains(exc: BaseException, kind: type[BaseException]) -> bool:
+    """Whether ``exc`` is, or is a task-group exception group holding, a ``kind``."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(lambda e: isinstance(e, kind)) is not None
+    return isinstance(exc, kind)
+
+
+async def _run_cancellable(run: Any, send: Any, scope: anyio.CancelScope) -> None:
+    """Run the reader under ``scope``, which the drain cancels to stop intake."""
+    with scope:
+        await run(send)
+
+
+async def _stop_intake(
+    drain: anyio.Event, reader_scope: anyio.CancelScope, processor: ShardProcessor
+) -> None:
+    """On drain, stop reading at once and stop the processor from taking a new batch."""
+    await drain.wait()
+    reader_scope.cancel()
+    processor.interrupt()
