@@ -2,7 +2,7 @@
 
 Two kinds of waiting happen in the pipeline:
 
-* Re-invoking a failed batch. The worker decides *whether* to retry (Lambda's rules) and asks
+* Re-invoking a failed batch. The engine decides *whether* to retry (Lambda's rules) and asks
   :data:`INVOKE_BACKOFF` *how long* to wait.
 * Repeating an infrastructure call that failed for a passing reason (ListShards, GetShardIterator,
   a checkpoint write, a throttled read). :func:`retrying` wraps these in tenacity with

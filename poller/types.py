@@ -60,7 +60,7 @@ class ShardEnd:
     child_shard_ids: tuple[str, ...] = ()
 
 
-#: What a shard reader sends its worker: the records of one read, or the end of the shard.
+#: What a shard reader sends its processor: the records of one read, or the end of the shard.
 Chunk = list[StreamRecord] | ShardEnd
 
 

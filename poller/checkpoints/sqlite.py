@@ -1,6 +1,6 @@
 """SQLite checkpoint store: the durable single-node default.
 
-Shard workers write a checkpoint after every settled batch and before taking the next one; a
+Shard processors write a checkpoint after every settled batch and before taking the next one; a
 restart reads them back to resume after the last settled record. The ``mapping_starts`` table
 holds one row per mapping that has started: the instant a LATEST mapping pinned at its first
 start, kept apart from the shard checkpoints so that retiring them all never makes the mapping

@@ -2,14 +2,15 @@
 
 Data flow::
 
-    ShardWorker (records exhausted their retries or grew too old)
+    FailureRouter (records exhausted their retries or grew too old)
         --failure_record(...)-->  dict  --FailureDestination.send-->  SQS / SNS / S3
 
-When a Kinesis or DynamoDB Streams batch is given up on, the shard worker builds one record
-describing it (which invocation failed, why, and which part of the shard it covered) and hands
-it to the mapping's destination. The shape is AWS's, key for key and in AWS's key order
-(``aws-esm.md`` §1.2, and the recordings in ``tests/fixtures/aws-recorded``): SQS and SNS carry
-it as is; S3 adds the original records as ``payload`` (:func:`with_payload`). I/O-free.
+When a Kinesis or DynamoDB Streams batch is given up on, the stream engine
+(``poller.streams.failures``) builds one record describing it (which invocation failed, why, and
+which part of the shard it covered) and hands it to the mapping's destination. The shape is AWS's,
+key for key and in AWS's key order (``docs/aws-esm.md`` §1.2, and the recordings in
+``tests/fixtures/aws-recorded``): SQS and SNS carry it as is; S3 adds the original records as
+``payload`` (:func:`with_payload`). I/O-free.
 """
 
 from __future__ import annotations

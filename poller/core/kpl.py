@@ -1,6 +1,6 @@
 """KPL de-aggregation: splits a Kinesis record packed by the Kinesis Producer Library.
 
-The Kinesis shard worker may pass each record's raw bytes through :func:`deaggregate` before
+The Kinesis adapter may pass each record's raw bytes through :func:`deaggregate` before
 filtering and batching, as the KCL does (Lambda itself delivers aggregates untouched). An
 aggregate becomes the user records inside it, each keeping the parent's sequence number plus
 its sub-sequence number; anything that is not a valid aggregate (:func:`deaggregate` returns

@@ -9,7 +9,7 @@ Where they sit::
         which messages go where ......... plan_settlement -> Settlement (delete / return / carry)
             FIFO order .................. held_back, carried_apart
 
-Lambda's rules (aws-esm.md §2.2, §2.3, §2.5), as they apply here:
+Lambda's rules (docs/aws-esm.md §2.2, §2.3, §2.5), as they apply here:
 
 * **Success** deletes the batch; **failure** deletes nothing (the messages reappear after the
   visibility timeout and the queue's redrive policy counts their receives).

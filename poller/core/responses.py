@@ -2,11 +2,11 @@
 
 With ``function_response_types: [ReportBatchItemFailures]`` a function may answer
 ``{"batchItemFailures": [{"itemIdentifier": "<id>"}, ...]}`` to fail only some items. After a
-successful invocation the shard worker (streams) or the queue worker (SQS) passes the answer
+successful invocation the shard processor (streams) or the SQS batch processor passes the answer
 here, with the batch's item identifiers in batch order, and acts on the verdict. I/O-free and
 synchronous.
 
-Rules (aws-esm.md §1.3 and §2.5; for streams, exactly what AWS did in the recorded scenarios
+Rules (docs/aws-esm.md §1.3 and §2.5; for streams, exactly what AWS did in the recorded scenarios
 ``test_kinesis_report_batch_item_success_scenarios`` and ``..._failure_scenarios`` of
 ``conformance/aws-recorded/esm-kinesis.json``):
 

@@ -1,12 +1,12 @@
 """Lambda's error handling for stream batches: what to do after each invocation.
 
-The shard worker delivers a batch as a queue of *segments* (a batch, or a part of it after a
+The shard processor delivers a batch as a queue of *segments* (a batch, or a part of it after a
 bisection or a partial failure). Before each invocation it asks :meth:`StreamRetryPolicy.expire`
 to split off records past ``MaximumRecordAgeInSeconds``; after each invocation it asks
 :meth:`StreamRetryPolicy.after_invoke` what follows. The answers are plain values
-(:class:`Settle`, :class:`GiveUp`, :class:`Retry`, :class:`Split`) that the worker carries out;
+(:class:`Settle`, :class:`GiveUp`, :class:`Retry`, :class:`Split`) that the engine carries out;
 this module does no I/O and keeps no clock. The rules, as AWS documents and records them
-(aws-esm.md §1.2, §1.3, §2.5, and the recordings in tests/fixtures/aws-recorded):
+(docs/aws-esm.md §1.2, §1.3, §2.5, and the recordings in tests/fixtures/aws-recorded):
 
 * Function errors (an exception, a runtime error, a timeout, an HTTP 4xx/5xx) count toward
   ``MaximumRetryAttempts`` (-1 = infinite). A partial batch response counts too, and so does a

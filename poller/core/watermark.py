@@ -1,9 +1,9 @@
 """The contiguous checkpoint watermark of one shard.
 
-With ``ParallelizationFactor`` above 1 the shard worker splits a shard's records into lanes by
+With ``ParallelizationFactor`` above 1 the shard processor splits a shard's records into lanes by
 partition key and keeps several batches in flight at once, so batches settle out of order. A
 checkpoint may only name a position below which *every* record is settled (delivered, or sent
-to the failure destination); otherwise a crash would skip the unsettled ones. The worker calls
+to the failure destination); otherwise a crash would skip the unsettled ones. The engine calls
 :meth:`Watermark.track` with the records of each read in read order, :meth:`Watermark.settle`
 as each batch finishes, and :meth:`Watermark.advance` to learn the position it may checkpoint.
 I/O-free and synchronous; on the per-record hot path, so every operation is O(1) per record.

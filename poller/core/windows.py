@@ -1,6 +1,6 @@
 """Tumbling windows on streams: window arithmetic, the window event, the function's answer.
 
-With ``tumbling_window_in_seconds`` W > 0 (AWS TumblingWindowInSeconds, aws-esm.md §1.4) a
+With ``tumbling_window_in_seconds`` W > 0 (AWS TumblingWindowInSeconds, docs/aws-esm.md §1.4) a
 shard's records fall into fixed, non-overlapping windows by their arrival timestamp: the
 window of a record starts at ``floor(arrival / W) * W`` (epoch seconds) and ends W seconds
 later. A batch never spans two windows. Every invocation carries the window and the *state*
@@ -14,7 +14,7 @@ window early (``isWindowTerminatedEarly: true``) and the window continues with a
 Beyond Lambda, the window and its state are stored with each checkpoint
 (:func:`encode_window_state`), so a restart resumes the window where it was.
 
-I/O-free and synchronous; the shard processor (``poller.streams.processor``) owns the clock.
+I/O-free and synchronous; the stream engine (``poller.streams.windows``) owns the clock.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def window_event(
     final: bool = False,
     terminated_early: bool = False,
 ) -> dict[str, Any]:
-    """The event Lambda sends for a tumbling window (aws-esm.md §1.4)."""
+    """The event Lambda sends for a tumbling window (docs/aws-esm.md §1.4)."""
     return {
         "Records": [r.event_record for r in records],
         "window": window.as_event(),

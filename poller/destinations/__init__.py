@@ -8,7 +8,7 @@ Data flow::
 
 The shard processor calls :meth:`FailureDestination.send` once per batch it gives up on. Until
 ``send`` returns, those records are not settled and the shard's checkpoint does not move: a
-:class:`~poller.errors.DestinationError` (retriable) makes the worker back off and send again,
+:class:`~poller.errors.DestinationError` (retriable) makes the engine back off and send again,
 so a destination outage pauses the shard instead of losing records. A refusal that will not
 pass by itself (``DestinationError.permanent``: access denied, no such queue, topic or bucket)
 is waited out too, but reported as blocking the mapping. Destinations never log the
