@@ -53,6 +53,9 @@ log = structlog.get_logger("poller.observability")
 
 #: How often the heartbeat task stamps :class:`HealthState`, seconds.
 HEARTBEAT_INTERVAL_SECONDS: Final = 1.0
+#: How long stopping the server may hold up the shutdown (it closes the port; a request
+#: handler stuck past this is abandoned with its daemon thread).
+SERVER_STOP_SECONDS: Final = 5.0
 #: How long a client may take to send its request before its connection is dropped, seconds.
 REQUEST_TIMEOUT_SECONDS: Final = 10.0
 #: How often the server thread checks for a stop request, seconds; bounds :meth:`stop`.
@@ -413,5 +416,5 @@ async def serve_observability(
         task_status.started(server)
         await heartbeat_loop(health, heartbeat_interval)
     finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(server.stop)
+        with anyio.CancelScope(shield=True), anyio.move_on_after(SERVER_STOP_SECONDS):
+            await anyio.to_thread.run_sync(server.stop, abandon_on_cancel=True)

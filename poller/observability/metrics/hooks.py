@@ -27,7 +27,8 @@ def hook(
 
     The declaration gives the name, the typed signature and the documentation; its body is
     never run. Keyword arguments are put in the declared order, so an implementation always
-    sees the same positional tuple however the caller spelled the call.
+    sees the same positional tuple however the caller spelled the call. A call with arguments
+    the declaration does not take goes to ``self._wrong_call`` instead.
     """
     name = declaration.__name__
     signature = inspect.signature(declaration)
@@ -36,7 +37,11 @@ def hook(
     @functools.wraps(declaration)
     def report(self: _S, /, *args: _P.args, **kwargs: _P.kwargs) -> None:
         if kwargs or len(args) != arity:
-            bound = signature.bind(self, *args, **kwargs)  # a TypeError, as a wrong call raises
+            try:
+                bound = signature.bind(self, *args, **kwargs)
+            except TypeError as exc:  # arguments the declaration does not take
+                self._wrong_call(name, exc)
+                return
             self._report(name, tuple(bound.arguments.values())[1:])
         else:
             self._report(name, args)
@@ -55,6 +60,12 @@ class Metrics:
     def _report(self, hook: str, args: tuple[Any, ...]) -> None:
         """Handle one hook call: the hook's name and its arguments in declared order."""
         raise NotImplementedError(f"{type(self).__name__} must define _report")
+
+    def _wrong_call(self, hook: str, error: TypeError) -> None:
+        """A hook was called with arguments its declaration does not take: raise ``error``, as
+        a wrong call of a plain method would (an implementation that must never raise, such as
+        Prometheus, counts it instead)."""
+        raise error
 
     # -- Lambda's event counts, per mapping ------------------------------------------------
     @hook

@@ -193,6 +193,10 @@ class PrometheusMetrics(Metrics):
         except Exception:  # noqa: BLE001 - counted and logged once per hook in _hook_failed
             self._hook_failed(hook)
 
+    def _wrong_call(self, hook: str, error: TypeError) -> None:
+        """Count a hook called with the wrong arguments, as any failing hook (never raised)."""
+        self._hook_failed(hook)
+
     def _hook_failed(self, hook: str) -> None:
         self._hook_errors((hook,)).inc()
         if hook not in self._failed_hooks:
