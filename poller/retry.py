@@ -1,6 +1,6 @@
-"""Every retry schedule of the service, built in one place.
+"""How the service waits before trying again: backoff schedules and the one retry helper.
 
-Two kinds of waiting happen in the pipeline:
+Two kinds of waiting happen in the engines:
 
 * Re-invoking a failed batch. The engine decides *whether* to retry (Lambda's rules) and asks
   :data:`INVOKE_BACKOFF` *how long* to wait.
@@ -9,6 +9,11 @@ Two kinds of waiting happen in the pipeline:
   exponential backoff and jitter, retrying only errors marked ``retriable``.
 
 botocore's own retries are off for reads and invokes, so exactly one layer retries each call.
+
+Loops that cannot be a :func:`retrying` call (a failed invocation is a result, not an exception;
+a supervisor restarts on anything; a wait must end when shutdown begins; a destination's
+permanent refusal is waited out, never raised) keep their own loop over a :class:`Backoff`
+defined beside them, and say why in a comment at the loop (``Not poller.retry.retrying: ...``).
 """
 
 from __future__ import annotations
