@@ -13,18 +13,16 @@ same fenced take as any free lease, once no task of this replica runs its shard 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 import structlog
 
-from poller.checkpoints.dynamodb import DynamoDBLeaseTable, Lease
+from poller.checkpoints.dynamodb import Lease
 from poller.core.balance import BalancePlan, LeaseView, plan_balance
 from poller.core.lineage import ShardInfo, plan_shards
-from poller.leases.held import HeldLeases
-from poller.leases.settings import LeaseSettings
-from poller.observability.metrics import Metrics
+from poller.leases.held import LeaseContext
 
 log = structlog.get_logger("poller.leases")
 
@@ -45,24 +43,8 @@ class BalanceOutcome:
 class Balancer:
     """One mapping's balance cycles on this replica, and what they remember between cycles."""
 
-    def __init__(
-        self,
-        table: DynamoDBLeaseTable,
-        held: HeldLeases,
-        *,
-        mapping: str,
-        owner: str,
-        settings: LeaseSettings,
-        metrics: Metrics,
-        clock: Callable[[], float],
-    ) -> None:
-        self._table = table
-        self._mapping = mapping
-        self._owner = owner
-        self._settings = settings
-        self._held = held
-        self._metrics = metrics
-        self._clock = clock
+    def __init__(self, ctx: LeaseContext) -> None:
+        self._ctx = ctx
         #: Each lease's counter as last seen, and since when (monotonic) it stood still.
         self._seen: dict[str, tuple[int, float]] = {}
         #: When an invocation of each shard was cancelled mid-flight (the shard stopped): the
@@ -90,56 +72,58 @@ class Balancer:
         self._asked = {(s, lease.pending_owner) for s, lease in leases.items()}
         await self._ask(leases, plan.request)
         for shard_id, asker in plan.grant:
-            if shard_id in self._held.leases:
-                self._held.handing_to[shard_id] = asker
+            if shard_id in self._ctx.held.leases:
+                self._ctx.held.handing_to[shard_id] = asker
                 outcome.handoffs.append(shard_id)
         for shard_id in plan.decline:
-            if shard_id not in self._held.handing_to:  # granted earlier: already draining
+            if shard_id not in self._ctx.held.handing_to:  # granted earlier: already draining
                 await self._decline(shard_id)
         self.awaiting_handoff = bool(plan.request) or any(
-            self._owner in (lease.pending_owner, lease.owner)
-            and lease.shard_id not in self._held.leases
+            self._ctx.owner in (lease.pending_owner, lease.owner)
+            and lease.shard_id not in self._ctx.held.leases
             and lease.shard_id not in self._abandoned_at  # next_expiry wakes us for those
             for lease in leases.values()
         )
-        self._held.report_count()
+        self._ctx.held.report_count()
         return outcome
 
     def note_abandoned(self, shard_id: str) -> None:
         """An invocation of ``shard_id`` was cancelled before it returned (see
         ``_abandoned_at``)."""
-        self._abandoned_at[shard_id] = self._clock()
+        self._abandoned_at[shard_id] = self._ctx.clock()
 
     def next_expiry(self) -> float | None:
         """When the soonest lease of another replica expires (see
         ``LeaseCoordinator.next_expiry``)."""
-        held = self._held.leases
+        held = self._ctx.held.leases
         horizon = [
-            since + self._settings.takeover_after
+            since + self._ctx.settings.takeover_after
             for shard_id, (_, since) in self._seen.items()
             if shard_id not in held
         ]
         horizon += [
-            abandoned + self._settings.takeover_grace
+            abandoned + self._ctx.settings.takeover_grace
             for shard_id, abandoned in self._abandoned_at.items()
             if shard_id not in held
         ]
-        upcoming = [t for t in horizon if t > self._clock()]
+        upcoming = [t for t in horizon if t > self._ctx.clock()]
         return min(upcoming, default=None)
 
     async def _observe(self, outcome: BalanceOutcome) -> dict[str, Lease]:
         """Read the table; forget (and report) held leases that are no longer ours."""
-        leases = {lease.shard_id: lease for lease in await self._table.list_leases(self._mapping)}
-        for shard_id in list(self._held.leases):
+        leases = {
+            lease.shard_id: lease for lease in await self._ctx.table.list_leases(self._ctx.mapping)
+        }
+        for shard_id in list(self._ctx.held.leases):
             lease = leases.get(shard_id)
-            if lease is None or lease.owner != self._owner:
-                self._held.forget(shard_id, "lost")
+            if lease is None or lease.owner != self._ctx.owner:
+                self._ctx.held.forget(shard_id, "lost")
                 outcome.lost.append(shard_id)
         return leases
 
     def _plan(self, leases: dict[str, Lease], busy: AbstractSet[str]) -> BalancePlan:
-        now = self._clock()
-        grace = self._settings.takeover_grace
+        now = self._ctx.clock()
+        grace = self._ctx.settings.takeover_grace
         self._abandoned_at = {s: t for s, t in self._abandoned_at.items() if now - t < grace}
         views = [self._view(lease, now, busy) for lease in leases.values()]
         checkpoints = {s: lease.checkpoint for s, lease in leases.items() if lease.checkpoint}
@@ -149,9 +133,9 @@ class Balancer:
         standing = {s for s, lease in leases.items() if (s, lease.pending_owner) in self._asked}
         return plan_balance(
             views,
-            me=self._owner,
+            me=self._ctx.owner,
             ready=ready,
-            max_leases=self._settings.max_leases_per_replica,
+            max_leases=self._ctx.settings.max_leases_per_replica,
             standing=standing,
         )
 
@@ -160,15 +144,15 @@ class Balancer:
         if counter != lease.counter:
             since = now
             self._seen[lease.shard_id] = (lease.counter, now)
-        expired = lease.owner is None or now - since >= self._settings.takeover_after
-        if lease.owner == self._owner:
+        expired = lease.owner is None or now - since >= self._ctx.settings.takeover_after
+        if lease.owner == self._ctx.owner:
             # Ours in the table: live while we run it (or its old task still winds down);
             # otherwise free for us to re-take (a lost response, a self-fenced lease, a
             # lease handed to us).
             # An invocation cancelled with its task may run on (a handler thread, a remote
             # call): re-take only once the takeover grace has passed since it was abandoned.
             expired = (
-                lease.shard_id not in self._held.leases
+                lease.shard_id not in self._ctx.held.leases
                 and lease.shard_id not in busy
                 and lease.shard_id not in self._abandoned_at
             )
@@ -180,34 +164,34 @@ class Balancer:
         return all(results)
 
     async def _take(self, lease: Lease) -> bool:
-        async with self._held.lock(lease.shard_id):
-            sent = self._clock()
-            taken = await self._table.take(lease, self._owner)
+        async with self._ctx.held.lock(lease.shard_id):
+            sent = self._ctx.clock()
+            taken = await self._ctx.table.take(lease, self._ctx.owner)
         if taken is None:
             return False  # a peer moved first; the next look sees the new state
-        self._held.keep(lease.shard_id, taken, sent)
-        event = "stolen" if lease.owner not in (None, self._owner) else "taken"
-        self._metrics.lease_event(self._mapping, event)
+        self._ctx.held.keep(lease.shard_id, taken, sent)
+        event = "stolen" if lease.owner not in (None, self._ctx.owner) else "taken"
+        self._ctx.metrics.lease_event(self._ctx.mapping, event)
         log.info("lease.acquired", shard=lease.shard_id, previous_owner=lease.owner, how=event)
         return True
 
     async def _ask(self, leases: dict[str, Lease], requests: Sequence[tuple[str, str]]) -> None:
         for shard_id, _ in requests:
-            if await self._table.request_handoff(leases[shard_id], self._owner):
+            if await self._ctx.table.request_handoff(leases[shard_id], self._ctx.owner):
                 log.info("lease.handoff_requested", shard=shard_id, owner=leases[shard_id].owner)
 
     async def _decline(self, shard_id: str) -> None:
         """Turn a peer's request down: re-take our own lease, which clears ``pendingOwner``
         (a fenced write on our counter, so it also counts as a renewal)."""
-        async with self._held.lock(shard_id):
-            lease = self._held.leases.get(shard_id)
+        async with self._ctx.held.lock(shard_id):
+            lease = self._ctx.held.leases.get(shard_id)
             if lease is None:
                 return
             # The held copy may predate the request (it leaves the counter alone): the take
             # is fenced on our counter all the same.
-            sent = self._clock()
-            kept = await self._table.take(lease, self._owner)
+            sent = self._ctx.clock()
+            kept = await self._ctx.table.take(lease, self._ctx.owner)
             if kept is None:
                 return  # the counter moved under us: the next renewal reports the loss
-            self._held.keep(shard_id, kept, sent)
+            self._ctx.held.keep(shard_id, kept, sent)
         log.info("lease.handoff_declined", shard=shard_id)

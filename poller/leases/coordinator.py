@@ -22,7 +22,7 @@ from poller.core.lineage import ShardInfo
 from poller.leases.balancing import BalanceOutcome, Balancer
 from poller.leases.discovery import LeaseDiscovery
 from poller.leases.fencing import LeaseFence, RenewOutcome, TrackedTarget
-from poller.leases.held import HeldLeases
+from poller.leases.held import HeldLeases, LeaseContext
 from poller.leases.settings import LeaseSettings
 from poller.observability.metrics import Metrics, NullMetrics
 from poller.types import Checkpoint, Target
@@ -50,24 +50,11 @@ class LeaseCoordinator:
         self._metrics: Metrics = metrics or NullMetrics()
         self._holdings = HeldLeases(mapping, self._metrics)
         self._discovery = LeaseDiscovery(table, mapping)
-        self._balancer = Balancer(
-            table,
-            self._holdings,
-            mapping=mapping,
-            owner=owner,
-            settings=settings,
-            metrics=self._metrics,
-            clock=clock,
+        context = LeaseContext(
+            table, self._holdings, mapping, owner, settings, self._metrics, clock
         )
-        self._fence = LeaseFence(
-            table,
-            self._holdings,
-            mapping=mapping,
-            owner=owner,
-            settings=settings,
-            metrics=self._metrics,
-            clock=clock,
-        )
+        self._balancer = Balancer(context)
+        self._fence = LeaseFence(context)
 
     @property
     def held(self) -> dict[str, Lease]:

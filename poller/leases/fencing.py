@@ -17,11 +17,8 @@ from typing import Any
 import anyio
 import structlog
 
-from poller.checkpoints.dynamodb import DynamoDBLeaseTable
 from poller.errors import CheckpointError, LeaseLost
-from poller.leases.held import HeldLeases
-from poller.leases.settings import LeaseSettings
-from poller.observability.metrics import Metrics
+from poller.leases.held import LeaseContext
 from poller.types import Checkpoint, InvokeResult, Target
 
 log = structlog.get_logger("poller.leases")
@@ -44,52 +41,36 @@ class LeaseFence:
     """Fenced renewals and checkpoint writes of one mapping's held leases, and the
     freshness checks that stop a shard before its lease can have passed to a peer."""
 
-    def __init__(
-        self,
-        table: DynamoDBLeaseTable,
-        held: HeldLeases,
-        *,
-        mapping: str,
-        owner: str,
-        settings: LeaseSettings,
-        metrics: Metrics,
-        clock: Callable[[], float],
-    ) -> None:
-        self._table = table
-        self._held = held
-        self._mapping = mapping
-        self._owner = owner
-        self._settings = settings
-        self._metrics = metrics
-        self._clock = clock
+    def __init__(self, ctx: LeaseContext) -> None:
+        self._ctx = ctx
 
     async def renew_all(self) -> RenewOutcome:
         """Renew every held lease, concurrently (one slow call must not age the others);
         report the lost ones. (Peers' handoff requests are answered by the balancer.)"""
         outcome = RenewOutcome()
         async with anyio.create_task_group() as tg:
-            for shard_id in list(self._held.leases):
+            for shard_id in list(self._ctx.held.leases):
                 tg.start_soon(self._renew_one, shard_id, outcome)
         return outcome
 
     async def _renew_one(self, shard_id: str, outcome: RenewOutcome) -> None:
-        held = self._held
+        held = self._ctx.held
         async with held.lock(shard_id):
             lease = held.leases.get(shard_id)
             if lease is None:
                 return
             # Freshness counts from when the write was sent: the counter moved no earlier,
             # so a slow answer never makes the lease look younger than peers see it.
-            sent = self._clock()
+            sent = self._ctx.clock()
             try:
-                renewed = await self._table.renew(lease, self._owner)
+                renewed = await self._ctx.table.renew(lease, self._ctx.owner)
             except LeaseLost:
                 if held.leases.get(shard_id) is lease:
                     held.forget(shard_id, "lost")
                     outcome.lost.append(shard_id)
                 return
             except CheckpointError as exc:
-                self._metrics.dependency_error(self._mapping, "renew")
+                self._ctx.metrics.dependency_error(self._ctx.mapping, "renew")
                 if held.leases.get(shard_id) is lease and self._self_fence(shard_id, exc):
                     outcome.lost.append(shard_id)
                 return
@@ -102,55 +83,59 @@ class LeaseFence:
 
     def _self_fence(self, shard_id: str, exc: Exception) -> bool:
         """The table is unreachable: past a lease duration a peer may own the shard; stop it."""
-        renewed_at = self._held.renewed_at
-        silent = self._clock() - renewed_at.get(shard_id, self._clock())
+        renewed_at = self._ctx.held.renewed_at
+        silent = self._ctx.clock() - renewed_at.get(shard_id, self._ctx.clock())
         log.warning("lease.renew_failed", shard=shard_id, error=str(exc), silent_s=round(silent, 1))
-        if silent < self._settings.lease_duration:
+        if silent < self._ctx.settings.lease_duration:
             return False
-        self._held.forget(shard_id, "lost")
+        self._ctx.held.forget(shard_id, "lost")
         return True
 
     def fence_wait(self, longest: float) -> float:
         """Seconds until the soonest held lease goes stale, at most ``longest`` (see
         ``LeaseCoordinator.fence_wait``)."""
-        horizon = self._settings.lease_duration * STALE_FRACTION
-        now = self._clock()
-        renewed_at = self._held.renewed_at
-        due = [renewed_at.get(s, now) + horizon - now for s in self._held.leases]
+        horizon = self._ctx.settings.lease_duration * STALE_FRACTION
+        now = self._ctx.clock()
+        renewed_at = self._ctx.held.renewed_at
+        due = [renewed_at.get(s, now) + horizon - now for s in self._ctx.held.leases]
         return max(min([longest, *due]), MIN_FENCE_WAIT)
 
     def stale(self) -> list[str]:
         """Held leases not renewed for 90 % of the lease duration (see
         ``LeaseCoordinator.stale``)."""
-        horizon = self._settings.lease_duration * STALE_FRACTION
-        now = self._clock()
-        renewed_at = self._held.renewed_at
-        return [s for s in self._held.leases if now - renewed_at.get(s, now) >= horizon]
+        horizon = self._ctx.settings.lease_duration * STALE_FRACTION
+        now = self._ctx.clock()
+        renewed_at = self._ctx.held.renewed_at
+        return [s for s in self._ctx.held.leases if now - renewed_at.get(s, now) >= horizon]
 
     def ensure_fresh(self, shard_id: str) -> None:
         """Raise LeaseLost unless the lease is held and recently renewed (see
         ``LeaseCoordinator.ensure_fresh``)."""
-        renewed = self._held.renewed_at.get(shard_id)
-        if shard_id not in self._held.leases or renewed is None:
-            raise LeaseLost(f"lease of {self._mapping}/{shard_id} is not held by {self._owner}")
-        silent = self._clock() - renewed
-        if silent > self._settings.lease_duration - self._settings.renew_interval:
-            self._held.forget(shard_id, "lost")
+        renewed = self._ctx.held.renewed_at.get(shard_id)
+        if shard_id not in self._ctx.held.leases or renewed is None:
             raise LeaseLost(
-                f"lease of {self._mapping}/{shard_id} not renewed for {silent:.1f} s;"
+                f"lease of {self._ctx.mapping}/{shard_id} is not held by {self._ctx.owner}"
+            )
+        silent = self._ctx.clock() - renewed
+        if silent > self._ctx.settings.lease_duration - self._ctx.settings.renew_interval:
+            self._ctx.held.forget(shard_id, "lost")
+            raise LeaseLost(
+                f"lease of {self._ctx.mapping}/{shard_id} not renewed for {silent:.1f} s;"
                 " a peer may own it"
             )
 
     async def checkpoint(self, shard_id: str, checkpoint: Checkpoint) -> None:
         """A fenced checkpoint write. Raises LeaseLost if the lease is no longer ours."""
-        held = self._held
+        held = self._ctx.held
         async with held.lock(shard_id):
             lease = held.leases.get(shard_id)
             if lease is None:
-                raise LeaseLost(f"lease of {self._mapping}/{shard_id} is not held by {self._owner}")
-            sent = self._clock()
+                raise LeaseLost(
+                    f"lease of {self._ctx.mapping}/{shard_id} is not held by {self._ctx.owner}"
+                )
+            sent = self._ctx.clock()
             try:
-                written = await self._table.checkpoint(lease, self._owner, checkpoint)
+                written = await self._ctx.table.checkpoint(lease, self._ctx.owner, checkpoint)
             except LeaseLost:
                 if held.leases.get(shard_id) is lease:
                     held.forget(shard_id, "lost")
@@ -159,7 +144,7 @@ class LeaseFence:
                 # Written, but fenced off (stale) meanwhile: the shard is being stopped as
                 # lost; the lease is not revived (see _renew_one).
                 raise LeaseLost(
-                    f"lease of {self._mapping}/{shard_id} went stale while checkpointing"
+                    f"lease of {self._ctx.mapping}/{shard_id} went stale while checkpointing"
                 )
             held.keep(shard_id, written, sent)
 

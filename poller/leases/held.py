@@ -9,11 +9,14 @@ its lock, because renewals and checkpoints both move the counter they are condit
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import anyio
 import structlog
 
-from poller.checkpoints.dynamodb import Lease
+from poller.checkpoints.dynamodb import DynamoDBLeaseTable, Lease
+from poller.leases.settings import LeaseSettings
 from poller.observability.metrics import Metrics
 
 log = structlog.get_logger("poller.leases")
@@ -57,3 +60,18 @@ class HeldLeases:
     def report_count(self) -> None:
         """Publish how many leases are held."""
         self._metrics.leases_held(self._mapping, len(self.leases))
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseContext:
+    """What the coordinator's parts (the balancer, the fence) all work with: one mapping's
+    lease table, this replica's identity, the timing, and the leases it holds."""
+
+    table: DynamoDBLeaseTable
+    held: HeldLeases
+    mapping: str
+    owner: str
+    settings: LeaseSettings
+    metrics: Metrics
+    #: Monotonic seconds: what lease staleness is judged by.
+    clock: Callable[[], float]
