@@ -134,32 +134,31 @@ def _checkpoint_update(checkpoint: Checkpoint) -> tuple[list[str], list[str], di
     """SET clauses, REMOVE clauses and values that store ``checkpoint`` exactly."""
     if checkpoint.sequence_number is None and checkpoint.start_timestamp is None:
         raise ValueError("a checkpoint needs a sequence number, SHARD_END or a start timestamp")
+    start = checkpoint.start_timestamp
+    sub = checkpoint.sub_sequence_number
+    fields = (
+        ("checkpoint", ":checkpoint", _s_or_none(checkpoint.sequence_number)),
+        ("startTimestamp", ":start", None if start is None else _n(float(start))),
+        # KCL's attribute for a position inside a de-aggregated KPL record.
+        ("checkpointSubSequenceNumber", ":sub", None if sub is None else _n(sub)),
+        # A tumbling window's open window and state (JSON), stored with its position.
+        ("windowState", ":window", _s_or_none(checkpoint.window_state)),
+    )
     sets: list[str] = []
     removes: list[str] = []
     values: dict[str, Any] = {}
-    if checkpoint.sequence_number is not None:
-        sets.append("#checkpoint = :checkpoint")
-        values[":checkpoint"] = _s(checkpoint.sequence_number)
-    else:
-        removes.append("#checkpoint")
-    if checkpoint.start_timestamp is not None:
-        sets.append("#startTimestamp = :start")
-        values[":start"] = _n(float(checkpoint.start_timestamp))
-    else:
-        removes.append("#startTimestamp")
-    # KCL's attribute for a position inside a de-aggregated KPL record.
-    if checkpoint.sub_sequence_number is not None:
-        sets.append("#checkpointSubSequenceNumber = :sub")
-        values[":sub"] = _n(checkpoint.sub_sequence_number)
-    else:
-        removes.append("#checkpointSubSequenceNumber")
-    # A tumbling window's open window and state (JSON), stored with the position it belongs to.
-    if checkpoint.window_state is not None:
-        sets.append("#windowState = :window")
-        values[":window"] = _s(checkpoint.window_state)
-    else:
-        removes.append("#windowState")
+    # Every attribute is written or removed, so no part of an older checkpoint survives.
+    for attribute, placeholder, value in fields:
+        if value is None:
+            removes.append(f"#{attribute}")
+        else:
+            sets.append(f"#{attribute} = {placeholder}")
+            values[placeholder] = value
     return sets, removes, values
+
+
+def _s_or_none(value: str | None) -> dict[str, str] | None:
+    return None if value is None else _s(value)
 
 
 def _update_expression(sets: Sequence[str], removes: Sequence[str] = ()) -> str:
