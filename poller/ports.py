@@ -61,8 +61,9 @@ class StreamApi(Protocol):
         """A shard iterator at ``position``. Raises ``SourceError``."""
         ...
 
-    async def get_records(self, iterator: str) -> RecordsPage:
-        """One read. Raises ``SourceError`` (``IteratorExpired``, ``Throttled``, ...)."""
+    async def get_records(self, iterator: str, limit: int | None = None) -> RecordsPage:
+        """One read of at most ``limit`` records (default and ceiling: :attr:`limit`).
+        Raises ``SourceError`` (``IteratorExpired``, ``Throttled``, ...)."""
         ...
 
     def sequence_of(self, raw: dict[str, Any]) -> str:

@@ -265,8 +265,9 @@ class FakeStreamApi:
                 return index
         return len(shard.records)
 
-    async def get_records(self, iterator: str) -> RecordsPage:
-        """The rest of the page at the iterator, or a scripted error."""
+    async def get_records(self, iterator: str, limit: int | None = None) -> RecordsPage:
+        """The rest of the page at the iterator (at most ``limit`` records), or a scripted
+        error."""
         shard_id, offset = self._iterators.pop(iterator)
         self.calls.append(("get_records", shard_id, offset))
         shard = self._shards[shard_id]
@@ -275,6 +276,8 @@ class FakeStreamApi:
             raise errors.popleft()
         offset = max(offset, shard.horizon)
         end = next((e for e in shard.page_ends if e > offset), len(shard.records))
+        if limit is not None:
+            end = min(end, offset + max(1, limit))
         records = shard.records[offset:end]
         if end == len(shard.records) and shard.closed and not shard.errors.get(end):
             return RecordsPage(records, None, 0, shard.children)

@@ -103,10 +103,11 @@ class DynamoDBStreamApi:
             response = await self._client.get_shard_iterator(**args)
         return str(response["ShardIterator"])
 
-    async def get_records(self, iterator: str) -> RecordsPage:
+    async def get_records(self, iterator: str, limit: int | None = None) -> RecordsPage:
         """GetRecords; a closed shard's last page has no NextShardIterator."""
+        count = self.limit if limit is None else max(1, min(limit, self.limit))
         async with source_call("GetRecords"):
-            response = await self._client.get_records(ShardIterator=iterator, Limit=self.limit)
+            response = await self._client.get_records(ShardIterator=iterator, Limit=count)
         return RecordsPage(
             records=response.get("Records", []),
             next_iterator=response.get("NextShardIterator"),

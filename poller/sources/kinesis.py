@@ -157,11 +157,12 @@ class KinesisStreamApi:
             response = await self._client.get_shard_iterator(**args)
         return str(response["ShardIterator"])
 
-    async def get_records(self, iterator: str) -> RecordsPage:
+    async def get_records(self, iterator: str, limit: int | None = None) -> RecordsPage:
         """GetRecords, passing StreamARN (valid on AWS, and needed by some emulators)."""
+        count = self.limit if limit is None else max(1, min(limit, self.limit))
         async with source_call("GetRecords"):
             response = await self._client.get_records(
-                ShardIterator=iterator, Limit=self.limit, StreamARN=self.stream_arn
+                ShardIterator=iterator, Limit=count, StreamARN=self.stream_arn
             )
         return RecordsPage(
             records=response.get("Records", []),

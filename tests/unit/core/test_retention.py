@@ -62,7 +62,7 @@ class FakeStream:
             return str(seqs.index(position.sequence_number or "") + 1)
         return "0"
 
-    async def get_records(self, iterator: str) -> RecordsPage:
+    async def get_records(self, iterator: str, limit: int | None = None) -> RecordsPage:
         start = int(iterator)
         raws = [
             {"SequenceNumber": s, "ApproximateArrivalTimestamp": t} for s, t in self.records[start:]
@@ -167,12 +167,12 @@ class RefusingReads(FakeStream):
         self.read_failures = read_failures
         self.reads: list[float] = []
 
-    async def get_records(self, iterator: str) -> RecordsPage:
+    async def get_records(self, iterator: str, limit: int | None = None) -> RecordsPage:
         self.reads.append(time.monotonic())
         if self.read_failures:
             self.read_failures -= 1
             raise PositionTrimmed("GetRecords failed with TrimmedDataAccessException")
-        return await super().get_records(iterator)
+        return await super().get_records(iterator, limit)
 
 
 async def test_reads_refused_again_and_again_back_off_and_are_logged() -> None:
