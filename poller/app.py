@@ -62,6 +62,7 @@ from poller.observability.metrics import Metrics, NullMetrics, PrometheusMetrics
 from poller.observability.server import HealthState, serve_observability
 from poller.readiness import MappingReadiness
 from poller.retry import Backoff
+from poller.streams.budget import ReadBudget
 from poller.streams.ownership import takeover_grace
 from poller.types import Target
 
@@ -96,6 +97,8 @@ class Service:
         self._force = anyio.Event()
         self._prometheus = PrometheusMetrics() if settings.observability.enabled else None
         self.metrics: Metrics = self._prometheus or NullMetrics()
+        #: One read budget for every shard of every stream mapping (poller.streams.budget).
+        self.read_budget = ReadBudget(settings.memory.read_budget_bytes, metrics=self.metrics)
         self.health = HealthState()
         self.health.mark_config_loaded()
         self.observability_url: str | None = None
@@ -187,6 +190,7 @@ class Service:
             checkpoints=checkpoints,
             stopping=self.stopping,
             metrics=self.metrics,
+            budget=self.read_budget,
         )
 
     async def _run_tasks(

@@ -7,7 +7,7 @@ Data flow (called by the composition root, :mod:`poller.app`)::
         --stream_api--> KinesisStreamApi | DynamoDBStreamApi (the embedded stream created first)
         --build_destination--> its on-failure destination, if any
         --ownership_for(checkpoints)--> ShardOwnership (solo or leased)
-        --> StreamMappingRunner
+        --> StreamMappingRunner (reading within the service's one ReadBudget)
     SQS mapping --build_sqs_runner--> SqsMappingRunner
 
 Nothing here runs anything: a runner is built afresh for every run of a mapping (a crashed
@@ -30,6 +30,7 @@ from poller.queues import SqsMappingRunner, build_sqs_runner
 from poller.sources.dynamodb_streams import DynamoDBStreamApi
 from poller.sources.kinesis import KinesisStreamApi
 from poller.streams import StreamMappingRunner
+from poller.streams.budget import ReadBudget
 from poller.streams.ownership import ownership_for
 from poller.targets import build_target
 from poller.types import Target
@@ -62,8 +63,10 @@ async def build_runner(
     checkpoints: Checkpoints,
     stopping: anyio.Event,
     metrics: Metrics,
+    budget: ReadBudget | None = None,
 ) -> Runner:
-    """A fresh runner for one run of ``mapping``, delivering to ``target``."""
+    """A fresh runner for one run of ``mapping``, delivering to ``target``; a stream
+    mapping's shards read within ``budget``, the process's one read budget."""
     if isinstance(mapping, KinesisMapping | DynamoDBStreamMapping):
         return StreamMappingRunner(
             mapping,
@@ -78,6 +81,7 @@ async def build_runner(
                 else await build_destination(mapping.on_failure_arn, clients=clients)
             ),
             metrics=metrics,
+            budget=budget,
         )
     assert isinstance(mapping, SqsMapping)
     return await build_sqs_runner(

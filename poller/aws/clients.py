@@ -140,5 +140,9 @@ class ClientFactory:
 
     async def aclose(self) -> None:
         """Close every client, in reverse order of creation. Idempotent."""
+        from poller.aws.lean import close_connections  # lean imports this module
+
+        for client in self._clients.values():
+            close_connections(client)
         self._clients.clear()
         await self._stack.aclose()

@@ -35,6 +35,8 @@ _THROTTLE_CODES = frozenset(
     }
 )
 _NOT_FOUND_CODES = frozenset({"ResourceNotFoundException"})
+#: Every code mapped to a kind of its own (the lean read path answers these itself).
+KNOWN_CODES = _ITERATOR_CODES | _TRIMMED_CODES | _THROTTLE_CODES | _NOT_FOUND_CODES
 
 
 def error_code(exc: ClientError) -> str:

@@ -1,27 +1,35 @@
 """Leases across replicas: which shards this replica processes, fenced by the lease table.
 
-Data flow (one :class:`LeaseCoordinator` per stream mapping, driven by its runner)::
+Data flow (one :class:`LeaseCoordinator` per stream mapping, driven by its runner), lease
+protocol v2, whose cost at rest grows with the replicas, not the shards::
 
     discovery  -> sync():      create a lease per new shard (parents, pinned start), retire
                                the leases of finished shards that left the listing
-    balance    -> balance():   read the table, judge expiry, take / ask for handoffs, grant or
-                               decline peers' requests (core.balance)
-    renew loop -> renew_all(): fenced renewals every lease_duration/3; report lost leases
+    heartbeat loop -> heartbeat(): one write to the mapping's member item every
+                               lease_duration/3, whatever the number of leases held
+    refresh loop -> watch():   read the member item (peers' heartbeats, the generation) every
+                               lease_duration/10; balance() only when it calls for one
+    balance    -> balance():   read the compact lease view, judge expiry, take / ask for
+                               handoffs, grant or decline peers' requests (core.balance); bump
+                               the generation after a change so peers look at once
     pipeline   -> checkpoint() through LeasedCheckpointStore: a fenced write; LeaseLost stops
                                the shard at once
     shard end, handoff, shutdown -> release(): the next owner may start at once (a granted
-                               lease is written over to the asker, nobody else)
+                               lease is written over to the asker, nobody else); leave() on exit
 
-Expiry is judged as the Kinesis Client Library does: a lease is expired when its counter has not
-changed for ``lease_duration`` *on this replica's monotonic clock*. Wall clocks of different
-tasks are never compared. A replica that cannot renew a lease for ``lease_duration`` stops the
-shard itself, since a peer may already have taken it. Every write to one lease goes through one
-lock, because renewals and checkpoints both move the counter they are conditioned on.
+Expiry is judged by observation on *this replica's monotonic clock*, as the Kinesis Client
+Library does, never by comparing wall clocks: a peer's lease is expired when its owner's
+heartbeat stood still for ``takeover_after`` (an owner absent from the member map - a v1
+replica - is judged by the lease's counter). A lease is fresh only from heartbeats (a take,
+from the heartbeat before it), so a replica that cannot heartbeat stops its shards itself
+before a peer can see them expire. Every take and checkpoint is fenced
+on the lease's counter (its epoch); every write to one lease goes through one lock.
 
-Modules: :mod:`.coordinator` (the runner's one entry point, and releases), :mod:`.discovery`
-(``sync``), :mod:`.balancing` (``balance``), :mod:`.fencing` (renewals, staleness, fenced
-checkpoints), :mod:`.held` (the held leases those share), :mod:`.store` (the fenced
-``CheckpointStore``), :mod:`.settings` (timing) and :mod:`.identity` (the replica's name).
+Modules: :mod:`.coordinator` (the runner's one entry point, releases, the generation),
+:mod:`.discovery` (``sync``), :mod:`.watching` (the peers' heartbeats), :mod:`.balancing`
+(``balance``), :mod:`.fencing` (heartbeats, staleness, fenced checkpoints), :mod:`.held` (the
+held leases those share), :mod:`.store` (the fenced ``CheckpointStore``), :mod:`.settings`
+(timing) and :mod:`.identity` (the replica's name).
 """
 
 from __future__ import annotations

@@ -1,10 +1,19 @@
 """Lease balancing: which shards this replica takes, asks for, grants and declines.
 
-Data flow: the runner's balance loop calls the coordinator's ``balance``, which lands here:
-read the table, judge each lease's expiry by how long its counter has stood still on *this
-replica's monotonic clock* (wall clocks of different tasks are never compared, as in the
-Kinesis Client Library), let :func:`~poller.core.balance.plan_balance` decide, then take free
-or expired leases (a fenced take), ask busy peers for handoffs, and grant or decline theirs.
+Data flow: the runner's refresh loop calls the coordinator's ``balance`` when the watch says
+one is due (or as a safety net), which lands here: read the compact lease view (eventually
+consistent), judge each lease's expiry on *this replica's monotonic clock* (wall clocks of
+different tasks are never compared, as in the Kinesis Client Library): a peer's lease is
+expired when its owner's heartbeat (:mod:`.watching`) stood still for ``takeover_after`` (an
+owner absent from the member map, a v1 replica, is judged by the lease's counter). Then
+:func:`~poller.core.balance.plan_balance` decides, and this replica takes free or expired
+leases (a take fenced on the counter seen), asks busy peers for handoffs, and grants or
+declines theirs.
+
+The view may lag. That stays safe because every take is fenced on the counter it saw (a stale
+counter just fails), a held lease is judged lost only when the view shows another owner at a
+counter at least as new as ours (or a consistent read finds it gone), and stale checkpoints
+only delay a shard's readiness.
 
 A lease the table still gives this replica but that it does not run (a lost response, a lease
 fenced off locally for staleness, a lease handed to it) is re-taken by the next balance, by the
@@ -22,7 +31,9 @@ import structlog
 from poller.checkpoints.dynamodb import Lease
 from poller.core.balance import BalancePlan, LeaseView, plan_balance
 from poller.core.lineage import ShardInfo, plan_shards
+from poller.errors import CheckpointError
 from poller.leases.held import LeaseContext
+from poller.leases.watching import MemberWatch
 
 log = structlog.get_logger("poller.leases")
 
@@ -34,98 +45,167 @@ TAKE_ROUNDS = 3
 @dataclass(slots=True)
 class BalanceOutcome:
     """What a balance cycle decided for the runner: shards to stop at once (lost), and shards
-    to drain and hand over to the peer that asked (the lease goes to it on release)."""
+    to drain and hand over to the peer that asked (the lease goes to it on release).
+    ``changed``: this replica changed assignments (took, asked, declined), so peers should
+    look (the coordinator bumps the generation)."""
 
     lost: list[str] = field(default_factory=list)
     handoffs: list[str] = field(default_factory=list)
+    changed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """A lease's counter and owner as last seen in the view, and since when (monotonic) the
+    counter stood still."""
+
+    counter: int
+    owner: str | None
+    since: float
 
 
 class Balancer:
     """One mapping's balance cycles on this replica, and what they remember between cycles."""
 
-    def __init__(self, ctx: LeaseContext) -> None:
+    def __init__(self, ctx: LeaseContext, watch: MemberWatch) -> None:
         self._ctx = ctx
-        #: Each lease's counter as last seen, and since when (monotonic) it stood still.
-        self._seen: dict[str, tuple[int, float]] = {}
+        self._watch = watch
+        #: Each lease as last seen in the view (see :class:`_Seen`).
+        self._seen: dict[str, _Seen] = {}
         #: When an invocation of each shard was cancelled mid-flight (the shard stopped): the
         #: call itself may run on (a sync handler's thread, a remote function) for up to the
         #: takeover grace, so we re-take our own lease only after it.
         self._abandoned_at: dict[str, float] = {}
-        #: Leases handed to us are waiting to be taken: poll faster than the balance interval.
+        #: Leases handed to us are waiting to be taken: balance at every watch.
         self.awaiting_handoff = False
+        #: A peer asked for one of our leases: balance at every watch to answer it.
+        self.asked_of_us = False
         #: (shard, pending owner) as seen at the previous balance: requests still there at the
         #: next one are answered.
         self._asked: set[tuple[str, str | None]] = set()
+        #: When the latest cycle ended (monotonic), None before the first.
+        self.balanced_at: float | None = None
+        #: When the view of the current cycle was answered (monotonic).
+        self._view_at = 0.0
+        self._v1_reported: set[str] = set()
 
-    async def balance(self, busy: AbstractSet[str]) -> BalanceOutcome:
-        """One balance cycle (see ``LeaseCoordinator.balance``)."""
+    async def balance(self, busy: AbstractSet[str], *, may_take: bool) -> BalanceOutcome:
+        """One balance cycle (see ``LeaseCoordinator.balance``). ``may_take``: this replica's
+        heartbeat is fresh; without one it takes and asks for nothing (it could not keep it)."""
         outcome = BalanceOutcome()
         # Not poller.retry: this is no failure to back off from but a race lost to a peer,
         # answered by looking at the new state at once, a bounded number of times.
         for _ in range(TAKE_ROUNDS):
             leases = await self._observe(outcome)
             plan = self._plan(leases, busy)
-            if await self._take_all(leases, plan.take):
+            if await self._take_all(leases, plan.take if may_take else (), outcome):
                 break
             # A peer won a race for a free lease: look again at once, so that our requests
             # (which also make us count as a live replica for the others) go out this cycle.
         self._asked = {(s, lease.pending_owner) for s, lease in leases.items()}
-        await self._ask(leases, plan.request)
+        await self._ask(leases, plan.request if may_take else (), outcome)
         for shard_id, asker in plan.grant:
             if shard_id in self._ctx.held.leases:
                 self._ctx.held.handing_to[shard_id] = asker
                 outcome.handoffs.append(shard_id)
         for shard_id in plan.decline:
             if shard_id not in self._ctx.held.handing_to:  # granted earlier: already draining
-                await self._decline(shard_id)
+                await self._decline(shard_id, outcome)
+        self._note_handoffs(leases, plan)
+        await self._prune(leases)
+        self._ctx.held.report_count()
+        self.balanced_at = self._ctx.clock()
+        return outcome
+
+    def _note_handoffs(self, leases: dict[str, Lease], plan: BalancePlan) -> None:
+        me, held = self._ctx.owner, self._ctx.held.leases
         self.awaiting_handoff = bool(plan.request) or any(
-            self._ctx.owner in (lease.pending_owner, lease.owner)
-            and lease.shard_id not in self._ctx.held.leases
+            me in (lease.pending_owner, lease.owner)
+            and lease.shard_id not in held
             and lease.shard_id not in self._abandoned_at  # next_expiry wakes us for those
             for lease in leases.values()
         )
-        self._ctx.held.report_count()
-        return outcome
+        self.asked_of_us = any(
+            lease.pending_owner not in (None, me) and lease.shard_id in held
+            for lease in leases.values()
+        )
 
     def note_abandoned(self, shard_id: str) -> None:
         """An invocation of ``shard_id`` was cancelled before it returned (see
         ``_abandoned_at``)."""
         self._abandoned_at[shard_id] = self._ctx.clock()
 
-    def next_expiry(self) -> float | None:
-        """When the soonest lease of another replica expires (see
-        ``LeaseCoordinator.next_expiry``)."""
-        held = self._ctx.held.leases
-        horizon = [
-            since + self._ctx.settings.takeover_after
-            for shard_id, (_, since) in self._seen.items()
-            if shard_id not in held
-        ]
+    def _horizons(self) -> list[float]:
+        """When each lease of another replica expires if nothing moves (monotonic)."""
+        held, after = self._ctx.held.leases, self._ctx.settings.takeover_after
+        horizon = []
+        for shard_id, seen in self._seen.items():
+            if shard_id in held or seen.owner in (None, self._ctx.owner):
+                continue
+            owner = seen.owner or ""
+            beat_since = self._watch.since(owner)
+            if beat_since is None:
+                horizon.append(seen.since + after)
+            elif self._watch.present(owner):
+                horizon.append(beat_since + after)
+            else:
+                horizon.append(max(seen.since, beat_since) + after)
         horizon += [
             abandoned + self._ctx.settings.takeover_grace
             for shard_id, abandoned in self._abandoned_at.items()
             if shard_id not in held
         ]
-        upcoming = [t for t in horizon if t > self._ctx.clock()]
-        return min(upcoming, default=None)
+        return horizon
+
+    def next_expiry(self) -> float | None:
+        """When the soonest lease of another replica expires (see
+        ``LeaseCoordinator.next_expiry``)."""
+        now = self._ctx.clock()
+        return min((t for t in self._horizons() if t > now), default=None)
+
+    def expiry_passed(self) -> bool:
+        """Whether a lease expired (if nothing moved) since the latest cycle."""
+        if self.balanced_at is None:
+            return False
+        now, last = self._ctx.clock(), self.balanced_at
+        return any(last < t <= now for t in self._horizons())
 
     async def _observe(self, outcome: BalanceOutcome) -> dict[str, Lease]:
-        """Read the table; forget (and report) held leases that are no longer ours."""
-        leases = {
-            lease.shard_id: lease for lease in await self._ctx.table.list_leases(self._ctx.mapping)
-        }
-        for shard_id in list(self._ctx.held.leases):
-            lease = leases.get(shard_id)
-            if lease is None or lease.owner != self._ctx.owner:
-                self._ctx.held.forget(shard_id, "lost")
-                outcome.lost.append(shard_id)
+        """Read the view; forget (and report) held leases that are no longer ours.
+
+        The view may lag: a held lease is lost only when the view shows another owner at a
+        counter at least as new as ours, or a consistent read cannot find it; where the view
+        is older than our own last write, our copy stands in for it.
+        """
+        ctx = self._ctx
+        view = await ctx.table.lease_view(ctx.mapping)
+        self._view_at = ctx.clock()
+        # The heartbeats are read after the view: an owner whose beat looks expired in this
+        # read cannot have taken (or re-taken) a lease the view shows it holding since (its
+        # take is fresh only from a beat that landed before it, hence before this read).
+        sent = ctx.clock()
+        self._watch.observe(await ctx.table.members(ctx.mapping), sent, ctx.clock())
+        leases = {lease.shard_id: lease for lease in view}
+        for shard_id, mine in list(ctx.held.leases.items()):
+            seen = leases.get(shard_id)
+            if seen is None:
+                seen = await ctx.table.get(ctx.mapping, shard_id)
+                if seen is not None:
+                    leases[shard_id] = seen
+            if seen is None or (seen.owner != ctx.owner and seen.counter >= mine.counter):
+                if ctx.held.leases.get(shard_id) is mine:
+                    ctx.held.forget(shard_id, "lost")
+                    outcome.lost.append(shard_id)
+            elif seen.counter < mine.counter:
+                leases[shard_id] = mine  # the view predates our write
         return leases
 
     def _plan(self, leases: dict[str, Lease], busy: AbstractSet[str]) -> BalancePlan:
         now = self._ctx.clock()
         grace = self._ctx.settings.takeover_grace
         self._abandoned_at = {s: t for s, t in self._abandoned_at.items() if now - t < grace}
-        views = [self._view(lease, now, busy) for lease in leases.values()]
+        self._seen = {s: seen for s, seen in self._seen.items() if s in leases}
+        views = [self._view(lease, busy) for lease in leases.values()]
         checkpoints = {s: lease.checkpoint for s, lease in leases.items() if lease.checkpoint}
         infos = [ShardInfo(lease.shard_id, lease.parent_ids) for lease in leases.values()]
         ready = set(plan_shards(infos, checkpoints).ready)
@@ -139,13 +219,17 @@ class Balancer:
             standing=standing,
         )
 
-    def _view(self, lease: Lease, now: float, busy: AbstractSet[str]) -> LeaseView:
-        counter, since = self._seen.get(lease.shard_id, (None, now))
-        if counter != lease.counter:
-            since = now
-            self._seen[lease.shard_id] = (lease.counter, now)
-        expired = lease.owner is None or now - since >= self._ctx.settings.takeover_after
-        if lease.owner == self._ctx.owner:
+    def _view(self, lease: Lease, busy: AbstractSet[str]) -> LeaseView:
+        now = self._view_at
+        seen = self._seen.get(lease.shard_id)
+        if seen is None or seen.counter != lease.counter:
+            if seen is not None and seen.owner == lease.owner:
+                self._report_v1(lease)
+            seen = _Seen(lease.counter, lease.owner, now)
+        self._seen[lease.shard_id] = _Seen(seen.counter, lease.owner, seen.since)
+        if lease.owner is None:
+            expired = True
+        elif lease.owner == self._ctx.owner:
             # Ours in the table: live while we run it (or its old task still winds down);
             # otherwise free for us to re-take (a lost response, a self-fenced lease, a
             # lease handed to us).
@@ -156,42 +240,98 @@ class Balancer:
                 and lease.shard_id not in busy
                 and lease.shard_id not in self._abandoned_at
             )
+        else:
+            # A member's leases expire with its beat: its takes and checkpoints never make a
+            # lease fresher for it (see HeldLeases), so the counter need not be watched (the
+            # view is read rarely: a busy shard's counter would look as if it just moved). An
+            # owner absent from the map (a v1 replica, which renews counters, or one gone)
+            # is judged by the counter too, and by how long it has been absent.
+            self._watch.track(lease.owner)
+            after = self._ctx.settings.takeover_after
+            expired = self._watch.still_for(lease.owner) >= after
+            if not self._watch.present(lease.owner):
+                expired = expired and now - seen.since >= after
         return LeaseView(lease.shard_id, lease.owner, expired, lease.pending_owner)
 
-    async def _take_all(self, leases: dict[str, Lease], shard_ids: Sequence[str]) -> bool:
+    def _report_v1(self, lease: Lease) -> None:
+        """A live owner absent from the member map moved its counter: a v1 replica, which
+        would take v2 replicas' leases (they do not move counters at rest)."""
+        owner = lease.owner
+        if owner in (None, self._ctx.owner) or self._watch.present(owner or ""):
+            return
+        if owner in self._v1_reported:
+            return
+        self._v1_reported.add(owner or "")
+        log.error(
+            "lease.v1_peer_seen",
+            peer=owner,
+            shard=lease.shard_id,
+            hint="a replica of lease protocol v1 renews leases this replica does not; it"
+            " would take this replica's leases: stop every v1 replica before starting v2 ones",
+        )
+
+    async def _take_all(
+        self, leases: dict[str, Lease], shard_ids: Sequence[str], outcome: BalanceOutcome
+    ) -> bool:
         """Take each planned lease; False when a peer was faster for any of them."""
         results = [await self._take(leases[shard_id]) for shard_id in shard_ids]
+        outcome.changed |= any(results)
         return all(results)
 
     async def _take(self, lease: Lease) -> bool:
         async with self._ctx.held.lock(lease.shard_id):
-            sent = self._ctx.clock()
+            beat_sent = self._ctx.held.beat_sent
             taken = await self._ctx.table.take(lease, self._ctx.owner)
         if taken is None:
             return False  # a peer moved first; the next look sees the new state
-        self._ctx.held.keep(lease.shard_id, taken, sent)
+        self._ctx.held.adopt(lease.shard_id, taken, beat_sent)
         event = "stolen" if lease.owner not in (None, self._ctx.owner) else "taken"
         self._ctx.metrics.lease_event(self._ctx.mapping, event)
         log.info("lease.acquired", shard=lease.shard_id, previous_owner=lease.owner, how=event)
         return True
 
-    async def _ask(self, leases: dict[str, Lease], requests: Sequence[tuple[str, str]]) -> None:
+    async def _ask(
+        self,
+        leases: dict[str, Lease],
+        requests: Sequence[tuple[str, str]],
+        outcome: BalanceOutcome,
+    ) -> None:
         for shard_id, _ in requests:
             if await self._ctx.table.request_handoff(leases[shard_id], self._ctx.owner):
+                outcome.changed = True
                 log.info("lease.handoff_requested", shard=shard_id, owner=leases[shard_id].owner)
 
-    async def _decline(self, shard_id: str) -> None:
+    async def _decline(self, shard_id: str, outcome: BalanceOutcome) -> None:
         """Turn a peer's request down: re-take our own lease, which clears ``pendingOwner``
-        (a fenced write on our counter, so it also counts as a renewal)."""
+        (a fenced write on our counter)."""
         async with self._ctx.held.lock(shard_id):
             lease = self._ctx.held.leases.get(shard_id)
             if lease is None:
                 return
             # The held copy may predate the request (it leaves the counter alone): the take
             # is fenced on our counter all the same.
-            sent = self._ctx.clock()
             kept = await self._ctx.table.take(lease, self._ctx.owner)
             if kept is None:
-                return  # the counter moved under us: the next renewal reports the loss
-            self._ctx.held.keep(shard_id, kept, sent)
+                return  # the counter moved under us: the next balance reports the loss
+            self._ctx.held.keep(shard_id, kept)
+        outcome.changed = True
         log.info("lease.handoff_declined", shard=shard_id)
+
+    async def _prune(self, leases: dict[str, Lease]) -> None:
+        """Remove the entries of members dead for ``prune_after`` that own nothing, so the
+        member item does not grow with every replica ever started. Best effort."""
+        involved = {lease.owner for lease in leases.values()}
+        involved |= {lease.pending_owner for lease in leases.values()}
+        for owner, beat in list(self._watch.latest.items()):
+            if owner == self._ctx.owner or owner in involved:
+                continue
+            if self._watch.still_for(owner) < self._ctx.settings.prune_after:
+                continue
+            try:
+                pruned = await self._ctx.table.prune_member(self._ctx.mapping, owner, beat)
+            except CheckpointError as exc:
+                log.warning("lease.prune_failed", member=owner, error=str(exc))
+                return
+            if pruned:
+                self._watch.forget(owner)
+                log.info("lease.member_pruned", member=owner)

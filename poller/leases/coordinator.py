@@ -2,10 +2,12 @@
 
 :class:`LeaseCoordinator` owns the parts of the protocol and keeps its public face in one
 place: :class:`~poller.leases.discovery.LeaseDiscovery` (``sync``),
+:class:`~poller.leases.watching.MemberWatch` (``watch``, ``balance_due``),
 :class:`~poller.leases.balancing.Balancer` (``balance``, ``next_expiry``),
-:class:`~poller.leases.fencing.LeaseFence` (``renew_all``, ``fence_wait``, ``stale``,
+:class:`~poller.leases.fencing.LeaseFence` (``heartbeat``, ``fence_wait``, ``stale``,
 ``ensure_fresh``, ``checkpoint``) and the :class:`~poller.leases.held.HeldLeases` they share.
-Releasing a lease (shard end, handoff, shutdown) is done here.
+Releasing a lease (shard end, handoff, shutdown), leaving the member map and bumping the
+generation after a change of assignments are done here.
 """
 
 from __future__ import annotations
@@ -19,15 +21,20 @@ import structlog
 
 from poller.checkpoints.dynamodb import DynamoDBLeaseTable, Lease
 from poller.core.lineage import ShardInfo
+from poller.errors import CheckpointError
 from poller.leases.balancing import BalanceOutcome, Balancer
 from poller.leases.discovery import LeaseDiscovery
 from poller.leases.fencing import LeaseFence, RenewOutcome, TrackedTarget
 from poller.leases.held import HeldLeases, LeaseContext
 from poller.leases.settings import LeaseSettings
+from poller.leases.watching import MemberWatch
 from poller.observability.metrics import Metrics, NullMetrics
 from poller.types import Checkpoint, Target
 
 log = structlog.get_logger("poller.leases")
+
+#: A balance is followed by one more this much later at the least (see ``_recheck_delay``).
+RECHECK_SECONDS = 2.0
 
 
 class LeaseCoordinator:
@@ -48,13 +55,22 @@ class LeaseCoordinator:
         self.owner = owner
         self.settings = settings
         self._metrics: Metrics = metrics or NullMetrics()
+        self._clock = clock
         self._holdings = HeldLeases(mapping, self._metrics)
         self._discovery = LeaseDiscovery(table, mapping)
         context = LeaseContext(
             table, self._holdings, mapping, owner, settings, self._metrics, clock
         )
-        self._balancer = Balancer(context)
+        self._watch = MemberWatch(settings.takeover_after)
+        self._balancer = Balancer(context, self._watch)
         self._fence = LeaseFence(context)
+        #: A balance is due (the watch saw a change); cleared by a successful balance.
+        self._due = True
+        #: A change of assignments peers have not been told of (a generation bump failed).
+        self._bump_owed = False
+        #: When to look once more after a balance a change called for (monotonic): the view
+        #: is eventually consistent, and the change may not have shown in it yet.
+        self._recheck_at: float | None = None
 
     @property
     def held(self) -> dict[str, Lease]:
@@ -63,8 +79,43 @@ class LeaseCoordinator:
 
     @property
     def awaiting_handoff(self) -> bool:
-        """Leases handed to us are waiting to be taken: poll faster than the balance interval."""
+        """Leases handed to us are waiting to be taken: balance at every watch."""
         return self._balancer.awaiting_handoff
+
+    # -- watching the peers -------------------------------------------------------------------
+
+    async def watch(self) -> bool:
+        """Read the member item (one consistent GetItem): the peers' heartbeats and the
+        generation. True when a balance is due (see :meth:`balance_due`). Raises
+        CheckpointError when the table fails (a balance is then not due for that reason)."""
+        sent = self._clock()
+        members = await self.table.members(self.mapping)
+        if self._watch.observe(members, sent, self._clock()):
+            self._due = True
+        if self._bump_owed:
+            await self._bump()
+        return self.balance_due()
+
+    @property
+    def _recheck_delay(self) -> float:
+        """How long after a balance to look again: long enough for the view index to show
+        what changed (DynamoDB's GSIs usually lag well under a second)."""
+        return max(2 * self.settings.watch_interval, RECHECK_SECONDS)
+
+    def balance_due(self) -> bool:
+        """Whether a balance should run now: the watch saw the generation move, a member come
+        or go or a member's beat expire; we lost a lease; a handoff is pending for or by us; a
+        peer's lease expired since the last balance; or the safety-net interval passed."""
+        balancer = self._balancer
+        if self._due or self._holdings.lost_since_balance:
+            return True
+        if balancer.awaiting_handoff or balancer.asked_of_us:
+            return True
+        if balancer.balanced_at is None or balancer.expiry_passed():
+            return True
+        if self._recheck_at is not None and self._clock() >= self._recheck_at:
+            return True
+        return self._clock() - balancer.balanced_at >= self.settings.safety_balance_interval
 
     # -- discovery and balance ----------------------------------------------------------------
 
@@ -80,7 +131,8 @@ class LeaseCoordinator:
         lineage (a descendant shows progress) never gets a lease again, so a retired lease
         cannot come back without its checkpoint. Raises CheckpointError when the table fails.
         """
-        await self._discovery.sync(shards, initial)
+        if await self._discovery.sync(shards, initial):
+            await self._bump()
 
     async def checkpoints(self) -> dict[str, Checkpoint]:
         """Every stored checkpoint of the mapping, by shard."""
@@ -88,13 +140,27 @@ class LeaseCoordinator:
         return {lease.shard_id: lease.checkpoint for lease in leases if lease.checkpoint}
 
     async def balance(self, busy: AbstractSet[str] = frozenset()) -> BalanceOutcome:
-        """One balance cycle: observe, take, ask for handoffs, answer peers' requests.
+        """One balance cycle: read the heartbeats and the view, take, ask for handoffs, answer
+        peers' requests; then bump the generation if anything changed, so peers look.
 
         ``busy`` names the shards whose task still runs on this replica: a lease the table
-        still gives us is re-taken only once its old task has finished. Raises CheckpointError
-        when the table fails (the runner retries next cycle); what was done before stays done.
+        still gives us is re-taken only once its old task has finished. Nothing is taken or
+        asked for until a heartbeat succeeded (one is sent first if needed). Raises
+        CheckpointError when the table fails (the runner retries next cycle); what was done
+        before stays done.
         """
-        return await self._balancer.balance(busy)
+        if not self._fence.beat_recently:
+            # At start-up before the heartbeat loop's first answer, or its next one is near:
+            # what is taken now is fresh from this beat.
+            await self._fence.beat()
+        # A balance a change called for is followed by one more (the view may lag the change).
+        recheck = self._due and not (self._recheck_at and self._clock() >= self._recheck_at)
+        outcome = await self._balancer.balance(busy, may_take=self._fence.beating)
+        self._recheck_at = self._clock() + self._recheck_delay if recheck else None
+        self._due = self._holdings.lost_since_balance = False
+        if outcome.changed or self._bump_owed:
+            await self._bump()
+        return outcome
 
     def next_expiry(self) -> float | None:
         """When the soonest lease of another replica expires, if nothing changes (monotonic).
@@ -104,12 +170,34 @@ class LeaseCoordinator:
         """
         return self._balancer.next_expiry()
 
-    # -- renewals and fenced writes -------------------------------------------------------
+    async def _bump(self) -> None:
+        """Tell peers that assignments changed (they read the view at their next watch). A
+        failed bump is owed and retried at the next watch or balance; it never fails the
+        change it reports."""
+        try:
+            await self.table.bump_generation(self.mapping)
+        except CheckpointError as exc:
+            self._bump_owed = True
+            log.warning("lease.generation_bump_failed", error=str(exc))
+            return
+        self._bump_owed = False
+        self._watch.bumped()
 
-    async def renew_all(self) -> RenewOutcome:
-        """Renew every held lease, concurrently (one slow call must not age the others);
-        report the lost ones. (Peers' handoff requests are answered by :meth:`balance`.)"""
-        return await self._fence.renew_all()
+    # -- heartbeats and fenced writes ---------------------------------------------------------
+
+    async def heartbeat(self) -> RenewOutcome:
+        """One heartbeat for every lease held (one write, whatever their number); report the
+        leases fenced off because the table was unreachable for a lease duration."""
+        return await self._fence.heartbeat()
+
+    #: The protocol-v1 name of :meth:`heartbeat` (renewals are heartbeats now).
+    renew_all = heartbeat
+
+    async def leave(self) -> None:
+        """Remove this replica's heartbeat entry (clean shutdown, after every release), and
+        bump the generation so peers rebalance at once. Raises CheckpointError."""
+        await self.table.leave(self.mapping, self.owner)
+        await self._bump()
 
     def fence_wait(self, longest: float) -> float:
         """Seconds until the soonest held lease goes stale, at most ``longest``: the fence
@@ -118,8 +206,9 @@ class LeaseCoordinator:
         return self._fence.fence_wait(longest)
 
     def stale(self) -> list[str]:
-        """Held leases not renewed for 90 % of the lease duration: a peer may take them a
-        lease duration after our last renewal, so in-flight work must stop before then."""
+        """Held leases not proven alive (heartbeat, take, checkpoint) for 90 % of the lease
+        duration: a peer may take them a lease duration after, so in-flight work must stop
+        before then."""
         return self._fence.stale()
 
     def tracked(self, shard_id: str, target: Target) -> Target:
@@ -130,7 +219,7 @@ class LeaseCoordinator:
 
     def ensure_fresh(self, shard_id: str) -> None:
         """Self-fencing before every invocation: raise LeaseLost unless the lease is held and
-        was renewed recently enough (on our monotonic clock) that no peer can have taken it.
+        was proven alive recently enough (on our monotonic clock) that no peer can have taken it.
 
         A process paused past its lease (GC, SIGSTOP, a frozen VM) learns nothing until it
         writes; this check stops it before it invokes the function for a shard it lost.
@@ -152,6 +241,7 @@ class LeaseCoordinator:
         async with holdings.lock(shard_id):
             lease = holdings.leases.pop(shard_id, None)
             asker = holdings.handing_to.pop(shard_id, None)
+            holdings.renewed_at.pop(shard_id, None)
             if lease is None:
                 return
             asker = asker or lease.pending_owner
@@ -168,6 +258,7 @@ class LeaseCoordinator:
         if handing:
             self._metrics.lease_event(self.mapping, "handed_off")
         log.info("lease.released", shard=shard_id, to=asker if handing else None)
+        await self._bump()
 
     def forget(self, shard_id: str) -> None:
         """Stop treating the lease as ours (it went stale); a fenced write would fail anyway."""

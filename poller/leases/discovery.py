@@ -4,16 +4,21 @@ Data flow: the runner's discovery lists the shards and calls the coordinator's `
 lands here: missing leases are created (parents recorded, the pinned start as checkpoint), the
 leases of finished shards that left the listing are retired, and a listing that hides a parent
 is not trusted until the next one agrees (see :class:`~poller.core.lineage.RetirementGate`).
+
+The table is read through the compact lease view (eventually consistent, cheap); only when
+that read calls for a write (a new shard, a shard to retire: rare) is the plan made again from
+the consistent Scan, so that a lagging view never re-creates a lease just retired.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
 
 import structlog
 
-from poller.checkpoints.dynamodb import DynamoDBLeaseTable
+from poller.checkpoints.dynamodb import DynamoDBLeaseTable, Lease
 from poller.core.lineage import (
     RetirementGate,
     ShardInfo,
@@ -32,6 +37,16 @@ _VANISHED = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class _SyncPlan:
+    """The writes a listing calls for: leases to create and (confirmed) to delete."""
+
+    creates: list[ShardInfo]
+    deletes: list[str]
+    gone: set[str]
+    checkpoints: dict[str, Checkpoint]
+
+
 class LeaseDiscovery:
     """Keeps one mapping's leases in line with the shard listings."""
 
@@ -45,35 +60,53 @@ class LeaseDiscovery:
 
     async def sync(
         self, shards: Sequence[ShardInfo], initial: Callable[[ShardInfo], Checkpoint | None]
-    ) -> None:
-        """Bring the table in line with a fresh listing (see ``LeaseCoordinator.sync``)."""
-        leases = await self._table.list_leases(self._mapping)
+    ) -> bool:
+        """Bring the table in line with a fresh listing (see ``LeaseCoordinator.sync``);
+        whether a lease was created or deleted (peers should look)."""
+        plan = self._plan(shards, await self._table.lease_view(self._mapping), new_listing=True)
+        if plan.creates or plan.deletes:
+            consistent = await self._table.list_leases(self._mapping)
+            plan = self._plan(shards, consistent, new_listing=False)
+        changed = False
+        for shard in plan.creates:
+            changed |= await self._table.create(
+                self._mapping,
+                shard.shard_id,
+                parent_ids=shard.parent_ids,
+                checkpoint=initial(shard),
+            )
+        report_reopened(shards, plan.checkpoints)
+        for shard_id in plan.deletes:
+            await self._table.delete(self._mapping, shard_id)
+            changed = True
+            if shard_id in plan.gone:
+                log.warning("lease.vanished", vanished_shard=shard_id, reason=_VANISHED)
+            else:
+                log.info("lease.retired", retired_shard=shard_id)
+        return changed
+
+    def _plan(
+        self, shards: Sequence[ShardInfo], leases: Sequence[Lease], *, new_listing: bool
+    ) -> _SyncPlan:
+        """What a listing calls for, given the leases read. The gates move on to a new
+        listing only once per listing (``new_listing``), however often it is planned."""
         existing = {lease.shard_id for lease in leases}
         checkpoints = {lease.shard_id: lease.checkpoint for lease in leases if lease.checkpoint}
         stored = [ShardInfo(lease.shard_id, lease.parent_ids) for lease in leases]
         finished = finished_shards([*stored, *shards], checkpoints)
-        waiting = self._unconfirmed_orphans(shards, existing)
-        for shard in shards:
-            if shard.shard_id not in existing | finished | waiting:
-                await self._table.create(
-                    self._mapping,
-                    shard.shard_id,
-                    parent_ids=shard.parent_ids,
-                    checkpoint=initial(shard),
-                )
-        report_reopened(shards, checkpoints)
-        if not shards:
-            return  # an empty listing (none taken yet, or a glitch) proves nothing is gone
+        waiting = self._unconfirmed_orphans(shards, existing, new_listing=new_listing)
+        known = existing | finished | waiting  # once: per shard it made sync O(shards^2)
+        creates = [s for s in shards if s.shard_id not in known]
+        if not shards:  # an empty listing (none taken yet, or a glitch) proves nothing is gone
+            return _SyncPlan(creates, [], set(), checkpoints)
         retired = retired_checkpoints(shards, checkpoints, stored=stored)
         gone = vanished_shards(shards, checkpoints, stored)
-        for shard_id in self._retirements.confirmed([*retired, *gone], new_listing=True):
-            await self._table.delete(self._mapping, shard_id)
-            if shard_id in gone:
-                log.warning("lease.vanished", vanished_shard=shard_id, reason=_VANISHED)
-            else:
-                log.info("lease.retired", retired_shard=shard_id)
+        deletes = self._retirements.confirmed([*retired, *gone], new_listing=new_listing)
+        return _SyncPlan(creates, deletes, set(gone), checkpoints)
 
-    def _unconfirmed_orphans(self, shards: Sequence[ShardInfo], existing: set[str]) -> set[str]:
+    def _unconfirmed_orphans(
+        self, shards: Sequence[ShardInfo], existing: set[str], *, new_listing: bool
+    ) -> set[str]:
         """Listed shards not to give a lease yet: orphans (see :func:`_orphans`) that the
         previous listing did not show as orphans too, and their listed descendants.
 
@@ -83,7 +116,7 @@ class LeaseDiscovery:
         trimmed while the service was down) or a listing that hides a parent.
         """
         found = _orphans(shards, existing)
-        confirmed = self._orphans.confirmed(found, new_listing=True)
+        confirmed = self._orphans.confirmed(found, new_listing=new_listing)
         if not existing:
             return set()
         waiting = found - set(confirmed)

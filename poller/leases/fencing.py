@@ -1,20 +1,22 @@
-"""Renewals and fencing: keeping held leases alive, and never acting on one that may be lost.
+"""Heartbeats and fencing: keeping held leases alive, and never acting on one that may be lost.
 
-Data flow: the runner's renew loop calls ``renew_all`` every ``lease_duration / 3`` (fenced
-renewals, concurrently); its fence loop sleeps ``fence_wait`` and stops the shards that went
-``stale``; before every invocation the processor calls ``ensure_fresh``; the pipeline's
-checkpoints go through ``checkpoint``, a fenced write. A replica that cannot renew a lease for
-``lease_duration`` stops the shard itself, since a peer may already have taken it; a refused
-fenced write (:class:`~poller.errors.LeaseLost`) stops it at once.
+Data flow: the runner's heartbeat loop calls ``heartbeat`` every ``lease_duration / 3`` (one
+write to the mapping's member item, whatever the number of leases held); its fence loop
+sleeps ``fence_wait`` and stops the shards that went ``stale``; before every invocation the
+processor calls ``ensure_fresh``; the pipeline's checkpoints go through ``checkpoint``, a
+fenced write. A lease is fresh from the send time of the latest heartbeat that proves it alive
+to peers (see ``HeldLeases.refresh``): peers judge a member's leases by its beat alone. A
+replica that cannot heartbeat stops its shards itself before a peer
+may take them; a refused fenced write (:class:`~poller.errors.LeaseLost`) stops one at once.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
 import structlog
 
 from poller.errors import CheckpointError, LeaseLost
@@ -23,8 +25,8 @@ from poller.types import Checkpoint, InvokeResult, Target
 
 log = structlog.get_logger("poller.leases")
 
-#: A held lease not renewed for this part of the lease duration is stale: its shard stops,
-#: in-flight invocation included, before a peer can see the lease expire.
+#: A held lease not proven alive for this part of the lease duration is stale: its shard
+#: stops, in-flight invocation included, before a peer can see the lease expire.
 STALE_FRACTION = 0.9
 #: The fence loop's shortest sleep (a lease already due is handled by the current wake).
 MIN_FENCE_WAIT = 0.01
@@ -32,64 +34,69 @@ MIN_FENCE_WAIT = 0.01
 
 @dataclass(slots=True)
 class RenewOutcome:
-    """What a round of renewals found: the leases lost."""
+    """What a heartbeat found: the leases it fenced off (the table unreachable too long)."""
 
     lost: list[str] = field(default_factory=list)
 
 
 class LeaseFence:
-    """Fenced renewals and checkpoint writes of one mapping's held leases, and the
-    freshness checks that stop a shard before its lease can have passed to a peer."""
+    """This replica's heartbeats, fenced checkpoint writes of one mapping's held leases, and
+    the freshness checks that stop a shard before its lease can have passed to a peer."""
 
     def __init__(self, ctx: LeaseContext) -> None:
         self._ctx = ctx
+        #: The beat: a number that changes at every heartbeat, from the wall clock so that a
+        #: restart under the same replica id moves it too.
+        self._beat = 0
 
-    async def renew_all(self) -> RenewOutcome:
-        """Renew every held lease, concurrently (one slow call must not age the others);
-        report the lost ones. (Peers' handoff requests are answered by the balancer.)"""
+    @property
+    def beat_recently(self) -> bool:
+        """Whether the latest successful heartbeat is at most a heartbeat interval old: a lease
+        taken now (fresh from that beat) has most of its lease ahead."""
+        sent = self._ctx.held.beat_sent
+        return sent is not None and self._ctx.clock() - sent < self._ctx.settings.renew_interval
+
+    @property
+    def beating(self) -> bool:
+        """Whether the latest successful heartbeat is recent enough to take leases on."""
+        sent = self._ctx.held.beat_sent
+        horizon = self._ctx.settings.lease_duration * STALE_FRACTION
+        return sent is not None and self._ctx.clock() - sent < horizon
+
+    async def heartbeat(self) -> RenewOutcome:
+        """One heartbeat; on success every held lease still fresh is fresh from its send time.
+        On failure (an outage) nothing moves, and leases silent for a lease duration are
+        fenced off (the fence loop stops their shards earlier, at ``STALE_FRACTION``)."""
         outcome = RenewOutcome()
-        async with anyio.create_task_group() as tg:
-            for shard_id in list(self._ctx.held.leases):
-                tg.start_soon(self._renew_one, shard_id, outcome)
+        try:
+            await self.beat()
+        except CheckpointError as exc:
+            self._ctx.metrics.dependency_error(self._ctx.mapping, "renew")
+            outcome.lost = self._self_fence(exc)
         return outcome
 
-    async def _renew_one(self, shard_id: str, outcome: RenewOutcome) -> None:
-        held = self._ctx.held
-        async with held.lock(shard_id):
-            lease = held.leases.get(shard_id)
-            if lease is None:
-                return
-            # Freshness counts from when the write was sent: the counter moved no earlier,
-            # so a slow answer never makes the lease look younger than peers see it.
-            sent = self._ctx.clock()
-            try:
-                renewed = await self._ctx.table.renew(lease, self._ctx.owner)
-            except LeaseLost:
-                if held.leases.get(shard_id) is lease:
-                    held.forget(shard_id, "lost")
-                    outcome.lost.append(shard_id)
-                return
-            except CheckpointError as exc:
-                self._ctx.metrics.dependency_error(self._ctx.mapping, "renew")
-                if held.leases.get(shard_id) is lease and self._self_fence(shard_id, exc):
-                    outcome.lost.append(shard_id)
-                return
-            if held.leases.get(shard_id) is not lease:
-                # Fenced off (stale) while the answer was on its way: its shard was stopped as
-                # lost. Putting it back would revive it with a stale send time; the table names
-                # us, so the balancer re-takes it, fenced, once the old task has finished.
-                return
-            held.keep(shard_id, renewed, sent)
+    async def beat(self) -> None:
+        """Send one heartbeat; on success refresh the held leases (see ``heartbeat``).
+        Raises CheckpointError when the table fails (nothing is fenced off for it here)."""
+        ctx = self._ctx
+        self._beat = max(time.time_ns(), self._beat + 1)
+        sent = ctx.clock()
+        await ctx.table.heartbeat(ctx.mapping, ctx.owner, self._beat)
+        ctx.held.refresh(sent, ctx.clock(), ctx.settings.lease_duration * STALE_FRACTION)
 
-    def _self_fence(self, shard_id: str, exc: Exception) -> bool:
-        """The table is unreachable: past a lease duration a peer may own the shard; stop it."""
-        renewed_at = self._ctx.held.renewed_at
-        silent = self._ctx.clock() - renewed_at.get(shard_id, self._ctx.clock())
-        log.warning("lease.renew_failed", shard=shard_id, error=str(exc), silent_s=round(silent, 1))
-        if silent < self._ctx.settings.lease_duration:
-            return False
-        self._ctx.held.forget(shard_id, "lost")
-        return True
+    def _self_fence(self, exc: Exception) -> list[str]:
+        """The table is unreachable: past a lease duration a peer may own a shard; stop it."""
+        now, held = self._ctx.clock(), self._ctx.held
+        silent = {s: now - held.renewed_at.get(s, now) for s in held.leases}
+        log.warning(
+            "lease.heartbeat_failed",
+            error=str(exc),
+            silent_s=round(max(silent.values(), default=0.0), 1),
+        )
+        lost = [s for s, quiet in silent.items() if quiet >= self._ctx.settings.lease_duration]
+        for shard_id in lost:
+            held.forget(shard_id, "lost")
+        return lost
 
     def fence_wait(self, longest: float) -> float:
         """Seconds until the soonest held lease goes stale, at most ``longest`` (see
@@ -101,7 +108,7 @@ class LeaseFence:
         return max(min([longest, *due]), MIN_FENCE_WAIT)
 
     def stale(self) -> list[str]:
-        """Held leases not renewed for 90 % of the lease duration (see
+        """Held leases not proven alive for 90 % of the lease duration (see
         ``LeaseCoordinator.stale``)."""
         horizon = self._ctx.settings.lease_duration * STALE_FRACTION
         now = self._ctx.clock()
@@ -109,7 +116,7 @@ class LeaseFence:
         return [s for s in self._ctx.held.leases if now - renewed_at.get(s, now) >= horizon]
 
     def ensure_fresh(self, shard_id: str) -> None:
-        """Raise LeaseLost unless the lease is held and recently renewed (see
+        """Raise LeaseLost unless the lease is held and recently proven alive (see
         ``LeaseCoordinator.ensure_fresh``)."""
         renewed = self._ctx.held.renewed_at.get(shard_id)
         if shard_id not in self._ctx.held.leases or renewed is None:
@@ -120,7 +127,7 @@ class LeaseFence:
         if silent > self._ctx.settings.lease_duration - self._ctx.settings.renew_interval:
             self._ctx.held.forget(shard_id, "lost")
             raise LeaseLost(
-                f"lease of {self._ctx.mapping}/{shard_id} not renewed for {silent:.1f} s;"
+                f"lease of {self._ctx.mapping}/{shard_id} not proven alive for {silent:.1f} s;"
                 " a peer may own it"
             )
 
@@ -133,7 +140,6 @@ class LeaseFence:
                 raise LeaseLost(
                     f"lease of {self._ctx.mapping}/{shard_id} is not held by {self._ctx.owner}"
                 )
-            sent = self._ctx.clock()
             try:
                 written = await self._ctx.table.checkpoint(lease, self._ctx.owner, checkpoint)
             except LeaseLost:
@@ -142,11 +148,12 @@ class LeaseFence:
                 raise
             if held.leases.get(shard_id) is not lease:
                 # Written, but fenced off (stale) meanwhile: the shard is being stopped as
-                # lost; the lease is not revived (see _renew_one).
+                # lost. Putting it back would revive it with a stale send time; the table names
+                # us, so the balancer re-takes it, fenced, once the old task has finished.
                 raise LeaseLost(
                     f"lease of {self._ctx.mapping}/{shard_id} went stale while checkpointing"
                 )
-            held.keep(shard_id, written, sent)
+            held.keep(shard_id, written)
 
 
 class TrackedTarget:

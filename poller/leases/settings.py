@@ -1,7 +1,8 @@
-"""Lease protocol timing: how long a lease lasts, how often it is renewed and balanced.
+"""Lease protocol timing: how long a lease lasts, how often this replica heartbeats, watches
+its peers and balances.
 
 Built by the app from a mapping's ``checkpoints.dynamodb`` config and read by every part of
-:mod:`poller.leases` and by the stream runner's renew, fence and balance loops.
+:mod:`poller.leases` and by the stream runner's heartbeat, fence and refresh loops.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class LeaseSettings:
-    """Timing of the lease protocol (defaults: a 10 s lease, renewed about every 3 s)."""
+    """Timing of the lease protocol (defaults: a 10 s lease, a heartbeat about every 3 s, the
+    peers' heartbeats read every second)."""
 
     lease_duration: float = 10.0
     balance_interval: float = 5.0
@@ -30,5 +32,22 @@ class LeaseSettings:
 
     @property
     def renew_interval(self) -> float:
-        """Renew about every third of the lease duration."""
+        """Heartbeat about every third of the lease duration."""
         return self.lease_duration / 3
+
+    @property
+    def watch_interval(self) -> float:
+        """Read the peers' heartbeats every tenth of the lease duration: a dead peer is seen
+        within this of its expiry."""
+        return self.lease_duration / 10
+
+    @property
+    def safety_balance_interval(self) -> float:
+        """Balance at least this often even when no peer changed anything (a change missed,
+        e.g. a generation bump that failed)."""
+        return self.balance_interval * 12
+
+    @property
+    def prune_after(self) -> float:
+        """A peer's heartbeat entry that stood still this long (and owns no lease) is removed."""
+        return 3 * self.takeover_after

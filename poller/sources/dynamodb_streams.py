@@ -19,11 +19,14 @@ import json
 import math
 from typing import Any
 
+from poller.aws.lean import LeanCall
 from poller.aws.translate import source_call
 from poller.core.lineage import ShardInfo
 from poller.ports import Converter, PageConverter, RecordsPage, StartPosition
 from poller.types import StreamRecord
 
+#: The fields of a change record the converter reads: a page without them is read by botocore.
+RECORD_FIELDS = frozenset({"eventID", "eventName", "dynamodb"})
 #: DynamoDB Streams' maximum records per GetRecords call.
 GET_RECORDS_LIMIT = 1000
 #: Lambda polls a DynamoDB stream shard four times per second.
@@ -74,6 +77,8 @@ class DynamoDBStreamApi:
         self._client = client
         self.stream_arn = stream_arn
         self._region = region
+        #: GetRecords without botocore's per-call machinery (None: the client is used).
+        self._lean = LeanCall.for_client(client, "GetRecords", RECORD_FIELDS)
 
     async def list_shards(self) -> list[ShardInfo]:
         """Every shard of the stream, from DescribeStream pages."""
@@ -104,10 +109,15 @@ class DynamoDBStreamApi:
         return str(response["ShardIterator"])
 
     async def get_records(self, iterator: str, limit: int | None = None) -> RecordsPage:
-        """GetRecords; a closed shard's last page has no NextShardIterator."""
+        """GetRecords (through the lean path unless it is off); a closed shard's last page has
+        no NextShardIterator."""
         count = self.limit if limit is None else max(1, min(limit, self.limit))
-        async with source_call("GetRecords"):
-            response = await self._client.get_records(ShardIterator=iterator, Limit=count)
+        args = {"ShardIterator": iterator, "Limit": count}
+        if self._lean is not None:
+            response = await self._lean.call(args)
+        else:
+            async with source_call("GetRecords"):
+                response = await self._client.get_records(**args)
         return RecordsPage(
             records=response.get("Records", []),
             next_iterator=response.get("NextShardIterator"),

@@ -18,6 +18,7 @@ from typing import Any
 
 import structlog
 
+from poller.aws.lean import LeanCall
 from poller.aws.translate import source_call
 from poller.core.kpl import deaggregate, is_aggregated
 from poller.core.lineage import ShardInfo
@@ -25,6 +26,8 @@ from poller.errors import SourceError
 from poller.ports import Converter, PageConverter, RecordsPage, StartPosition
 from poller.types import StreamRecord
 
+#: The fields of a Kinesis record the converters read: a page without them is read by botocore.
+RECORD_FIELDS = frozenset({"SequenceNumber", "PartitionKey", "Data", "ApproximateArrivalTimestamp"})
 #: Kinesis' maximum records per GetRecords call.
 GET_RECORDS_LIMIT = 10_000
 #: Lambda polls an idle Kinesis shard once per second.
@@ -120,6 +123,8 @@ class KinesisStreamApi:
         self._hash_ranges: dict[str, tuple[int, int]] = {}
         self._retention: float | None = None
         self._retention_read_at: float | None = None
+        #: GetRecords without botocore's per-call machinery (None: the client is used).
+        self._lean = LeanCall.for_client(client, "GetRecords", RECORD_FIELDS)
 
     async def list_shards(self) -> list[ShardInfo]:
         """Every shard of the stream within retention."""
@@ -158,12 +163,16 @@ class KinesisStreamApi:
         return str(response["ShardIterator"])
 
     async def get_records(self, iterator: str, limit: int | None = None) -> RecordsPage:
-        """GetRecords, passing StreamARN (valid on AWS, and needed by some emulators)."""
+        """GetRecords, passing StreamARN (valid on AWS, and needed by some emulators), through
+        the lean path (:mod:`poller.aws.lean`) unless it is off or the client is not a source
+        client."""
         count = self.limit if limit is None else max(1, min(limit, self.limit))
-        async with source_call("GetRecords"):
-            response = await self._client.get_records(
-                ShardIterator=iterator, Limit=count, StreamARN=self.stream_arn
-            )
+        args = {"ShardIterator": iterator, "Limit": count, "StreamARN": self.stream_arn}
+        if self._lean is not None:
+            response = await self._lean.call(args)
+        else:
+            async with source_call("GetRecords"):
+                response = await self._client.get_records(**args)
         return RecordsPage(
             records=response.get("Records", []),
             next_iterator=response.get("NextShardIterator"),

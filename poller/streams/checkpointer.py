@@ -4,6 +4,7 @@ Data flow::
 
     ShardProcessor --track(records read)--> Checkpointer
     filter / Delivery / FailureRouter --settle(records)--> Checkpointer
+        -> released(records): the read budget frees their bytes (poller.streams.budget)
         -> Watermark (highest record below which every record is settled)
         -> CheckpointStore.put(mapping, shard, Checkpoint), with the open window's state
 
@@ -19,7 +20,7 @@ starts again); ``SHARD_END`` is written once the shard's end is reached and all 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import anyio
 
@@ -52,8 +53,12 @@ class Checkpointer:
         store: CheckpointStore,
         metrics: Metrics,
         window_state: Callable[[], str | None],
+        released: Callable[[Sequence[StreamRecord]], None] | None = None,
     ) -> None:
+        """``released`` is told of every record that settles (the read budget frees its
+        bytes: :mod:`poller.streams.budget`)."""
         self._mapping = mapping
+        self._released = released
         self._shard_id = shard_id
         self._store = store
         self._metrics = metrics
@@ -81,12 +86,14 @@ class Checkpointer:
 
         return await retrying(f"read checkpoint {self._shard_id}", get)
 
-    async def settle(self, records: Iterable[StreamRecord]) -> None:
+    async def settle(self, records: Sequence[StreamRecord]) -> None:
         """Mark records settled and checkpoint the watermark if it is past the durable one.
 
         Compared with the last *durable* position, not with the last advance: a write that was
         cancelled is made again by the next settlement.
         """
+        if self._released is not None:
+            self._released(records)
         self._watermark.settle(r.position for r in records)
         async with self._lock:
             self._watermark.advance()

@@ -17,7 +17,8 @@ Data flow (one :class:`ShardOwnership` per stream mapping, driven by its runner)
                                                   invocation
     a shard that stopped settled -> release(id)   leased: hand the lease on, bounded in time
     upkeep(shards), from before the first refresh until cancelled once the last shard task
-    has finished               -> leased: renew leases, fence stale ones
+    has finished               -> leased: heartbeat, fence stale leases; leave the member
+                                  map at the end
 
 :class:`SoloOwnership` (one replica, every shard is ours; SQLite or memory) and
 :class:`LeasedOwnership` (replicas share the shards through the lease table) implement it.
@@ -27,7 +28,12 @@ from the opened checkpoint backend (:mod:`poller.checkpoints`).
 Stopping: ownership has no stop signal of its own. It stops shards through
 :class:`ShardStops` (lost: cancelled at once; handed off: drained), and its upkeep runs until
 the runner cancels it, which it does only once every shard task has finished: a lease is
-renewed, and fenced, while its last batch settles, then released.
+kept alive by heartbeats, and fenced, while its last batch settles, then released.
+
+Leased refreshes come every ``watch_interval`` (``refresh_due_in``): each reads the peers'
+heartbeats (one GetItem) and balances only when that read calls for it (see
+``LeaseCoordinator.balance_due``), so a dead peer's shards move right at its expiry while the
+table is read once a second per replica, whatever the number of shards.
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ from poller.types import Checkpoint, CheckpointStore, Target
 
 log = structlog.get_logger("poller.streams")
 
-#: While leases are being handed to this replica, balance this often to take them promptly.
+#: While a handoff is pending for or by this replica, watch (and balance) at least this often.
 HANDOFF_POLL_SECONDS = 1.0
 #: How often held leases are checked for staleness (self-fencing) at the longest; the check
 #: also wakes exactly when the soonest lease goes stale (``LeaseCoordinator.fence_wait``).
@@ -213,17 +219,23 @@ class LeasedOwnership:
         self._leases = leases
         self._metrics: Metrics = metrics or NullMetrics()
         self.store: CheckpointStore = LeasedCheckpointStore(leases)
+        #: When the peers' heartbeats were last read (monotonic).
+        self._watched_at = -math.inf
 
     def refresh_interval(self, discovery_interval: float) -> float:
         """Balance at least every balance interval."""
         return min(discovery_interval, self._leases.settings.balance_interval)
 
     def refresh_due_in(self) -> float:
-        """Sooner while leases are handed to us, and just after a peer's lease expires."""
-        due = HANDOFF_POLL_SECONDS if self._leases.awaiting_handoff else math.inf
+        """At the next watch of the peers' heartbeats, or just after a peer's lease expires."""
+        interval = self._leases.settings.watch_interval
+        if self._leases.awaiting_handoff:
+            interval = min(interval, HANDOFF_POLL_SECONDS)
+        now = time.monotonic()
+        due = max(self._watched_at + interval - now, 0.0)
         expiry = self._leases.next_expiry()
         if expiry is not None:
-            due = min(due, max(expiry - time.monotonic() + EXPIRY_MARGIN_SECONDS, 0.1))
+            due = min(due, max(expiry - now + EXPIRY_MARGIN_SECONDS, 0.1))
         return due
 
     async def prepare(self, shards: Sequence[ShardInfo], start_of: StartOf) -> None:
@@ -240,12 +252,16 @@ class LeasedOwnership:
         return Claim(tuple(sorted(self._leases.held)), failed=not balanced)
 
     async def _balance(self, tasks: ShardStops) -> None:
-        """Balance; stop lost shards at once and drain granted ones (handed over on release).
+        """Watch the peers; if that calls for it, balance: stop lost shards at once and drain
+        granted ones (handed over on release).
 
         Also cancels any running shard whose lease is no longer held, whatever forgot it
         (a failed cycle may have forgotten leases before it raised).
         """
         try:
+            self._watched_at = time.monotonic()
+            if not await self._leases.watch():
+                return
             outcome = await self._leases.balance(busy=frozenset(tasks.running))
             for shard_id in outcome.handoffs:
                 log.info("lease.handing_off", handoff_shard=shard_id)
@@ -255,29 +271,48 @@ class LeasedOwnership:
                 tasks.stop(shard_id, lost=True)
 
     async def upkeep(self, tasks: ShardStops) -> None:
-        """Renew and self-fence until cancelled (the runner does once every shard drained)."""
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._renew_loop, tasks, name="lease renewals")
-            tg.start_soon(self._fence_loop, tasks, name="lease self-fencing")
+        """Heartbeat and self-fence until cancelled (the runner does once every shard
+        drained); then leave the member map, so peers rebalance at once."""
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._heartbeat_loop, tasks, name="lease heartbeats")
+                tg.start_soon(self._fence_loop, tasks, name="lease self-fencing")
+        finally:
+            await self._leave()
 
-    async def _renew_loop(self, tasks: ShardStops) -> None:
-        """Renew held leases and stop lost shards at once. A renewal hung on the lease table
-        is abandoned by the same cancellation that ends the loop (nothing left to renew)."""
+    async def _heartbeat_loop(self, tasks: ShardStops) -> None:
+        """Heartbeat at once (no lease is taken before the first one succeeds), then every
+        ``renew_interval`` from the previous send; stop shards fenced off by an outage. A
+        heartbeat hung on the lease table is abandoned by the cancellation that ends the loop."""
+        interval = self._leases.settings.renew_interval
         while True:
-            await anyio.sleep(self._leases.settings.renew_interval)
+            sent = time.monotonic()
             try:
-                outcome = await self._leases.renew_all()
+                outcome = await self._leases.heartbeat()
             except Exception:
-                log.exception("lease.renew_round_failed")
-                continue
-            for shard_id in outcome.lost:
-                tasks.stop(shard_id, lost=True)
+                log.exception("lease.heartbeat_round_failed")
+            else:
+                for shard_id in outcome.lost:
+                    tasks.stop(shard_id, lost=True)
+            await anyio.sleep(max(sent + interval - time.monotonic(), 0.0))
+
+    async def _leave(self) -> None:
+        """Remove our heartbeat entry on the way out, bounded like a release; only when every
+        lease was released (a lease still held must expire for peers by our silence)."""
+        if self._leases.held:
+            return
+        limit = self._leases.settings.lease_duration * RELEASE_DEADLINE_LEASES
+        with anyio.CancelScope(shield=True), anyio.move_on_after(limit):
+            try:
+                await self._leases.leave()
+            except CheckpointError as exc:
+                log.warning("lease.leave_failed", error=str(exc))
 
     async def _fence_loop(self, tasks: ShardStops) -> None:
         """Cancel, in-flight invocation included, any shard whose lease went stale (a batch
         that outlives its lease during the drain is fenced too).
 
-        Independent of the lease table's latency: a renewal stuck on a slow table must not let
+        Independent of the lease table's latency: a heartbeat stuck on a slow table must not let
         a batch run on while a peer, seeing the lease expire, starts the same shard.
         """
         while True:

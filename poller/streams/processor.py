@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import anyio
@@ -96,10 +96,12 @@ class ShardProcessor:
         metrics: Metrics | None = None,
         guard: Callable[[], None] | None = None,
         retention: Callable[[], Awaitable[float | None]] | None = None,
+        released: Callable[[Sequence[StreamRecord]], None] | None = None,
     ) -> None:
         """``guard`` is called before every invocation and raises to stop the shard (lease
         self-fencing); ``retention`` gives the stream's retention, seconds: the age limit when
-        the maximum record age is infinite."""
+        the maximum record age is infinite; ``released`` is told of every record that settles
+        (the read budget, :mod:`poller.streams.budget`)."""
         self.mapping = mapping
         self.shard_id = shard_id
         self.policy = policy
@@ -114,6 +116,7 @@ class ShardProcessor:
             store=store,
             metrics=self._metrics,
             window_state=opened.encoded,
+            released=released,
         )
         invoker = Invoker(target, guard)
         self._windows = TumblingWindows(

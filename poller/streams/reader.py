@@ -4,7 +4,9 @@ One :class:`ShardReader` runs per shard. It reads at the service's pace (an idle
 per ``idle_interval``, a shard that is behind at once, never more than five calls a second),
 turns each record into a ``StreamRecord`` with the adapter's converter, and sends the records
 of each call, as one chunk, into a bounded stream that the shard's processor consumes. The
-bound is the backpressure: a slow function stops the reader.
+bound is the backpressure: a slow function stops the reader. With a read budget
+(:mod:`poller.streams.budget`), each read first reserves room in the shard's share, which
+sizes its ``Limit``; the reader waits while the share is used up, until records settle.
 
 The reader remembers the last record it handed on. When an iterator expires or a read fails it
 recreates the iterator *after that record*; it never goes back to the starting position. At the
@@ -42,7 +44,8 @@ from poller.errors import IteratorExpired, PositionTrimmed, SourceError, Throttl
 from poller.observability.metrics import Metrics, NullMetrics
 from poller.ports import RecordsPage, StartPosition, StreamApi
 from poller.retry import READ_BACKOFF, retrying
-from poller.types import Chunk, ShardEnd
+from poller.streams.budget import ShardAccount
+from poller.types import Chunk, ShardEnd, StreamRecord
 
 log = structlog.get_logger("poller.sources")
 
@@ -64,8 +67,15 @@ class ShardReader:
         on_page: Callable[[RecordsPage], None] | None = None,
         metrics: Metrics | None = None,
         mapping: str = "",
+        account: ShardAccount | None = None,
     ) -> None:
+        """``account``: the shard's part of the process's read budget, which sizes each
+        read's ``Limit`` and holds the reader back while its share is used up; None reads
+        the service's maximum every time."""
         self._api = api
+        self._account = account
+        #: The ``Limit`` of the latest read: a page shorter than it means caught up.
+        self._limit = api.limit
         self._on_page = on_page
         self._metrics: Metrics = metrics or NullMetrics()
         self._mapping = mapping
@@ -93,39 +103,58 @@ class ShardReader:
                     iterator = await self._recover(exc, failures)
                     continue
                 failures = 0
-                iterator = await self._handle(page, send)
+                chunk = await self._take(page)
+                iterator, caught_up = page.next_iterator, self._caught_up(page)
+                # Not kept while the processor is busy: only the converted records are
+                # (and counted by the read budget), not the raw response as well.
+                del page
+                if chunk:
+                    await send.send(chunk)
+                if iterator is not None and caught_up:
+                    await anyio.sleep(self._api.idle_interval)
             await send.send(ShardEnd(self._child_ids))
 
-    async def _handle(self, page: RecordsPage, send: MemoryObjectSendStream[Chunk]) -> str | None:
+    async def _take(self, page: RecordsPage) -> list[StreamRecord]:
+        """The records of a read, converted, charged to the budget; the position moves past
+        the last record read, whether or not it was kept."""
         raw = page.records
         self.millis_behind_latest = page.millis_behind_latest
         if self._on_page is not None:
             self._on_page(page)
         self._child_ids = page.child_shard_ids or self._child_ids
-        if raw:
-            if self._gap_after is not None:
-                self._report_gap_end(raw[0])
-            elif self._resumed_from is not None and not self._api.reports_trims:
-                # A service that reports trims accepted the checkpoint: nothing was trimmed.
-                await self._check_retention_edge(raw[0], self._resumed_from)
-            self._resumed_from = None
-            chunk = self._convert(raw)
-            if chunk:
-                await send.send(chunk)
-            # Resume after the last record read, whether or not it was kept.
-            last = self._api.sequence_of(raw[-1])
-            self._position = StartPosition("AFTER_SEQUENCE_NUMBER", last)
-        caught_up = not page.millis_behind_latest and len(raw) < self._api.limit
-        if page.next_iterator is not None and caught_up:
-            await anyio.sleep(self._api.idle_interval)
-        return page.next_iterator
+        if not raw:
+            return []
+        if self._gap_after is not None:
+            self._report_gap_end(raw[0])
+        elif self._resumed_from is not None and not self._api.reports_trims:
+            # A service that reports trims accepted the checkpoint: nothing was trimmed.
+            await self._check_retention_edge(raw[0], self._resumed_from)
+        self._resumed_from = None
+        chunk = self._convert(raw)
+        if self._account is not None:
+            self._account.charge(chunk, len(raw))
+        self._position = StartPosition("AFTER_SEQUENCE_NUMBER", self._api.sequence_of(raw[-1]))
+        return chunk
+
+    def _caught_up(self, page: RecordsPage) -> bool:
+        """Whether the read reached the tip of the shard (the reader then idles)."""
+        return not page.millis_behind_latest and len(page.records) < self._limit
 
     async def _get_records(self, iterator: str) -> RecordsPage:
         wait = self._last_call + MIN_CALL_INTERVAL - time.monotonic()
         if wait > 0:
             await anyio.sleep(wait)
+        account = self._account
+        if account is None:
+            self._last_call = time.monotonic()
+            return await self._api.get_records(iterator)
+        # Backpressure: waits while the shard's share of the budget is used up.
+        self._limit = min(await account.reserve(), self._api.limit)
         self._last_call = time.monotonic()
-        return await self._api.get_records(iterator)
+        try:
+            return await self._api.get_records(iterator, self._limit)
+        finally:
+            account.unreserve()  # the records read are charged when converted
 
     async def _recover(self, exc: SourceError, failures: int) -> str:
         """Back off as the error requires, then recreate the iterator after the last record.

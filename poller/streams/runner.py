@@ -42,6 +42,7 @@ from poller.errors import PollerError
 from poller.observability.metrics import Metrics, NullMetrics
 from poller.ports import StreamApi
 from poller.retry import Backoff
+from poller.streams.budget import ReadBudget
 from poller.streams.ownership import ShardOwnership
 from poller.streams.start import MappingStart, StreamMapping
 from poller.streams.supervisor import ShardSupervisor
@@ -71,7 +72,10 @@ class StreamMappingRunner:
         stopping: anyio.Event,
         destination: FailureDestination | None = None,
         metrics: Metrics | None = None,
+        budget: ReadBudget | None = None,
     ) -> None:
+        """``budget``: the process's read budget, shared by every shard of every mapping
+        (:mod:`poller.streams.budget`); None reads without one."""
         self.mapping = mapping
         self._metrics: Metrics = metrics or NullMetrics()
         self._api = api
@@ -89,6 +93,7 @@ class StreamMappingRunner:
             metrics=self._metrics,
             destination=destination,
             on_shard_end=self._refresh_soon,
+            budget=budget,
         )
         self._listing: list[ShardInfo] = []
         self._next_discovery = 0.0

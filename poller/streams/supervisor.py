@@ -5,6 +5,9 @@ Data flow (one :class:`ShardSupervisor` per stream mapping, owned by its runner)
     runner --start(shard_id)--> a supervised task per shard, in the runner's task group:
         checkpoint (ownership.store) -> start_position -> ShardReader (GetRecords)
             --bounded stream (READ_AHEAD_CHUNKS)--> ShardProcessor (lanes, invoke, checkpoint)
+        a ShardAccount of the process's ReadBudget per shard task: the reader reserves and
+            charges it, settled records release it, a run's end drops what it still holds,
+            the task's end closes it (poller.streams.budget)
         a settled stop -> ownership.release(shard_id)
     ownership --stop(shard_id, lost=...)--> that shard's _ShardControl
 
@@ -37,8 +40,9 @@ from poller.core.retry_policy import StreamRetryPolicy
 from poller.destinations import FailureDestination
 from poller.errors import LeaseLost
 from poller.observability.metrics import Metrics
-from poller.ports import RecordsPage, StreamApi
+from poller.ports import RecordsPage, StartPosition, StreamApi
 from poller.retry import READ_BACKOFF
+from poller.streams.budget import ReadBudget, ShardAccount
 from poller.streams.ownership import ShardOwnership
 from poller.streams.processor import BatchPolicy, FailureRouting, ShardProcessor
 from poller.streams.reader import ShardReader
@@ -76,8 +80,10 @@ class ShardSupervisor:
         metrics: Metrics,
         destination: FailureDestination | None,
         on_shard_end: Callable[[], None],
+        budget: ReadBudget | None = None,
     ) -> None:
         self._mapping = mapping
+        self._budget = budget
         self._api = api
         self._target = target
         self._ownership = ownership
@@ -105,7 +111,10 @@ class ShardSupervisor:
         if shard_id in self._running or self._stopping.is_set():
             return
         self._running.add(shard_id)
-        tg.start_soon(self._supervise, shard_id, name=f"shard {shard_id}")
+        # Opened now, not when the task runs: shards started together divide the budget
+        # from their first read, rather than the first ones taking all of it.
+        account = self._account(shard_id)
+        tg.start_soon(self._supervise, shard_id, account, name=f"shard {shard_id}")
 
     def stop(self, shard_id: str, *, lost: bool) -> None:
         """Lost: cancel at once (no invocation, no checkpoint). Else: drain, then release."""
@@ -123,7 +132,7 @@ class ShardSupervisor:
         for control in list(self._controls.values()):
             control.drain.set()
 
-    async def _supervise(self, shard_id: str) -> None:
+    async def _supervise(self, shard_id: str, account: ShardAccount | None) -> None:
         """Run a shard until it ends, is handed off or shutdown; restart it after failures.
 
         The shard is released (or handed to the peer that asked) only when it stopped
@@ -138,9 +147,11 @@ class ShardSupervisor:
         with structlog.contextvars.bound_contextvars(shard=shard_id):
             try:
                 with control.scope:
-                    await self._run_until_done(shard_id, control)
+                    await self._run_until_done(shard_id, control, account)
                 settled = not control.lost
             finally:
+                if account is not None:
+                    account.close()
                 self._controls.pop(shard_id, None)
                 self._metrics.shard_released(self._mapping.name, shard_id)
                 if settled:
@@ -148,13 +159,15 @@ class ShardSupervisor:
                 # Only now: while it was busy, the balancer must not re-take its lease.
                 self._running.discard(shard_id)
 
-    async def _run_until_done(self, shard_id: str, control: _ShardControl) -> None:
+    async def _run_until_done(
+        self, shard_id: str, control: _ShardControl, account: ShardAccount | None
+    ) -> None:
         # Not ``poller.retry.retrying``: any exception restarts the shard (a bug included,
         # logged with its traceback), a lost lease ends it, and the drain ends the loop.
         failures = 0
         while not control.drain.is_set():
             try:
-                ended = await self._run_shard(shard_id, control.drain)
+                ended = await self._run_shard(shard_id, control.drain, account)
             except Exception as exc:
                 if _contains(exc, LeaseLost):
                     control.lost = True
@@ -168,13 +181,36 @@ class ShardSupervisor:
                 self._on_shard_end()
             return
 
-    async def _run_shard(self, shard_id: str, drain: anyio.Event) -> bool:
+    async def _run_shard(
+        self, shard_id: str, drain: anyio.Event, account: ShardAccount | None
+    ) -> bool:
         """One pass over a shard: reader and processor side by side. True when it ended."""
         checkpoint = await self._ownership.store.get(self._mapping.name, shard_id)
         if checkpoint is not None and checkpoint.is_shard_end:
             return True
         start = start_position(self._mapping, checkpoint)
         log.info("shard.started", start=start.type, after=start.sequence_number)
+        try:
+            return await self._read_and_process(shard_id, start, drain, account)
+        finally:
+            if account is not None:
+                account.drop()  # whatever is still buffered is dropped with this run
+
+    def _account(self, shard_id: str) -> ShardAccount | None:
+        """This run's part of the read budget (none without a budget)."""
+        if self._budget is None:
+            return None
+        return self._budget.account(
+            self._mapping.name,
+            shard_id,
+            floor_records=self._mapping.batch_size,
+            max_records=self._api.limit,
+        )
+
+    async def _read_and_process(
+        self, shard_id: str, start: StartPosition, drain: anyio.Event, account: ShardAccount | None
+    ) -> bool:
+        """The reader and the processor side by side, until the shard ends (True) or stops."""
         reader = ShardReader(
             self._api,
             shard_id=shard_id,
@@ -182,6 +218,7 @@ class ShardSupervisor:
             on_page=self._page_reporter(shard_id),
             metrics=self._metrics,
             mapping=self._mapping.name,
+            account=account,
         )
         processor = ShardProcessor(
             mapping=self._mapping.name,
@@ -194,6 +231,7 @@ class ShardSupervisor:
             metrics=self._metrics,
             guard=self._ownership.guard(shard_id),
             retention=self._api.retention_seconds,
+            released=None if account is None else account.release,
         )
         send, receive = anyio.create_memory_object_stream[Chunk](READ_AHEAD_CHUNKS)
         reader_scope = anyio.CancelScope()

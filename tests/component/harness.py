@@ -27,6 +27,7 @@ from poller.observability.metrics import Metrics
 from poller.ports import StartPosition
 from poller.retry import Backoff
 from poller.streams import BatchPolicy, FailureRouting, ShardProcessor, StreamMappingRunner
+from poller.streams.budget import ReadBudget
 from poller.testing import STREAM_ARN, FakeStreamApi, MemoryCheckpointStore, Put
 from poller.types import Checkpoint, CheckpointStore, Chunk, ShardEnd, StreamRecord, Target
 from tests.support.service_config import service_config, stream_mapping
@@ -186,8 +187,10 @@ def make_runner(
     store: CheckpointStore,
     stopping: anyio.Event,
     metrics: Metrics | None = None,
+    budget: ReadBudget | None = None,
 ) -> StreamMappingRunner:
-    """The one place this tier builds a runner (solo ownership: no leases)."""
+    """The one place this tier builds a runner (solo ownership: no leases); ``budget``: a
+    read budget its shards read within."""
     from poller.streams.ownership import SoloOwnership
 
     return StreamMappingRunner(
@@ -199,6 +202,7 @@ def make_runner(
         stopping=stopping,
         destination=None,
         metrics=metrics,
+        budget=budget,
     )
 
 

@@ -48,6 +48,7 @@ import yaml
 from botocore.validate import ParamValidator
 from cfnlint.decode import cfn_yaml  # type: ignore[import-untyped]
 
+from poller.checkpoints.dynamodb.items import VIEW_ATTRIBUTES, VIEW_INDEX
 from poller.config import ShutdownSettings, load_settings
 
 pytestmark = pytest.mark.slow
@@ -767,7 +768,13 @@ def test_cloudformation_template_resources() -> None:
     table = resources["LeaseTable"]["Properties"]
     assert table["BillingMode"] == "PAY_PER_REQUEST"
     assert table["KeySchema"] == [{"AttributeName": "leaseKey", "KeyType": "HASH"}]
-    assert table["AttributeDefinitions"] == [{"AttributeName": "leaseKey", "AttributeType": "S"}]
+    assert table["AttributeDefinitions"] == [
+        {"AttributeName": name, "AttributeType": "S"} for name in ("leaseKey", "mapping", "shardId")
+    ]
+    (view,) = table["GlobalSecondaryIndexes"]
+    assert view["IndexName"] == VIEW_INDEX
+    assert [k["AttributeName"] for k in view["KeySchema"]] == ["mapping", "shardId"]
+    assert view["Projection"]["NonKeyAttributes"] == list(VIEW_ATTRIBUTES)
     assert table["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
     assert resources["LeaseTable"]["DeletionPolicy"] == "Retain"
     assert "RetentionInDays" in resources["LogGroup"]["Properties"]

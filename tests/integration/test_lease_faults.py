@@ -115,6 +115,7 @@ def settings(
     drain: float = 30,
     sqs_url: str | None = None,
     balance: float = BALANCE,
+    lease: float = LEASE,
 ) -> Settings:
     endpoints = {"dynamodb": proxy.url} | ({"sqs": sqs_url} if sqs_url else {})
     config = service_config(
@@ -123,7 +124,7 @@ def settings(
         checkpoints={
             "backend": "dynamodb",
             "table": table,
-            "lease_duration_seconds": LEASE,
+            "lease_duration_seconds": lease,
             "balance_interval_seconds": balance,
             "replica_id": replica,
         },
@@ -167,6 +168,15 @@ async def lease_items(moto_url: str, table: str) -> list[Lease]:
             return await DynamoDBLeaseTable(client, table).list_leases("leased")
         except CheckpointError:
             return []
+
+
+async def member_beats(moto_url: str, table: str) -> dict[str, int]:
+    """The replicas' heartbeats of the mapping, read past the proxy (none before the table)."""
+    async with aws_client("dynamodb", moto_url) as client:
+        try:
+            return (await DynamoDBLeaseTable(client, table).members("leased")).beats
+        except CheckpointError:
+            return {}
 
 
 @contextlib.asynccontextmanager
@@ -281,7 +291,7 @@ async def test_a_draining_replica_keeps_its_lease_until_the_batch_settled(
     moto_url: str, proxy: FaultProxy, streams: list[str]
 ) -> None:
     """Replica a gets SIGTERM (request_stop) while a 10 s batch runs; the lease is 3 s. A peer
-    b is running and wants the shard. a keeps renewing through the drain, so b invokes the
+    b is running and wants the shard. a keeps heartbeating through the drain, so b invokes the
     shard only after a's batch settled (no overlapping invocations), and then delivers the
     rest from a's checkpoint: nothing lost."""
     stream, _ = await new_stream(moto_url, 1, streams)
@@ -290,12 +300,14 @@ async def test_a_draining_replica_keeps_its_lease_until_the_batch_settled(
     config_a = settings(moto_url, proxy, table, [kinesis_mapping(arn, "a")], replica="a")
     config_b = settings(moto_url, proxy, table, [kinesis_mapping(arn, "b")], replica="b")
     counters: list[tuple[float, str | None, int]] = []
+    beats: list[tuple[float, int | None]] = []
 
     async def watch_lease() -> None:
         while True:
             items = await lease_items(moto_url, table)
             if items:
                 counters.append((time.monotonic(), items[0].owner, items[0].counter))
+            beats.append((time.monotonic(), (await member_beats(moto_url, table)).get("a")))
             await anyio.sleep(0.25)
 
     async with service_running(config_a) as (service_a, exited_a):
@@ -322,11 +334,14 @@ async def test_a_draining_replica_keeps_its_lease_until_the_batch_settled(
     slow = next(r for r in runs if r.replica == "a" and r.finished - r.started >= 9)
     assert all(r.started >= slow.finished for r in runs if r.replica == "b")
     assert any(r.replica == "b" for r in runs)
-    # a renewed through the drain: its counter moved while the slow batch ran, past a lease.
-    renewed = [
+    # a kept its lease alive through the drain: it still owned it past a lease after the stop,
+    # and its heartbeat (protocol v2; v1 moved the lease's counter) moved meanwhile.
+    held = [
         c for t, owner, c in counters if owner == "a" and stopped_at + LEASE < t < slow.finished
     ]
-    assert len(set(renewed)) >= 2, counters
+    assert held, counters
+    alive = {b for t, b in beats if b is not None and stopped_at + LEASE < t < slow.finished}
+    assert len(alive) >= 2, beats
 
 
 async def _owned_by(moto_url: str, table: str, owner: str) -> bool:
@@ -340,21 +355,29 @@ async def _owned_by(moto_url: str, table: str, owner: str) -> bool:
 async def test_a_lost_response_of_our_own_write_leads_to_a_retake(
     moto_url: str, proxy: FaultProxy, streams: list[str]
 ) -> None:
-    """One replica. A lease-table UpdateItem (a renewal or a checkpoint) is applied but its
-    answer lost; botocore's retry is refused (the counter moved: by us), so the write reports
-    the lease lost although the table still names us. The replica takes the lease back and
-    keeps delivering (before the fix nobody ever read the shard again)."""
+    """One replica. A checkpoint (a fenced UpdateItem) is applied but its answer lost;
+    botocore's retry, or the checkpointer's, is refused (the counter moved: by us), so the
+    write reports the lease lost although the table still names us. The replica takes the lease
+    back and keeps delivering (before the fix nobody ever read the shard again).
+
+    Protocol v2 moves a lease's counter only by takes and checkpoints (heartbeats are
+    idempotent), so the answers are lost while a batch ends and checkpoints; the lease is long
+    enough that the heartbeats failing meanwhile fence nothing off."""
     stream, _ = await new_stream(moto_url, 1, streams)
     arn = stream_arn(stream)
     table = unique("leases")
-    config = settings(moto_url, proxy, table, [kinesis_mapping(arn, "a")], replica="a")
+    config = settings(moto_url, proxy, table, [kinesis_mapping(arn, "a")], replica="a", lease=10)
     async with service_running(config) as (service, exited):
         first = await put(moto_url, stream, 5, "first")
         await wait_until(lambda: delivered(arn) >= set(first), 20, "the first records")
 
-        proxy.lose_responses("DynamoDB_20120810.UpdateItem", times=1, mode="error")
+        SLOW[arn] = 1.0
+        await put(moto_url, stream, 5, "slow")
+        await wait_until(lambda: SLOW.get(arn) is None, 10, "the slow batch starting")
+        proxy.lose_responses("DynamoDB_20120810.UpdateItem", mode="error", seconds=3.0)
         lost = lambda: metric(service, "poller_lease_events_total", mapping="leased", event="lost")  # noqa: E731
         await wait_until(lost, 10, "the replica believing its lease lost")
+        assert {lease.owner for lease in await lease_items(moto_url, table)} == {"a"}
 
         second = await put(moto_url, stream, 5, "second")
         await wait_until(

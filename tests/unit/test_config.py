@@ -1120,7 +1120,7 @@ def test_duplicate_yaml_key_is_an_error(tmp_path: Path) -> None:
 def test_top_level_must_be_a_mapping(tmp_path: Path, text: str, got: str) -> None:
     assert yaml_problems(tmp_path, text) == [
         "the top level must be a mapping of sections (aws, embedded, checkpoints, shutdown, "
-        f"logging, observability, mappings); got {got}"
+        f"memory, logging, observability, mappings); got {got}"
     ]
 
 

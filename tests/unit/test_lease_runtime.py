@@ -24,6 +24,7 @@ from poller.checkpoints.dynamodb import Lease
 from poller.errors import CheckpointError, LeaseLost
 from poller.leases import LeaseCoordinator, LeaseSettings
 from poller.types import Checkpoint
+from tests.support.fake_members import FakeMemberItem
 
 pytestmark = pytest.mark.anyio
 
@@ -31,7 +32,7 @@ MAPPING = "m"
 SETTINGS = LeaseSettings(lease_duration=10.0, balance_interval=5.0)
 
 
-class FakeLeaseTable:
+class FakeLeaseTable(FakeMemberItem):
     """In-memory leases with DynamoDBLeaseTable's conditional writes; counts lease moves."""
 
     table = "fake"
@@ -177,21 +178,22 @@ async def table_with(shards: int) -> FakeLeaseTable:
 # -- defect 3: a lease the table still gives us is taken back -----------------------------------
 
 
-async def test_a_lost_renew_response_leads_to_a_retake_once_the_shard_task_ended() -> None:
-    """Our renew lands but its answer is lost; the next renew is refused with the table naming
-    us (LeaseLost, observed owner == us). The lease is forgotten and the shard stopped; once its
-    task has finished, the next balance takes it back (one replica: nobody else would)."""
+async def test_a_lost_checkpoint_answer_leads_to_a_retake_once_the_shard_task_ended() -> None:
+    """Our checkpoint lands but its answer is lost; the next one is refused (fenced on the
+    counter we knew) with the table naming us (LeaseLost). The lease is forgotten and the shard
+    stopped; once its task has finished, the next balance takes it back (one replica: nobody
+    else would). (Protocol v1 learnt this from a renewal; v2 has no per-lease renewals.)"""
     table, clock = await table_with(1), Clock()
     me = coordinator(table, "a", clock)
     await me.balance()
     assert set(me.held) == {"s0"}
 
-    table.lose_next.add("renew")
-    clock.now += SETTINGS.renew_interval
-    assert (await me.renew_all()).lost == []  # an error within the lease: not fenced yet
-    clock.now += SETTINGS.renew_interval
-    lost = await me.renew_all()
-    assert lost.lost == ["s0"]
+    table.lose_next.add("checkpoint")
+    with pytest.raises(CheckpointError):
+        await me.checkpoint("s0", Checkpoint(sequence_number="1"))
+    with pytest.raises(LeaseLost):
+        await me.checkpoint("s0", Checkpoint(sequence_number="2"))
+    assert me.held == {}
     assert table.items["s0"].owner == "a"  # the table still names us
 
     await me.balance(busy={"s0"})  # the old shard task still runs: not yet
@@ -201,7 +203,7 @@ async def test_a_lost_renew_response_leads_to_a_retake_once_the_shard_task_ended
     await me.balance(busy=set())
     assert set(me.held) == {"s0"}
     assert table.items["s0"].owner == "a"
-    me.ensure_fresh("s0")  # renewed by the take: invocations may go on
+    me.ensure_fresh("s0")  # fresh from the take: invocations may go on
 
 
 @pytest.mark.parametrize("how", ["stale", "ensure_fresh"])

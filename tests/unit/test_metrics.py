@@ -360,6 +360,15 @@ def test_dependency_errors_count_per_operation(metrics: PrometheusMetrics) -> No
     }
 
 
+def test_read_budget_gauges_hold_the_latest_values(metrics: PrometheusMetrics) -> None:
+    metrics.read_buffered("orders", 30, 4096)
+    metrics.read_budget(1 << 20, 5000)
+    assert value(metrics, "poller_read_buffered_records", mapping="orders") == 30.0
+    assert value(metrics, "poller_read_buffered_bytes", mapping="orders") == 4096.0
+    assert value(metrics, "poller_read_budget_bytes") == float(1 << 20)
+    assert value(metrics, "poller_read_budget_used_bytes") == 5000.0
+
+
 def test_every_protocol_hook_is_covered_by_these_tests() -> None:
     covered = {hook for hook, _ in COUNT_HOOKS} | {
         "destination_delivery_failed",
@@ -379,6 +388,8 @@ def test_every_protocol_hook_is_covered_by_these_tests() -> None:
         "retention_gap",
         "handler_thread_abandoned",
         "dependency_error",
+        "read_buffered",
+        "read_budget",
     }
     assert covered == set(HOOK_PARAMETERS)
 

@@ -23,7 +23,7 @@ import pytest
 
 from poller.errors import CheckpointError, LeaseLost
 from poller.leases import LeaseCoordinator
-from poller.types import InvokeResult, Outcome
+from poller.types import Checkpoint, InvokeResult, Outcome
 from tests.unit.test_lease_runtime import (
     SETTINGS,
     Clock,
@@ -104,17 +104,20 @@ async def test_our_own_lease_is_retaken_at_once_when_no_invocation_was_running()
     assert set(me.held) == {"s0"}
 
 
-async def test_a_lost_renew_answer_waits_the_grace_only_for_a_cut_invocation() -> None:
-    """Our renew lands but its answer is lost; the next renew is refused (LeaseLost) with the
-    table naming us, and the shard is stopped mid-invocation: same rule, the grace first."""
+async def test_a_lost_checkpoint_answer_waits_the_grace_only_for_a_cut_invocation() -> None:
+    """Our checkpoint lands but its answer is lost; the next one is refused (LeaseLost) with
+    the table naming us, and the shard is stopped mid-invocation: same rule, the grace first.
+    (Protocol v1 learnt of the loss from a renewal; v2 has none per lease.)"""
     table, clock = await table_with(1), Clock()
     me = graced(table, "a", clock)
     await me.balance()
-    table.lose_next.add("renew")
+    table.lose_next.add("checkpoint")
+    with pytest.raises(CheckpointError):
+        await me.checkpoint("s0", Checkpoint(sequence_number="1"))
     clock.now += SETTINGS.renew_interval
-    await me.renew_all()
-    clock.now += SETTINGS.renew_interval
-    assert (await me.renew_all()).lost == ["s0"]
+    with pytest.raises(LeaseLost):
+        await me.checkpoint("s0", Checkpoint(sequence_number="2"))
+    assert me.held == {}
     await cancel_mid_invocation(me, "s0")
 
     await me.balance(busy=set())
@@ -150,8 +153,8 @@ async def test_a_peer_never_takes_before_the_owners_last_invocation_can_have_end
     await owner.renew_all()
     await peer.balance()  # the peer sees the confirmed renewal's counter
     clock.now += 1.0
-    table.lose_next.add("renew")
-    await owner.renew_all()  # lands (the counter moves) but the owner never hears of it
+    table.lose_next.add("heartbeat")
+    await owner.heartbeat()  # lands (the beat moves) but the owner never hears of it
 
     last_start = confirmed + SETTINGS.lease_duration - SETTINGS.renew_interval
     clock.now = last_start

@@ -29,7 +29,7 @@ import anyio.abc
 import anyio.lowlevel
 import pytest
 
-from poller.checkpoints.dynamodb import Lease
+from poller.checkpoints.dynamodb import Lease, Members
 from poller.errors import CheckpointError, LeaseLost
 from poller.leases import LeaseCoordinator, LeaseSettings
 from poller.streams.ownership import (
@@ -140,6 +140,37 @@ class FaultyTable:
             "request_handoff", lambda: self.inner.request_handoff(lease, requester)
         )
         return asked
+
+    # Lease protocol v2: the member item and the view go through the same faulty network.
+
+    async def lease_view(self, mapping: str) -> list[Lease]:
+        leases: list[Lease] = await self._call("Query", lambda: self.inner.lease_view(mapping))
+        return leases
+
+    async def get(self, mapping: str, shard_id: str) -> Lease | None:
+        lease: Lease | None = await self._call("get", lambda: self.inner.get(mapping, shard_id))
+        return lease
+
+    async def members(self, mapping: str) -> Members:
+        members: Members = await self._call("members", lambda: self.inner.members(mapping))
+        return members
+
+    async def heartbeat(self, mapping: str, owner: str, beat: int) -> None:
+        if owner in self.stalled:
+            await self.clock.sleep(1000)
+        await self._call("heartbeat", lambda: self.inner.heartbeat(mapping, owner, beat))
+
+    async def leave(self, mapping: str, owner: str) -> None:
+        await self._call("leave", lambda: self.inner.leave(mapping, owner))
+
+    async def prune_member(self, mapping: str, owner: str, beat: int) -> bool:
+        pruned: bool = await self._call(
+            "prune_member", lambda: self.inner.prune_member(mapping, owner, beat)
+        )
+        return pruned
+
+    async def bump_generation(self, mapping: str) -> None:
+        await self._call("bump_generation", lambda: self.inner.bump_generation(mapping))
 
 
 @dataclass

@@ -6,7 +6,8 @@ names of the Kinesis Client Library's lease table::
     leaseKey                      S   hash key
     mapping, shardId              S   the two halves of the key, for filtering and display
     leaseOwner                    S   the replica holding the lease; absent when unowned
-    leaseCounter                  N   the fencing token: +1 on every take/renew/checkpoint/release
+    leaseCounter                  N   the fencing token (the lease's epoch): +1 on every take,
+                                      checkpoint and release (and renew, which only v1 uses)
     checkpoint                    S   a sequence number or SHARD_END
     startTimestamp                N   a pinned LATEST start (epoch seconds), before any sequence
     windowState                   S   a tumbling window's open window and state (JSON)
@@ -29,6 +30,16 @@ Besides the leases, each mapping that has started has one *mapping item*, keyed
 It is written once, with ``attribute_not_exists(leaseKey)``, by whichever replica starts the
 mapping first, and never changed: every shard that has no checkpoint yet starts from it.
 
+Lease protocol v2 adds a *member item* per mapping, ``leaseKey = "<mapping>#__members__"``
+(attribute ``membersOf``, again not ``mapping``): the replicas' heartbeats (``members``, a map
+of replica id to beat) and ``generation``, bumped after every change of assignments. A replica
+beats that one item instead of renewing each lease, so the table's cost at rest grows with the
+replicas, not the shards (see :mod:`.members`). Balancing reads the *view index*
+``mapping-shard-index`` (hash ``mapping``, range ``shardId``; every lease attribute but
+``windowState``), one eventually consistent Query instead of a consistent Scan of the whole
+table (see :mod:`.view`). :meth:`DynamoDBLeaseTable.ensure_table` creates a table with the
+index, and adds the index in place to a table made by an older version (see :mod:`.schema`).
+
 This module is only the I/O layer: every write is one conditional ``UpdateItem`` (or
 ``PutItem``), and the lease manager above it decides when to take, renew, steal and hand off.
 Every ownership or checkpoint write is conditional on the ``leaseCounter`` the caller observed,
@@ -36,16 +47,19 @@ so a replica that lost its lease (paused, partitioned, slow) can never overwrite
 state: its write fails and it learns that it was fenced off. ``request_handoff`` is the one
 write that leaves the counter alone, so it never fences the owner out.
 
-Expiry is for the caller to judge by observation, as KCL does: a lease whose counter has not
-moved for the lease duration on the observer's *monotonic* clock is expired. ``renewedAt`` is a
-wall-clock value written by whichever host renewed, and is for display only.
+Expiry is for the caller to judge by observation, as KCL does, on the observer's *monotonic*
+clock: in v2 a lease is expired when neither its owner's beat nor its counter has moved for
+the takeover time (see :mod:`poller.leases`). ``renewedAt`` is a wall-clock value written by
+whichever host wrote the lease last, and is for display only.
 
 A replica must keep one current :class:`Lease` per shard and serialise its writes to it (renew
 and checkpoint both move the counter, so two concurrent writers from one replica fence each
 other). When a fenced write fails, :class:`LeaseLost` carries the item as DynamoDB held it.
 
-Modules: :mod:`.items` (the :class:`Lease` and the wire format), :mod:`.calls` (requests and
-their failures), :mod:`.schema` (creating the table) and :mod:`.table` (the operations).
+Modules: :mod:`.items` (the :class:`Lease`, :class:`Members` and the wire format),
+:mod:`.calls` (requests and their failures), :mod:`.schema` (creating and migrating the table),
+:mod:`.members` (the member item), :mod:`.view` (the lease view) and :mod:`.table` (the
+operations on leases).
 Names with a leading underscore are private to this package.
 """
 
@@ -53,20 +67,28 @@ from __future__ import annotations
 
 from poller.checkpoints.dynamodb.items import (
     MAPPING_ITEM,
+    MEMBERS_ITEM,
+    VIEW_INDEX,
     WINDOW_STATE_LIMIT,
     Lease,
+    Members,
     is_mapping_item,
     lease_from_item,
     lease_key,
+    members_key,
 )
 from poller.checkpoints.dynamodb.table import DynamoDBLeaseTable
 
 __all__ = [
     "MAPPING_ITEM",
+    "MEMBERS_ITEM",
+    "VIEW_INDEX",
     "WINDOW_STATE_LIMIT",
     "DynamoDBLeaseTable",
     "Lease",
+    "Members",
     "is_mapping_item",
     "lease_from_item",
     "lease_key",
+    "members_key",
 ]

@@ -96,18 +96,24 @@ class TableCalls:
         update: str,
         condition: str,
         values: dict[str, Any],
+        names: dict[str, str] | None = None,
         return_new: bool = True,
     ) -> _Write:
-        """A conditional UpdateItem. A refused condition returns the item as it was."""
+        """A conditional UpdateItem. A refused condition returns the item as it was.
+
+        ``#name`` placeholders stand for the attribute ``name`` unless ``names`` maps them
+        (a replica id, which may hold any character, is always passed so).
+        """
         params: dict[str, Any] = {
             "Key": {"leaseKey": _s(key)},
             "UpdateExpression": update,
             "ConditionExpression": condition,
-            "ExpressionAttributeNames": _names(update, condition),
-            "ExpressionAttributeValues": values,
+            "ExpressionAttributeNames": {**_names(update, condition), **(names or {})},
             "ReturnValues": "ALL_NEW" if return_new else "NONE",
             "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
         }
+        if values:  # DynamoDB refuses an empty map
+            params["ExpressionAttributeValues"] = values
         try:
             response = await self.client.update_item(TableName=self.table, **params)
         except ClientError as exc:
@@ -147,13 +153,22 @@ class TableCalls:
         )
 
     def lost(self, call: str, lease: Lease, owner: str, write: _Write) -> LeaseLost:
-        observed = None if write.item is None else lease_from_item(write.item)
-        if observed is None:
-            now = "the lease no longer exists"
-        else:
-            now = f"it is now owned by {observed.owner or 'nobody'} at counter {observed.counter}"
-        return LeaseLost(
-            f"lease table {self.table}: {call} of {lease.key} by {owner} at counter"
-            f" {lease.counter} was refused: {now}",
-            observed=observed,
-        )
+        """The LeaseLost of a refused fenced ``call`` (see :func:`lease_lost`)."""
+        return lease_lost(self.table, call, lease, owner, write.item)
+
+
+def lease_lost(
+    table: str, call: str, lease: Lease, owner: str, item: dict[str, Any] | None
+) -> LeaseLost:
+    """The LeaseLost of ``owner``'s fenced ``call`` on ``lease``, refused by ``item`` (the
+    item as DynamoDB held it, None when gone). Shared with the in-memory twin of the table."""
+    observed = None if item is None else lease_from_item(item)
+    if observed is None:
+        now = "the lease no longer exists"
+    else:
+        now = f"it is now owned by {observed.owner or 'nobody'} at counter {observed.counter}"
+    return LeaseLost(
+        f"lease table {table}: {call} of {lease.key} by {owner} at counter"
+        f" {lease.counter} was refused: {now}",
+        observed=observed,
+    )

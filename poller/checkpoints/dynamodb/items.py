@@ -23,6 +23,23 @@ WINDOW_STATE_LIMIT = 400 * 1024 - 8 * 1024
 
 #: The "shard id" half of a mapping item's ``leaseKey``; no Kinesis or DynamoDB shard has it.
 MAPPING_ITEM = "__mapping__"
+#: The "shard id" half of a mapping's member item (the replicas' heartbeats).
+MEMBERS_ITEM = "__members__"
+#: The global secondary index that gives the compact lease view of a mapping.
+VIEW_INDEX = "mapping-shard-index"
+#: The lease attributes the view index carries besides its keys (``leaseKey``, ``mapping``,
+#: ``shardId``): everything balancing reads. ``windowState`` (up to 392 KB) is left out.
+VIEW_ATTRIBUTES = (
+    "leaseOwner",
+    "leaseCounter",
+    "pendingOwner",
+    "parentShardId",
+    "checkpoint",
+    "checkpointSubSequenceNumber",
+    "startTimestamp",
+    "ownerSwitchesSinceCheckpoint",
+    "renewedAt",
+)
 
 
 def lease_key(mapping: str, shard_id: str) -> str:
@@ -31,8 +48,57 @@ def lease_key(mapping: str, shard_id: str) -> str:
 
 
 def is_mapping_item(item: Mapping[str, Any]) -> bool:
-    """Whether a raw item is a mapping item rather than a lease."""
-    return str(item["leaseKey"]["S"]).endswith(f"#{MAPPING_ITEM}")
+    """Whether a raw item is one of a mapping's own items (its start or its member item)
+    rather than a lease."""
+    return str(item["leaseKey"]["S"]).endswith((f"#{MAPPING_ITEM}", f"#{MEMBERS_ITEM}"))
+
+
+def members_key(mapping: str) -> str:
+    """The ``leaseKey`` of ``mapping``'s member item."""
+    return lease_key(mapping, MEMBERS_ITEM)
+
+
+@dataclass(frozen=True, slots=True)
+class Members:
+    """A mapping's member item: the replicas' heartbeats and the assignment generation.
+
+    Attributes:
+        beats: replica id -> its latest beat (a number that changes at every heartbeat; only
+            its movement means anything, never its value).
+        generation: bumped by a replica after it changed assignments; 0 when the item does
+            not exist yet.
+    """
+
+    beats: dict[str, int]
+    generation: int
+
+
+def members_from_item(item: Mapping[str, Any] | None) -> Members:
+    """Parse a member item (None: no item yet, so no members at generation 0)."""
+    if item is None:
+        return Members({}, 0)
+    beats = item.get("members", {}).get("M", {})
+    generation = _num(item, "generation")
+    return Members(
+        {owner: int(Decimal(beat["N"])) for owner, beat in beats.items()},
+        0 if generation is None else int(generation),
+    )
+
+
+def new_members_item(mapping: str, owner: str, beat: int) -> dict[str, Any]:
+    """A new member item holding one member, ``owner`` at ``beat``, at generation 0."""
+    return {
+        "leaseKey": _s(members_key(mapping)),
+        "membersOf": _s(mapping),
+        "members": {"M": {owner: _n(beat)}},
+        "generation": _n(0),
+    }
+
+
+def view_projection(item: Mapping[str, Any]) -> dict[str, Any]:
+    """``item`` as the view index holds it: its keys and :data:`VIEW_ATTRIBUTES` only."""
+    kept = ("leaseKey", "mapping", "shardId", *VIEW_ATTRIBUTES)
+    return {name: item[name] for name in kept if name in item}
 
 
 @dataclass(frozen=True, slots=True)

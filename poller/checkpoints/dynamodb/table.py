@@ -29,11 +29,13 @@ from poller.checkpoints.dynamodb.items import (
     new_lease_item,
     take_update,
 )
+from poller.checkpoints.dynamodb.members import MemberItem
+from poller.checkpoints.dynamodb.view import LeaseView
 from poller.errors import CheckpointError
 from poller.types import Checkpoint
 
 
-class DynamoDBLeaseTable:
+class DynamoDBLeaseTable(LeaseView, MemberItem):
     """Conditional reads and writes of one lease table.
 
     Args:
@@ -42,28 +44,43 @@ class DynamoDBLeaseTable:
         table: the table name.
         scan_page_size: ``Limit`` of each Scan page in :meth:`list_leases`; None lets DynamoDB
             fill 1 MB pages.
+        index_wait: how long :meth:`ensure_table` waits for an added view index to be built.
+
+    ``has_view_index`` says whether :meth:`lease_view` reads the view index (None until
+    :meth:`ensure_table` or the first view found out).
 
     Every call raises :class:`~poller.errors.CheckpointError` (retriable) when DynamoDB cannot
     be reached or answers an error, naming the table and the call. A refused condition is not
     an error: each method documents what it returns or raises then.
     """
 
-    def __init__(self, client: Any, table: str, *, scan_page_size: int | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        table: str,
+        *,
+        scan_page_size: int | None = None,
+        index_wait: float = schema.INDEX_WAIT,
+    ) -> None:
         self._client = client
         self.table = table
         self._scan_page_size = scan_page_size
+        self._index_wait = index_wait
         self._calls = TableCalls(client, table)
+        self.has_view_index: bool | None = None
 
     async def ensure_table(self, *, create: bool = True) -> None:
-        """Make sure the table exists and is ACTIVE, creating it when allowed (see
-        :func:`.schema.ensure_table`).
+        """Make sure the table exists and is ACTIVE, creating it, or adding its view index to
+        an older table, when allowed (see :func:`.schema.ensure_table`).
 
         Raises:
             ConfigError: the table does not exist and ``create`` is False, or its key schema is
                 not ``leaseKey`` alone.
             CheckpointError: DynamoDB could not be reached or refused a call.
         """
-        await schema.ensure_table(self._calls, create=create)
+        self.has_view_index = await schema.ensure_table(
+            self._calls, create=create, index_wait=self._index_wait
+        )
 
     # -- reads --------------------------------------------------------------------------------
 

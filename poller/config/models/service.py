@@ -1,10 +1,11 @@
-"""The service-wide sections: AWS access, the embedded mode, checkpoints, shutdown, logs, HTTP.
+"""The service-wide sections: AWS, the embedded mode, checkpoints, shutdown, memory, logs, HTTP.
 
 Where it sits in the data flow::
 
-    aws:, embedded:, checkpoints:, shutdown:, logging:, observability: (YAML sections)
+    aws:, embedded:, checkpoints:, shutdown:, memory:, logging:, observability: (YAML sections)
         --these models--> Settings --> the AWS clients, the emulator, the checkpoint store,
-                                       the stop logic, logging, the metrics/health server
+                                       the stop logic, the read budget, logging, the
+                                       metrics/health server
 
 Each model declares its own defaults, so a file may leave any of these sections out.
 """
@@ -164,6 +165,28 @@ class ShutdownSettings(FrozenModel):
     """
 
     drain_timeout_seconds: Float = Field(default=30.0, gt=0, le=3600)
+
+
+class MemorySettings(FrozenModel):
+    """How much memory stream reads may hold (:mod:`poller.streams.budget`).
+
+    Attributes:
+        read_budget_mib: MiB of records read and not yet settled, for the whole process,
+            shared equally by the running shards of every Kinesis and DynamoDB Streams mapping.
+            Counted in event bytes (what a record adds to the JSON event); Python's objects
+            for them take about as much again. SQS is bounded by its batch size and
+            concurrency instead. The default, 64 MiB, keeps a replica near 200 MB of RSS
+            however many shards it reads (benchmarks/memory.py); raise it for large records
+            or many shards with large batches: reads stay at most half a share each, so give
+            each shard room for about two batches.
+    """
+
+    read_budget_mib: Float = Field(default=64.0, gt=0, le=1_048_576)
+
+    @property
+    def read_budget_bytes(self) -> int:
+        """The budget in bytes."""
+        return max(1, int(self.read_budget_mib * 1024 * 1024))
 
 
 class ObservabilitySettings(FrozenModel):

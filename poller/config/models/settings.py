@@ -28,6 +28,7 @@ from poller.config.models.service import (
     CheckpointSettings,
     EmbeddedSettings,
     LoggingSettings,
+    MemorySettings,
     ObservabilitySettings,
     ShutdownSettings,
 )
@@ -69,6 +70,7 @@ class Settings(FrozenModel):
         embedded: the local emulator mode.
         checkpoints: the checkpoint store.
         shutdown: graceful stop.
+        memory: the read budget of stream mappings.
         logging: log level and format.
         observability: the metrics and health endpoint.
         mappings: the event source mappings to run; at least one, names unique.
@@ -78,6 +80,7 @@ class Settings(FrozenModel):
     embedded: EmbeddedSettings = EmbeddedSettings()
     checkpoints: CheckpointSettings = CheckpointSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
+    memory: MemorySettings = MemorySettings()
     logging: LoggingSettings = LoggingSettings()
     observability: ObservabilitySettings = ObservabilitySettings()
     mappings: list[MappingConfig] = Field(min_length=1)

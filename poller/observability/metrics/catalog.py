@@ -246,6 +246,37 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         labels=BY_SHARD,
         forgotten_by="shard_released",
     ),
+    # -- the read budget ------------------------------------------------------------------------
+    MetricSpec(
+        "poller_read_buffered_bytes",
+        Kind.GAUGE,
+        "Event bytes of the mapping's records read and not settled yet (held in memory).",
+        "read_buffered",
+        value="size_bytes",
+    ),
+    MetricSpec(
+        "poller_read_buffered_records",
+        Kind.GAUGE,
+        "The mapping's records read and not settled yet (held in memory).",
+        "read_buffered",
+        value="records",
+    ),
+    MetricSpec(
+        "poller_read_budget_bytes",
+        Kind.GAUGE,
+        "The process's read budget (memory.read_budget_mib), bytes.",
+        "read_budget",
+        labels=(),
+        value="budget_bytes",
+    ),
+    MetricSpec(
+        "poller_read_budget_used_bytes",
+        Kind.GAUGE,
+        "Bytes held against the read budget: records buffered and reads in flight.",
+        "read_budget",
+        labels=(),
+        value="used_bytes",
+    ),
     # -- leases ---------------------------------------------------------------------------------
     MetricSpec(
         "poller_leases_held",

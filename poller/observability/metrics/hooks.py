@@ -147,6 +147,15 @@ class Metrics:
     def shard_released(self, mapping: str, shard: str) -> None:
         """The shard ended or moved away: forget its per-shard series (bounded cardinality)."""
 
+    # -- the read budget (poller.streams.budget) -------------------------------------------
+    @hook
+    def read_buffered(self, mapping: str, records: int, size_bytes: int) -> None:
+        """Records of the mapping read and not settled yet, and their event bytes."""
+
+    @hook
+    def read_budget(self, budget_bytes: int, used_bytes: int) -> None:
+        """The process's read budget and the bytes held against it (reads in flight too)."""
+
     # -- leases (several replicas) ----------------------------------------------------------
     @hook
     def leases_held(self, mapping: str, count: int) -> None:

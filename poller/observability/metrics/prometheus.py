@@ -51,7 +51,9 @@ class _Children(Generic[_M]):
     def __call__(self, values: _Labels) -> _M:
         child = self._children.get(values)
         if child is None:
-            child = self._children[values] = self._metric.labels(*values)
+            # A series without labels is its own child (prometheus_client refuses .labels()).
+            child = self._metric.labels(*values) if values else self._metric
+            self._children[values] = child
         return child
 
     def __contains__(self, values: _Labels) -> bool:

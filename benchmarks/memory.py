@@ -1,0 +1,144 @@
+"""Benchmark: peak RSS of ``poller run`` reading many backlogged shards (the read budget).
+
+For each shard count: a Kinesis stream on moto's server (its own process) is filled with
+``--records`` records of 1 KB per shard, then ``poller run`` (its own process) delivers them
+all, batch size 100, to the benchmark's no-op Python handler, from TRIM_HORIZON. Printed per
+run: the records, the event bytes per record, the wall time, and the service's peak RSS, read
+from outside (``VmHWM`` in ``/proc/<pid>/status``, just before SIGTERM) and from inside (the
+handler's ``ru_maxrss``). Then the RSS of the largest shard count relative to the smallest.
+
+Run: ``.venv/bin/python benchmarks/memory.py [--shards 32 256] [--records 3000 1000]
+[--budget-mib N]`` (``--records`` per shard, one per shard count; ``--budget-mib`` sets
+``memory.read_budget_mib``, else the default applies).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+# Run as a script (scripts/bench): the repository's packages must be importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.harness import start_service
+from tests.support.aws import (
+    aws_client,
+    create_stream,
+    hash_key_for,
+    moto_server_process,
+    put_records,
+    stream_arn,
+)
+from tests.support.service_config import stream_mapping
+
+RECORD_BYTES = 1024
+BATCH_SIZE = 100
+#: Streams filled at once (moto's server handles a few requests in parallel).
+FILL_CONCURRENCY = 4
+
+
+async def fill_stream(url: str, stream: str, shards: int, per_shard: int) -> None:
+    """Create the stream and put ``per_shard`` records of 1 KB into each shard."""
+    async with aws_client("kinesis", url) as kinesis:
+        listing = await create_stream(kinesis, stream, shards)
+        limiter = asyncio.Semaphore(FILL_CONCURRENCY)
+
+        async def fill(shard: dict[str, Any]) -> None:
+            async with limiter:
+                entries = (
+                    (f"k{n}", os.urandom(RECORD_BYTES), hash_key_for(shard))
+                    for n in range(per_shard)
+                )
+                await put_records(kinesis, stream, entries)
+
+        await asyncio.gather(*(fill(shard) for shard in listing))
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident set (VmHWM), MB, read from outside it."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc status")
+
+
+def run_service(
+    url: str, stream: str, records: int, workdir: Path, budget_mib: float | None
+) -> dict[str, Any]:
+    """Run ``poller run`` until the handler has seen ``records``; its figures and peak RSS."""
+    result = workdir / f"service-{time.monotonic_ns()}.json"
+    env = {"POLLER_BENCH_RECORDS": str(records), "POLLER_BENCH_OUT": str(result)}
+    sections: dict[str, Any] = {}
+    if budget_mib is not None:
+        sections["memory"] = {"read_budget_mib": budget_mib}
+    mapping = stream_mapping(
+        "bench", stream_arn(stream), "benchmarks.bench_handler:handler", batch_size=BATCH_SIZE
+    )
+    proc = start_service(workdir, url, mapping, env, **sections)
+    deadline = time.monotonic() + 1800
+    while not result.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("the service stopped or timed out before delivering every record")
+        time.sleep(0.2)
+    outside = peak_rss_mb(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(120)
+    figures = dict(json.loads(result.read_text()))
+    figures["vmhwm_mb"] = outside
+    return figures
+
+
+def event_bytes_per_record() -> int:
+    """The event bytes (``StreamRecord.size``, what the budget counts) of one 1 KB record."""
+    from poller.ports import StartPosition
+    from poller.testing import FakeStreamApi, Put
+
+    api = FakeStreamApi()
+    start = StartPosition("TRIM_HORIZON")
+    api.add_shard("s")
+    raws = api.add_page("s", [Put("k1", b"x" * RECORD_BYTES)])
+    return api.converter("s", start)(raws)[0].size
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shards", type=int, nargs="+", default=[32, 256])
+    parser.add_argument("--records", type=int, nargs="+", default=[3000, 1000])
+    parser.add_argument("--budget-mib", type=float, default=None)
+    args = parser.parse_args()
+    if len(args.records) != len(args.shards):
+        parser.error("give one --records value per --shards value")
+    budget = "the default" if args.budget_mib is None else f"{args.budget_mib:g} MiB"
+    print(f"read budget: {budget}; batch size {BATCH_SIZE}; records of {RECORD_BYTES} bytes")
+    print(f"event bytes per record (what the budget counts): {event_bytes_per_record()}")
+    peaks: list[float] = []
+    with moto_server_process() as url, tempfile.TemporaryDirectory() as tmp:
+        for shards, per_shard in zip(args.shards, args.records, strict=True):
+            stream = f"mem-{shards}-{os.getpid()}"
+            started = time.monotonic()
+            asyncio.run(fill_stream(url, stream, shards, per_shard))
+            filled = time.monotonic() - started
+            total = shards * per_shard
+            svc = run_service(url, stream, total, Path(tmp), args.budget_mib)
+            peaks.append(svc["vmhwm_mb"])
+            print(
+                f"{shards:4} shards x {per_shard:5} records ({total} records, filled in "
+                f"{filled:.0f} s): delivered in {svc['wall_s']:.1f} s, "
+                f"{total / svc['wall_s']:.0f} records/s; peak RSS {svc['vmhwm_mb']:.0f} MB "
+                f"(VmHWM), {svc['max_rss_mb']:.0f} MB (ru_maxrss)"
+            )
+    if len(peaks) > 1:
+        print(f"peak RSS {args.shards[-1]} vs {args.shards[0]} shards: {peaks[-1] / peaks[0]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,286 @@
+"""The lean read path: GetRecords for Kinesis and DynamoDB Streams without botocore's per-call
+machinery, falling back to the full client for anything it does not know.
+
+An idle shard is polled once a second (Kinesis) or four times a second (DynamoDB Streams), and
+most of an empty poll's CPU went to botocore's handler chain (events, user agent, endpoint
+rules, parameter validation, the response shape walk), not to the request. :class:`LeanCall`
+sends the same request itself, keeping what matters from botocore:
+
+* the endpoint and signing context its endpoint rules resolve, once per distinct stream ARN;
+* its credentials, frozen per call (refreshable credentials keep refreshing), and its SigV4
+  signer (``SigV4Auth.add_auth``) on every request;
+* its service model: the answer is projected on the operation's output shape, compiled once
+  (:mod:`poller.aws.shapes`), with the source clients' timestamp and blob parsers, so a page
+  equals what the client would return (without ``ResponseMetadata``).
+
+The request goes out over a small keep-alive HTTP/1.1 client (:mod:`poller.aws.http1`). A
+known AWS error becomes the same ``SourceError`` the full path raises; a connection failure or
+timeout is ``SourceUnavailable``. Any other answer (not JSON, an unknown error code, a missing
+field, an HTTP shape the client does not read) is not guessed at: that one call is made again
+through the full client, and the fallback is counted and logged once at debug.
+
+``POLLER_LEAN_READS=0`` in the environment turns the lean path off (every call goes through the
+full client).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import weakref
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import botocore
+import structlog
+from botocore.exceptions import BotoCoreError, ClientError
+from botocore.httpsession import get_cert_path
+
+from poller.aws.clients import epoch_seconds, keep_base64
+from poller.aws.http1 import HttpPool, UnsupportedAnswer
+from poller.aws.shapes import Malformed, compile_shape
+from poller.aws.sigv4 import SigV4Signer
+from poller.aws.translate import KNOWN_CODES, source_call, translate_client_error
+from poller.errors import SourceUnavailable
+
+log = structlog.get_logger("poller.aws")
+
+#: Error codes that are not in an operation's model but that AWS answers any call with.
+COMMON_ERROR_CODES = frozenset(
+    {
+        "AccessDeniedException",
+        "ThrottlingException",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "ValidationException",
+    }
+)
+#: Proxy settings botocore honours; the lean path does not speak to proxies.
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
+#: Keep-alive connections by client and endpoint URL, shared by every lean call of a client.
+_POOLS: weakref.WeakKeyDictionary[Any, dict[str, HttpPool]] = weakref.WeakKeyDictionary()
+#: Sent (unsigned) so that server-side logs can tell the lean path's calls apart.
+USER_AGENT = f"poller-lean-reads Botocore/{botocore.__version__}"
+#: The escape hatch: set to 0 to send every read through the full client.
+ENV_SWITCH = "POLLER_LEAN_READS"
+
+
+def lean_enabled(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the lean path is on: unless ``POLLER_LEAN_READS`` is 0, false, no or off."""
+    value = (os.environ if environ is None else environ).get(ENV_SWITCH, "1")
+    return value.strip().lower() not in ("0", "false", "no", "off")
+
+
+class Fallback(Exception):
+    """This call is made through the full client; the message says why."""
+
+
+class LeanCall:
+    """One JSON-protocol read operation of one source client, sent by hand.
+
+    Build it with :meth:`for_client`, which returns None when the client is not one the lean
+    path can stand in for (another protocol or signer, a proxy, custom parsers, switched off).
+
+    Args:
+        client: the aiobotocore source client (``ClientFactory.client(..., purpose="source")``).
+        operation: the operation's name in the service model, e.g. ``GetRecords``.
+        required: per item of the output's list ``Records``, the keys that must be present.
+    """
+
+    def __init__(self, client: Any, operation: str, required: frozenset[str]) -> None:
+        self._client = client
+        self._method = getattr(client, _snake(operation))
+        model = client.meta.service_model
+        self._operation = model.operation_model(operation)
+        self._parse = compile_shape(self._operation.output_shape, epoch_seconds, keep_base64)
+        modeled = {shape.name for shape in self._operation.error_shapes}
+        self._known_errors = COMMON_ERROR_CODES | KNOWN_CODES | modeled
+        self._required = required
+        self._target = f"{model.metadata['targetPrefix']}.{operation}"
+        content_type = f"application/x-amz-json-{model.metadata['jsonVersion']}"
+        self._headers = (("Content-Type", content_type), ("X-Amz-Target", self._target))
+        config = client.meta.config
+        self._timeouts = (float(config.connect_timeout), float(config.read_timeout))
+        self._routes: dict[str, _Route | None] = {}
+        #: Calls made through the full client because the lean path did not know the answer.
+        self.fallbacks = 0
+        self._logged: set[str] = set()
+
+    @classmethod
+    def for_client(cls, client: Any, operation: str, required: frozenset[str]) -> LeanCall | None:
+        """A lean call for ``client``, or None where only the full client will do."""
+        if not lean_enabled() or any(os.environ.get(name) for name in _PROXY_VARIABLES):
+            return None
+        try:
+            model = client.meta.service_model
+            # The parser settings the client's responses are read with (ClientFactory's
+            # source session): the lean path applies the same two, nothing else.
+            parsing = client._endpoint._response_parser_factory._defaults
+            if (
+                model.protocol != "json"
+                or "targetPrefix" not in model.metadata
+                or client.meta.config.proxies
+                or parsing.get("timestamp_parser") is not epoch_seconds
+                or parsing.get("blob_parser") is not keep_base64
+            ):
+                return None
+            return cls(client, operation, required)
+        except (Malformed, KeyError, AttributeError, TypeError, ValueError):
+            return None
+
+    async def call(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The operation's parsed output; raises ``SourceError`` as the full path does."""
+        try:
+            return await self._lean(params)
+        except Fallback as exc:
+            self._fell_back(str(exc))
+        async with source_call(self._operation.name):
+            response: dict[str, Any] = await self._method(**params)
+        response.pop("ResponseMetadata", None)
+        return response
+
+    async def _lean(self, params: dict[str, Any]) -> dict[str, Any]:
+        body = json.dumps(params, separators=(",", ":")).encode()
+        try:
+            route = await self._route(params)
+            request = await self._signed(route, body)
+        except BotoCoreError as exc:  # endpoint rules or credentials: botocore says it better
+            raise Fallback(f"not signed by hand: {exc!r}") from exc
+        try:
+            answer = await route.pool.request(request)
+        except UnsupportedAnswer as exc:
+            raise Fallback(f"HTTP answer not read by hand: {exc}") from exc
+        except (OSError, TimeoutError) as exc:  # ConnectionError is an OSError
+            name = self._operation.name
+            raise SourceUnavailable(f"{name} could not reach the service: {exc!r}") from exc
+        if answer.status != 200:
+            raise self._error(answer.status, answer.body)
+        return self._page(answer.body)
+
+    async def _route(self, params: dict[str, Any]) -> _Route:
+        """Endpoint, Host and signing context, from botocore's endpoint rules (cached per
+        stream ARN: the rules read only the ARN and the client's settings)."""
+        key = str(params.get("StreamARN", ""))
+        if key not in self._routes:
+            self._routes[key] = await self._resolve(params)
+        route = self._routes[key]
+        if route is None:
+            raise Fallback("endpoint or signer not supported by the lean path")
+        return route
+
+    async def _resolve(self, params: dict[str, Any]) -> _Route | None:
+        context: dict[str, Any] = {}
+        url, headers, _ = await self._client._resolve_endpoint_ruleset(
+            self._operation, params, context
+        )
+        signer = self._client._request_signer
+        auth_type = context.get("auth_type") or signer.signature_version
+        if headers or auth_type != "v4" or urlsplit(url).path not in ("", "/"):
+            return None  # extra headers, another signer, or a path: the full client's work
+        signing = context.get("signing", {})
+        pools = _POOLS.setdefault(self._client, {})
+        if url not in pools:
+            connect, read = self._timeouts
+            tls = _tls_context() if url.startswith("https:") else None
+            pools[url] = HttpPool(url, connect_timeout=connect, read_timeout=read, ssl_context=tls)
+        name = signing.get("signing_name", signer.signing_name)
+        region = signing.get("region", signer.region_name)
+        return _Route(
+            url=url,
+            pool=pools[url],
+            signing_name=name,
+            region=region,
+            signer=SigV4Signer(
+                host=pools[url].host, region=region, service=name, headers=self._headers
+            ),
+        )
+
+    async def _signed(self, route: _Route, body: bytes) -> bytes:
+        """The whole HTTP request, SigV4-signed with the credentials botocore froze for it."""
+        signer = self._client._request_signer
+        auth = await signer.get_auth_instance(
+            signing_name=route.signing_name, region_name=route.region, signature_version="v4"
+        )
+        credentials = auth.credentials
+        if credentials is None:
+            raise Fallback("no credentials")
+        headers = route.signer.sign(
+            access_key=credentials.access_key,
+            secret_key=credentials.secret_key,
+            token=credentials.token,
+            body=body,
+        )
+        head = [f"POST / HTTP/1.1\r\nHost: {route.pool.host}\r\n"]
+        head += [f"{name}: {value}\r\n" for name, value in headers]
+        head.append(f"User-Agent: {USER_AGENT}\r\nContent-Length: {len(body)}\r\n\r\n")
+        return "".join(head).encode("latin-1") + body
+
+    def _page(self, body: bytes) -> dict[str, Any]:
+        try:
+            page = self._parse(json.loads(body))
+            records = page["Records"]
+            required = self._required
+            for record in records:
+                if not required <= record.keys():
+                    raise Fallback("a record without a required field")
+        except (ValueError, UnicodeDecodeError, Malformed, KeyError, TypeError) as exc:
+            raise Fallback(f"answer not read by hand: {exc!r}") from exc
+        return dict(page)
+
+    def _error(self, status: int, body: bytes) -> Exception:
+        """The SourceError of a known AWS error, else a Fallback."""
+        try:
+            error = json.loads(body)
+            code = error["__type"]
+            message = error.get("message", error.get("Message", ""))
+        except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+            return Fallback(f"HTTP {status} without a JSON error")
+        if not isinstance(code, str) or not isinstance(message, str):
+            return Fallback(f"HTTP {status} with an unexpected error body")
+        code = code.split(":", 1)[0].rsplit("#", 1)[-1]
+        if code not in self._known_errors:
+            return Fallback(f"HTTP {status} with unknown error code {code}")
+        response: Any = {"Error": {"Code": code, "Message": message}}
+        client_error = ClientError(response, self._operation.name)
+        translated = translate_client_error(self._operation.name, client_error)
+        translated.__cause__ = client_error
+        return translated
+
+    def _fell_back(self, reason: str) -> None:
+        self.fallbacks += 1
+        if reason not in self._logged and len(self._logged) < 100:
+            self._logged.add(reason)
+            log.debug("lean.fallback", operation=self._target, reason=reason)
+
+
+def _tls_context() -> ssl.SSLContext:
+    """The CA bundle botocore verifies with: ``AWS_CA_BUNDLE``, else its default bundle."""
+    return ssl.create_default_context(cafile=os.environ.get("AWS_CA_BUNDLE") or get_cert_path(True))
+
+
+def close_connections(client: Any) -> None:
+    """Close the lean path's idle connections for ``client`` (when the client is closed)."""
+    for pool in _POOLS.pop(client, {}).values():
+        pool.close()
+
+
+class _Route:
+    """Where one lean call goes and how it is signed."""
+
+    __slots__ = ("pool", "region", "signer", "signing_name", "url")
+
+    def __init__(
+        self, *, url: str, pool: HttpPool, signing_name: str, region: str, signer: SigV4Signer
+    ) -> None:
+        self.signer = signer
+        self.url = url
+        self.pool = pool
+        self.signing_name = signing_name
+        self.region = region
+
+
+def _snake(operation: str) -> str:
+    """``GetRecords`` -> ``get_records``: the client's method for an operation."""
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in operation).lstrip("_")
