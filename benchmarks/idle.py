@@ -17,7 +17,9 @@ are not counted, and moto answers every request with ``Connection: close``, so e
 opens a TCP connection.
 
 ``--profile`` runs the service under cProfile, enabled only for the measured window (signals
-to a small wrapper process), and prints the top of the profile by cumulative time. CPU figures
+to a small wrapper process), and prints the top of the profile by cumulative and by own time.
+The profile counts the event loop thread's CPU time, not wall time: on a busy machine wall
+time charges other processes' turns (and the emulator's) to whatever call was waiting. CPU figures
 from a profiled run include the profiler's own overhead; measure without it.
 
 Run: ``.venv/bin/python benchmarks/idle.py [--shards 100] [--seconds 60] [--source kinesis]``
@@ -49,9 +51,9 @@ TICKS = os.sysconf("SC_CLK_TCK")
 #: The wrapper that runs the service with a profiler switched by SIGUSR1 (on) and SIGUSR2
 #: (off, write the stats to argv[2]); the service's own SIGTERM handling is untouched.
 PROFILED_CHILD = """
-import cProfile, signal, sys
+import cProfile, signal, sys, time
 sys.path.insert(0, sys.argv[3])
-profile = cProfile.Profile()
+profile = cProfile.Profile(time.thread_time)
 def start(*_):
     profile.enable()
 def stop(*_):
@@ -157,6 +159,8 @@ def measure(args: argparse.Namespace, url: str, arns: list[str], workdir: Path) 
     report(args, user, system, wall, calls)
     if profile_out is not None:
         print_profile(profile_out, args.lines)
+        if args.profile_out:
+            args.profile_out.write_bytes(profile_out.read_bytes())
 
 
 def _get_records_calls(proxy: FaultProxy) -> int:
@@ -187,6 +191,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="the measured window")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of the window")
     parser.add_argument("--lines", type=int, default=25, help="profile lines printed")
+    parser.add_argument(
+        "--profile-out", type=Path, help="with --profile: also keep the raw pstats file here"
+    )
     parser.add_argument(
         "--direct",
         action="store_true",

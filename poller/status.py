@@ -9,13 +9,15 @@ that does not answer within :data:`PROBE_SECONDS` shows ``down`` too; the mappin
 at once.
 
 Each row shows who owns the shard, where its checkpoint is, who asked for it in a graceful
-handoff, how long ago it was renewed, its fencing counter and how often it changed owner since
-its last checkpoint (a high number means leases ping-pong between replicas).
+handoff, how long ago it was last taken or checkpointed, its fencing counter and how often it
+changed owner since its last checkpoint (a high number means leases ping-pong between replicas).
 
-The age is ``now`` minus ``renewedAt``, the wall clock of whichever host last renewed the lease.
-It is for people only: clocks of different hosts disagree (the age can even be negative), and
-poller never compares them to decide anything. Replicas judge expiry by watching the counter
-stand still on their own monotonic clock.
+The age is ``now`` minus ``renewedAt``, the wall clock of whichever host last took or
+checkpointed the lease. It is not a liveness signal: an owner proves it is alive by heartbeats
+in the mapping's member item, not on its leases, so an idle shard's age grows while its owner
+is healthy. It is for people only: clocks of different hosts disagree (the age can even be
+negative), and poller never compares them to decide anything. Replicas judge expiry by watching
+the owner's heartbeat stand still on their own monotonic clock.
 """
 
 from __future__ import annotations

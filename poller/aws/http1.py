@@ -23,8 +23,10 @@ import anyio
 
 #: A head longer than this is not an AWS answer.
 MAX_HEAD_BYTES = 64 * 1024
-#: Idle connections kept per endpoint; more are closed when handed back.
-MAX_IDLE = 64
+#: Connections per endpoint, by default (the source clients' ``max_pool_connections``):
+#: idle shards wake together, so a poll beyond it waits for a connection rather than open
+#: (and, past the idle ones kept, close) one of its own every tick.
+MAX_CONNECTIONS = 100
 
 
 class UnsupportedAnswer(Exception):
@@ -159,8 +161,13 @@ def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
     headers: dict[str, str] = {}
     lowered = b"\r\n" + rest.lower()
     for name in _READ_HEADERS:
-        at = lowered.find(b"\r\n" + name + b":")
+        key = b"\r\n" + name + b":"
+        at = lowered.find(key)
         if at >= 0:
+            if name == b"content-length" and lowered.find(key, at + 2) >= 0:
+                # Framing the answer by one of two lengths would read the wrong body; the
+                # full client refuses such an answer too.
+                raise UnsupportedAnswer("answer with a repeated Content-Length")
             end = lowered.find(b"\r\n", at + 2)
             value = lowered[at + len(name) + 3 : end if end >= 0 else None]
             headers[name.decode()] = value.strip().decode("latin-1")
@@ -187,6 +194,7 @@ class HttpPool:
         connect_timeout: seconds to open a connection.
         read_timeout: seconds to wait for a whole answer.
         ssl_context: TLS settings for ``https``; None uses the system's defaults.
+        max_connections: connections open at once, idle ones included; more calls wait.
     """
 
     def __init__(
@@ -196,6 +204,7 @@ class HttpPool:
         connect_timeout: float,
         read_timeout: float,
         ssl_context: ssl.SSLContext | None = None,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -210,9 +219,22 @@ class HttpPool:
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._idle: list[_Connection] = []
+        #: One per exchange; a new connection is opened only when none is idle, so at most
+        #: this many are ever open, and every one handed back can be kept.
+        self._slots = anyio.Semaphore(max(1, max_connections))
 
     async def request(self, request: bytes) -> HttpAnswer:
         """Send one complete request (head and body) and return its answer."""
+        try:
+            self._slots.acquire_nowait()  # the common case, without a scheduling turn
+        except anyio.WouldBlock:
+            await self._slots.acquire()
+        try:
+            return await self._request(request)
+        finally:
+            self._slots.release()
+
+    async def _request(self, request: bytes) -> HttpAnswer:
         reused = self._take_idle()
         if reused is not None:
             try:
@@ -250,7 +272,7 @@ class HttpPool:
             return answer
         finally:
             # A cancelled, timed-out or broken exchange leaves the connection out of step.
-            if done and connection.reusable and connection.open and len(self._idle) < MAX_IDLE:
+            if done and connection.reusable and connection.open:
                 self._idle.append(connection)
             else:
                 connection.close()

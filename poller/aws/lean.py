@@ -65,6 +65,10 @@ _POOLS: weakref.WeakKeyDictionary[Any, dict[str, HttpPool]] = weakref.WeakKeyDic
 USER_AGENT = f"poller-lean-reads Botocore/{botocore.__version__}"
 #: The escape hatch: set to 0 to send every read through the full client.
 ENV_SWITCH = "POLLER_LEAN_READS"
+#: Built once: ``json.dumps`` with separators builds an encoder per call, and ``json.loads``
+#: of bytes sniffs the encoding first (AWS answers UTF-8; anything else falls back).
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+_DECODE = json.JSONDecoder().decode
 
 
 def lean_enabled(environ: Mapping[str, str] | None = None) -> bool:
@@ -103,6 +107,7 @@ class LeanCall:
         self._headers = (("Content-Type", content_type), ("X-Amz-Target", self._target))
         config = client.meta.config
         self._timeouts = (float(config.connect_timeout), float(config.read_timeout))
+        self._max_connections = int(config.max_pool_connections or 10)
         self._routes: dict[str, _Route | None] = {}
         #: Calls made through the full client because the lean path did not know the answer.
         self.fallbacks = 0
@@ -142,7 +147,7 @@ class LeanCall:
         return response
 
     async def _lean(self, params: dict[str, Any]) -> dict[str, Any]:
-        body = json.dumps(params, separators=(",", ":")).encode()
+        body = _ENCODE(params).encode()
         try:
             route = await self._route(params)
             request = await self._signed(route, body)
@@ -184,7 +189,13 @@ class LeanCall:
         if url not in pools:
             connect, read = self._timeouts
             tls = _tls_context() if url.startswith("https:") else None
-            pools[url] = HttpPool(url, connect_timeout=connect, read_timeout=read, ssl_context=tls)
+            pools[url] = HttpPool(
+                url,
+                connect_timeout=connect,
+                read_timeout=read,
+                ssl_context=tls,
+                max_connections=self._max_connections,
+            )
         name = signing.get("signing_name", signer.signing_name)
         region = signing.get("region", signer.region_name)
         return _Route(
@@ -219,7 +230,7 @@ class LeanCall:
 
     def _page(self, body: bytes) -> dict[str, Any]:
         try:
-            page = self._parse(json.loads(body))
+            page = self._parse(_DECODE(body.decode()))
             records = page["Records"]
             required = self._required
             for record in records:

@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import time
 from collections.abc import Sequence
+from typing import Any
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 #: Headers botocore never signs (``botocore.auth.SIGNED_HEADERS_BLACKLIST``).
@@ -37,6 +38,8 @@ class SigV4Signer:
         self._fixed = [(name.lower(), " ".join(value.split())) for name, value in headers]
         self._fixed.append(("host", host))
         self._key: tuple[tuple[str, str], bytes] | None = None
+        #: The parts shared by the requests of one second and credential (``_parts_for``).
+        self._parts: tuple[Any, ...] | None = None
 
     def sign(
         self,
@@ -49,7 +52,28 @@ class SigV4Signer:
     ) -> list[tuple[str, str]]:
         """The request's headers (the fixed ones first) with ``X-Amz-Date``, the session token
         if any, and ``Authorization``; ``Host`` is signed, not returned."""
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+        second = int(time.time() if now is None else now)
+        cached = self._parts
+        if cached is None or cached[0] != (second, access_key, token):
+            cached = self._parts = (
+                (second, access_key, token),
+                *self._parts_for(second, access_key, token),
+            )
+        _, out, canonical_head, to_sign_head, auth_head, day = cached
+        canonical = canonical_head + hashlib.sha256(body).hexdigest()
+        digest = hashlib.sha256(canonical.encode()).hexdigest()
+        key = self._signing_key(secret_key, day)
+        signature = hmac.new(key, (to_sign_head + digest).encode(), hashlib.sha256).hexdigest()
+        return [*out, ("Authorization", auth_head + signature)]
+
+    def _parts_for(
+        self, second: int, access_key: str, token: str | None
+    ) -> tuple[list[tuple[str, str]], str, str, str, str]:
+        """What every request signed in one second with one credential shares (a poll signs
+        the same head again and again): the headers, the canonical request without the body's
+        hash, the string to sign without the canonical request's hash, the ``Authorization``
+        value without the signature, and the day."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(second))
         day = stamp[:8]
         out = [*self._headers, ("X-Amz-Date", stamp)]
         lines = [*self._fixed, ("x-amz-date", stamp)]
@@ -58,24 +82,15 @@ class SigV4Signer:
             lines.append(("x-amz-security-token", " ".join(token.split())))
         lines = sorted(line for line in lines if line[0] not in UNSIGNED_HEADERS)
         names = ";".join([name for name, _ in lines])
-        canonical = (
-            "POST\n/\n\n"
-            + "".join([f"{name}:{value}\n" for name, value in lines])
-            + f"\n{names}\n{hashlib.sha256(body).hexdigest()}"
+        canonical_head = (
+            "POST\n/\n\n" + "".join([f"{name}:{value}\n" for name, value in lines]) + f"\n{names}\n"
         )
         scope = f"{day}/{self._region}/{self._service}/aws4_request"
-        digest = hashlib.sha256(canonical.encode()).hexdigest()
-        to_sign = f"{ALGORITHM}\n{stamp}\n{scope}\n{digest}"
-        key = self._signing_key(secret_key, day)
-        signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-        out.append(
-            (
-                "Authorization",
-                f"{ALGORITHM} Credential={access_key}/{scope}, "
-                f"SignedHeaders={names}, Signature={signature}",
-            )
+        to_sign_head = f"{ALGORITHM}\n{stamp}\n{scope}\n"
+        auth_head = (
+            f"{ALGORITHM} Credential={access_key}/{scope}, SignedHeaders={names}, Signature="
         )
-        return out
+        return out, canonical_head, to_sign_head, auth_head, day
 
     def _signing_key(self, secret_key: str, day: str) -> bytes:
         cached = self._key

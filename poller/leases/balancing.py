@@ -32,7 +32,7 @@ from poller.checkpoints.dynamodb import Lease
 from poller.core.balance import BalancePlan, LeaseView, plan_balance
 from poller.core.lineage import ShardInfo, plan_shards
 from poller.errors import CheckpointError
-from poller.leases.held import LeaseContext
+from poller.leases.held import Incarnation, LeaseContext
 from poller.leases.watching import MemberWatch
 
 log = structlog.get_logger("poller.leases")
@@ -88,6 +88,11 @@ class Balancer:
         #: When the view of the current cycle was answered (monotonic).
         self._view_at = 0.0
         self._v1_reported: set[str] = set()
+        #: Our own leases from before this process started wait (see Incarnation).
+        self._incarnation = Incarnation(ctx.clock() + ctx.settings.takeover_after)
+        #: The latest cycle's member read showed a change its view read may predate (a peer
+        #: acted between the two reads): the coordinator balances again at once.
+        self.missed_change = False
 
     async def balance(self, busy: AbstractSet[str], *, may_take: bool) -> BalanceOutcome:
         """One balance cycle (see ``LeaseCoordinator.balance``). ``may_take``: this replica's
@@ -98,6 +103,8 @@ class Balancer:
         for _ in range(TAKE_ROUNDS):
             leases = await self._observe(outcome)
             plan = self._plan(leases, busy)
+            if await _found_hidden_parents(self._ctx, leases, plan.take):
+                plan = self._plan(leases, busy)  # a child waits for its parent after all
             if await self._take_all(leases, plan.take if may_take else (), outcome):
                 break
             # A peer won a race for a free lease: look again at once, so that our requests
@@ -123,6 +130,7 @@ class Balancer:
             me in (lease.pending_owner, lease.owner)
             and lease.shard_id not in held
             and lease.shard_id not in self._abandoned_at  # next_expiry wakes us for those
+            and not self._incarnation.inherited(lease.shard_id, self._ctx.clock())  # and those
             for lease in leases.values()
         )
         self.asked_of_us = any(
@@ -140,7 +148,11 @@ class Balancer:
         held, after = self._ctx.held.leases, self._ctx.settings.takeover_after
         horizon = []
         for shard_id, seen in self._seen.items():
-            if shard_id in held or seen.owner in (None, self._ctx.owner):
+            if shard_id in held or seen.owner is None:
+                continue
+            if seen.owner == self._ctx.owner:
+                if not self._incarnation.touched(shard_id):  # a previous incarnation's
+                    horizon.append(self._incarnation.inherited_until)
                 continue
             owner = seen.owner or ""
             beat_since = self._watch.since(owner)
@@ -151,7 +163,7 @@ class Balancer:
             else:
                 horizon.append(max(seen.since, beat_since) + after)
         horizon += [
-            abandoned + self._ctx.settings.takeover_grace
+            abandoned + self._ctx.settings.abandoned_wait
             for shard_id, abandoned in self._abandoned_at.items()
             if shard_id not in held
         ]
@@ -183,8 +195,9 @@ class Balancer:
         # The heartbeats are read after the view: an owner whose beat looks expired in this
         # read cannot have taken (or re-taken) a lease the view shows it holding since (its
         # take is fresh only from a beat that landed before it, hence before this read).
-        sent = ctx.clock()
-        self._watch.observe(await ctx.table.members(ctx.mapping), sent, ctx.clock())
+        sent, first = ctx.clock(), self._watch.read_at is None
+        changed = self._watch.observe(await ctx.table.members(ctx.mapping), sent, ctx.clock())
+        self.missed_change = changed and not first
         leases = {lease.shard_id: lease for lease in view}
         for shard_id, mine in list(ctx.held.leases.items()):
             seen = leases.get(shard_id)
@@ -202,7 +215,7 @@ class Balancer:
 
     def _plan(self, leases: dict[str, Lease], busy: AbstractSet[str]) -> BalancePlan:
         now = self._ctx.clock()
-        grace = self._ctx.settings.takeover_grace
+        grace = self._ctx.settings.abandoned_wait
         self._abandoned_at = {s: t for s, t in self._abandoned_at.items() if now - t < grace}
         self._seen = {s: seen for s, seen in self._seen.items() if s in leases}
         views = [self._view(lease, busy) for lease in leases.values()]
@@ -239,6 +252,7 @@ class Balancer:
                 lease.shard_id not in self._ctx.held.leases
                 and lease.shard_id not in busy
                 and lease.shard_id not in self._abandoned_at
+                and not self._incarnation.inherited(lease.shard_id, now)
             )
         else:
             # A member's leases expire with its beat: its takes and checkpoints never make a
@@ -279,6 +293,7 @@ class Balancer:
         return all(results)
 
     async def _take(self, lease: Lease) -> bool:
+        self._incarnation.touch(lease.shard_id)
         async with self._ctx.held.lock(lease.shard_id):
             beat_sent = self._ctx.held.beat_sent
             taken = await self._ctx.table.take(lease, self._ctx.owner)
@@ -297,6 +312,7 @@ class Balancer:
         outcome: BalanceOutcome,
     ) -> None:
         for shard_id, _ in requests:
+            self._incarnation.touch(shard_id)  # the lease may be handed to us
             if await self._ctx.table.request_handoff(leases[shard_id], self._ctx.owner):
                 outcome.changed = True
                 log.info("lease.handoff_requested", shard=shard_id, owner=leases[shard_id].owner)
@@ -335,3 +351,24 @@ class Balancer:
             if pruned:
                 self._watch.forget(owner)
                 log.info("lease.member_pruned", member=owner)
+
+
+async def _found_hidden_parents(
+    ctx: LeaseContext, leases: dict[str, Lease], takes: Sequence[str]
+) -> bool:
+    """Look up, by a consistent read, the parents of shards about to be taken that the view
+    does not show; add those found to ``leases``; whether any was found.
+
+    The view index is eventually consistent per item: it may show a child's lease before its
+    parent's, and a parent missing from the view would make the child ready (read before its
+    parent finished: out of order per partition key). A parent really gone (retired, aged
+    out) costs one read per take of its child; nothing is read at rest.
+    """
+    missing = {p for shard_id in takes for p in leases[shard_id].parent_ids if p not in leases}
+    found = False
+    for parent_id in sorted(missing):
+        parent = await ctx.table.get(ctx.mapping, parent_id)
+        if parent is not None:
+            leases[parent_id] = parent
+            found = True
+    return found

@@ -35,6 +35,10 @@ log = structlog.get_logger("poller.leases")
 
 #: A balance is followed by one more this much later at the least (see ``_recheck_delay``).
 RECHECK_SECONDS = 2.0
+#: Rechecks after a change come at doubling gaps up to this many times the first gap (2, 4
+#: and 8 s at default): a view index lagging longer than the first gap (a GSI under load)
+#: is still caught within seconds, not at the safety net, for three view reads per change.
+RECHECK_BACKOFF_LIMIT = 4
 
 
 class LeaseCoordinator:
@@ -71,6 +75,8 @@ class LeaseCoordinator:
         #: When to look once more after a balance a change called for (monotonic): the view
         #: is eventually consistent, and the change may not have shown in it yet.
         self._recheck_at: float | None = None
+        #: The gap before ``_recheck_at`` (doubled at each recheck), None when none is due.
+        self._recheck_gap: float | None = None
 
     @property
     def held(self) -> dict[str, Lease]:
@@ -154,13 +160,31 @@ class LeaseCoordinator:
             # what is taken now is fresh from this beat.
             await self._fence.beat()
         # A balance a change called for is followed by one more (the view may lag the change).
-        recheck = self._due and not (self._recheck_at and self._clock() >= self._recheck_at)
+        rescheduled = self._schedule_recheck()
         outcome = await self._balancer.balance(busy, may_take=self._fence.beating)
-        self._recheck_at = self._clock() + self._recheck_delay if recheck else None
-        self._due = self._holdings.lost_since_balance = False
+        if rescheduled and self._recheck_gap is not None:
+            self._recheck_at = self._clock() + self._recheck_gap
+        # A change seen only by the member read (after the view) calls for one more look.
+        self._due, self._holdings.lost_since_balance = self._balancer.missed_change, False
         if outcome.changed or self._bump_owed:
             await self._bump()
         return outcome
+
+    def _schedule_recheck(self) -> bool:
+        """Plan the looks that follow a balance a change called for: the view is eventually
+        consistent and may not show the change yet, so look again after ``_recheck_delay``,
+        then at doubling gaps (up to ``RECHECK_BACKOFF_LIMIT`` times it). Whether the plan
+        changed (the recheck time is then set after this balance)."""
+        first = self._recheck_delay
+        if self._due:
+            self._recheck_gap = first
+        elif self._recheck_at is not None and self._clock() >= self._recheck_at:
+            gap = 2 * (self._recheck_gap or first)
+            self._recheck_gap = gap if gap <= first * RECHECK_BACKOFF_LIMIT else None
+            self._recheck_at = None if self._recheck_gap is None else self._recheck_at
+        else:
+            return False  # a balance for another reason: the planned recheck stands
+        return True
 
     def next_expiry(self) -> float | None:
         """When the soonest lease of another replica expires, if nothing changes (monotonic).

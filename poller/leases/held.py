@@ -97,6 +97,36 @@ class HeldLeases:
         self._metrics.leases_held(self._mapping, len(self.leases))
 
 
+class Incarnation:
+    """What this process, rather than its replica id, has done: a replica restarted under the
+    same fixed ``replica_id`` finds its previous incarnation's leases in its own name.
+
+    That incarnation (SIGKILLed, or only paused) may still run an invocation it started while
+    its lease was fresh: its last heartbeat preceded our start, so it stops within the lease
+    duration and its invocations end within the takeover grace. A lease the table gives us
+    that this process never took, asked for or held is therefore re-taken only
+    ``takeover_after`` after start, as a peer would; what this process took itself (a lost
+    answer, a self-fenced lease) or asked to be handed is re-taken at once.
+    """
+
+    def __init__(self, inherited_until: float) -> None:
+        #: Monotonic: from then on no lease can still be in a previous incarnation's hands.
+        self.inherited_until = inherited_until
+        self._touched: set[str] = set()
+
+    def touch(self, shard_id: str) -> None:
+        """This process sends a take of, or a handoff request for, ``shard_id``."""
+        self._touched.add(shard_id)
+
+    def touched(self, shard_id: str) -> bool:
+        """Whether this process took or asked for ``shard_id``'s lease."""
+        return shard_id in self._touched
+
+    def inherited(self, shard_id: str, now: float) -> bool:
+        """Whether ``shard_id``'s lease in our name may still be a previous incarnation's."""
+        return now < self.inherited_until and shard_id not in self._touched
+
+
 @dataclass(frozen=True, slots=True)
 class LeaseContext:
     """What the coordinator's parts (the balancer, the fence) all work with: one mapping's

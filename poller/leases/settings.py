@@ -24,11 +24,22 @@ class LeaseSettings:
     #: invocation ends within the target's timeout, so waiting that long more means a shard is
     #: never invoked by two replicas at once. A released lease is taken at once.
     takeover_grace: float = 0.0
+    #: How long after an invocation of one of our shards was cancelled mid-flight (the shard
+    #: stopped) we wait before re-taking that lease ourselves: the call may run on (a sync
+    #: handler's thread, a remote function) for up to the target's timeout from *now*, unlike a
+    #: silent peer's last call, which started at least a heartbeat interval before its lease
+    #: went stale. None: ``takeover_grace``.
+    abandon_grace: float | None = None
 
     @property
     def takeover_after(self) -> float:
         """How long a peer's lease must stand still before this replica may take it."""
         return self.lease_duration + self.takeover_grace
+
+    @property
+    def abandoned_wait(self) -> float:
+        """How long a lease of ours whose invocation was cancelled waits before we re-take it."""
+        return self.takeover_grace if self.abandon_grace is None else self.abandon_grace
 
     @property
     def renew_interval(self) -> float:

@@ -30,7 +30,7 @@ first read of each new shard: at most one response each.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import anyio
 
@@ -89,16 +89,24 @@ class ReadBudget:
         return size, records
 
     def _change(self, account: ShardAccount, size: int, records: int) -> None:
-        """Account for a change of held bytes; when bytes are freed, wake the account itself
-        and the accounts that wait for the budget's room (not those whose share is full:
-        waking every reader on every settlement would cost more than the reads)."""
+        """Account for a change of buffered records (charged, settled, dropped): the gauges
+        follow it."""
         mapping = account.mapping
-        self.used += size
         totals = self._by_mapping.setdefault(mapping, [0, 0])
         totals[0] += size
         totals[1] += records
         self._metrics.read_buffered(mapping, totals[1], totals[0])
+        self._hold(account, size)
         self._metrics.read_budget(self.total, self.used)
+
+    def _hold(self, account: ShardAccount, size: int) -> None:
+        """Account for a change of held bytes (buffered, or reserved for a read in flight).
+        When bytes are freed, wake the account itself and the accounts that wait for the
+        budget's room (not those whose share is full: waking every reader on every
+        settlement would cost more than the reads). A reservation alone does not update the
+        gauges: it is given back when its read returns, and an idle poll's reserve and
+        unreserve cancel out (updating the gauges for them cost ~14 % of an idle poll)."""
+        self.used += size
         if size < 0:
             account._wake()
             for waiter in list(self._waiting_for_room):
@@ -136,21 +144,43 @@ class ShardAccount:
         self._event: anyio.Event | None = None
         #: Average event bytes per raw record the service returns (a KPL aggregate is one).
         self.average = float(INITIAL_RECORD_BYTES)
+        #: Told True when the reader starts waiting for its records to settle, False when it
+        #: reads again: the shard's batches must not wait for records it will not read.
+        self._blocked_hook: Callable[[bool], None] | None = None
+
+    def on_blocked(self, hook: Callable[[bool], None] | None) -> None:
+        """Call ``hook(True)`` when a read waits for this shard's records to settle, and
+        ``hook(False)`` when it goes on (the processor then cuts its batches short rather
+        than wait out a batching window for records the budget holds back)."""
+        self._blocked_hook = hook
 
     # -- reading ---------------------------------------------------------------------------
 
     async def reserve(self) -> int:
         """Wait until this account may read, reserve the bytes of the read, and return its
         ``Limit``: records of the average size that fit in the room."""
-        while (limit := self.next_limit()) is None:
-            await self._wait()
+        if (limit := self.next_limit()) is None:
+            limit = await self._wait_for_limit()
         self.unreserve()
         self.reserved = int(limit * self.average)
-        self._budget._change(self, self.reserved, 0)
+        self._budget._hold(self, self.reserved)
         return limit
 
+    async def _wait_for_limit(self) -> int:
+        """Wait (holding records: they must settle first) until a read may be made."""
+        hook = self._blocked_hook
+        try:
+            while (limit := self.next_limit()) is None:
+                if hook is not None:
+                    hook(True)
+                await self._wait()
+            return limit
+        finally:
+            if hook is not None:
+                hook(False)
+
     async def _wait(self) -> None:
-        """Wait for a release that may let this account read (see ``ReadBudget._change``)."""
+        """Wait for a release that may let this account read (see ``ReadBudget._hold``)."""
         budget = self._budget
         self._event = anyio.Event()
         budget._waiting.add(self)
@@ -166,6 +196,10 @@ class ShardAccount:
     def _wake(self) -> None:
         if self._event is not None:
             self._event.set()
+            if self._blocked_hook is not None and self.next_limit() is not None:
+                # At once, not when the reader runs: a lane looking now must not cut its
+                # batch short for a reader that is about to read.
+                self._blocked_hook(False)
 
     def _least(self, share: int) -> float:
         """The smallest read worth making while records are held, bytes: half the share (so
@@ -191,7 +225,7 @@ class ShardAccount:
         """The read returned (or failed): its reservation is given back."""
         if self.reserved:
             size, self.reserved = self.reserved, 0
-            self._budget._change(self, -size, 0)
+            self._budget._hold(self, -size)
 
     def charge(self, records: list[StreamRecord], read: int) -> None:
         """Hold the bytes of the records of one read (``read``: how many raw records it

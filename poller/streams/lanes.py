@@ -78,6 +78,9 @@ class LaneWiring:
     #: Whether the reader reached the end of a closed shard.
     shard_ended: Callable[[], bool]
     stop: StopSignal
+    #: Whether the reader waits for records held to settle (the read budget): a batch is
+    #: then sent as it is, since no more records come until one is.
+    reads_blocked: Callable[[], bool] = lambda: False
 
 
 class Lane:
@@ -93,6 +96,10 @@ class Lane:
     def extend(self, records: list[StreamRecord]) -> None:
         """Records for this lane, in read order."""
         self.pending.extend(records)
+        self._arrived.set()
+
+    def wake(self) -> None:
+        """Look at the batch again (the reader stopped reading: send what is buffered)."""
         self._arrived.set()
 
     def close_input(self) -> None:
@@ -137,6 +144,8 @@ class Lane:
                 at_boundary = self._fill(builder)
                 wiring.took_records()
                 if builder.is_full or at_boundary or self._input_closed:
+                    return builder.records
+                if builder.records and wiring.reads_blocked():
                     return builder.records
                 if builder.records:
                     if deadline is None:

@@ -349,14 +349,38 @@ class LeasedOwnership:
             log.warning("lease.release_failed", error=str(exc))
 
 
-def takeover_grace(configured: float | None, mapping: AnyMapping) -> float:
-    """The lease takeover grace of ``mapping``: as configured, else its target's timeout.
+#: Seconds between an invocation's freshness check and the start of the target's timeout, at
+#: most (event serialization, a thread hand-off), added to the default takeover grace.
+INVOCATION_START_MARGIN = 0.5
 
-    A Lambda target has no timeout of its own here (the function's is remote), so its default
-    grace is 0; ``checkpoints.takeover_grace_seconds`` sets one.
+
+def takeover_grace(
+    configured: float | None, mapping: AnyMapping, *, lease_duration: float | None = None
+) -> float:
+    """How much longer than a lease a peer waits to take a silent owner's lease of ``mapping``:
+    as configured, else the target's timeout less the heartbeat interval, plus
+    :data:`INVOCATION_START_MARGIN` (never below 0).
+
+    The owner starts no invocation once its last heartbeat is older than the lease duration
+    less a heartbeat interval (``ensure_fresh``), and a peer takes the lease no sooner than a
+    lease duration plus the grace after that heartbeat was sent; an invocation started last
+    ends within the target's timeout, so ``timeout - lease_duration / 3`` is enough for no two
+    replicas to invoke a shard at once (the margin covers the moments between the freshness
+    check and the start of the target's own timeout: building and sending the event).
+    ``lease_duration`` None (no leases yet known) leaves the whole timeout. A Lambda target
+    has no timeout of its own here (the function's is remote), so its default grace is 0;
+    ``checkpoints.takeover_grace_seconds`` sets one.
     """
     if configured is not None:
         return configured
+    timeout = invocation_timeout(mapping)
+    if lease_duration is None:
+        return timeout
+    return max(0.0, timeout - lease_duration / 3 + INVOCATION_START_MARGIN)
+
+
+def invocation_timeout(mapping: AnyMapping) -> float:
+    """The mapping's target timeout (0 for a Lambda target, whose timeout is remote)."""
     return float(getattr(mapping.target, "timeout_seconds", 0.0))
 
 
@@ -374,7 +398,15 @@ def ownership_for(
                 lease_duration=cfg.lease_duration_seconds,
                 balance_interval=cfg.balance_interval_seconds,
                 max_leases_per_replica=cfg.max_leases_per_replica,
-                takeover_grace=takeover_grace(cfg.takeover_grace_seconds, mapping),
+                takeover_grace=takeover_grace(
+                    cfg.takeover_grace_seconds, mapping, lease_duration=cfg.lease_duration_seconds
+                ),
+                # Our own lease after a cancelled invocation: that one may have just started.
+                abandon_grace=(
+                    cfg.takeover_grace_seconds
+                    if cfg.takeover_grace_seconds is not None
+                    else invocation_timeout(mapping)
+                ),
             )
             coordinator = LeaseCoordinator(
                 table, mapping=mapping.name, owner=replica, settings=settings, metrics=metrics

@@ -109,6 +109,8 @@ class ShardProcessor:
         self._stop = StopSignal(stopping)
         self._ended: ShardEnd | None = None
         self._room = anyio.Event()
+        #: The reader waits for records held to settle (see :meth:`reads_blocked`).
+        self._reads_blocked = False
         opened = OpenWindow()
         self._checkpointer = Checkpointer(
             mapping=mapping,
@@ -147,6 +149,7 @@ class ShardProcessor:
             took_records=self._notify_room,
             shard_ended=lambda: self._ended is not None,
             stop=self._stop,
+            reads_blocked=lambda: self._reads_blocked,
         )
         self._lanes = [Lane(wiring, i) for i in range(policy.parallelization_factor)]
 
@@ -260,6 +263,16 @@ class ShardProcessor:
         while sum(len(lane.pending) for lane in self._lanes) >= limit:
             self._room = anyio.Event()
             await self._room.wait()
+
+    def reads_blocked(self, blocked: bool) -> None:
+        """The reader waits (True) for the records it read to settle before reading on (the
+        read budget), or reads again (False): while it waits, the lanes send the batches
+        they hold at once rather than wait out the batching window for records that cannot
+        come."""
+        self._reads_blocked = blocked
+        if blocked:
+            for lane in self._lanes:
+                lane.wake()
 
     def _notify_room(self) -> None:
         """A lane took records from its buffer."""

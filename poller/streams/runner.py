@@ -3,7 +3,7 @@
 Data flow::
 
     StreamMappingRunner
-      ├─ ownership upkeep (leased: renewals, self-fencing), from before the first refresh
+      ├─ ownership upkeep (leased: heartbeats, self-fencing), from before the first refresh
       │  until the last shard task has finished              (poller.streams.ownership)
       ├─ refresh loop: every ``shard_discovery_interval_seconds`` (sooner as ownership asks),
       │  and at once when a shard ends:
@@ -20,9 +20,9 @@ Stopping, one signal per mapping: ``stopping`` (the service's event, set once) m
 shard, drain the running ones, return once all have drained". On it the refresh loop ends (a
 refresh waiting on an outage is abandoned) and the supervisor drains every shard. The runner
 returns when its shard task group has ended, i.e. every shard has drained (released or left);
-only then is the ownership upkeep cancelled, so a lease is renewed, and fenced, while its
-last batch settles. ``_shard_ended`` is not a stop signal: it only makes the next refresh
-come at once.
+only then is the ownership upkeep cancelled, so a lease is kept alive by heartbeats, and
+fenced, while its last batch settles. ``_shard_ended`` is not a stop signal: it only makes
+the next refresh come at once.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ class StreamMappingRunner:
         """
         with structlog.contextvars.bound_contextvars(mapping=self.mapping.name):
             async with anyio.create_task_group() as upkeep:
-                # Started first: a lease taken early in a slow first refresh is renewed on time.
+                # Started first: a lease taken early in a slow first refresh is kept alive.
                 upkeep.start_soon(self._ownership.upkeep, self._shards, name="ownership upkeep")
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._shards.relay_stop, name="stop propagation")
@@ -127,7 +127,7 @@ class StreamMappingRunner:
                     log.info("mapping.started", shards=sorted(self._shards.running))
                     task_status.started()
                     await self._refresh_loop(tg)
-                # Every shard task has finished: nothing is held any more to renew or fence.
+                # Every shard task has finished: nothing is held any more to keep alive or fence.
                 upkeep.cancel_scope.cancel()
 
     async def _refresh_loop(self, tg: TaskGroup) -> None:

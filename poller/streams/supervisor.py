@@ -233,6 +233,8 @@ class ShardSupervisor:
             retention=self._api.retention_seconds,
             released=None if account is None else account.release,
         )
+        if account is not None:  # a batch never waits for records the budget holds back
+            account.on_blocked(processor.reads_blocked)
         send, receive = anyio.create_memory_object_stream[Chunk](READ_AHEAD_CHUNKS)
         reader_scope = anyio.CancelScope()
         async with anyio.create_task_group() as tg:
@@ -243,12 +245,16 @@ class ShardSupervisor:
         return ended is not None
 
     def _page_reporter(self, shard_id: str) -> Callable[[RecordsPage], None]:
-        """Reports the source's own lag (Kinesis ``MillisBehindLatest``) per read."""
+        """Reports the source's own lag (Kinesis ``MillisBehindLatest``) when it changes: an
+        idle shard reads 0 every poll, and setting the gauge to the value it holds is work."""
         metrics, name = self._metrics, self._mapping.name
+        last: list[int | None] = [None]
 
         def report(page: RecordsPage) -> None:
-            if page.millis_behind_latest is not None:
-                metrics.millis_behind_latest(name, shard_id, page.millis_behind_latest)
+            millis = page.millis_behind_latest
+            if millis is not None and millis != last[0]:
+                last[0] = millis
+                metrics.millis_behind_latest(name, shard_id, millis)
 
         return report
 

@@ -166,3 +166,76 @@ def _read_sizes(api: FakeStreamApi) -> list[int]:
     for steps in offsets.values():
         sizes.extend(b - a for a, b in itertools.pairwise(steps) if b > a)
     return sizes
+
+
+@pytest.mark.parametrize("parallelization", [1, 10])
+async def test_a_batching_window_does_not_wait_for_records_the_budget_will_not_read(
+    api: FakeStreamApi, store: MemoryCheckpointStore, stopping: anyio.Event, parallelization: int
+) -> None:
+    """A share smaller than one batch: the reader waits for the budget while the lane waits
+    for a full batch. The lane must send what it has, not sit out the batching window
+    (a 60 s window here: 240 records of 30 a read would take minutes)."""
+    sent = _backlog(api)
+    budget = ReadBudget(len(SHARDS) * 30 * _record_size())  # 30 records a shard
+    target = RecordingTarget()
+    runner = make_runner(
+        mapping_config(
+            batch_size=1000,
+            maximum_batching_window_in_seconds=60,
+            parallelization_factor=parallelization,
+        ),
+        api=api,
+        target=target,
+        store=store,
+        stopping=stopping,
+        budget=budget,
+    )
+    async with running(runner, stopping):
+        await wait_until(
+            lambda: len(target.delivered()) == len(SHARDS) * PER_SHARD,
+            4 * LIMIT,
+            "every record delivered",
+        )
+    for shard, got in _by_shard(target, sent).items():
+        index = {seq: n for n, seq in enumerate(sent[shard])}
+        assert sorted(got, key=index.__getitem__) == sent[shard]  # all, once
+        for key in range(10):  # in order per partition key (k0..k9: n % 10)
+            mine = [index[seq] for seq in got if index[seq] % 10 == key]
+            assert mine == sorted(mine)
+    assert budget.used == 0
+
+
+async def test_a_stuck_shard_never_starves_the_others_on_a_tiny_budget(
+    api: FakeStreamApi, store: MemoryCheckpointStore, stopping: anyio.Event
+) -> None:
+    """One shard's target never answers while its records fill the budget: the other shards
+    still read and deliver everything (an account holding nothing always reads)."""
+    sent = _backlog(api)
+    stuck = SHARDS[0]
+    budget = ReadBudget(2 * 30 * _record_size())  # less than the four shards' shares
+    never = anyio.Event()
+
+    async def stuck_on_one_shard(event: dict[str, Any]) -> InvokeResult:
+        if event["Records"][0]["eventID"].startswith(stuck):
+            await never.wait()
+        return success()
+
+    target = RecordingTarget(default=stuck_on_one_shard)
+    runner = make_runner(
+        mapping_config(batch_size=BATCH),
+        api=api,
+        target=target,
+        store=store,
+        stopping=stopping,
+        budget=budget,
+    )
+    others = {shard: seqs for shard, seqs in sent.items() if shard != stuck}
+    async with running(runner, stopping):
+        await wait_until(
+            lambda: {s: v for s, v in _by_shard(target, sent).items() if s != stuck} == others,
+            4 * LIMIT,
+            "every record of the other shards delivered",
+        )
+        stopping.set()
+        never.set()
+    assert budget.used == 0

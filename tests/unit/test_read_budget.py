@@ -8,6 +8,7 @@ import pytest
 from poller.streams.budget import INITIAL_RECORD_BYTES, ReadBudget, ShardAccount
 from poller.testing import RecordingMetrics
 from poller.types import StreamRecord
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -290,3 +291,78 @@ async def test_an_account_waiting_for_the_budgets_room_wakes_when_another_releas
             assert limits == []
             first.release(held[:50])
     assert limits == [40]
+
+
+async def test_an_idle_poll_updates_no_gauge_and_a_read_in_flight_is_not_buffered() -> None:
+    metrics = RecordingMetrics()
+    budget = ReadBudget(100 * KB, metrics=metrics)
+    acc = account(budget)
+    acc.average = KB
+    got = await read(acc)
+    acc.release(got[:60])
+    held = len(got) - 60
+    before = len(metrics.calls)
+    with anyio.fail_after(5):
+        await acc.reserve()  # an idle poll: a read that returns nothing
+    acc.unreserve()
+    acc.charge([], 0)
+    assert len(metrics.calls) == before
+    with anyio.fail_after(5):
+        await acc.reserve()
+    acc.release(got[60:61])  # the gauges report buffered records, not the read in flight
+    assert [args for name, args in metrics.calls if name == "read_buffered"][-1] == (
+        "m",
+        held - 1,
+        (held - 1) * KB,
+    )
+    acc.unreserve()
+    assert budget.used == (held - 1) * KB
+
+
+async def test_a_waiting_read_is_reported_blocked_until_a_release_makes_room() -> None:
+    """The processor cuts its batches short while the reader waits for its records to settle
+    (a batching window must not wait for records the budget holds back); the moment a
+    release lets the reader read, it is told so, before the reader even runs."""
+    budget = ReadBudget(100 * KB)
+    acc = account(budget)
+    acc.average = KB
+    seen: list[bool] = []
+    acc.on_blocked(seen.append)
+    got = await read(acc)  # the whole share: the next read waits
+    assert seen == []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(acc.reserve)
+        await wait_until(lambda: seen == [True], 1.0, "the reader reported blocked")
+        acc.release(got[:60])
+        assert seen[-1] is False  # at once, with the release
+    assert acc.reserved > 0
+    acc.unreserve()
+
+
+async def test_a_record_larger_than_the_whole_budget_is_read_one_at_a_time() -> None:
+    budget = ReadBudget(1 << 20)  # 1 MiB, records of 1 MB
+    acc = account(budget, floor=100)
+    with anyio.fail_after(1):
+        for _ in range(3):
+            got = await read(acc, size=1_000_000)
+            assert len(got) >= 1
+            acc.release(got)
+    assert await acc.reserve() == 1  # the average is known now: one record a read
+    acc.unreserve()
+    assert budget.used == 0
+
+
+async def test_256_shards_on_a_tiny_budget_each_read_at_least_one_record() -> None:
+    budget = ReadBudget(10 * KB)  # a share of 40 bytes
+    accounts = [account(budget, shard=f"s{n}", floor=100) for n in range(256)]
+    with anyio.fail_after(1):
+        held = [await read(acc) for acc in accounts]
+    assert all(len(got) >= 1 for got in held)
+    assert all(acc.next_limit() is None for acc in accounts)  # wait for their records
+    for acc, got in zip(accounts, held, strict=True):
+        acc.release(got)
+    assert all(acc.next_limit() == 1 for acc in accounts)  # never 0
+    for acc in accounts:
+        acc.close()
+    assert budget.used == 0
+    assert budget.accounts == 0

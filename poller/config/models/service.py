@@ -120,17 +120,21 @@ class CheckpointSettings(FrozenModel):
         synchronous: sqlite: ``PRAGMA synchronous``; ``full`` survives power loss.
         table: dynamodb: the lease table's name (required with that backend).
         create_table: dynamodb: create the table (on-demand billing) when it is missing.
-        lease_duration_seconds: dynamodb: a lease whose counter has not moved for this long,
-            on the observer's own clock, is expired and may be taken.
+        lease_duration_seconds: dynamodb: a lease whose owner's heartbeat (one per replica
+            and mapping, every third of this) has not moved for this long, on the observer's
+            own clock, is expired and may be taken (after the takeover grace); an owner that
+            cannot heartbeat stops its shards at 90 % of it.
         balance_interval_seconds: dynamodb: how often a replica takes and balances leases.
         max_leases_per_replica: dynamodb: an optional cap on the leases one replica holds.
         replica_id: dynamodb: this replica's identity; default: the ECS task id, else
             host-pid-random.
         takeover_grace_seconds: dynamodb: how much longer than the lease duration a replica
-            waits before taking a lease whose owner stopped renewing it, so that an invocation
+            waits before taking a lease whose owner stopped heartbeating, so that an invocation
             the owner started in time has ended. Default: the mapping's target timeout
-            (``timeout_seconds``; 0 for Lambda targets, whose function timeout is not known
-            here: set it to the function's timeout for strict exclusivity).
+            (``timeout_seconds``) less a heartbeat interval (a third of the lease), plus 0.5 s,
+            never below 0 (the owner starts nothing later than that interval before its lease
+            goes stale); 0 for Lambda targets, whose function timeout is not known here: set
+            it to the function's timeout for strict exclusivity.
     """
 
     backend: Literal["sqlite", "dynamodb"] = "sqlite"
