@@ -373,15 +373,10 @@ def takeover_grace(
     """
     if configured is not None:
         return configured
-    timeout = invocation_timeout(mapping)
+    timeout = float(getattr(mapping.target, "timeout_seconds", 0.0))
     if lease_duration is None:
         return timeout
     return max(0.0, timeout - lease_duration / 3 + INVOCATION_START_MARGIN)
-
-
-def invocation_timeout(mapping: AnyMapping) -> float:
-    """The mapping's target timeout (0 for a Lambda target, whose timeout is remote)."""
-    return float(getattr(mapping.target, "timeout_seconds", 0.0))
 
 
 def ownership_for(
@@ -401,12 +396,9 @@ def ownership_for(
                 takeover_grace=takeover_grace(
                     cfg.takeover_grace_seconds, mapping, lease_duration=cfg.lease_duration_seconds
                 ),
-                # Our own lease after a cancelled invocation: that one may have just started.
-                abandon_grace=(
-                    cfg.takeover_grace_seconds
-                    if cfg.takeover_grace_seconds is not None
-                    else invocation_timeout(mapping)
-                ),
+                # Our own lease after a cancelled invocation: that one may have just started,
+                # so the whole timeout (no heartbeat interval to subtract).
+                abandon_grace=takeover_grace(cfg.takeover_grace_seconds, mapping),
             )
             coordinator = LeaseCoordinator(
                 table, mapping=mapping.name, owner=replica, settings=settings, metrics=metrics
