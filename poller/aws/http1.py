@@ -181,7 +181,8 @@ _READ_HEADERS = (b"content-length", b"transfer-encoding", b"connection")
 
 
 def _content_length(text: str) -> int:
-    if not text.isdigit():
+    # isascii: str.isdigit() also accepts digits such as "²" that int() refuses.
+    if not (text.isascii() and text.isdigit()):
         raise UnsupportedAnswer(f"bad Content-Length {text[:40]!r}")
     return int(text)
 

@@ -71,6 +71,11 @@ _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 _DECODE = json.JSONDecoder().decode
 
 
+def _header_safe(value: str) -> bool:
+    """Whether ``value`` may go into a header line as it is (no control characters)."""
+    return value.isprintable() and value.isascii()
+
+
 def lean_enabled(environ: Mapping[str, str] | None = None) -> bool:
     """Whether the lean path is on: unless ``POLLER_LEAN_READS`` is 0, false, no or off."""
     value = (os.environ if environ is None else environ).get(ENV_SWITCH, "1")
@@ -217,6 +222,10 @@ class LeanCall:
         credentials = auth.credentials
         if credentials is None:
             raise Fallback("no credentials")
+        if not _header_safe(credentials.access_key) or not _header_safe(credentials.token or ""):
+            # A CR or LF would write extra headers (or a second request) onto the connection;
+            # botocore refuses such a request with its own error, so let it.
+            raise Fallback("a control character in the credentials")
         headers = route.signer.sign(
             access_key=credentials.access_key,
             secret_key=credentials.secret_key,

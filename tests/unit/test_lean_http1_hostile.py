@@ -126,8 +126,9 @@ async def test_a_server_past_the_read_timeout_times_out_and_is_not_reused(serve:
         b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+        "HTTP/1.1 200 OK\r\nContent-Length: \u00b2\r\n\r\n{}".encode("latin-1"),
     ],
-    ids=["100-continue", "chunked", "two-lengths"],
+    ids=["100-continue", "chunked", "two-lengths", "non-ascii-digit-length"],
 )
 async def test_answers_not_read_by_hand_are_unsupported_and_not_reused(
     serve: Serve, head: bytes
@@ -218,3 +219,46 @@ async def test_idle_polls_served_together_reuse_their_connections(serve: Serve) 
     assert most_open <= 50
     assert connections <= 50  # opened in the first round, reused after
     http.close()
+
+
+async def test_a_session_token_with_a_line_break_never_writes_extra_headers(serve: Serve) -> None:
+    """Credentials come from the environment, a file or a credentials endpoint: a session
+    token holding CR LF would have written its tail as header lines of its own (or a second
+    request) on the keep-alive connection. The lean path leaves such a call to botocore, which
+    refuses it; the server never sees the injected line."""
+    from poller.aws.clients import ClientFactory
+    from poller.aws.lean import LeanCall
+    from poller.errors import SourceError
+    from poller.sources import kinesis
+
+    heads: list[bytes] = []
+    page = json.dumps({"Records": [], "NextShardIterator": "i2", "MillisBehindLatest": 0})
+
+    async def recording(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            heads.append(head)
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            writer.write(answer(page.encode()))
+            await writer.drain()
+
+    credentials = {
+        "aws_access_key_id": "test",
+        "aws_secret_access_key": "test",
+        "aws_session_token": "token\r\nX-Injected: 1",
+    }
+    factory = ClientFactory(
+        region="us-east-1", endpoint_url=await serve(recording), credentials=credentials
+    )
+    try:
+        client = await factory.client("kinesis", purpose="source")
+        lean = LeanCall.for_client(client, "GetRecords", kinesis.RECORD_FIELDS)
+        assert lean is not None
+        arn = "arn:aws:kinesis:us-east-1:123456789012:stream/s"
+        with pytest.raises(SourceError):  # botocore: a forbidden control character
+            await lean.call({"ShardIterator": "i1", "Limit": 10, "StreamARN": arn})
+        assert lean.fallbacks == 1
+        assert not any(b"\r\nX-Injected: 1\r\n" in head for head in heads), heads
+    finally:
+        await factory.aclose()
