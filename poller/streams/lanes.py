@@ -114,7 +114,11 @@ class Lane:
         while not stop.is_set:
             batch = await self._next_batch()
             if batch:
-                if not await wiring.deliver(batch, self.index):
+                delivered = await wiring.deliver(batch, self.index)
+                # Settled now: not kept while the next batch is awaited (its records would
+                # stay in memory outside the read budget).
+                del batch
+                if not delivered:
                     return
             elif stop.is_set:
                 return

@@ -227,6 +227,10 @@ class ShardProcessor:
                 self._metrics.records_polled(self.mapping, len(chunk))
                 chunk = await self._filter(chunk)
                 self._distribute(chunk)
+                # The lanes have the records now. Holding the list while waiting (for room,
+                # or for the next chunk: ``async for`` keeps it) would keep every record of
+                # it in memory after it settled, outside the read budget.
+                del chunk
                 await self._wait_for_room()
 
     async def _filter(self, chunk: list[StreamRecord]) -> list[StreamRecord]:

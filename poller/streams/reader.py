@@ -116,6 +116,9 @@ class ShardReader:
                 del page
                 if chunk:
                     await send.send(chunk)
+                # Not kept while the next read waits for the budget: once settled, its
+                # records would stay in memory outside the budget.
+                del chunk
                 if iterator is not None and caught_up:
                     await _sleep_on_grid(self._last_call, self._api.idle_interval)
             await send.send(ShardEnd(self._child_ids))

@@ -199,6 +199,9 @@ class HandlerThreads:
                 job.execute()
                 if self._finish(job):
                     _wake(job)
+                # An idle worker must not keep its last call alive while it waits for the
+                # next: the call holds the handler's copy of the event, a batch of records.
+                del job
                 if not self._park(inbox):
                     return
         finally:

@@ -8,6 +8,7 @@ every byte back (a leak would stall the process's other shards forever).
 
 from __future__ import annotations
 
+import gc
 import itertools
 from collections import defaultdict
 from typing import Any
@@ -25,7 +26,7 @@ from poller.testing import (
     Slow,
     success,
 )
-from poller.types import InvokeResult
+from poller.types import InvokeResult, StreamRecord
 from tests.component.harness import LIMIT, MAPPING, make_runner, mapping_config, running
 from tests.support.waiting import wait_until
 
@@ -239,3 +240,40 @@ async def test_a_stuck_shard_never_starves_the_others_on_a_tiny_budget(
         stopping.set()
         never.set()
     assert budget.used == 0
+
+
+def _records_alive() -> int:
+    """StreamRecord objects anything still refers to."""
+    gc.collect()
+    return sum(1 for obj in gc.get_objects() if type(obj) is StreamRecord)
+
+
+async def test_settled_records_are_not_kept_in_memory_while_the_shard_waits(
+    api: FakeStreamApi, store: MemoryCheckpointStore, stopping: anyio.Event
+) -> None:
+    """The budget frees a record's bytes when it settles; the engine must also let go of the
+    record itself. A reader's last chunk, the dispatcher's last chunk (``async for`` keeps it
+    while waiting for the next) and a lane's last batch stayed alive after settling, so at
+    256 shards more settled records were held than buffered ones."""
+    api.add_shard(SHARDS[0])
+    api.add_page(SHARDS[0], [Put(f"k{n}", DATA) for n in range(250)])
+    target = RecordingTarget()
+    runner = make_runner(
+        mapping_config(batch_size=100),
+        api=api,
+        target=target,
+        store=store,
+        stopping=stopping,
+        budget=ReadBudget(1 << 20),
+    )
+    assert _records_alive() == 0
+    async with running(runner, stopping):
+        await wait_until(lambda: len(target.delivered()) == 250, LIMIT, "every record delivered")
+        # Caught up: the reader idles, the dispatcher waits for a chunk, the lane for records.
+        reads = [call for call in api.calls if call[0] == "get_records"]
+        await wait_until(
+            lambda: sum(1 for call in api.calls if call[0] == "get_records") > len(reads),
+            LIMIT,
+            "a read after the last delivery",
+        )
+        assert _records_alive() == 0
