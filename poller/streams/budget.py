@@ -33,9 +33,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 import anyio
+import structlog
 
 from poller.observability.metrics import Metrics, NullMetrics
 from poller.types import StreamRecord
+
+log = structlog.get_logger("poller.streams")
 
 #: The size assumed for a shard's records before its first read: large, so that the first
 #: read of a shard is small rather than over its share.
@@ -60,6 +63,8 @@ class ReadBudget:
         self._waiting_for_room: set[ShardAccount] = set()
         #: Per mapping: [bytes, records] held.
         self._by_mapping: dict[str, list[int]] = {}
+        #: Mappings told that a share holds less than one batch (told once each).
+        self._told_small: set[str] = set()
         self._metrics.read_budget(self.total, 0)
 
     def account(
@@ -111,6 +116,23 @@ class ReadBudget:
             account._wake()
             for waiter in list(self._waiting_for_room):
                 waiter._wake()
+
+    def _check_share(self, account: ShardAccount) -> None:
+        """Warn once per mapping when a shard's share holds less than one batch: its reads
+        are then cut below ``batch_size`` (a budget set too small for the shards held is
+        legal, but silently defeats the batch size)."""
+        batch_bytes = int(account._floor * account.average)
+        if self.share >= batch_bytes or account.mapping in self._told_small:
+            return
+        self._told_small.add(account.mapping)
+        log.warning(
+            "read_budget.share_below_batch",
+            mapping=account.mapping,
+            share_bytes=self.share,
+            batch_bytes=batch_bytes,
+            shards=self.accounts,
+            hint="raise memory.read_budget_mib to at least 2 x shards x batch_size x record size",
+        )
 
     def _closed(self) -> None:
         self.accounts -= 1
@@ -234,6 +256,7 @@ class ShardAccount:
         if read:
             # The latest read's own average: a change of record size is followed at once.
             self.average = max(1.0, size / read)
+            self._budget._check_share(self)
         if not records or self._closed:
             return
         self.held += size

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import anyio
 import pytest
+import structlog.testing
 
 from poller.streams.budget import INITIAL_RECORD_BYTES, ReadBudget, ShardAccount
 from poller.testing import RecordingMetrics
@@ -366,3 +367,24 @@ async def test_256_shards_on_a_tiny_budget_each_read_at_least_one_record() -> No
         acc.close()
     assert budget.used == 0
     assert budget.accounts == 0
+
+
+async def test_a_share_below_one_batch_is_warned_once_per_mapping() -> None:
+    budget = ReadBudget(50 * KB)
+    small = [account(budget, f"s{i}", floor=10) for i in range(10)]  # 5 KB each: half a batch
+    with structlog.testing.capture_logs() as logs:
+        for acc in small[:3]:
+            await read(acc)
+    warnings = [e for e in logs if e["event"] == "read_budget.share_below_batch"]
+    assert len(warnings) == 1
+    assert warnings[0]["mapping"] == "m"
+    assert warnings[0]["share_bytes"] == 5 * KB
+    assert warnings[0]["batch_bytes"] == 10 * KB
+
+
+async def test_a_share_of_a_batch_or_more_is_not_warned() -> None:
+    budget = ReadBudget(100 * KB)
+    fits = [account(budget, f"s{i}", floor=10) for i in range(10)]  # 10 KB each: one batch
+    with structlog.testing.capture_logs() as logs:
+        await read(fits[0])
+    assert not [e for e in logs if e["event"] == "read_budget.share_below_batch"]
