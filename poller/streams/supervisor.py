@@ -18,10 +18,12 @@ checkpoint after a backoff; it never stops the other shards or the service. A sh
 Stopping, one signal per shard: ``_ShardControl.drain`` (an event, set once) means "read no
 more, take no new batch, let the batches in flight finish and checkpoint, then return"; the
 runner's ``stopping`` (shutdown) and a handoff set it. The processor is handed that event as
-its ``stopping``, and when it is set the reader's scope is cancelled and
-``ShardProcessor.interrupt()`` abandons the processor's waits. A lost lease is not a signal but
-a cancellation of the shard's whole scope (``_ShardControl.scope``), in-flight invocation
-included: nothing of a shard another replica owns may run on, nor may its lease be released.
+its ``stopping``, and when it is set (``_ShardControl.request_drain``) the reader's scope is
+cancelled and ``ShardProcessor.interrupt()`` abandons the processor's waits: a callback, not a
+task waiting for the event (a task per shard costs memory at thousands of shards). A lost
+lease is not a signal but a cancellation of the shard's whole scope (``_ShardControl.scope``),
+in-flight invocation included: nothing of a shard another replica owns may run on, nor may its
+lease be released.
 """
 
 from __future__ import annotations
@@ -63,6 +65,20 @@ class _ShardControl:
     drain: anyio.Event = field(default_factory=anyio.Event)
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     lost: bool = False
+    #: Stops the intake of the run in progress (its reader and its processor's waits).
+    stop_intake: Callable[[], None] | None = None
+
+    def request_drain(self) -> None:
+        """Drain: read no more, take no new batch, finish the batches in flight."""
+        self.drain.set()
+        if self.stop_intake is not None:
+            self.stop_intake()
+
+    def running(self, stop_intake: Callable[[], None]) -> None:
+        """A run began: ``stop_intake`` stops it, at once if the drain was already asked for."""
+        self.stop_intake = stop_intake
+        if self.drain.is_set():
+            stop_intake()
 
 
 class ShardSupervisor:
@@ -124,13 +140,13 @@ class ShardSupervisor:
         if lost:
             control.lost = True
             control.scope.cancel()
-        control.drain.set()
+        control.request_drain()
 
     async def relay_stop(self) -> None:
         """On shutdown, drain every running shard (a shard started later drains at once)."""
         await self._stopping.wait()
         for control in list(self._controls.values()):
-            control.drain.set()
+            control.request_drain()
 
     async def _supervise(self, shard_id: str, account: ShardAccount | None) -> None:
         """Run a shard until it ends, is handed off or shutdown; restart it after failures.
@@ -167,7 +183,7 @@ class ShardSupervisor:
         failures = 0
         while not control.drain.is_set():
             try:
-                ended = await self._run_shard(shard_id, control.drain, account)
+                ended = await self._run_shard(shard_id, control, account)
             except Exception as exc:
                 if _contains(exc, LeaseLost):
                     control.lost = True
@@ -182,7 +198,7 @@ class ShardSupervisor:
             return
 
     async def _run_shard(
-        self, shard_id: str, drain: anyio.Event, account: ShardAccount | None
+        self, shard_id: str, control: _ShardControl, account: ShardAccount | None
     ) -> bool:
         """One pass over a shard: reader and processor side by side. True when it ended."""
         checkpoint = await self._ownership.store.get(self._mapping.name, shard_id)
@@ -191,7 +207,7 @@ class ShardSupervisor:
         start = start_position(self._mapping, checkpoint)
         log.info("shard.started", start=start.type, after=start.sequence_number)
         try:
-            return await self._read_and_process(shard_id, start, drain, account)
+            return await self._read_and_process(shard_id, start, control, account)
         finally:
             if account is not None:
                 account.drop()  # whatever is still buffered is dropped with this run
@@ -208,7 +224,11 @@ class ShardSupervisor:
         )
 
     async def _read_and_process(
-        self, shard_id: str, start: StartPosition, drain: anyio.Event, account: ShardAccount | None
+        self,
+        shard_id: str,
+        start: StartPosition,
+        control: _ShardControl,
+        account: ShardAccount | None,
     ) -> bool:
         """The reader and the processor side by side, until the shard ends (True) or stops."""
         reader = ShardReader(
@@ -227,7 +247,7 @@ class ShardSupervisor:
             store=self._ownership.store,
             policy=self._policy,
             routing=self._routing,
-            stopping=drain,
+            stopping=control.drain,
             metrics=self._metrics,
             guard=self._ownership.guard(shard_id),
             retention=self._api.retention_seconds,
@@ -237,11 +257,19 @@ class ShardSupervisor:
             account.on_blocked(processor.reads_blocked)
         send, receive = anyio.create_memory_object_stream[Chunk](READ_AHEAD_CHUNKS)
         reader_scope = anyio.CancelScope()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_run_cancellable, reader.run, send, reader_scope)
-            tg.start_soon(_stop_intake, drain, reader_scope, processor)
-            ended = await processor.run(receive)
-            tg.cancel_scope.cancel()
+
+        def stop_intake() -> None:
+            reader_scope.cancel()
+            processor.interrupt()
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_run_cancellable, reader.run, send, reader_scope)
+                control.running(stop_intake)
+                ended = await processor.run(receive)
+                tg.cancel_scope.cancel()
+        finally:
+            control.stop_intake = None
         return ended is not None
 
     def _page_reporter(self, shard_id: str) -> Callable[[RecordsPage], None]:
@@ -287,12 +315,3 @@ async def _run_cancellable(run: Any, send: Any, scope: anyio.CancelScope) -> Non
     """Run the reader under ``scope``, which the drain cancels to stop intake."""
     with scope:
         await run(send)
-
-
-async def _stop_intake(
-    drain: anyio.Event, reader_scope: anyio.CancelScope, processor: ShardProcessor
-) -> None:
-    """On drain, stop reading at once and stop the processor from taking a new batch."""
-    await drain.wait()
-    reader_scope.cancel()
-    processor.interrupt()
