@@ -7,9 +7,15 @@ run: the records, the event bytes per record, the wall time, and the service's p
 from outside (``VmHWM`` in ``/proc/<pid>/status``, just before SIGTERM) and from inside (the
 handler's ``ru_maxrss``). Then the RSS of the largest shard count relative to the smallest.
 
+With ``--slow SECONDS`` the handler sleeps that long per batch (``bench_handler.sleepy``),
+so reading outpaces delivery and the read budget fills, the case it exists for. The service
+then runs for ``--duration`` seconds (not until every record is delivered) and the run also
+prints the budget's gauges scraped from ``/metrics`` at the end: the bytes it held
+(``poller_read_budget_used_bytes``, reads in flight included) and the records buffered.
+
 Run: ``.venv/bin/python benchmarks/memory.py [--shards 32 256] [--records 3000 1000]
-[--budget-mib N]`` (``--records`` per shard, one per shard count; ``--budget-mib`` sets
-``memory.read_budget_mib``, else the default applies).
+[--budget-mib N] [--slow SECONDS --duration SECONDS]`` (``--records`` per shard, one per shard
+count; ``--budget-mib`` sets ``memory.read_budget_mib``, else the default applies).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import signal
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +44,7 @@ from tests.support.aws import (
     put_records,
     stream_arn,
 )
+from tests.support.process import free_port
 from tests.support.service_config import stream_mapping
 
 RECORD_BYTES = 1024
@@ -70,30 +78,58 @@ def peak_rss_mb(pid: int) -> float:
     raise RuntimeError("no VmHWM in /proc status")
 
 
+def scrape(port: int, names: tuple[str, ...]) -> dict[str, float]:
+    """The sum over every label set of each named series on the service's ``/metrics``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    sums = dict.fromkeys(names, 0.0)
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in sums:
+            sums[name] += float(line.rsplit(" ", 1)[1])
+    return sums
+
+
 def run_service(
-    url: str, stream: str, records: int, workdir: Path, budget_mib: float | None
+    url: str,
+    stream: str,
+    records: int,
+    workdir: Path,
+    budget_mib: float | None,
+    *,
+    slow: float = 0.0,
+    duration: float = 60.0,
 ) -> dict[str, Any]:
-    """Run ``poller run`` until the handler has seen ``records``; its figures and peak RSS."""
+    """Run ``poller run`` until the handler has seen ``records`` (with ``slow``: for
+    ``duration`` seconds); its figures and peak RSS."""
     result = workdir / f"service-{time.monotonic_ns()}.json"
     env = {"POLLER_BENCH_RECORDS": str(records), "POLLER_BENCH_OUT": str(result)}
-    sections: dict[str, Any] = {}
+    port = free_port()
+    sections: dict[str, Any] = {"observability": {"host": "127.0.0.1", "port": port}}
     if budget_mib is not None:
         sections["memory"] = {"read_budget_mib": budget_mib}
-    mapping = stream_mapping(
-        "bench", stream_arn(stream), "benchmarks.bench_handler:handler", batch_size=BATCH_SIZE
-    )
+    handler = "benchmarks.bench_handler:handler"
+    if slow:
+        handler = "benchmarks.bench_handler:sleepy"
+        env["POLLER_BENCH_SLEEP"] = str(slow)
+    mapping = stream_mapping("bench", stream_arn(stream), handler, batch_size=BATCH_SIZE)
+    started = time.monotonic()
     proc = start_service(workdir, url, mapping, env, **sections)
-    deadline = time.monotonic() + 1800
-    while not result.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("the service stopped or timed out before delivering every record")
+    deadline = started + (duration if slow else 1800)
+    while not result.exists() and time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("the service stopped before delivering every record")
         time.sleep(0.2)
-    outside = peak_rss_mb(proc.pid)
+    if not slow and not result.exists():
+        proc.kill()
+        raise RuntimeError("the service timed out before delivering every record")
+    figures: dict[str, Any] = {"wall_s": time.monotonic() - started, "max_rss_mb": float("nan")}
+    figures |= scrape(port, ("poller_read_budget_used_bytes", "poller_read_buffered_records"))
+    figures["vmhwm_mb"] = peak_rss_mb(proc.pid)
     proc.send_signal(signal.SIGTERM)
     proc.wait(120)
-    figures = dict(json.loads(result.read_text()))
-    figures["vmhwm_mb"] = outside
+    if result.exists():
+        figures |= dict(json.loads(result.read_text()))
     return figures
 
 
@@ -114,6 +150,8 @@ def main() -> None:
     parser.add_argument("--shards", type=int, nargs="+", default=[32, 256])
     parser.add_argument("--records", type=int, nargs="+", default=[3000, 1000])
     parser.add_argument("--budget-mib", type=float, default=None)
+    parser.add_argument("--slow", type=float, default=0.0, help="handler seconds per batch")
+    parser.add_argument("--duration", type=float, default=60.0, help="with --slow, seconds")
     args = parser.parse_args()
     if len(args.records) != len(args.shards):
         parser.error("give one --records value per --shards value")
@@ -128,13 +166,27 @@ def main() -> None:
             asyncio.run(fill_stream(url, stream, shards, per_shard))
             filled = time.monotonic() - started
             total = shards * per_shard
-            svc = run_service(url, stream, total, Path(tmp), args.budget_mib)
+            svc = run_service(
+                url,
+                stream,
+                total,
+                Path(tmp),
+                args.budget_mib,
+                slow=args.slow,
+                duration=args.duration,
+            )
             peaks.append(svc["vmhwm_mb"])
+            done = (
+                f"ran {svc['wall_s']:.0f} s with a handler of {args.slow:g} s a batch"
+                if args.slow
+                else f"delivered in {svc['wall_s']:.1f} s, {total / svc['wall_s']:.0f} records/s"
+            )
             print(
                 f"{shards:4} shards x {per_shard:5} records ({total} records, filled in "
-                f"{filled:.0f} s): delivered in {svc['wall_s']:.1f} s, "
-                f"{total / svc['wall_s']:.0f} records/s; peak RSS {svc['vmhwm_mb']:.0f} MB "
-                f"(VmHWM), {svc['max_rss_mb']:.0f} MB (ru_maxrss)"
+                f"{filled:.0f} s): {done}; peak RSS {svc['vmhwm_mb']:.0f} MB "
+                f"(VmHWM), {svc['max_rss_mb']:.0f} MB (ru_maxrss); at the end the budget "
+                f"held {svc['poller_read_budget_used_bytes'] / 2**20:.1f} MiB, "
+                f"{svc['poller_read_buffered_records']:.0f} records buffered"
             )
     if len(peaks) > 1:
         print(f"peak RSS {args.shards[-1]} vs {args.shards[0]} shards: {peaks[-1] / peaks[0]:.2f}x")

@@ -23,9 +23,14 @@ from typing import Any, Protocol
 SHARD_END = "SHARD_END"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StreamRecord:
-    """One record of a shard, ready to be put in an event.
+    """One record of a shard, ready to be put in an event. Never changed once made.
+
+    Not a frozen dataclass although it is used as one: a frozen dataclass sets each field
+    through ``object.__setattr__``, which made building one cost 4.5 times as much (measured
+    2.1 against 0.47 us), and one is built per record read, the hottest path of the service.
+    Derive a changed record with ``dataclasses.replace``; never assign to a field.
 
     Attributes:
         sequence_number: the record's sequence number in its shard.

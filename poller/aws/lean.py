@@ -40,7 +40,7 @@ from botocore.httpsession import get_cert_path
 
 from poller.aws.clients import epoch_seconds, keep_base64
 from poller.aws.http1 import HttpPool, UnsupportedAnswer
-from poller.aws.shapes import Malformed, compile_shape
+from poller.aws.shapes import Malformed, Parser, compile_shape, keep
 from poller.aws.sigv4 import SigV4Signer
 from poller.aws.translate import KNOWN_CODES, source_call, translate_client_error
 from poller.errors import SourceUnavailable
@@ -69,6 +69,20 @@ ENV_SWITCH = "POLLER_LEAN_READS"
 #: of bytes sniffs the encoding first (AWS answers UTF-8; anything else falls back).
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 _DECODE = json.JSONDecoder().decode
+
+
+def compile_output(shape: Any) -> Parser:
+    """The parser of an operation's output as a source client reads it (``epoch_seconds``
+    for timestamps, ``keep_base64`` for blobs: ``LeanCall.for_client`` checks the client's
+    parsers are these), cheaper per value: ``keep_base64`` is the identity, and a JSON
+    timestamp is already the float ``epoch_seconds`` would make of it."""
+    return compile_shape(shape, _epoch_seconds, keep)
+
+
+def _epoch_seconds(value: Any) -> float:
+    """The source clients' timestamp parser (``epoch_seconds``), without a second call for
+    the float that JSON answers carry."""
+    return value if type(value) is float else epoch_seconds(value)
 
 
 def _header_safe(value: str) -> bool:
@@ -103,7 +117,7 @@ class LeanCall:
         self._method = getattr(client, _snake(operation))
         model = client.meta.service_model
         self._operation = model.operation_model(operation)
-        self._parse = compile_shape(self._operation.output_shape, epoch_seconds, keep_base64)
+        self._parse = compile_output(self._operation.output_shape)
         modeled = {shape.name for shape in self._operation.error_shapes}
         self._known_errors = COMMON_ERROR_CODES | KNOWN_CODES | modeled
         self._required = required

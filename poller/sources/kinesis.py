@@ -3,8 +3,9 @@
 :class:`KinesisStreamApi` gives :class:`~poller.streams.reader.ShardReader` what differs for
 Kinesis: ListShards (paginated the way AWS requires), GetShardIterator with every iterator type
 including AT_TIMESTAMP, GetRecords with ``MillisBehindLatest`` and ``ChildShards``, and Lambda's
-pace for Kinesis (an idle shard once per second). :func:`make_record_factory` builds the
-per-record converter into Lambda's Kinesis event record.
+pace for Kinesis (an idle shard once per second). :func:`make_page_converter` builds the
+converter of a page of raw records into Lambda's Kinesis event records (the service's hottest
+code); :func:`make_record_factory` is the same, one record at a time.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ import base64
 import dataclasses
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import structlog
 
 from poller.aws.lean import LeanCall
 from poller.aws.translate import source_call
-from poller.core.kpl import deaggregate, is_aggregated
+from poller.core.kpl import MAGIC, deaggregate, is_aggregated
 from poller.core.lineage import ShardInfo
 from poller.errors import SourceError
 from poller.ports import Converter, PageConverter, RecordsPage, StartPosition
@@ -36,27 +37,42 @@ IDLE_POLL_INTERVAL = 1.0
 #: read again: it changes rarely, and only a retried record's expiry depends on it.
 RETENTION_REFRESH_SECONDS = 600.0
 
+#: How the base64 text of every KPL aggregate begins: 5 characters carry the first 30 bits,
+#: all of them from the magic bytes (the wire's base64 is canonical: no line breaks).
+_AGGREGATE_PREFIX = base64.b64encode(MAGIC).decode("ascii")[:5]
+
 log = structlog.get_logger("poller.sources")
 
 
 def make_record_factory(
     *, shard_id: str, stream_arn: str, region: str, identity_arn: str
-) -> Callable[[dict[str, Any]], StreamRecord]:
-    """Build the per-record converter for one shard.
+) -> Converter:
+    """Build the per-record converter for one shard (:func:`make_page_converter`, one record
+    at a time: for KPL user records and tests)."""
+    convert_page = make_page_converter(
+        shard_id=shard_id, stream_arn=stream_arn, region=region, identity_arn=identity_arn
+    )
 
-    This is the hottest code in the service: everything that is the same for every record of
-    the shard (the constant fields and their serialized size) is computed here, once. ``raw``
-    comes from a source client (``ClientFactory.client(..., purpose="source")``): ``Data`` is
-    still the base64 text of the wire and ``ApproximateArrivalTimestamp`` epoch seconds.
+    def convert(raw: dict[str, Any]) -> StreamRecord:
+        return convert_page((raw,))[0]
+
+    return convert
+
+
+def make_page_converter(
+    *, shard_id: str, stream_arn: str, region: str, identity_arn: str
+) -> Callable[[Iterable[dict[str, Any]]], list[StreamRecord]]:
+    """Build the converter of one shard's pages into Lambda's Kinesis event records.
+
+    This is the hottest code in the service, so it works per page: everything that is the same
+    for every record of the shard (the constant fields and their serialized size) is computed
+    here, once; the arrival time is rounded and measured once per run of records that share
+    it (a producer's batch arrives together). ``raw`` comes from a source client
+    (``ClientFactory.client(..., purpose="source")``): ``Data`` is still the base64 text of
+    the wire, which is exactly the event's ``kinesis.data``, and
+    ``ApproximateArrivalTimestamp`` epoch seconds.
     """
-    constant = {
-        "eventSource": "aws:kinesis",
-        "eventVersion": "1.0",
-        "eventName": "aws:kinesis:record",
-        "invokeIdentityArn": identity_arn,
-        "awsRegion": region,
-        "eventSourceARN": stream_arn,
-    }
+    event_id_prefix = f"{shard_id}:"
     template = {
         "kinesis": {
             "kinesisSchemaVersion": "1.0",
@@ -65,32 +81,84 @@ def make_record_factory(
             "data": "",
             "approximateArrivalTimestamp": 0,
         },
-        "eventID": f"{shard_id}:",
-        **constant,
+        "eventID": event_id_prefix,
+        "eventSource": "aws:kinesis",
+        "eventVersion": "1.0",
+        "eventName": "aws:kinesis:record",
+        "invokeIdentityArn": identity_arn,
+        "awsRegion": region,
+        "eventSourceARN": stream_arn,
     }
     # Size of a record with empty variable fields; the variable parts are added per record.
     fixed = len(json.dumps(template, separators=(",", ":"))) - len("0")
 
-    def convert(raw: dict[str, Any]) -> StreamRecord:
-        seq: str = raw["SequenceNumber"]
-        key: str = raw["PartitionKey"]
-        data: str = raw["Data"]
-        arrival = round(raw["ApproximateArrivalTimestamp"], 3)
-        record = {
-            "kinesis": {
-                "kinesisSchemaVersion": "1.0",
-                "partitionKey": key,
-                "sequenceNumber": seq,
-                "data": data,
-                "approximateArrivalTimestamp": arrival,
-            },
-            "eventID": f"{shard_id}:{seq}",
-            **constant,
-        }
-        size = fixed + _json_str_len(key) + 2 * len(seq) + len(data) + len(repr(arrival))
-        return StreamRecord(seq, key, arrival, record, size)
+    def convert_page(raws: Iterable[dict[str, Any]]) -> list[StreamRecord]:
+        out: list[StreamRecord] = []
+        append = out.append
+        last_wire: float | None = None
+        arrival, arrival_size = 0.0, 0
+        for raw in raws:
+            seq: str = raw["SequenceNumber"]
+            key: str = raw["PartitionKey"]
+            data: str = raw["Data"]
+            wire: float = raw["ApproximateArrivalTimestamp"]
+            # Only a float's rounding is reused: an int rounds to an int, although equal.
+            if wire != last_wire or type(wire) is not float:
+                last_wire = wire if type(wire) is float else None
+                arrival, arrival_size = rounded_arrival(wire)
+            record = {
+                "kinesis": {
+                    "kinesisSchemaVersion": "1.0",
+                    "partitionKey": key,
+                    "sequenceNumber": seq,
+                    "data": data,
+                    "approximateArrivalTimestamp": arrival,
+                },
+                "eventID": event_id_prefix + seq,
+                "eventSource": "aws:kinesis",
+                "eventVersion": "1.0",
+                "eventName": "aws:kinesis:record",
+                "invokeIdentityArn": identity_arn,
+                "awsRegion": region,
+                "eventSourceARN": stream_arn,
+            }
+            # Inlined _json_str_len for the common key that JSON leaves as it is.
+            if key.isascii() and key.isprintable() and '"' not in key and "\\" not in key:
+                key_size = len(key)
+            else:
+                key_size = _json_str_len(key)
+            size = fixed + key_size + 2 * len(seq) + len(data) + arrival_size
+            append(StreamRecord(seq, key, arrival, record, size))
+        return out
 
-    return convert
+    return convert_page
+
+
+#: Characters of the fraction in ``repr(n / 1000)``, by ``n % 1000``: "0", "5", "25", "125".
+_FRACTION_SIZES = tuple(len(repr(n / 1000)) - len("0.") for n in range(1000))
+#: Below this many epoch seconds (the year 2223) the product of a timestamp and 1000 is exact
+#: to 0.001, which the fast path of ``rounded_arrival`` relies on.
+_FAST_ARRIVAL_LIMIT = 2.0**33
+
+
+def rounded_arrival(wire: float) -> tuple[float, int]:
+    """``round(wire, 3)`` and the length of its JSON text (``repr``), as Lambda's event carries
+    the arrival time in milliseconds.
+
+    Both builtins cost a correctly rounded decimal conversion each (most of a record's
+    conversion). For a timestamp whose thousandfold is not near a half (always, for the
+    whole milliseconds AWS sends), the nearest integer ``n`` of ``wire * 1000`` is the exact
+    decimal rounding, ``n / 1000`` is correctly rounded as ``round`` is, and its ``repr`` is
+    the decimal ``n / 1000`` without trailing zeros; anything else takes the builtins.
+    """
+    if type(wire) is float and 0.0 <= wire < _FAST_ARRIVAL_LIMIT:  # round(int) is an int
+        thousandfold = wire * 1000.0
+        n = int(thousandfold + 0.5)
+        if n >= 1000 and -0.49 < thousandfold - n < 0.49:
+            # The digits of the whole seconds (all of n's but the last 3), ".", the fraction.
+            return n / 1000, len(str(n)) - 2 + _FRACTION_SIZES[n % 1000]
+    arrival = round(wire, 3)
+    return arrival, len(repr(arrival))
 
 
 def _json_str_len(text: str) -> int:
@@ -211,14 +279,10 @@ class KinesisStreamApi:
 
     def converter(self, shard_id: str, start: StartPosition) -> PageConverter:
         """Lambda's Kinesis event records for this shard, de-aggregated when configured."""
-        convert = make_record_factory(
-            shard_id=shard_id,
-            stream_arn=self.stream_arn,
-            region=self._region,
-            identity_arn=self._identity_arn,
-        )
+        names = {"stream_arn": self.stream_arn, "region": self._region}
         if not self._deaggregate:
-            return lambda raws: [convert(r) for r in raws]
+            return make_page_converter(shard_id=shard_id, identity_arn=self._identity_arn, **names)
+        convert = make_record_factory(shard_id=shard_id, identity_arn=self._identity_arn, **names)
         settled = None
         if start.type == "AT_SEQUENCE_NUMBER" and start.sequence_number is not None:
             # settled_through 0 means user record 0 is settled; only None means none is.
@@ -241,7 +305,10 @@ def make_deaggregator(
     """
 
     def expand(raw: dict[str, Any]) -> list[StreamRecord]:
-        data = base64.b64decode(raw["Data"])
+        text: str = raw["Data"]
+        if not text.startswith(_AGGREGATE_PREFIX):
+            return [convert(raw)]  # not an aggregate: its data is not decoded
+        data = base64.b64decode(text)
         users = (
             deaggregate(data, parent_partition_key=raw["PartitionKey"], shard_hash_range=hash_range)
             if is_aggregated(data)

@@ -13,6 +13,7 @@ import pytest
 from botocore.parsers import JSONParser
 
 from poller.aws.clients import epoch_seconds, keep_base64
+from poller.aws.lean import compile_output
 from poller.aws.shapes import Malformed, compile_shape
 
 KINESIS_PAGE: dict[str, Any] = {
@@ -116,6 +117,24 @@ def compiled(service: str) -> Any:
 def test_compiled_shape_equals_botocores_parser(service: str, page: dict[str, Any]) -> None:
     ours = compiled(service)(copy.deepcopy(page))
     assert ours == botocore_parse(service, page)
+
+
+@pytest.mark.parametrize(
+    ("service", "page"), [("kinesis", KINESIS_PAGE), ("dynamodbstreams", DDB_PAGE)]
+)
+def test_the_lean_paths_parsers_give_botocores_answer(service: str, page: dict[str, Any]) -> None:
+    """compile_output skips the identity blob parser and float timestamps: same result."""
+    shape = (
+        botocore.session.get_session()
+        .get_service_model(service)
+        .operation_model("GetRecords")
+        .output_shape
+    )
+    ours = compile_output(shape)(copy.deepcopy(page))
+    assert ours == botocore_parse(service, page)
+    if service == "kinesis":
+        stamps = [r["ApproximateArrivalTimestamp"] for r in ours["Records"]]
+        assert all(type(t) is float for t in stamps)
 
 
 def test_plain_records_are_kept_in_place_with_float_timestamps() -> None:
