@@ -95,9 +95,22 @@ class BatchBuilder(Generic[ItemT]):
         return True
 
     def fill_from(self, pending: deque[ItemT]) -> None:
-        """Move items from the front of ``pending`` into the batch while they fit."""
-        while pending and self.try_add(pending[0]):
-            pending.popleft()
+        """Move items from the front of ``pending`` into the batch while they fit.
+
+        :meth:`try_add` inlined, with its state in locals: this runs once per record.
+        """
+        records, size, limit = self.records, self._bytes, self._max_bytes
+        room = self._max_records - len(records)
+        popleft, append = pending.popleft, records.append
+        while pending and room > 0 and not self._refused:
+            added = pending[0].size + (1 if records else 0)
+            if records and size + added > limit:
+                self._refused = True
+                break
+            append(popleft())
+            size += added
+            room -= 1
+        self._bytes = size
 
     def take(self, pending: Sequence[ItemT]) -> list[ItemT]:
         """Add items from the front of ``pending`` while they fit; return the rest."""

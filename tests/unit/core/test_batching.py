@@ -302,3 +302,34 @@ def test_dynamodb_events_never_exceed_what_the_cut_counted(
 ) -> None:
     factory = make_ddb_record_factory(stream_arn="a", region="r")
     _check([factory(r) for r in raws], state, limit, exact=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    sizes=st.lists(st.integers(min_value=0, max_value=60), max_size=30),
+    first=st.lists(st.integers(min_value=0, max_value=60), max_size=5),
+    max_records=st.integers(min_value=1, max_value=12),
+    max_bytes=st.integers(min_value=1, max_value=200),
+)
+def test_fill_from_adds_exactly_what_try_add_would(
+    sizes: list[int], first: list[int], max_records: int, max_bytes: int
+) -> None:
+    """fill_from is try_add inlined: the same records, bytes, refusal and leftovers, from an
+    empty builder or one that already holds (or refused) records."""
+
+    def builder() -> BatchBuilder[Item]:
+        made: BatchBuilder[Item] = BatchBuilder(max_records, max_bytes)
+        for n, size in enumerate(first):
+            made.try_add(Item(f"first{n}", size))
+        return made
+
+    filled, added = builder(), builder()
+    left_filled = deque(Item(f"item{n}", size) for n, size in enumerate(sizes))
+    left_added = deque(left_filled)
+    filled.fill_from(left_filled)
+    while left_added and added.try_add(left_added[0]):
+        left_added.popleft()
+    assert filled.records == added.records
+    assert filled.size_bytes == added.size_bytes
+    assert filled.is_full == added.is_full
+    assert list(left_filled) == list(left_added)
