@@ -102,9 +102,10 @@ def make_page_converter(
             key: str = raw["PartitionKey"]
             data: str = raw["Data"]
             wire: float = raw["ApproximateArrivalTimestamp"]
-            # Only a float's rounding is reused: an int rounds to an int, although equal.
+            # Only a nonzero float's rounding is reused: an int rounds to an int, and -0.0 to
+            # -0.0, although both are equal to a float or 0.0 that came before.
             if wire != last_wire or type(wire) is not float:
-                last_wire = wire if type(wire) is float else None
+                last_wire = wire if type(wire) is float and wire else None
                 arrival, arrival_size = rounded_arrival(wire)
             record = {
                 "kinesis": {

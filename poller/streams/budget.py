@@ -117,11 +117,13 @@ class ReadBudget:
             for waiter in list(self._waiting_for_room):
                 waiter._wake()
 
-    def _check_share(self, account: ShardAccount) -> None:
+    def _check_share(self, account: ShardAccount, record_bytes: float) -> None:
         """Warn once per mapping when a shard's share holds less than one batch: its reads
         are then cut below ``batch_size`` (a budget set too small for the shards held is
-        legal, but silently defeats the batch size)."""
-        batch_bytes = int(account._floor * account.average)
+        legal, but silently defeats the batch size). ``record_bytes``: the average record
+        of the latest read, per *user* record (``batch_size`` counts those; the account's
+        average counts a KPL aggregate once)."""
+        batch_bytes = int(account._floor * record_bytes)
         if self.share >= batch_bytes or account.mapping in self._told_small:
             return
         self._told_small.add(account.mapping)
@@ -256,7 +258,8 @@ class ShardAccount:
         if read:
             # The latest read's own average: a change of record size is followed at once.
             self.average = max(1.0, size / read)
-            self._budget._check_share(self)
+        if records:
+            self._budget._check_share(self, size / len(records))
         if not records or self._closed:
             return
         self.held += size

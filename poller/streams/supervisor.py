@@ -130,7 +130,9 @@ class ShardSupervisor:
         # Opened now, not when the task runs: shards started together divide the budget
         # from their first read, rather than the first ones taking all of it.
         account = self._account(shard_id)
-        tg.start_soon(self._supervise, shard_id, account, name=f"shard {shard_id}")
+        # Made now, not when the task first runs: a stop() in between must not be lost.
+        control = self._controls[shard_id] = _ShardControl()
+        tg.start_soon(self._supervise, shard_id, control, account, name=f"shard {shard_id}")
 
     def stop(self, shard_id: str, *, lost: bool) -> None:
         """Lost: cancel at once (no invocation, no checkpoint). Else: drain, then release."""
@@ -148,7 +150,9 @@ class ShardSupervisor:
         for control in list(self._controls.values()):
             control.request_drain()
 
-    async def _supervise(self, shard_id: str, account: ShardAccount | None) -> None:
+    async def _supervise(
+        self, shard_id: str, control: _ShardControl, account: ShardAccount | None
+    ) -> None:
         """Run a shard until it ends, is handed off or shutdown; restart it after failures.
 
         The shard is released (or handed to the peer that asked) only when it stopped
@@ -156,7 +160,6 @@ class ShardSupervisor:
         by the drain deadline keeps its lease until it expires, since its invocation may still
         be running; a lost shard's lease is not ours to release.
         """
-        control = self._controls[shard_id] = _ShardControl()
         if self._stopping.is_set():
             control.drain.set()
         settled = False

@@ -88,6 +88,10 @@ def _copied(value: Any) -> Any:
     marshal refuses raises ValueError)."""
     kind = type(value)
     if kind is dict:
+        if not _IMMUTABLE.issuperset(map(type, value)):
+            # A key of another type (a str subclass, a custom object): marshal's and JSON's
+            # rules, as before, rather than sharing a key that might be mutable.
+            return marshal.loads(marshal.dumps(value))  # noqa: S302 - bytes it made itself
         out = value.copy()
         for key, item in value.items():
             if type(item) not in _IMMUTABLE:
