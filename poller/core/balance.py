@@ -13,6 +13,11 @@ faster (peers.md §3 lessons), and without moving a lease twice:
 * **Ask** the most loaded replicas to hand leases over while they hold two or more above us,
   several per cycle, so a new replica gets its share in about one cycle. Leases already asked
   for count as the asker's.
+* **Each replica its own order** (:func:`rendezvous`) over peers' free leases, over the leases
+  it may ask for, and between equally loaded owners: replicas that plan from the same view at
+  once (survivors of a dead peer, the fleet after a table outage, replicas starting together)
+  then mostly go for different leases, instead of all racing for the same first ones, where
+  every conditional write but one fails and the leases spread over many cycles.
 * **Hand over** (the owner's side): answer a request once it has stood for one cycle (so
   replicas that started together have all shown up); grant it only while it leaves the asker
   within its share and the owner no lower than the asker; decline the rest (the owner clears
@@ -29,6 +34,7 @@ I/O-free and synchronous.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import Counter
 from collections.abc import Iterable, Set
@@ -71,22 +77,34 @@ def plan_balance(
     ready: Set[str],
     max_leases: int | None = None,
     standing: Set[str] | None = None,
+    contested: Set[str] = frozenset(),
 ) -> BalancePlan:
     """Plan this replica's takes, handoff requests, grants and refusals for one cycle.
 
     ``standing`` names our leases whose request was already there at our previous cycle; only
     those are answered (None: all). Waiting one cycle lets every replica that started together
     show up before leases are handed out, so the share they are handed by is the final one.
+    ``contested`` names leases a peer took just before us this cycle (our take failed): the
+    view, which may lag, still shows them free, but they are not taken again; the room they
+    leave goes to the next free leases in our order, so a lost race costs no cycle.
     """
     active = [lease for lease in leases if lease.shard_id in ready]
     live = [lease for lease in active if lease.owner is not None and not lease.expired]
     target = fair_share(active, live, me=me, max_leases=max_leases)
     mine = sum(1 for lease in live if lease.owner == me)
-    free = [lease for lease in active if lease.owner is None or lease.expired]
+    free = [
+        lease
+        for lease in active
+        if (lease.owner is None or lease.expired) and lease.shard_id not in contested
+    ]
     own = sorted(lease.shard_id for lease in free if lease.owner == me)
     others = sorted(
         (lease for lease in free if lease.owner != me),
-        key=lambda lease: (lease.owner is not None, lease.pending_owner != me, lease.shard_id),
+        key=lambda lease: (
+            lease.owner is not None,
+            lease.pending_owner != me,
+            rendezvous(me, lease.shard_id),
+        ),
     )
     room = max(target - mine - len(own), 0)
     take = (*own, *(lease.shard_id for lease in others[:room]))
@@ -95,6 +113,14 @@ def plan_balance(
         live, me=me, have=mine + len(take), target=target, standing=standing
     )
     return BalancePlan(take=take, request=requests, target=target, grant=grant, decline=decline)
+
+
+def rendezvous(me: str, name: str) -> tuple[bytes, str]:
+    """Where ``name`` (a shard, a peer) comes in this replica's own order: a hash of both
+    names (rendezvous hashing), the same at every cycle of this replica and unrelated between
+    replicas; the name breaks the rare tie. Not CRC32: it is linear, so two replicas' CRCs of
+    the same names differ by one XOR mask, and their orders are alike (halves the same)."""
+    return hashlib.blake2b(f"{me}/{name}".encode(), digest_size=8).digest(), name
 
 
 def fair_share(
@@ -114,23 +140,29 @@ def _handoff_requests(
     theirs = [lease for lease in live if lease.owner != me]
     # Requests already made count as leases on their way: the asker's, no longer the owner's.
     have += sum(1 for lease in theirs if lease.pending_owner == me)
-    load = Counter(lease.pending_owner or lease.owner for lease in theirs)
-    candidates = sorted(
-        (lease for lease in theirs if lease.pending_owner is None), key=lambda lease: lease.shard_id
-    )
+    if have >= target:
+        return ()  # at rest: no need to order thousands of leases
+    load = Counter(lease.pending_owner or lease.owner or "" for lease in theirs)
+    # Each owner's leases nobody asked for yet, the next to ask for last (one pop per request:
+    # a replica with nothing plans hundreds of requests over thousands of leases).
+    askable: dict[str, list[str]] = {}
+    for lease in sorted(
+        (lease for lease in theirs if lease.pending_owner is None),
+        key=lambda lease: rendezvous(me, lease.shard_id),
+        reverse=True,
+    ):
+        askable.setdefault(lease.owner or "", []).append(lease.shard_id)
     requests: list[tuple[str, str]] = []
-    while have < target:
-        owners = {lease.owner for lease in candidates}
-        owner, count = max(
-            ((o, n) for o, n in load.items() if o in owners),
-            key=lambda item: (item[1], item[0] or ""),
-            default=(None, 0),
-        )
-        if owner is None or count - have < 2:
+    while have < target and askable:
+        owner = max(askable, key=lambda owner: (load[owner], rendezvous(me, owner)))
+        if load[owner] - have < 2:
             break
-        lease = next(c for c in candidates if c.owner == owner)
-        candidates.remove(lease)
-        requests.append((lease.shard_id, owner))
+        # Only owners with leases left to ask for are chosen: an owner's load also counts
+        # the leases it asked its peers for, so it may be the most loaded with none left.
+        left = askable[owner]
+        requests.append((left.pop(), owner))
+        if not left:
+            del askable[owner]
         load[owner] -= 1
         have += 1
     return tuple(requests)

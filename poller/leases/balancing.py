@@ -100,15 +100,20 @@ class Balancer:
         outcome = BalanceOutcome()
         # Not poller.retry: this is no failure to back off from but a race lost to a peer,
         # answered by looking at the new state at once, a bounded number of times.
+        contested: set[str] = set()
         for _ in range(TAKE_ROUNDS):
             leases = await self._observe(outcome)
-            plan = self._plan(leases, busy)
+            plan = self._plan(leases, busy, contested)
             if await _found_hidden_parents(self._ctx, leases, plan.take):
-                plan = self._plan(leases, busy)  # a child waits for its parent after all
-            if await self._take_all(leases, plan.take if may_take else (), outcome):
+                plan = self._plan(leases, busy, contested)  # a child waits for its parent
+            lost = await self._take_all(leases, plan.take if may_take else (), outcome)
+            if not lost:
                 break
             # A peer won a race for a free lease: look again at once, so that our requests
-            # (which also make us count as a live replica for the others) go out this cycle.
+            # (which also make us count as a live replica for the others) go out this cycle,
+            # and take other free leases instead of those (the view may not show them taken
+            # yet: retrying them would fail again, and leave our share to a later cycle).
+            contested |= lost
         self._asked = {(s, lease.pending_owner) for s, lease in leases.items()}
         await self._ask(leases, plan.request if may_take else (), outcome)
         for shard_id, asker in plan.grant:
@@ -213,7 +218,9 @@ class Balancer:
                 leases[shard_id] = mine  # the view predates our write
         return leases
 
-    def _plan(self, leases: dict[str, Lease], busy: AbstractSet[str]) -> BalancePlan:
+    def _plan(
+        self, leases: dict[str, Lease], busy: AbstractSet[str], contested: AbstractSet[str]
+    ) -> BalancePlan:
         now = self._ctx.clock()
         grace = self._ctx.settings.abandoned_wait
         self._abandoned_at = {s: t for s, t in self._abandoned_at.items() if now - t < grace}
@@ -230,6 +237,7 @@ class Balancer:
             ready=ready,
             max_leases=self._ctx.settings.max_leases_per_replica,
             standing=standing,
+            contested=contested,
         )
 
     def _view(self, lease: Lease, busy: AbstractSet[str]) -> LeaseView:
@@ -286,11 +294,11 @@ class Balancer:
 
     async def _take_all(
         self, leases: dict[str, Lease], shard_ids: Sequence[str], outcome: BalanceOutcome
-    ) -> bool:
-        """Take each planned lease; False when a peer was faster for any of them."""
-        results = [await self._take(leases[shard_id]) for shard_id in shard_ids]
-        outcome.changed |= any(results)
-        return all(results)
+    ) -> set[str]:
+        """Take each planned lease; return those a peer was faster for."""
+        lost = {shard_id for shard_id in shard_ids if not await self._take(leases[shard_id])}
+        outcome.changed |= len(lost) < len(shard_ids)
+        return lost
 
     async def _take(self, lease: Lease) -> bool:
         self._incarnation.touch(lease.shard_id)

@@ -6,6 +6,8 @@ import random
 from collections.abc import Mapping
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from poller.core.balance import LeaseView, plan_balance
 
@@ -19,7 +21,7 @@ def views(
 def test_first_replica_takes_everything() -> None:
     leases = views({f"s{i}": None for i in range(8)})
     plan = plan_balance(leases, me="a", ready={f"s{i}" for i in range(8)})
-    assert plan.take == tuple(f"s{i}" for i in range(8))
+    assert sorted(plan.take) == [f"s{i}" for i in range(8)]
     assert plan.request == ()
 
 
@@ -59,7 +61,8 @@ def test_expired_leases_of_a_dead_replica_are_shared() -> None:
     expired = {"s0", "s1", "s2"}
     plan = plan_balance(views(owners, frozenset(expired)), me="a", ready=set(owners))
     assert plan.target == 4  # 8 shards over the two live replicas
-    assert plan.take == ("s0",)
+    assert len(plan.take) == 1  # a holds 3: one more reaches its share
+    assert set(plan.take) <= expired
 
 
 def test_finished_and_blocked_shards_are_not_balanced() -> None:
@@ -146,3 +149,143 @@ def test_a_request_is_answered_only_once_it_has_stood_a_cycle() -> None:
     ready = {"s0", "s1"}
     assert plan_balance(leases, me="a", ready=ready, standing=set()).grant == ()
     assert plan_balance(leases, me="a", ready=ready, standing={"s0"}).grant == (("s0", "b"),)
+
+
+def test_own_leases_come_first_then_unowned_then_expired() -> None:
+    """Ours to re-take first (even above the share), then leases nobody owns, then expired
+    leases of peers; a lease handed to us leads the unowned ones."""
+    leases = [
+        LeaseView("e0", "dead", True),
+        LeaseView("e1", "dead", True),
+        LeaseView("u0", None, False),
+        LeaseView("u1", None, False),
+        LeaseView("h0", None, False, pending_owner="a"),
+        LeaseView("m0", "a", True),
+        LeaseView("m1", "a", True),
+    ]
+    plan = plan_balance(leases, me="a", ready={lease.shard_id for lease in leases})
+    assert plan.take[:2] == ("m0", "m1")
+    assert plan.take[2] == "h0"
+    assert set(plan.take[3:5]) == {"u0", "u1"}
+    assert set(plan.take[5:]) == {"e0", "e1"}
+
+
+def test_takes_stop_at_the_share() -> None:
+    """10 leases, 2 live replicas: a holds 2, so it takes 3 of the dead replica's 8 leases."""
+    owners = {f"s{i}": ("a" if i < 2 else "dead") for i in range(10)}
+    expired = frozenset(s for s, o in owners.items() if o == "dead")
+    leases = [*views(owners, expired), LeaseView("b0", "b", False)]
+    plan = plan_balance(leases, me="a", ready={lease.shard_id for lease in leases})
+    assert plan.target == 6  # 11 leases over a and b
+    assert len(plan.take) == 4
+    assert set(plan.take) <= expired
+
+
+def dead_replicas_leases(count: int) -> list[LeaseView]:
+    """``count`` expired leases of a dead replica, and one live lease of each of r0..r9."""
+    leases = [LeaseView(f"shardId-{i:012d}", "dead", True) for i in range(count)]
+    return leases + [LeaseView(f"live-{i}", f"r{i}", False) for i in range(10)]
+
+
+def test_each_replica_orders_free_leases_its_own_way() -> None:
+    """Survivors of a dead replica try different leases first (all racing for the same ones
+    makes all but one conditional write fail per lease); each replica's order is the same
+    whatever the order the table returned the leases in."""
+    leases = dead_replicas_leases(100)
+    ready = {lease.shard_id for lease in leases}
+    first = plan_balance(leases, me="r0", ready=ready).take
+    again = plan_balance(random.Random(7).sample(leases, len(leases)), me="r0", ready=ready)
+    assert again.take == first
+    assert plan_balance(leases, me="r1", ready=ready).take != first
+
+
+def test_survivors_mostly_take_different_leases_of_a_dead_replica() -> None:
+    """10 survivors each take their share (10) of a dead replica's 100 leases: planned from
+    the same view, their takes overlap about as little as random picks would (63 distinct
+    leases expected), not all on the same 10."""
+    leases = dead_replicas_leases(100)
+    ready = {lease.shard_id for lease in leases}
+    plans = [plan_balance(leases, me=f"r{i}", ready=ready) for i in range(10)]
+    assert all(len(plan.take) == 10 for plan in plans)
+    distinct = set().union(*(plan.take for plan in plans))
+    assert len(distinct) >= 50, len(distinct)
+
+
+def test_new_replicas_ask_for_different_leases() -> None:
+    """Two replicas join a fleet of one at once: each asks for its share of the owner's 100
+    leases, mostly not the same ones (a request for a lease already asked for fails)."""
+    leases = [LeaseView(f"shardId-{i:012d}", "a", False) for i in range(100)]
+    ready = {lease.shard_id for lease in leases}
+    asked = [{s for s, _ in plan_balance(leases, me=me, ready=ready).request} for me in "bc"]
+    assert [len(shards) for shards in asked] == [50, 50]  # 100 over a and the asker
+    assert len(asked[0] & asked[1]) <= 35  # 25 expected of random picks
+
+
+def test_new_replicas_spread_their_requests_over_equally_loaded_owners() -> None:
+    leases = [LeaseView(f"s{i}", "a" if i % 2 else "b", False) for i in range(20)]
+    ready = {lease.shard_id for lease in leases}
+    first_asked = {plan_balance(leases, me=f"n{i}", ready=ready).request[0][1] for i in range(10)}
+    assert first_asked == {"a", "b"}
+
+
+def test_leases_a_peer_just_won_are_not_tried_again() -> None:
+    """The view still shows free two leases our takes just lost to peers: the plan leaves
+    them, and fills our share with the next free leases instead."""
+    leases = dead_replicas_leases(100)
+    ready = {lease.shard_id for lease in leases}
+    first = plan_balance(leases, me="r0", ready=ready).take
+    lost = set(first[:2])
+    again = plan_balance(leases, me="r0", ready=ready, contested=lost).take
+    assert len(again) == len(first) == 10
+    assert not lost & set(again)
+    assert set(first) - lost <= set(again)
+
+
+def test_an_owner_whose_load_is_its_own_requests_is_not_asked_for_leases_it_lacks() -> None:
+    """O owns one lease nobody asked for, and asked P for four: its load (five) is the
+    highest, but only one of its leases can be asked for. Planning used to pop from O's
+    empty list (IndexError) instead of turning to P."""
+    leases = [LeaseView("o1", "O", False)]
+    leases += [LeaseView(f"p{i}", "P", False, "O" if i < 4 else None) for i in range(8)]
+    plan = plan_balance(leases, me="me", ready={lease.shard_id for lease in leases})
+    assert plan.target == 3
+    assert len(plan.request) == 2
+    asked = dict(plan.request)
+    assert set(asked.values()) <= {"O", "P"}
+    assert all(not shard.startswith("p") or int(shard[1:]) >= 4 for shard in asked)
+
+
+_NAMES = st.sampled_from(["me", "A", "B", "C", None])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.tuples(_NAMES, st.booleans(), _NAMES),
+        max_size=24,
+    ),
+    st.integers(min_value=0, max_value=30) | st.none(),
+)
+def test_any_table_gives_a_plan_of_valid_actions(
+    rows: list[tuple[str | None, bool, str | None]], max_leases: int | None
+) -> None:
+    """Whatever the table holds, planning does not fail, takes only free leases (or our
+    own), asks only the owner of a live lease nobody asked for yet, and grants only ours."""
+    leases = [
+        LeaseView(f"s{i}", owner, expired, pending)
+        for i, (owner, expired, pending) in enumerate(rows)
+    ]
+    by_id = {lease.shard_id: lease for lease in leases}
+    plan = plan_balance(leases, me="me", ready=set(by_id), max_leases=max_leases, standing=None)
+    for shard in plan.take:
+        lease = by_id[shard]
+        assert lease.owner in (None, "me") or lease.expired
+    assert len(set(plan.take)) == len(plan.take)
+    for shard, owner in plan.request:
+        lease = by_id[shard]
+        assert lease.owner == owner != "me"
+        assert not lease.expired
+        assert lease.pending_owner is None
+    for shard, asker in plan.grant:
+        assert by_id[shard].owner == "me"
+        assert by_id[shard].pending_owner == asker
