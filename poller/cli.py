@@ -232,7 +232,7 @@ def _run(path: str) -> int:
     # process-wide, so it is thrown here, where the process is the service.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     try:
-        anyio.run(Service(settings).run)
+        anyio.run(Service(settings, own_process=True).run)
     except BaseExceptionGroup as group:
         # An error of ours raised inside the task groups (a taken port, a missing lease table,
         # no credentials) arrives wrapped; show it as one clear line, not a traceback.
