@@ -197,6 +197,8 @@ def test_validate_host_checks_give_one_line_problems(workdir: Path, path: str, h
 SEARCH = settings(derandomize=True, max_examples=2000, database=None, deadline=None)
 
 
+# The search runs up to 2,000 examples: past a minute under coverage on a slow 2-core machine.
+@pytest.mark.timeout(300)
 def test_the_structure_generator_reaches_both_outcomes(workdir: Path) -> None:
     """Not vacuous: the mappings that ``configs`` is built from load and fail, with extra
     fields set, so both the error paths and the models behind them are fuzzed."""
