@@ -68,6 +68,12 @@ class StreamNotFound(SourceError):
     """The stream named by the mapping does not exist."""
 
 
+class SubscriptionBusy(SourceError):
+    """Kinesis refused a ``SubscribeToShard`` because a subscription to the shard by the same
+    consumer is still open (``ResourceInUseException``): typically the previous lease holder's,
+    until it is cancelled or times out. Retried with backoff."""
+
+
 class HandlerImportError(PollerError):
     """A Python target's ``module:function`` path does not resolve to a callable."""
 

@@ -5,6 +5,8 @@ Data flow (called by the composition root, :mod:`poller.app`)::
     enabled mapping --build_target--> Target (one per mapping; the service closes it)
     Kinesis / DynamoDB Streams mapping
         --stream_api--> KinesisStreamApi | DynamoDBStreamApi (the embedded stream created first)
+        --subscriptions_for--> ConsumerSubscriptions, for a Kinesis mapping read through
+            enhanced fan-out (its consumer resolved, or registered, on first use)
         --build_destination--> its on-failure destination, if any
         --ownership_for(checkpoints)--> ShardOwnership (solo or leased)
         --> StreamMappingRunner (reading within the service's one ReadBudget)
@@ -19,7 +21,7 @@ from __future__ import annotations
 import anyio
 from anyio.abc import TaskStatus
 
-from poller.aws.clients import ClientFactory
+from poller.aws.clients import SUBSCRIBE_CLIENT_CONFIG, ClientFactory
 from poller.aws.embedded import ensure_streams, traffic_loop
 from poller.checkpoints import Checkpoints
 from poller.config import AnyMapping, DynamoDBStreamMapping, KinesisMapping, Settings, SqsMapping
@@ -28,6 +30,7 @@ from poller.observability.metrics import Metrics
 from poller.ports import StreamApi
 from poller.queues import SqsMappingRunner, build_sqs_runner
 from poller.sources.dynamodb_streams import DynamoDBStreamApi
+from poller.sources.efo_consumer import ConsumerSubscriptions
 from poller.sources.kinesis import KinesisStreamApi
 from poller.streams import StreamMappingRunner
 from poller.streams.budget import ReadBudget
@@ -82,6 +85,7 @@ async def build_runner(
             ),
             metrics=metrics,
             budget=budget,
+            subscriptions=await subscriptions_for(mapping, clients),
         )
     assert isinstance(mapping, SqsMapping)
     return await build_sqs_runner(
@@ -99,14 +103,34 @@ async def stream_api(
             await ensure_streams(kinesis, [mapping], settings.embedded.shard_count)
         return KinesisStreamApi(
             kinesis,
-            stream_arn=mapping.event_source_arn,
+            stream_arn=mapping.stream_arn,
             region=mapping.region,
             identity_arn=mapping.identity_arn,
             deaggregate=mapping.deaggregate_records,
         )
     region = mapping.region
     streams = await clients.client("dynamodbstreams", purpose="source", region=region)
-    return DynamoDBStreamApi(streams, stream_arn=mapping.event_source_arn, region=region)
+    return DynamoDBStreamApi(streams, stream_arn=mapping.stream_arn, region=region)
+
+
+async def subscriptions_for(
+    mapping: KinesisMapping | DynamoDBStreamMapping, clients: ClientFactory
+) -> ConsumerSubscriptions | None:
+    """Enhanced fan-out for a Kinesis mapping on a consumer ARN or with ``enhanced_fan_out``;
+    None (polling) otherwise. Its client holds a connection per subscribed shard for minutes,
+    so it has a pool of its own, sized for every shard a replica may hold."""
+    if not isinstance(mapping, KinesisMapping) or not mapping.reads_pushed:
+        return None
+    client = await clients.client(
+        "kinesis", purpose="subscribe", config=SUBSCRIBE_CLIENT_CONFIG, region=mapping.region
+    )
+    fan_out = mapping.enhanced_fan_out
+    return ConsumerSubscriptions(
+        client,
+        stream_arn=mapping.stream_arn,
+        consumer_arn=mapping.consumer_arn,
+        consumer_name=None if fan_out is None else fan_out.consumer_name,
+    )
 
 
 async def run_sample_traffic(

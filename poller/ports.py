@@ -7,7 +7,8 @@ implement :class:`StreamApi`, so adapters sit below the engine and never import 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -89,4 +90,40 @@ class StreamApi(Protocol):
         """How long the stream keeps a record (None while unknown). An infinite
         ``maximum_record_age_in_seconds`` means this: a failing record is retried until the
         stream has dropped it (docs/aws-esm.md §1.2)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PushEvent:
+    """One ``SubscribeToShardEvent`` of an enhanced fan-out subscription, service-neutral.
+
+    ``records`` are raw records in the form a source client returns them (``Data`` as the
+    wire's base64 text, ``ApproximateArrivalTimestamp`` as epoch seconds), the same as a
+    :class:`RecordsPage`'s, so the shard's converter reads both.
+    """
+
+    records: list[dict[str, Any]]
+    #: Where the next subscription resumes (``AFTER_SEQUENCE_NUMBER``); None at shard end.
+    continuation: str | None
+    millis_behind_latest: int | None = None
+    #: Set on the last event of a closed shard: the shard has ended.
+    child_shard_ids: tuple[str, ...] = field(default_factory=tuple)
+    #: True when the event says the shard ended (``ChildShards`` present, or no continuation).
+    shard_end: bool = False
+
+
+class Subscriptions(Protocol):
+    """What the push reader needs from an enhanced fan-out consumer: one subscription at a
+    time per shard. Implemented by :class:`poller.sources.kinesis_efo.KinesisSubscriptions`."""
+
+    def subscribe(
+        self, shard_id: str, position: StartPosition
+    ) -> AbstractAsyncContextManager[AsyncIterator[PushEvent]]:
+        """Open a subscription at ``position`` (any iterator type but ``AT_SEQUENCE_NUMBER``
+        with ``settled_through``, which is the converter's business). Entering it makes the
+        call: it raises ``SubscriptionBusy`` (ResourceInUse), ``Throttled`` (LimitExceeded),
+        ``StreamNotFound`` or ``SourceUnavailable``. The iterator yields events until the
+        service ends the subscription (it then stops) or the connection or stream fails
+        (``SourceUnavailable``). Leaving the context closes the connection at once, which
+        ends the subscription on the service's side too."""
         ...

@@ -135,11 +135,14 @@ async def _probe_source(mapping: AnyMapping, factory: ClientFactory) -> None:
     elif mapping.source == "kinesis":
         kinesis = await factory.client("kinesis", purpose="status", region=mapping.region)
         async with source_call("DescribeStreamSummary"):
-            await kinesis.describe_stream_summary(StreamARN=mapping.event_source_arn)
+            await kinesis.describe_stream_summary(StreamARN=mapping.stream_arn)
+        if mapping.consumer_arn is not None:  # enhanced fan-out through a named consumer
+            async with source_call("DescribeStreamConsumer"):
+                await kinesis.describe_stream_consumer(ConsumerARN=mapping.consumer_arn)
     else:
         streams = await factory.client("dynamodbstreams", purpose="status", region=mapping.region)
         async with source_call("DescribeStream"):
-            await streams.describe_stream(StreamArn=mapping.event_source_arn, Limit=1)
+            await streams.describe_stream(StreamArn=mapping.stream_arn, Limit=1)
 
 
 async def source_status(settings: Settings, factory: ClientFactory) -> list[dict[str, str]]:

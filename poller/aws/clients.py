@@ -41,8 +41,18 @@ def client_config(*, attempts: int, read_timeout: float, pool: int) -> AioConfig
 #: Stream and queue reads: the pipeline owns retries and backoff, so botocore's are off.
 SOURCE_CLIENT_CONFIG = client_config(attempts=1, read_timeout=30, pool=100)
 
+#: Enhanced fan-out subscriptions (SubscribeToShard): each holds its connection for up to five
+#: minutes, so the pool must have room for every shard a replica reads. An event comes at
+#: least every few seconds (AWS: about 5 s on an idle shard), so a read that waits longer than
+#: the timeout is a dead connection.
+SUBSCRIBE_CLIENT_CONFIG = client_config(attempts=1, read_timeout=30, pool=100_000)
+
 #: Control-plane and store calls (ListShards, DynamoDB, SQS, SNS, S3): a few quick retries.
 CONTROL_CLIENT_CONFIG = client_config(attempts=3, read_timeout=30, pool=50)
+
+
+#: Purposes whose clients read records: timestamps as epoch floats, blobs as base64 text.
+SOURCE_PURPOSES = frozenset({"source", "subscribe"})
 
 
 def epoch_seconds(value: Any) -> float:
@@ -118,8 +128,9 @@ class ClientFactory:
 
         ``purpose`` separates clients that need different botocore settings, such as the
         Lambda invoke client with its 15-minute read timeout. Clients with purpose ``source``
-        return timestamps as epoch-second floats and blobs as their base64 text. ``region``
-        defaults to the factory's; a mapping passes its resource's own region.
+        (and ``subscribe``, enhanced fan-out's) return timestamps as epoch-second floats and
+        blobs as their base64 text. ``region`` defaults to the factory's; a mapping passes its
+        resource's own region.
         """
         region = region or self.region
         key = (service, purpose, region)
@@ -127,7 +138,7 @@ class ClientFactory:
             chosen = config or (
                 SOURCE_CLIENT_CONFIG if purpose == "source" else CONTROL_CLIENT_CONFIG
             )
-            session = self._source_session if purpose == "source" else self._session
+            session = self._source_session if purpose in SOURCE_PURPOSES else self._session
             creator = session.create_client(
                 service,
                 region_name=region,

@@ -26,6 +26,10 @@ the oldest record held, silently. The gap cannot be seen exactly (sequence numbe
 contiguous), so when a shard resumes from a checkpoint and its first record is about as old as
 the retention, a ``shard.possible_retention_gap`` warning says records were probably trimmed.
 
+What does not depend on how records are fetched (the position, the converter, the page
+report, the budget's charge, the retention warnings) is :class:`BaseShardReader`, shared with
+the enhanced fan-out reader (:mod:`poller.streams.push_reader`).
+
 The adapter (:class:`StreamApi`) captures what differs between the services: the names of the
 calls and their arguments, the record shape, the poll rate, whether ``MillisBehindLatest``
 exists, and how a start instant is honoured.
@@ -61,8 +65,11 @@ RETENTION_EDGE_SECONDS = 300.0
 IDLE_TICK = 0.2
 
 
-class ShardReader:
-    """Reads one shard and sends chunks of records to its processor."""
+class BaseShardReader:
+    """What every reader of a shard shares, polled (:class:`ShardReader`) or pushed
+    (:class:`poller.streams.push_reader.PushShardReader`): the position, the converter, the
+    page report, the read budget's charge and the retention-gap warnings. A subclass moves
+    the position as its service tells it to."""
 
     def __init__(
         self,
@@ -75,13 +82,11 @@ class ShardReader:
         mapping: str = "",
         account: ShardAccount | None = None,
     ) -> None:
-        """``account``: the shard's part of the process's read budget, which sizes each
-        read's ``Limit`` and holds the reader back while its share is used up; None reads
-        the service's maximum every time."""
+        """``account``: the shard's part of the process's read budget, charged with every
+        record read and holding the reader back while its share is used up; None reads
+        without one."""
         self._api = api
         self._account = account
-        #: The ``Limit`` of the latest read: a page shorter than it means caught up.
-        self._limit = api.limit
         self._on_page = on_page
         self._metrics: Metrics = metrics or NullMetrics()
         self._mapping = mapping
@@ -92,47 +97,19 @@ class ShardReader:
         self.shard_id = shard_id
         self._position = start
         self._convert = api.converter(shard_id, start)
-        self._last_call = 0.0
         self.millis_behind_latest: int | None = None
         self._child_ids: tuple[str, ...] = ()
 
-    async def run(self, send: MemoryObjectSendStream[Chunk]) -> None:
-        """Read until the shard ends or the task is cancelled."""
-        async with send:
-            iterator: str | None = await self._new_iterator()
-            failures = 0
-            while iterator is not None:
-                try:
-                    page = await self._get_records(iterator)
-                except SourceError as exc:
-                    failures += 1
-                    iterator = await self._recover(exc, failures)
-                    continue
-                failures = 0
-                chunk = await self._take(page)
-                iterator, caught_up = page.next_iterator, self._caught_up(page)
-                # Not kept while the processor is busy: only the converted records are
-                # (and counted by the read budget), not the raw response as well.
-                del page
-                if chunk:
-                    await send.send(chunk)
-                # Not kept while the next read waits for the budget: once settled, its
-                # records would stay in memory outside the budget.
-                del chunk
-                if iterator is not None and caught_up:
-                    await _sleep_on_grid(self._last_call, self._api.idle_interval)
-            await send.send(ShardEnd(self._child_ids))
-
-    async def _take(self, page: RecordsPage) -> list[StreamRecord]:
-        """The records of a read, converted, charged to the budget; the position moves past
-        the last record read, whether or not it was kept."""
-        raw = page.records
+    def _report_page(self, page: RecordsPage) -> None:
+        """Note what a read tells beside its records: the lag and, at the end, the children."""
         self.millis_behind_latest = page.millis_behind_latest
         if self._on_page is not None:
             self._on_page(page)
         self._child_ids = page.child_shard_ids or self._child_ids
-        if not raw:
-            return []
+
+    async def _accept(self, raw: list[dict[str, Any]]) -> list[StreamRecord]:
+        """The records of a read (at least one), converted and charged to the budget, after
+        the retention checks; the caller moves the position."""
         if self._gap_after is not None:
             self._report_gap_end(raw[0])
         elif self._resumed_from is not None and not self._api.reports_trims:
@@ -142,55 +119,7 @@ class ShardReader:
         chunk = self._convert(raw)
         if self._account is not None:
             self._account.charge(chunk, len(raw))
-        self._position = StartPosition("AFTER_SEQUENCE_NUMBER", self._api.sequence_of(raw[-1]))
         return chunk
-
-    def _caught_up(self, page: RecordsPage) -> bool:
-        """Whether the read reached the tip of the shard (the reader then idles)."""
-        return not page.millis_behind_latest and len(page.records) < self._limit
-
-    async def _get_records(self, iterator: str) -> RecordsPage:
-        wait = self._last_call + MIN_CALL_INTERVAL - time.monotonic()
-        if wait > 0:
-            await anyio.sleep(wait)
-        account = self._account
-        if account is None:
-            self._last_call = time.monotonic()
-            return await self._api.get_records(iterator)
-        # Backpressure: waits while the shard's share of the budget is used up.
-        self._limit = min(await account.reserve(), self._api.limit)
-        self._last_call = time.monotonic()
-        try:
-            return await self._api.get_records(iterator, self._limit)
-        finally:
-            account.unreserve()  # the records read are charged when converted
-
-    async def _recover(self, exc: SourceError, failures: int) -> str:
-        """Back off as the error requires, then recreate the iterator after the last record.
-
-        An expired iterator is recreated at once, the first time: it is the normal end of an
-        iterator left unused (backpressure). A fresh iterator refused again is not normal (a
-        service that keeps refusing the position): that is backed off and logged like any
-        read error, not retried at the call rate forever.
-        """
-        if not isinstance(exc, IteratorExpired) or failures > 1:
-            level = log.info if isinstance(exc, Throttled) else log.warning
-            level("shard.read_failed", error=str(exc), attempt=failures)
-            steps = failures - 1 if isinstance(exc, IteratorExpired) else failures
-            await anyio.sleep(READ_BACKOFF.delay(steps))
-        return await self._new_iterator()
-
-    async def _new_iterator(self) -> str:
-        async def call() -> str:
-            try:
-                return await self._api.get_iterator(self.shard_id, self._position)
-            except PositionTrimmed as exc:
-                if self._position.sequence_number is None:
-                    raise  # already at the trim horizon: a passing error, retried
-                self._skip_trimmed(exc)
-                return await self._api.get_iterator(self.shard_id, self._position)
-
-        return await retrying(f"GetShardIterator {self.shard_id}", call, initial=0.5, maximum=30.0)
 
     def _skip_trimmed(self, exc: PositionTrimmed) -> None:
         """The position is older than the stream's retention: go on from the oldest record
@@ -242,6 +171,122 @@ class ShardReader:
             first_arrival_age_s=round(max(0.0, time.time() - arrival), 1),
         )
         self._gap_after = None
+
+
+class ShardReader(BaseShardReader):
+    """Reads one shard and sends chunks of records to its processor."""
+
+    def __init__(
+        self,
+        api: StreamApi,
+        *,
+        shard_id: str,
+        start: StartPosition,
+        on_page: Callable[[RecordsPage], None] | None = None,
+        metrics: Metrics | None = None,
+        mapping: str = "",
+        account: ShardAccount | None = None,
+    ) -> None:
+        """``account``: the shard's part of the process's read budget, which sizes each
+        read's ``Limit`` and holds the reader back while its share is used up; None reads
+        the service's maximum every time."""
+        super().__init__(
+            api,
+            shard_id=shard_id,
+            start=start,
+            on_page=on_page,
+            metrics=metrics,
+            mapping=mapping,
+            account=account,
+        )
+        #: The ``Limit`` of the latest read: a page shorter than it means caught up.
+        self._limit = api.limit
+        self._last_call = 0.0
+
+    async def run(self, send: MemoryObjectSendStream[Chunk]) -> None:
+        """Read until the shard ends or the task is cancelled."""
+        async with send:
+            iterator: str | None = await self._new_iterator()
+            failures = 0
+            while iterator is not None:
+                try:
+                    page = await self._get_records(iterator)
+                except SourceError as exc:
+                    failures += 1
+                    iterator = await self._recover(exc, failures)
+                    continue
+                failures = 0
+                chunk = await self._take(page)
+                iterator, caught_up = page.next_iterator, self._caught_up(page)
+                # Not kept while the processor is busy: only the converted records are
+                # (and counted by the read budget), not the raw response as well.
+                del page
+                if chunk:
+                    await send.send(chunk)
+                # Not kept while the next read waits for the budget: once settled, its
+                # records would stay in memory outside the budget.
+                del chunk
+                if iterator is not None and caught_up:
+                    await _sleep_on_grid(self._last_call, self._api.idle_interval)
+            await send.send(ShardEnd(self._child_ids))
+
+    async def _take(self, page: RecordsPage) -> list[StreamRecord]:
+        """The records of a read, converted, charged to the budget; the position moves past
+        the last record read, whether or not it was kept."""
+        raw = page.records
+        self._report_page(page)
+        if not raw:
+            return []
+        chunk = await self._accept(raw)
+        self._position = StartPosition("AFTER_SEQUENCE_NUMBER", self._api.sequence_of(raw[-1]))
+        return chunk
+
+    def _caught_up(self, page: RecordsPage) -> bool:
+        """Whether the read reached the tip of the shard (the reader then idles)."""
+        return not page.millis_behind_latest and len(page.records) < self._limit
+
+    async def _get_records(self, iterator: str) -> RecordsPage:
+        wait = self._last_call + MIN_CALL_INTERVAL - time.monotonic()
+        if wait > 0:
+            await anyio.sleep(wait)
+        account = self._account
+        if account is None:
+            self._last_call = time.monotonic()
+            return await self._api.get_records(iterator)
+        # Backpressure: waits while the shard's share of the budget is used up.
+        self._limit = min(await account.reserve(), self._api.limit)
+        self._last_call = time.monotonic()
+        try:
+            return await self._api.get_records(iterator, self._limit)
+        finally:
+            account.unreserve()  # the records read are charged when converted
+
+    async def _recover(self, exc: SourceError, failures: int) -> str:
+        """Back off as the error requires, then recreate the iterator after the last record.
+
+        An expired iterator is recreated at once, the first time: it is the normal end of an
+        iterator left unused (backpressure). A fresh iterator refused again is not normal (a
+        service that keeps refusing the position): that is backed off and logged like any
+        read error, not retried at the call rate forever.
+        """
+        if not isinstance(exc, IteratorExpired) or failures > 1:
+            level = log.info if isinstance(exc, Throttled) else log.warning
+            level("shard.read_failed", error=str(exc), attempt=failures)
+            steps = failures - 1 if isinstance(exc, IteratorExpired) else failures
+            await anyio.sleep(READ_BACKOFF.delay(steps))
+        return await self._new_iterator()
+
+    async def _new_iterator(self) -> str:
+        async def call() -> str:
+            try:
+                return await self._api.get_iterator(self.shard_id, self._position)
+            except PositionTrimmed as exc:
+                if self._position.sequence_number is None:
+                    raise  # already at the trim horizon: a passing error, retried
+                self._skip_trimmed(exc)
+                return await self._api.get_iterator(self.shard_id, self._position)
+
+        return await retrying(f"GetShardIterator {self.shard_id}", call, initial=0.5, maximum=30.0)
 
 
 async def _sleep_on_grid(last_call: float, interval: float) -> None:

@@ -40,7 +40,7 @@ from poller.core.lineage import ShardInfo
 from poller.destinations import FailureDestination
 from poller.errors import PollerError
 from poller.observability.metrics import Metrics, NullMetrics
-from poller.ports import StreamApi
+from poller.ports import StreamApi, Subscriptions
 from poller.retry import Backoff
 from poller.streams.budget import ReadBudget
 from poller.streams.ownership import ShardOwnership
@@ -73,9 +73,11 @@ class StreamMappingRunner:
         destination: FailureDestination | None = None,
         metrics: Metrics | None = None,
         budget: ReadBudget | None = None,
+        subscriptions: Subscriptions | None = None,
     ) -> None:
         """``budget``: the process's read budget, shared by every shard of every mapping
-        (:mod:`poller.streams.budget`); None reads without one."""
+        (:mod:`poller.streams.budget`); None reads without one. ``subscriptions``: read every
+        shard through enhanced fan-out (pushed), not by polling."""
         self.mapping = mapping
         self._metrics: Metrics = metrics or NullMetrics()
         self._api = api
@@ -94,6 +96,7 @@ class StreamMappingRunner:
             destination=destination,
             on_shard_end=self._refresh_soon,
             budget=budget,
+            subscriptions=subscriptions,
         )
         self._listing: list[ShardInfo] = []
         self._next_discovery = 0.0

@@ -3,7 +3,8 @@
 Data flow (one :class:`ShardSupervisor` per stream mapping, owned by its runner)::
 
     runner --start(shard_id)--> a supervised task per shard, in the runner's task group:
-        checkpoint (ownership.store) -> start_position -> ShardReader (GetRecords)
+        checkpoint (ownership.store) -> start_position -> ShardReader (GetRecords), or
+            PushShardReader (SubscribeToShard, enhanced fan-out: the same records, pushed)
             --bounded stream (READ_AHEAD_CHUNKS)--> ShardProcessor (lanes, invoke, checkpoint)
         a ShardAccount of the process's ReadBudget per shard task: the reader reserves and
             charges it, settled records release it, a run's end drops what it still holds,
@@ -42,11 +43,12 @@ from poller.core.retry_policy import StreamRetryPolicy
 from poller.destinations import FailureDestination
 from poller.errors import LeaseLost
 from poller.observability.metrics import Metrics
-from poller.ports import RecordsPage, StartPosition, StreamApi
+from poller.ports import RecordsPage, StartPosition, StreamApi, Subscriptions
 from poller.retry import READ_BACKOFF
 from poller.streams.budget import ReadBudget, ShardAccount
 from poller.streams.ownership import ShardOwnership
 from poller.streams.processor import BatchPolicy, FailureRouting, ShardProcessor
+from poller.streams.push_reader import PushShardReader
 from poller.streams.reader import ShardReader
 from poller.streams.start import StreamMapping, start_position
 from poller.types import Chunk, Target
@@ -97,8 +99,11 @@ class ShardSupervisor:
         destination: FailureDestination | None,
         on_shard_end: Callable[[], None],
         budget: ReadBudget | None = None,
+        subscriptions: Subscriptions | None = None,
     ) -> None:
         self._mapping = mapping
+        #: Enhanced fan-out: shards are read through these subscriptions, not polled.
+        self._subscriptions = subscriptions
         self._budget = budget
         self._api = api
         self._target = target
@@ -111,7 +116,7 @@ class ShardSupervisor:
         self._policy = batch_policy(mapping)
         self._routing = FailureRouting(
             kind=kind,
-            stream_arn=mapping.event_source_arn,
+            stream_arn=mapping.stream_arn,
             mapping_uuid=mapping.mapping_uuid,
             destination=destination,
         )
@@ -234,15 +239,7 @@ class ShardSupervisor:
         account: ShardAccount | None,
     ) -> bool:
         """The reader and the processor side by side, until the shard ends (True) or stops."""
-        reader = ShardReader(
-            self._api,
-            shard_id=shard_id,
-            start=start,
-            on_page=self._page_reporter(shard_id),
-            metrics=self._metrics,
-            mapping=self._mapping.name,
-            account=account,
-        )
+        reader = self._reader(shard_id, start, account)
         processor = ShardProcessor(
             mapping=self._mapping.name,
             shard_id=shard_id,
@@ -274,6 +271,23 @@ class ShardSupervisor:
         finally:
             control.stop_intake = None
         return ended is not None
+
+    def _reader(
+        self, shard_id: str, start: StartPosition, account: ShardAccount | None
+    ) -> ShardReader | PushShardReader:
+        """The shard's reader: pushed records (enhanced fan-out) or polled ones, the same
+        records either way, into the same processor."""
+        common: dict[str, Any] = {
+            "shard_id": shard_id,
+            "start": start,
+            "on_page": self._page_reporter(shard_id),
+            "metrics": self._metrics,
+            "mapping": self._mapping.name,
+            "account": account,
+        }
+        if self._subscriptions is not None:
+            return PushShardReader(self._api, subscriptions=self._subscriptions, **common)
+        return ShardReader(self._api, **common)
 
     def _page_reporter(self, shard_id: str) -> Callable[[RecordsPage], None]:
         """Reports the source's own lag (Kinesis ``MillisBehindLatest``) when it changes: an

@@ -12,12 +12,9 @@ of a replica from ``/proc``, and the lease acquisitions its JSON log reports.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -25,36 +22,15 @@ from typing import Any
 
 import anyio
 
-from tests.support.aws import ACCOUNT, aws_client, hash_key_for, put_records
-from tests.support.process import REPO, ServiceProcess, free_port, spawned
+from tests.support.aws import aws_client, hash_key_for, put_records
 
-MINISTACK = REPO / ".work" / "ministack-venv" / "bin" / "ministack"
+# Moved to tests/support/ministack.py; re-exported for the scale benchmark and its test.
+from tests.support.ministack import ministack as ministack
+from tests.support.ministack import ministack_available as ministack_available
+from tests.support.process import ServiceProcess
+
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def ministack_available() -> str | None:
-    """Why ministack cannot run here, or None if it can."""
-    if not MINISTACK.exists():
-        return (
-            f"ministack is not installed at {MINISTACK}: python3 -m venv .work/ministack-venv"
-            " && .work/ministack-venv/bin/pip install ministack"
-        )
-    return None
-
-
-@contextlib.contextmanager
-def ministack() -> Iterator[str]:
-    """ministack on a free loopback port (it binds 0.0.0.0 unless told); yield its URL."""
-    reason = ministack_available()
-    if reason is not None:
-        raise RuntimeError(reason)
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="ministack-") as tmp:
-        env = {**os.environ, "BIND_HOST": "127.0.0.1", "GATEWAY_PORT": str(port), "TMPDIR": tmp}
-        env["MINISTACK_ACCOUNT_ID"] = ACCOUNT  # the account of the ARNs the tests build
-        with spawned([str(MINISTACK)], port, "ministack", env=env, cwd=tmp) as url:
-            yield url
 
 
 class Feeder:

@@ -611,7 +611,9 @@ def test_unknown_field_without_a_close_name_lists_the_fields(tmp_path: Path) -> 
 
 SUPPORTED = (
     "Supported source types: kinesis (arn:<partition>:kinesis:<region>:<12-digit account>:"
-    "stream/<name> with partition aws, aws-cn or aws-us-gov), dynamodb (arn:<partition>:"
+    "stream/<name>, or a consumer's arn:<partition>:kinesis:<region>:<12-digit account>:"
+    "stream/<name>/consumer/<consumer>:<creation epoch>, with partition aws, aws-cn or "
+    "aws-us-gov), dynamodb (arn:<partition>:"
     "dynamodb:<region>:<12-digit account>:table/<table>/stream/<label> with partition aws, "
     "aws-cn or aws-us-gov), sqs (arn:<partition>:sqs:<region>:<12-digit account>:<queue> with "
     "partition aws, aws-cn or aws-us-gov (a FIFO queue's name ends in .fifo))"
@@ -766,7 +768,9 @@ INVALID_FILES = [
         MAPPING_YAML.replace("123456789012", "1234"),
         "mappings[0] (orders).event_source_arn: 'arn:aws:kinesis:us-east-1:1234:stream/orders' "
         "is not valid; expected arn:<partition>:kinesis:<region>:<12-digit account>:"
-        "stream/<name> with partition aws, aws-cn or aws-us-gov",
+        "stream/<name>, or a consumer's arn:<partition>:kinesis:<region>:<12-digit account>:"
+        "stream/<name>/consumer/<consumer>:<creation epoch>, with partition aws, aws-cn or "
+        "aws-us-gov",
         id="kinesis-arn-short-account",
     ),
     pytest.param(

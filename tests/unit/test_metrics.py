@@ -348,6 +348,30 @@ def test_retention_gaps_count_per_shard(metrics: PrometheusMetrics) -> None:
     }
 
 
+def test_subscription_counters_create_every_reason_at_zero(metrics: PrometheusMetrics) -> None:
+    diff = changed(metrics, lambda: metrics.subscription_ended("orders", "expired"))
+    ended = "poller_efo_subscriptions_ended_total"
+    assert diff[(ended, (("mapping", "orders"), ("reason", "expired")))] == 1.0
+    assert value(metrics, ended, mapping="orders", reason="shard_end") == 0.0
+    metrics.subscription_failed("orders", "resource_in_use")
+    metrics.subscription_failed("orders", "resource_in_use")
+    failed = "poller_efo_subscriptions_failed_total"
+    assert value(metrics, failed, mapping="orders", reason="resource_in_use") == 2.0
+    assert value(metrics, failed, mapping="orders", reason="connection") == 0.0
+
+
+def test_subscriptions_started_and_push_latency(metrics: PrometheusMetrics) -> None:
+    metrics.subscription_started("orders")
+    metrics.push_latency("orders", 0.07)
+    metrics.push_latency("orders", 3.0)
+    started = "poller_efo_subscriptions_started_total"
+    assert value(metrics, started, mapping="orders") == 1.0
+    latency = "poller_efo_push_latency_seconds"
+    assert value(metrics, f"{latency}_count", mapping="orders") == 2.0
+    assert value(metrics, f"{latency}_bucket", mapping="orders", le="0.075") == 1.0
+    assert value(metrics, f"{latency}_sum", mapping="orders") == 3.07
+
+
 def test_abandoned_handler_threads_count_per_mapping(metrics: PrometheusMetrics) -> None:
     diff = changed(metrics, lambda: metrics.handler_thread_abandoned("orders"))
     assert diff == {("poller_handler_threads_abandoned_total", (("mapping", "orders"),)): 1.0}
@@ -390,6 +414,10 @@ def test_every_protocol_hook_is_covered_by_these_tests() -> None:
         "dependency_error",
         "read_buffered",
         "read_budget",
+        "subscription_started",
+        "subscription_ended",
+        "subscription_failed",
+        "push_latency",
     }
     assert covered == set(HOOK_PARAMETERS)
 

@@ -20,8 +20,8 @@ from uuid import NAMESPACE_URL, uuid5
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, field_validator
 
-from poller.config.arns import DYNAMODB_STREAM_ARN, IAM_ARN, KINESIS_ARN
-from poller.config.models.base import Float, Int, lower, meta
+from poller.config.arns import CONSUMER_NAME, DYNAMODB_STREAM_ARN, IAM_ARN, KINESIS_ARN
+from poller.config.models.base import Float, FrozenModel, Int, lower, meta
 from poller.config.models.destinations import DestinationConfig
 from poller.config.models.mapping_base import FunctionResponseType, MappingBase
 from poller.config.models.targets import TargetConfig
@@ -32,6 +32,9 @@ _UUID = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F
 # MaximumRecordAgeInSeconds: -1 (no limit), or 60 to 604800; AWS refuses 0 to 59.
 _RECORD_AGE_MIN = 60
 _RECORD_AGE_ALLOWED = "-1 or 60 to 604800"
+
+# What separates a stream's ARN from its consumer's name in a consumer ARN.
+_CONSUMER_PART = "/consumer/"
 
 # AWS lists the values in this order in its enum error, so the messages do too.
 StartingPosition = Literal["LATEST", "AT_TIMESTAMP", "TRIM_HORIZON"]
@@ -214,6 +217,28 @@ class _StreamMapping(MappingBase):
             self.invoke_identity_arn or f"arn:{self.partition}:iam::{self.account_id}:role/poller"
         )
 
+    @property
+    def stream_arn(self) -> str:
+        """The stream's ARN: what events, failure records and stream calls name."""
+        return self.event_source_arn
+
+
+class EnhancedFanOut(FrozenModel):
+    """Read a Kinesis stream through an enhanced fan-out consumer that poller registers.
+
+    Attributes:
+        consumer_name: the consumer's name (RegisterStreamConsumer ``ConsumerName``). poller
+            registers it on the stream when it does not exist, waits until it is ``ACTIVE``,
+            and never deregisters it.
+    """
+
+    consumer_name: str = Field(
+        pattern=CONSUMER_NAME,
+        json_schema_extra=meta(
+            aws="ConsumerName", expected="1 to 128 letters, digits, '_', '.' and '-'"
+        ),
+    )
+
 
 class KinesisMapping(_StreamMapping):
     """One Kinesis stream read into one target, with AWS's Kinesis defaults.
@@ -233,8 +258,9 @@ class KinesisMapping(_StreamMapping):
         pattern=KINESIS_ARN,
         json_schema_extra=meta(
             aws="EventSourceArn",
-            expected="arn:<partition>:kinesis:<region>:<12-digit account>:stream/<name> "
-            "with partition aws, aws-cn or aws-us-gov",
+            expected="arn:<partition>:kinesis:<region>:<12-digit account>:stream/<name>, or a "
+            "consumer's arn:<partition>:kinesis:<region>:<12-digit account>:stream/<name>/"
+            "consumer/<consumer>:<creation epoch>, with partition aws, aws-cn or aws-us-gov",
         ),
     )
     starting_position_timestamp: Annotated[float | None, BeforeValidator(_to_epoch_seconds)] = (
@@ -246,6 +272,24 @@ class KinesisMapping(_StreamMapping):
     )
     #: Beyond Lambda: unpack KPL aggregated records into their user records, as KCL does.
     deaggregate_records: bool = False
+    #: Beyond Lambda (which needs a consumer ARN): register a consumer and read through it.
+    enhanced_fan_out: EnhancedFanOut | None = None
+
+    @field_validator("enhanced_fan_out")
+    @classmethod
+    def _check_fan_out(
+        cls, value: EnhancedFanOut | None, info: ValidationInfo
+    ) -> EnhancedFanOut | None:
+        """Only with a stream ARN: a consumer ARN already names the consumer to read through."""
+        arn = info.data.get("event_source_arn")
+        if value is not None and isinstance(arn, str) and _CONSUMER_PART in arn:
+            raise own_error(
+                "fan_out_twice",
+                "is set but event_source_arn {arn} is already a consumer ARN; give either a "
+                "stream ARN with enhanced_fan_out, or a consumer ARN alone",
+                arn=show(arn),
+            )
+        return value
 
     @field_validator("starting_position_timestamp")
     @classmethod
@@ -284,9 +328,25 @@ class KinesisMapping(_StreamMapping):
         return "kinesis"
 
     @property
+    def stream_arn(self) -> str:
+        """The stream's ARN, also when ``event_source_arn`` is a consumer's: events, failure
+        records and stream calls name the stream, as Lambda's do."""
+        return self.event_source_arn.split(_CONSUMER_PART, 1)[0]
+
+    @property
+    def consumer_arn(self) -> str | None:
+        """The enhanced fan-out consumer named by ``event_source_arn``, if it names one."""
+        return self.event_source_arn if _CONSUMER_PART in self.event_source_arn else None
+
+    @property
+    def reads_pushed(self) -> bool:
+        """Whether shards are read through enhanced fan-out (SubscribeToShard), not polled."""
+        return self.consumer_arn is not None or self.enhanced_fan_out is not None
+
+    @property
     def stream_name(self) -> str:
         """The stream's name, from its ARN."""
-        return self.event_source_arn.split(":", 5)[5].removeprefix("stream/")
+        return self.stream_arn.split(":", 5)[5].removeprefix("stream/")
 
 
 class DynamoDBStreamMapping(_StreamMapping):

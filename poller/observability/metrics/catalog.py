@@ -41,6 +41,22 @@ DURATION_BUCKETS: Final = (
 #: Batch size buckets, records: 1 up to Lambda's largest BatchSize (10,000).
 BATCH_SIZE_BUCKETS: Final = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
+#: Push latency buckets, seconds: AWS pushes about 70 ms after the put.
+PUSH_LATENCY_BUCKETS: Final = (
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+#: The values of ``reason`` in :meth:`Metrics.subscription_ended`.
+SUBSCRIPTION_END_REASONS: Final = ("expired", "shard_end", "stopped")
+#: The values of ``reason`` in :meth:`Metrics.subscription_failed`.
+SUBSCRIPTION_FAILURE_REASONS: Final = (
+    "resource_in_use",
+    "limit_exceeded",
+    "not_found",
+    "connection",
+    "stream_error",
+    "other",
+)
+
 BY_MAPPING: Final = ("mapping",)
 BY_SHARD: Final = ("mapping", "shard")
 
@@ -162,6 +178,40 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         "on from the oldest record held (the records in between were trimmed).",
         "retention_gap",
         labels=BY_SHARD,
+    ),
+    # -- enhanced fan-out ------------------------------------------------------------------------
+    MetricSpec(
+        "poller_efo_subscriptions_started_total",
+        Kind.COUNTER,
+        "SubscribeToShard subscriptions opened (enhanced fan-out).",
+        "subscription_started",
+    ),
+    MetricSpec(
+        "poller_efo_subscriptions_ended_total",
+        Kind.COUNTER,
+        "Subscriptions ended without an error, by reason: expired (the service ended it), "
+        "shard_end, stopped (shard stopped, drained or lease lost).",
+        "subscription_ended",
+        labels=("mapping", "reason"),
+        closed_labels={"reason": SUBSCRIPTION_END_REASONS},
+    ),
+    MetricSpec(
+        "poller_efo_subscriptions_failed_total",
+        Kind.COUNTER,
+        "Subscribe calls and open subscriptions that failed, by reason: resource_in_use, "
+        "limit_exceeded, not_found, connection, stream_error, other.",
+        "subscription_failed",
+        labels=("mapping", "reason"),
+        closed_labels={"reason": SUBSCRIPTION_FAILURE_REASONS},
+    ),
+    MetricSpec(
+        "poller_efo_push_latency_seconds",
+        Kind.HISTOGRAM,
+        "Seconds from a pushed event's newest record arriving in the stream to its records "
+        "reaching the batcher (enhanced fan-out).",
+        "push_latency",
+        value="seconds",
+        buckets=PUSH_LATENCY_BUCKETS,
     ),
     # -- invocations ----------------------------------------------------------------------------
     MetricSpec(

@@ -110,6 +110,27 @@ class Metrics:
         """A shard's position was older than the stream's retention: reading went on from
         the oldest record held, and the records in between were lost to the stream's trim."""
 
+    # -- enhanced fan-out (Kinesis SubscribeToShard) ------------------------------------------
+    @hook
+    def subscription_started(self, mapping: str) -> None:
+        """A SubscribeToShard subscription was opened (its ``initial-response`` arrived)."""
+
+    @hook
+    def subscription_ended(self, mapping: str, reason: str) -> None:
+        """A subscription ended without an error. ``reason``: expired (the service closed it,
+        after 5 minutes on AWS), shard_end (the last event named the child shards), stopped
+        (the shard was stopped, drained or its lease lost)."""
+
+    @hook
+    def subscription_failed(self, mapping: str, reason: str) -> None:
+        """A subscribe call or an open subscription failed. ``reason``: resource_in_use,
+        limit_exceeded, not_found, connection, stream_error, other."""
+
+    @hook
+    def push_latency(self, mapping: str, seconds: float) -> None:
+        """For each pushed event with records: seconds from its newest record's arrival in
+        the stream to the records being handed to the batcher."""
+
     # -- invocations ------------------------------------------------------------------------
     @hook
     def invocation(

@@ -1,0 +1,458 @@
+"""Kinesis enhanced fan-out: the consumer a mapping reads through, and its shard subscriptions.
+
+Where it sits in the data flow::
+
+    mapping (stream ARN + consumer name, or a consumer ARN)
+        --ensure_consumer / wait_until_active--> the ARN of an ACTIVE consumer
+        --KinesisSubscriptions.subscribe(shard, position)--> PushEvents (raw records and the
+          continuation), read as they are pushed
+        --> the push reader (poller.streams) --> the shard's converter (poller.sources.kinesis)
+
+What aiobotocore does under a subscription, which the behaviour here relies on:
+
+- ``subscribe_to_shard`` returns once the response headers and the ``initial-response`` event
+  have arrived; its ``EventStream`` then reads the body only when the next event is asked for
+  (``content.iter_chunks()`` into botocore's ``EventStreamBuffer``, one chunk at a time). When
+  nobody asks, aiohttp buffers at most its high-water mark (2 x 64 KiB) and then stops reading
+  the socket, so TCP flow control holds the service back: nothing buffers without bound.
+- The client's ``read_timeout`` is aiohttp's ``sock_read``: restarted by every byte received
+  and stopped while reading is paused for backpressure. A subscription that receives an event
+  every few seconds (AWS sends one at least every 5 s) is never cut by it; one that receives
+  nothing for longer fails with ``SocketTimeoutError`` (here ``SourceUnavailable``).
+- Events are parsed with the client's parser settings, so a source client
+  (``ClientFactory.client(..., purpose="source")``) gives records with ``Data`` as base64 text
+  and ``ApproximateArrivalTimestamp`` as epoch seconds, as GetRecords does.
+- ``EventStream.close()`` closes aiohttp's response, which closes the connection (it is not
+  returned to the pool mid-body): the service sees the subscription end at once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Final
+
+import aiohttp
+import anyio
+from botocore.eventstream import ParserError
+from botocore.exceptions import BotoCoreError, ClientError, EventStreamError
+from botocore.parsers import ResponseParserError
+
+from poller.aws.clients import epoch_seconds, keep_base64
+from poller.aws.translate import error_code
+from poller.errors import (
+    SourceError,
+    SourceUnavailable,
+    StreamNotFound,
+    SubscriptionBusy,
+    Throttled,
+)
+from poller.ports import PushEvent, StartPosition
+
+#: A consumer ARN, as pydantic field patterns take it (no look-ahead): the stream's ARN, then
+#: ``/consumer/<name>`` and, on AWS, ``:<creation epoch>`` (moto leaves the epoch out).
+#: Groups ``stream`` and ``name``.
+CONSUMER_ARN: Final = (
+    r"^(?P<stream>arn:(?:aws|aws-cn|aws-us-gov):kinesis:[a-z0-9-]+:[0-9]{12}:"
+    r"stream/[A-Za-z0-9_.-]{1,128})/consumer/(?P<name>[A-Za-z0-9_.-]{1,128})(?::[0-9]{1,20})?$"
+)
+_CONSUMER_ARN = re.compile(CONSUMER_ARN)
+
+#: The call names error messages give.
+SUBSCRIBE_CALL: Final = "SubscribeToShard"
+STREAM_CALL: Final = "SubscribeToShard event stream"
+#: The event type that carries records; other event types are skipped.
+_EVENT_TYPE: Final = "SubscribeToShardEvent"
+
+#: How long :func:`ensure_consumer` waits for a consumer to become ACTIVE (or to finish
+#: deleting) by default. AWS activates a new consumer within seconds to a minute.
+CONSUMER_WAIT_SECONDS: Final = 300.0
+#: DescribeStreamConsumer polling: the first pause, doubled up to the last (AWS allows 20
+#: DescribeStreamConsumer calls per second per account, shared by every replica).
+_FIRST_PAUSE, _LONGEST_PAUSE = 0.2, 5.0
+
+_BUSY_CODES = frozenset({"ResourceInUseException"})
+_LIMIT_CODES = frozenset({"LimitExceededException"})
+_NOT_FOUND_CODES = frozenset({"ResourceNotFoundException"})
+
+#: Failures of the connection itself (refused, reset, timed out, body cut short).
+_CONNECTION_FAILURES: Final = (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError)
+#: Event stream frames that cannot be read (bad CRC, bad lengths, a payload that does not parse).
+_FRAME_FAILURES: Final = (ParserError, ResponseParserError)
+_SUBSCRIBE_FAILURES: Final = (ClientError, *_FRAME_FAILURES, *_CONNECTION_FAILURES)
+
+
+# -- pure helpers ------------------------------------------------------------------------------
+
+
+def parse_consumer_arn(arn: str) -> tuple[str, str]:
+    """The stream ARN and consumer name of a consumer ARN; ValueError if it is not one."""
+    match = _CONSUMER_ARN.match(arn)
+    if match is None:
+        raise ValueError(
+            f"{arn!r} is not a Kinesis consumer ARN (arn:<partition>:kinesis:<region>:"
+            "<account>:stream/<stream>/consumer/<name>:<creation epoch>)"
+        )
+    return match["stream"], match["name"]
+
+
+def starting_position(position: StartPosition) -> dict[str, Any]:
+    """SubscribeToShard's ``StartingPosition`` for ``position`` (``settled_through`` is the
+    converter's business, not the service's)."""
+    wanted: dict[str, Any] = {"Type": position.type}
+    if position.type in ("AT_SEQUENCE_NUMBER", "AFTER_SEQUENCE_NUMBER"):
+        if position.sequence_number is None:
+            raise ValueError(f"{position.type} needs a sequence number")
+        wanted["SequenceNumber"] = position.sequence_number
+    elif position.type == "AT_TIMESTAMP":
+        if position.timestamp is None:
+            raise ValueError("AT_TIMESTAMP needs a timestamp")
+        wanted["Timestamp"] = position.timestamp
+    return wanted
+
+
+def push_event(event: Mapping[str, Any]) -> PushEvent:
+    """A parsed ``SubscribeToShardEvent`` as a :class:`PushEvent`.
+
+    The shard has ended when the event names child shards or has no continuation (AWS sends
+    both on a closed shard's last event); an empty ``ChildShards`` list is not an end.
+    """
+    continuation = event.get("ContinuationSequenceNumber")
+    children = tuple(str(child["ShardId"]) for child in event.get("ChildShards") or ())
+    return PushEvent(
+        records=event.get("Records") or [],
+        continuation=continuation,
+        millis_behind_latest=event.get("MillisBehindLatest"),
+        child_shard_ids=children,
+        shard_end=bool(children) or continuation is None,
+    )
+
+
+def translate_subscribe_error(call: str, shard_id: str, exc: BaseException) -> SourceError:
+    """The SourceError for a failed SubscribeToShard call or event stream on ``shard_id``.
+
+    An error code (on the call, or in an exception event mid-stream) says what to do:
+    ResourceInUse -> ``SubscriptionBusy``, LimitExceeded -> ``Throttled``, ResourceNotFound ->
+    ``StreamNotFound``, anything else -> ``SourceUnavailable``. A connection that fails, times
+    out or is cut, and a frame that cannot be read, are ``SourceUnavailable``.
+    """
+    where = f"{call} on shard {shard_id}"
+    if isinstance(exc, ClientError):
+        code = error_code(exc)
+        message = exc.response.get("Error", {}).get("Message", "")
+        text = f"{where} failed with {code}: {message}".rstrip(": ")
+        if code in _BUSY_CODES:
+            return SubscriptionBusy(text)
+        if code in _LIMIT_CODES:
+            return Throttled(text)
+        if code in _NOT_FOUND_CODES:
+            return StreamNotFound(text)
+        return SourceUnavailable(text)
+    if isinstance(exc, _FRAME_FAILURES):
+        return SourceUnavailable(f"{where} sent an unreadable frame ({type(exc).__name__}): {exc}")
+    return SourceUnavailable(f"{where} lost its connection ({type(exc).__name__}): {exc}")
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The ``reason`` label of ``poller_efo_subscriptions_failed_total`` for a failed subscribe
+    call or subscription: one of ``SUBSCRIPTION_FAILURE_REASONS``. Accepts the SourceError
+    this module raised (its cause tells a connection from a stream error) or a raw exception."""
+    if isinstance(exc, SubscriptionBusy):
+        return "resource_in_use"
+    if isinstance(exc, Throttled):
+        return "limit_exceeded"
+    if isinstance(exc, StreamNotFound):
+        return "not_found"
+    cause = exc.__cause__ if isinstance(exc, SourceError) else exc
+    if isinstance(cause, ClientError):
+        code = error_code(cause)
+        if code in _BUSY_CODES:
+            return "resource_in_use"
+        if code in _LIMIT_CODES:
+            return "limit_exceeded"
+        if code in _NOT_FOUND_CODES:
+            return "not_found"
+        # An exception event that ended an open subscription, or the call's other refusals.
+        return "stream_error" if isinstance(cause, EventStreamError) else "other"
+    if isinstance(cause, _FRAME_FAILURES):
+        return "stream_error"
+    if isinstance(cause, _CONNECTION_FAILURES):
+        return "connection"
+    return "other"
+
+
+# -- subscriptions -----------------------------------------------------------------------------
+
+
+class KinesisSubscriptions:
+    """SubscribeToShard for one consumer. Implements ``poller.ports.Subscriptions``.
+
+    Args:
+        client: an aiobotocore Kinesis client of ClientFactory's source session (records
+            must come as the wire's base64 text and epoch seconds); its connection pool must
+            hold one connection per open subscription, and its read timeout is the longest
+            silence a live subscription may have.
+        consumer_arn: the consumer's ARN (:func:`ensure_consumer` returns it).
+    """
+
+    def __init__(self, client: Any, consumer_arn: str) -> None:
+        if not _parses_as_source(client):
+            raise ValueError(
+                "KinesisSubscriptions needs a client of ClientFactory's source session (record "
+                "data as base64 text, timestamps as epoch seconds), not botocore's defaults"
+            )
+        self._client = client
+        self.consumer_arn = consumer_arn
+
+    def subscribe(
+        self, shard_id: str, position: StartPosition
+    ) -> AbstractAsyncContextManager[AsyncIterator[PushEvent]]:
+        """Open a subscription to ``shard_id`` at ``position`` when entered; see
+        ``poller.ports.Subscriptions.subscribe``."""
+        return self._subscription(shard_id, position)
+
+    @asynccontextmanager
+    async def _subscription(
+        self, shard_id: str, position: StartPosition
+    ) -> AsyncIterator[AsyncIterator[PushEvent]]:
+        wanted = starting_position(position)
+        try:
+            response = await self._client.subscribe_to_shard(
+                ConsumerARN=self.consumer_arn, ShardId=shard_id, StartingPosition=wanted
+            )
+        except _SUBSCRIBE_FAILURES as exc:
+            raise translate_subscribe_error(SUBSCRIBE_CALL, shard_id, exc) from exc
+        stream = response["EventStream"]
+        events = _PushEvents(stream, shard_id)
+        try:
+            yield events
+        finally:
+            # Synchronous, so it runs even in a cancelled scope: aiohttp closes the socket
+            # rather than pooling a connection whose body is still streaming.
+            stream.close()
+            await events.aclose()
+
+
+class _PushEvents:
+    """The events of one open subscription. Reads the body only when asked for the next event,
+    so a consumer that stops pulling holds the service back (no read-ahead)."""
+
+    def __init__(self, stream: Any, shard_id: str) -> None:
+        # aiobotocore's AioEventStream: iterating it gives an async generator over the body.
+        self._events = stream.__aiter__()
+        self._shard_id = shard_id
+
+    def __aiter__(self) -> _PushEvents:
+        return self
+
+    async def __anext__(self) -> PushEvent:
+        while True:
+            try:
+                parsed = await anext(self._events)
+            except _SUBSCRIBE_FAILURES as exc:
+                raise translate_subscribe_error(STREAM_CALL, self._shard_id, exc) from exc
+            event = parsed.get(_EVENT_TYPE)
+            if event is not None:
+                return push_event(event)
+
+    async def aclose(self) -> None:
+        """Finish the generator now rather than when it is collected (it awaits nothing)."""
+        await self._events.aclose()
+
+
+def _parses_as_source(client: Any) -> bool:
+    """False when ``client`` is known to parse records as botocore's default (bytes, datetime);
+    True when it parses them as a source client, or when its settings cannot be read."""
+    try:
+        parsing = client._endpoint._response_parser_factory._defaults
+    except AttributeError:
+        return True
+    return bool(
+        parsing.get("timestamp_parser") is epoch_seconds
+        and parsing.get("blob_parser") is keep_base64
+    )
+
+
+# -- consumers ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerState:
+    """What DescribeStreamConsumer says about a consumer."""
+
+    arn: str
+    name: str
+    stream_arn: str
+    #: CREATING, ACTIVE or DELETING.
+    status: str
+
+
+async def describe_consumer(client: Any, consumer_arn: str) -> ConsumerState:
+    """DescribeStreamConsumer by ARN. Raises ``StreamNotFound`` when it does not exist."""
+    stream_arn, name = _names_of(consumer_arn)
+    async with _consumer_call("DescribeStreamConsumer", stream_arn, name):
+        response = await client.describe_stream_consumer(ConsumerARN=consumer_arn)
+    return _state(response["ConsumerDescription"], stream_arn)
+
+
+async def wait_until_active(
+    client: Any,
+    consumer_arn: str,
+    *,
+    timeout: float = CONSUMER_WAIT_SECONDS,  # noqa: ASYNC109 (a deadline with its own error)
+) -> ConsumerState:
+    """Poll the consumer until it is ACTIVE, with backoff, for at most ``timeout`` seconds.
+
+    Raises ``StreamNotFound`` if it does not exist or is being deleted (its ARN will not come
+    back: a consumer registered again gets a new one), ``SourceUnavailable`` at the deadline.
+    """
+    patience = _Patience(timeout)
+    return await _until_active(client, await describe_consumer(client, consumer_arn), patience)
+
+
+async def ensure_consumer(
+    client: Any,
+    stream_arn: str,
+    consumer_name: str,
+    *,
+    timeout: float = CONSUMER_WAIT_SECONDS,  # noqa: ASYNC109 (a deadline with its own error)
+) -> str:
+    """The ARN of the ACTIVE consumer ``consumer_name`` of the stream, registered if need be.
+
+    A consumer that already exists is used as it is (another replica may have registered it);
+    one being deleted is waited out and registered again. Never deregisters anything. Raises
+    ``StreamNotFound`` (no such stream), ``Throttled`` (still refused for limits at the
+    deadline: too many consumers on the stream, or registrations too fast) or
+    ``SourceUnavailable`` (other refusals, or still not ACTIVE after ``timeout`` seconds).
+    """
+    patience = _Patience(timeout)
+    what = f"consumer {consumer_name} of stream {stream_arn}"
+    while True:
+        try:
+            state = await _register_or_find(client, stream_arn, consumer_name)
+        except Throttled as exc:
+            await patience.pause(what, exc)
+            continue
+        if state is None:  # neither registered nor found: the stream is being updated
+            await patience.pause(f"{what} is not registered")
+        elif state.status == "DELETING":
+            await _until_gone(client, state, patience)
+        else:
+            return (await _until_active(client, state, patience)).arn
+
+
+async def _register_or_find(client: Any, stream_arn: str, name: str) -> ConsumerState | None:
+    """Register the consumer, or describe it if it exists; None if it neither registered nor
+    exists (RegisterStreamConsumer also answers ResourceInUse while the stream is updating)."""
+    try:
+        async with _consumer_call("RegisterStreamConsumer", stream_arn, name, keep_in_use=True):
+            response = await client.register_stream_consumer(
+                StreamARN=stream_arn, ConsumerName=name
+            )
+        return _state(response["Consumer"], stream_arn)
+    except ClientError:
+        pass  # ResourceInUse, the only code _consumer_call lets through: it exists already
+    try:
+        async with _consumer_call("DescribeStreamConsumer", stream_arn, name):
+            response = await client.describe_stream_consumer(
+                StreamARN=stream_arn, ConsumerName=name
+            )
+    except StreamNotFound:
+        return None
+    return _state(response["ConsumerDescription"], stream_arn)
+
+
+async def _until_active(client: Any, state: ConsumerState, patience: _Patience) -> ConsumerState:
+    what = f"consumer {state.name} of stream {state.stream_arn}"
+    patience.restart()
+    while state.status != "ACTIVE":
+        if state.status == "DELETING":
+            raise StreamNotFound(f"{what} is being deleted ({state.arn})")
+        await patience.pause(f"{what} is still {state.status}")
+        state = await _described_again(client, state, patience)
+    return state
+
+
+async def _until_gone(client: Any, state: ConsumerState, patience: _Patience) -> None:
+    what = f"consumer {state.name} of stream {state.stream_arn}"
+    patience.restart()
+    while state.status == "DELETING":
+        await patience.pause(f"{what} is still DELETING")
+        try:
+            state = await _described_again(client, state, patience)
+        except StreamNotFound:
+            return
+
+
+async def _described_again(client: Any, state: ConsumerState, patience: _Patience) -> ConsumerState:
+    """DescribeStreamConsumer once more; a throttled call keeps the last state (and pauses)."""
+    try:
+        return await describe_consumer(client, state.arn)
+    except Throttled as exc:
+        await patience.pause(f"consumer {state.name} of stream {state.stream_arn}", exc)
+        return state
+
+
+class _Patience:
+    """Pauses with doubling length until a deadline, then raises."""
+
+    def __init__(self, timeout: float) -> None:
+        self._timeout = timeout
+        self._deadline = anyio.current_time() + timeout
+        self._pause = _FIRST_PAUSE
+
+    def restart(self) -> None:
+        """Short pauses again, for a new state to wait out (the deadline stays)."""
+        self._pause = _FIRST_PAUSE
+
+    async def pause(self, waiting_on: str, last_error: SourceError | None = None) -> None:
+        left = self._deadline - anyio.current_time()
+        if left <= 0:
+            if last_error is not None:
+                raise last_error
+            raise SourceUnavailable(f"{waiting_on} after {self._timeout:g} s")
+        await anyio.sleep(min(self._pause, left))
+        self._pause = min(self._pause * 2, _LONGEST_PAUSE)
+
+
+@asynccontextmanager
+async def _consumer_call(
+    call: str, stream_arn: str, name: str, *, keep_in_use: bool = False
+) -> AsyncIterator[None]:
+    """Translate a consumer call's failures; ``keep_in_use`` lets ResourceInUse through as the
+    ClientError it is."""
+    what = f"{call} for consumer {name} of stream {stream_arn}"
+    try:
+        yield
+    except ClientError as exc:
+        code = error_code(exc)
+        if keep_in_use and code in _BUSY_CODES:
+            raise
+        message = exc.response.get("Error", {}).get("Message", "")
+        text = f"{what} failed with {code}: {message}".rstrip(": ")
+        if code in _NOT_FOUND_CODES:
+            raise StreamNotFound(text) from exc
+        if code in _LIMIT_CODES:
+            raise Throttled(text) from exc
+        raise SourceUnavailable(text) from exc
+    except _CONNECTION_FAILURES as exc:
+        raise SourceUnavailable(f"{what} could not reach the service: {exc}") from exc
+
+
+def _names_of(consumer_arn: str) -> tuple[str, str]:
+    """Stream ARN and name for messages; an ARN of another form is still sent to the service."""
+    try:
+        return parse_consumer_arn(consumer_arn)
+    except ValueError:
+        return "?", consumer_arn
+
+
+def _state(description: Mapping[str, Any], stream_arn: str) -> ConsumerState:
+    return ConsumerState(
+        arn=str(description["ConsumerARN"]),
+        name=str(description["ConsumerName"]),
+        stream_arn=str(description.get("StreamARN") or stream_arn),
+        status=str(description["ConsumerStatus"]),
+    )
