@@ -21,10 +21,8 @@ from poller.config.wording import own_error, show
 PARTITION = "(?:aws|aws-cn|aws-us-gov)"
 REGION = "[a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-[0-9]{1,2}"
 _KINESIS_STREAM = f"arn:{PARTITION}:kinesis:{REGION}:[0-9]{{12}}:stream/[A-Za-z0-9_.-]{{1,128}}"
-KINESIS_STREAM_ARN = f"^{_KINESIS_STREAM}$"
-#: An enhanced fan-out consumer: the stream's ARN, ``/consumer/<name>:<creation epoch>``.
-KINESIS_CONSUMER_ARN = f"^{_KINESIS_STREAM}/consumer/[A-Za-z0-9_.-]{{1,128}}:[0-9]{{1,20}}$"
-#: A Kinesis mapping's source: a stream, or a stream's enhanced fan-out consumer (as Lambda).
+#: A Kinesis mapping's source: a stream, or a stream's enhanced fan-out consumer (as Lambda):
+#: the stream's ARN, then ``/consumer/<name>:<creation epoch>``.
 KINESIS_ARN = f"^{_KINESIS_STREAM}(?:/consumer/[A-Za-z0-9_.-]{{1,128}}:[0-9]{{1,20}})?$"
 #: A consumer name (RegisterStreamConsumer ``ConsumerName``).
 CONSUMER_NAME = "^[A-Za-z0-9_.-]{1,128}$"
