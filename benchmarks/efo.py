@@ -9,7 +9,9 @@ idle shard every 5 s; its subscriptions last 300 s. Three parts, each runnable a
 * latency: one idle 1-shard stream; an EFO mapping (consumer ARN), a polling mapping (stream
   ARN), each in its own ``poller run`` process, and a raw loop (aiobotocore
   ``subscribe_to_shard`` through a consumer of its own, in this process, no poller) read it at
-  the same time. Single records are put at ``--rate`` per second, each carrying its put time
+  the same time. Single records are put at ``--rate`` per second on average (each gap drawn
+  uniformly from 0.5 to 1.5 times the mean, so that puts meet ministack's 0.2 s loop at every
+  phase), each carrying its put time
   (``time.time()`` taken just before the PutRecord call). A service's Python handler (this
   module's :func:`latency_handler`) notes ``time.time()`` when it is invoked; the raw loop
   notes it when the event stream yields the event holding the record. Latency = that time
@@ -40,6 +42,7 @@ import asyncio
 import base64
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -47,9 +50,10 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 # Run as a script (scripts/bench): the repository's packages must be importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -150,6 +154,7 @@ async def drive_latency(
     async with aws_client("kinesis", url) as kinesis:
         shard_id = (await kinesis.list_shards(StreamName=stream))["Shards"][0]["ShardId"]
         raw = asyncio.create_task(raw_subscriber(url, raw_consumer, shard_id, sides["raw"]))
+        jitter = random.Random(args.seed)
         try:
             deadline, warm = time.monotonic() + PATIENCE, -1
             while not all(side.warmed() for side in sides.values()):
@@ -162,7 +167,9 @@ async def drive_latency(
             await asyncio.sleep(2.0)  # let the last warm-up record's invocations finish
             for n in range(args.latency_records):
                 await put_one(kinesis, stream, n)
-                await asyncio.sleep(1 / args.rate)
+                # Jittered gaps: ministack looks at a subscribed shard every 0.2 s, so puts at a
+                # fixed pace would hit its loop at one phase and give each side a constant.
+                await asyncio.sleep(jitter.uniform(0.5, 1.5) / args.rate)
             while not all(s.complete(args.latency_records) for s in sides.values()):
                 if time.monotonic() > deadline or raw.done():
                     raise RuntimeError("a side did not receive every measured record")
@@ -222,7 +229,7 @@ def run_latency(args: argparse.Namespace, url: str, workdir: Path) -> None:
         asyncio.run(drive_latency(args, url, stream, raw_consumer, sides, files))
     print(
         f"\n== put -> invoke latency, 1 idle shard, {args.latency_records} single records "
-        f"at {args.rate:g}/s"
+        f"at {args.rate:g}/s on average (jittered gaps)"
     )
     print(f"{'side':28} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'records':>8}")
     labels = {
@@ -247,10 +254,28 @@ def run_latency(args: argparse.Namespace, url: str, workdir: Path) -> None:
 # --- idle ----------------------------------------------------------------------------------
 
 
+def connections_to(pid: int, port: int) -> int:
+    """Established TCP connections of process ``pid`` to loopback ``port`` (IPv4): an EFO
+    service holds one per subscribed shard, so this shows that it subscribed to every shard."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    count = 0
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        remote_port, state, inode = int(fields[2].split(":")[1], 16), fields[3], fields[9]
+        count += remote_port == port and state == "01" and inode in inodes
+    return count
+
+
 def idle_cpu(
     args: argparse.Namespace, url: str, workdir: Path, mapping: dict[str, Any]
-) -> tuple[float, float]:
-    """CPU seconds of the service over the window after warm-up, and the window's length."""
+) -> tuple[float, float, int]:
+    """CPU seconds of the service over the window after warm-up, the window's length, and the
+    service's connections to the emulator at the window's end."""
     with service(workdir, url, mapping, {"POLLER_BENCH_OUT": os.devnull}) as proc:
         time.sleep(args.warmup)
         if proc.poll() is not None:
@@ -260,7 +285,8 @@ def idle_cpu(
         (user, system), wall = process_cpu_seconds(proc.pid), time.monotonic() - wall0
         if proc.poll() is not None:
             raise RuntimeError("the idle service stopped during the window")
-    return user + system - user0 - sys0, wall
+        connections = connections_to(proc.pid, urlparse(url).port or 80)
+    return (user - user0) + (system - sys0), wall, connections
 
 
 def run_idle(args: argparse.Namespace, url: str, workdir: Path) -> None:
@@ -281,14 +307,18 @@ def run_idle(args: argparse.Namespace, url: str, workdir: Path) -> None:
         "EFO mapping": idle_cpu(args, url, workdir / "idle-efo", efo),
     }
     print(f"\n== idle CPU, {args.shards} idle shards, {args.seconds:g} s after {args.warmup:g} s")
-    print(f"{'side':28} {'CPU s':>8} {'% core':>8} {'% per 100 shards':>17}")
-    for label, (cpu, wall) in figures.items():
+    print(f"{'side':28} {'CPU s':>8} {'% core':>8} {'% per 100 shards':>17} {'connections':>11}")
+    for label, (cpu, wall, connections) in figures.items():
         share = cpu / wall * 100
-        print(f"{label:28} {cpu:8.2f} {share:8.2f} {share * 100 / args.shards:17.2f}")
+        print(
+            f"{label:28} {cpu:8.2f} {share:8.2f} {share * 100 / args.shards:17.2f} {connections:11}"
+        )
     print(
         "method: the service process's user + system CPU (all threads, /proc/PID/stat) over the\n"
         "  window, each side alone; polling reads each idle shard about once a second, an EFO\n"
-        "  subscription on ministack gets an empty event every 5 s (AWS: at least every 5 s)."
+        "  subscription on ministack gets an empty event every 5 s (AWS: at least every 5 s).\n"
+        "  connections: the service's open TCP connections to ministack at the window's end\n"
+        "  (EFO: one per subscribed shard, plus any pooled ones)."
     )
 
 
@@ -369,6 +399,7 @@ def main() -> None:
     parser.add_argument("--only", choices=("latency", "idle", "throughput"))
     parser.add_argument("--latency-records", type=int, default=100)
     parser.add_argument("--rate", type=float, default=5.0, help="latency: records put per second")
+    parser.add_argument("--seed", type=int, default=1, help="latency: seed of the put gaps")
     parser.add_argument("--shards", type=int, default=100, help="idle: shards of the stream")
     parser.add_argument("--warmup", type=float, default=20.0, help="idle: seconds of warm-up")
     parser.add_argument("--seconds", type=float, default=60.0, help="idle: the measured window")

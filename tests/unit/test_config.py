@@ -1137,10 +1137,21 @@ def test_error_message_names_the_file(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- shipped examples
 
 
-@pytest.mark.parametrize("name", ["embedded.yaml", "example-aws.yaml", "example-localstack.yaml"])
-def test_shipped_configs_load(name: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "mappings"),
+    [("embedded.yaml", 1), ("example-aws.yaml", 2), ("example-localstack.yaml", 1)],
+)
+def test_shipped_configs_load(name: str, mappings: int) -> None:
     settings = load_settings(REPO / "config" / name, environ={})
-    assert len(settings.mappings) == 1
+    assert len(settings.mappings) == mappings
+
+
+def test_the_aws_example_shows_enhanced_fan_out() -> None:
+    audit = load_settings(REPO / "config" / "example-aws.yaml", environ={}).mappings[1]
+    assert isinstance(audit, KinesisMapping)
+    assert audit.reads_pushed
+    assert audit.enhanced_fan_out is not None
+    assert audit.enhanced_fan_out.consumer_name == "poller-audit"
 
 
 def test_embedded_config_is_the_local_demo() -> None:
