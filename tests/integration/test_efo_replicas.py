@@ -1,5 +1,7 @@
-"""Enhanced fan-out across OS processes: a service killed mid-stream and restarted, and leases
-moving between replicas, every shard read through SubscribeToShard on ministack.
+"""Enhanced fan-out across OS processes: a service killed mid-stream and restarted; leases
+moving between replicas (one joins, one stops or is killed, one is paused past its leases) and
+the shards' subscriptions following them; every shard read through SubscribeToShard on
+ministack.
 
 The service runs as ``python -m poller run`` (``tests/support/process.py``); deliveries go to
 the shared JSON-lines file sink (``tests/support/file_sink.py``), one line per batch naming the
@@ -24,11 +26,13 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import signal
 import sqlite3
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +42,7 @@ import pytest
 from tests.support import file_sink
 from tests.support.aws import aws_client, create_stream, stream_arn, unique
 from tests.support.dynamodb_local import require_dynamodb_local
-from tests.support.fault_proxy import FaultProxy, Subscription
+from tests.support.fault_proxy import FaultProxy
 from tests.support.ministack import active_consumer, ministack, ministack_available
 from tests.support.process import Launch, ServiceProcess, write_config
 from tests.support.replicas import Writer, leases, overlaps
@@ -138,11 +142,13 @@ def repeats(delivered: list[tuple[str, str]]) -> Counter[str]:
 
 
 def pid_of(proc: ServiceProcess) -> int:
+    """The process id of a started service (the sink names batches by it)."""
     assert proc.proc is not None
     return proc.proc.pid
 
 
 def sqlite_checkpoints(db: Path) -> dict[str, int]:
+    """Each shard's checkpointed sequence number in the sqlite store."""
     with contextlib.closing(sqlite3.connect(db)) as conn:
         rows = conn.execute(
             "SELECT shard_id, sequence_number FROM checkpoints WHERE mapping = ?", (MAPPING,)
@@ -212,9 +218,11 @@ def test_sigkill_mid_stream_then_restart_resumes_after_the_checkpoint(
     by_shard: dict[str, list[int]] = defaultdict(list)
     for shard, sequence in writer.written:
         by_shard[shard].append(int(sequence))
+    resumed_after: dict[str, float] = {}
     for shard in shard_ids:
         resumed = first_delivery(batches, second_pid, shard)
         assert resumed is not None
+        resumed_after[shard] = round(resumed["started"] - killed_at, 2)
         checkpoint = checkpoints.get(shard)
         expected = next(s for s in sorted(by_shard[shard]) if checkpoint is None or s > checkpoint)
         assert int(resumed["records"][0][1]) == expected, (shard, checkpoint, resumed)
@@ -224,10 +232,6 @@ def test_sigkill_mid_stream_then_restart_resumes_after_the_checkpoint(
         assert len(past_checkpoint) <= BATCH, (shard, checkpoint, past_checkpoint)
         repeated = {int(s) for (sh, s), n in Counter(delivered).items() if sh == shard and n > 1}
         assert repeated == set(past_checkpoint), (shard, repeated, past_checkpoint)
-    resumed_after = {
-        shard: first_delivery(batches, second_pid, shard)["started"] - killed_at  # type: ignore[index]
-        for shard in shard_ids
-    }
     busy = len(second.events("shard.subscription_busy"))
     log.info(
         "kill/restart: %d written, repeats %s, first delivery after the kill %s,"
@@ -242,30 +246,44 @@ def test_sigkill_mid_stream_then_restart_resumes_after_the_checkpoint(
 # -- 2. leases moving between replicas ------------------------------------------------------
 
 
-class EfoReplicas:
-    """Replicas by name, sharing one lease table, each reaching Kinesis through a proxy of its
-    own (made on first start, kept across restarts) in front of the shared proxy."""
+class EfoFleet:
+    """Replicas by name on a 4-shard stream, sharing one lease table, each reaching Kinesis
+    through a proxy of its own (made on first start) in front of the shared exclusive proxy;
+    a writer puts records into every shard from the start."""
 
     def __init__(
-        self,
-        tmp_path: Path,
-        stack: contextlib.ExitStack,
-        shared: FaultProxy,
-        config: dict[str, Any],
+        self, tmp_path: Path, stack: contextlib.ExitStack, ms_url: str, lease_store: str
     ) -> None:
-        self.tmp_path, self.stack, self.shared, self.config = tmp_path, stack, shared, config
+        self.tmp_path, self.stack, self.lease_store = tmp_path, stack, lease_store
+        self.stream, shards, consumer = stream_with_consumer(ms_url, 4)
+        self.shard_ids = {s["ShardId"] for s in shards}
+        self.table = unique("leases")
+        self.shared = stack.enter_context(FaultProxy(ms_url, exclusive_subscriptions=True))
+        checkpoints = {
+            "backend": "dynamodb",
+            "table": self.table,
+            "lease_duration_seconds": LEASE_SECONDS,
+            "balance_interval_seconds": BALANCE_SECONDS,
+        }
+        self.config = service_config(
+            ms_url,
+            efo_mapping(consumer),
+            checkpoints=checkpoints,
+            endpoints={"dynamodb": lease_store},
+            logging={"format": "json"},
+            shutdown={"drain_timeout_seconds": 10},
+        )
         self.sink = tmp_path / "sink.jsonl"
         self.proxies: dict[str, FaultProxy] = {}
         self.procs: dict[str, ServiceProcess] = {}
+        self.writer = stack.enter_context(Writer(ms_url, self.stream, shards, 3, pause=0.1))
 
     def start(self, name: str) -> ServiceProcess:
         if name not in self.proxies:
             self.proxies[name] = self.stack.enter_context(FaultProxy(self.shared.url))
-        config = {**self.config, "aws": {**self.config["aws"]}}
-        config["aws"]["endpoints"] = {
-            **config["aws"]["endpoints"],
-            "kinesis": self.proxies[name].url,
-        }
+        aws = self.config["aws"]
+        endpoints = {**aws["endpoints"], "kinesis": self.proxies[name].url}
+        config = {**self.config, "aws": {**aws, "endpoints": endpoints}}
         path = write_config(self.tmp_path / f"{name}.yaml", config)
         env = {**file_sink.env(self.sink, sleep=0.02), "POLLER_CHECKPOINTS__REPLICA_ID": name}
         proc = ServiceProcess(path, self.tmp_path / f"{name}.log", env).start()
@@ -276,125 +294,122 @@ class EfoReplicas:
     def pid(self, name: str) -> int:
         return pid_of(self.procs[name])
 
+    def owners(self) -> dict[str, str | None]:
+        """Each shard's lease owner, from the lease table."""
+        found = leases(self.lease_store, self.table, MAPPING)
+        return {lease.shard_id: lease.owner for lease in found}
+
+    def held_by(self, name: str) -> set[str]:
+        return {shard for shard, owner in self.owners().items() if owner == name}
+
+    def share(self, name: str, count: int) -> set[str]:
+        """The shards ``name`` holds once it holds ``count`` of them, else nothing."""
+        held = self.held_by(name)
+        return held if len(held) == count else set()
+
     def open_shards(self, name: str) -> set[str]:
         """The shards ``name`` holds an open subscription to."""
         return {s.shard_id for s in self.proxies[name].subscriptions() if s.open}
 
+    def serving(self, name: str, shards: set[str], after: float = 0.0) -> bool:
+        """Whether ``name`` holds the leases of exactly ``shards``, is subscribed to exactly
+        them, and delivered a batch of each that started after ``after`` (wall clock)."""
+        return (
+            self.held_by(name) == shards
+            and self.open_shards(name) == shards
+            and delivers_every_shard(self.sink, self.pid(name), shards, after)
+        )
 
-def owners(lease_store: str, table: str) -> dict[str, str | None]:
-    return {lease.shard_id: lease.owner for lease in leases(lease_store, table, MAPPING)}
+    def refusals(self) -> int:
+        """Subscribes the shared proxy refused: another subscription to the shard was open."""
+        return self.shared.injected["resource_in_use"]
+
+    def drain(self) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+        """Stop the writer once it wrote more; wait until every record was delivered; the
+        batches and the deliveries."""
+        written = len(self.writer.written)
+        wait_for(lambda: len(self.writer.written) > written + 60, 20, "more writes")
+        self.writer.stop()
+        wait_for(
+            lambda: set(file_sink.delivered(self.sink)) >= set(self.writer.written),
+            30,
+            "every written record delivered",
+        )
+        return file_sink.read(str(self.sink)), file_sink.delivered(self.sink)
 
 
-def subscribed_since(subscriptions: list[Subscription], since: float) -> bool:
-    """Whether one of ``subscriptions`` opened after ``since`` (monotonic) and is still open."""
-    return any(s.open and s.started > since for s in subscriptions)
+@pytest.fixture
+def fleet(tmp_path: Path, ms_url: str) -> Iterator[EfoFleet]:
+    lease_store = require_dynamodb_local()  # the lease table on DynamoDB Local
+    with contextlib.ExitStack() as stack:
+        yield EfoFleet(tmp_path, stack, ms_url, lease_store)
+
+
+def moved(fleet: EfoFleet, shard: str, since: float, old: str, new: str) -> dict[str, Any]:
+    """How ``shard`` moved from ``old`` to ``new`` after ``since`` (monotonic): how ``old``'s
+    subscriptions to it ended, whether the last ended before ``new``'s first one (after
+    ``since``) opened, and when ``new``'s opened (seconds after ``since``, and after ``old``'s
+    last closed)."""
+    before = fleet.proxies[old].subscriptions(shard)
+    after = [s for s in fleet.proxies[new].subscriptions(shard) if s.started > since]
+    first_new = min(s.started for s in after)
+    last_old_end = max((s.ended or math.inf for s in before), default=-math.inf)
+    return {
+        "old_endings": sorted({str(s.ending) for s in before}),
+        "closed_before_new": last_old_end <= first_new,
+        "new_after_s": round(first_new - since, 2),
+        "gap_s": round(first_new - last_old_end, 2),
+    }
+
+
+def assert_complete_and_ordered(
+    batches: list[dict[str, Any]], delivered: list[tuple[str, str]], written: list[Any]
+) -> None:
+    assert set(delivered) == set(written), "lost (or unknown) records"
+    assert out_of_order(batches) == []
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_leases_move_between_replicas_and_their_subscriptions_follow(
-    tmp_path: Path, ms_url: str, stop: signal.Signals
+    fleet: EfoFleet, stop: signal.Signals
 ) -> None:
     """Replica a reads all 4 shards; b joins and is handed half of them; then a is stopped
     (``stop``) and b takes the rest; a writer runs throughout. Every record is delivered, each
     replica delivers each shard in order, no shard runs in two replicas at once, a handed-over
-    shard's old subscription was closed by its owner before the new owner subscribed (the
-    exclusive proxy refused at most a few attempts), and every shard ends subscribed by b."""
-    lease_store = require_dynamodb_local()
-    stream, shards, consumer = stream_with_consumer(ms_url, 4)
-    shard_ids = {s["ShardId"] for s in shards}
-    table = unique("leases")
-    checkpoints = {
-        "backend": "dynamodb",
-        "table": table,
-        "lease_duration_seconds": LEASE_SECONDS,
-        "balance_interval_seconds": BALANCE_SECONDS,
-    }
-    config = service_config(
-        ms_url,
-        efo_mapping(consumer),
-        checkpoints=checkpoints,
-        endpoints={"dynamodb": lease_store},
-        logging={"format": "json"},
-        shutdown={"drain_timeout_seconds": 10},
+    shard's old subscription was closed by its owner (not left open) before the new owner
+    subscribed, the exclusive proxy refused at most a few subscribes, and every shard ends
+    subscribed by b."""
+    every = fleet.shard_ids
+    fleet.start("a")
+    wait_for(lambda: fleet.serving("a", every), 40, "a holding, reading, delivering 4 shards")
+
+    # b joins: a hands two shards over gracefully.
+    joined = time.monotonic()
+    fleet.start("b")
+    handed: set[str] = wait_for(lambda: fleet.share("b", 2), 40, "a 2/2 split")
+    wait_for(
+        lambda: fleet.serving("b", handed) and fleet.serving("a", every - handed),
+        20,
+        "b reading and delivering the shards it was handed, a the others only",
     )
-    with (
-        contextlib.ExitStack() as stack,
-        FaultProxy(ms_url, exclusive_subscriptions=True) as shared,
-    ):
-        writer = stack.enter_context(Writer(ms_url, stream, shards, per_round=3, pause=0.1))
-        fleet = EfoReplicas(tmp_path, stack, shared, config)
-        fleet.start("a")
-        wait_for(
-            lambda: (
-                set(owners(lease_store, table).values()) == {"a"}
-                and len(owners(lease_store, table)) == 4
-                and fleet.open_shards("a") == shard_ids
-                and delivers_every_shard(fleet.sink, fleet.pid("a"), shard_ids)
-            ),
-            40,
-            "a holding, subscribed to and delivering all 4 shards",
-        )
+    handoff = {shard: moved(fleet, shard, joined, "a", "b") for shard in sorted(handed)}
+    refused_at_handoff = fleet.refusals()
 
-        # b joins: a hands two shards over gracefully.
-        joined = time.monotonic()
-        fleet.start("b")
-        moved: set[str] = wait_for(
-            lambda: (
-                {s for s, o in owners(lease_store, table).items() if o == "b"}
-                if sorted(Counter(owners(lease_store, table).values()).values()) == [2, 2]
-                else set()
-            ),
-            40,
-            "a 2/2 split after b joined",
-        )
-        wait_for(
-            lambda: (
-                fleet.open_shards("b") == moved
-                and fleet.open_shards("a") == shard_ids - moved
-                and delivers_every_shard(fleet.sink, fleet.pid("b"), moved)
-            ),
-            20,
-            "b subscribed to and delivering the shards it was handed, a no longer subscribed",
-        )
-        refused_at_handoff = shared.injected["resource_in_use"]
-        handoff = {shard: handoff_of(fleet, shard, joined) for shard in sorted(moved)}
-
-        # a stops (gracefully or not): b takes the rest.
-        orphans = shard_ids - moved
-        refused_before_stop = shared.injected["resource_in_use"]
-        stopped, stopped_wall = time.monotonic(), time.time()
-        fleet.procs["a"].signal(stop)
-        exit_code = fleet.procs["a"].wait(30)
-        wait_for(
-            lambda: (
-                set(owners(lease_store, table).values()) == {"b"}
-                and all(
-                    subscribed_since(fleet.proxies["b"].subscriptions(s), stopped) for s in orphans
-                )
-                and delivers_every_shard(fleet.sink, fleet.pid("b"), orphans, after=stopped_wall)
-            ),
-            40,
-            "b holding, subscribed to and delivering every shard after a stopped",
-        )
-        takeover = {
-            shard: handoff_of(fleet, shard, stopped, old="a", new="b") for shard in sorted(orphans)
-        }
-        refused_at_takeover = shared.injected["resource_in_use"] - refused_before_stop
-        written_then = len(writer.written)
-        wait_for(lambda: len(writer.written) > written_then + 60, 20, "more writes")
-        writer.stop()
-        wait_for(
-            lambda: set(file_sink.delivered(fleet.sink)) >= set(writer.written),
-            30,
-            "every written record delivered",
-        )
-        final_open = {name: fleet.open_shards(name) for name in ("a", "b")}
-    batches, delivered = file_sink.read(str(fleet.sink)), file_sink.delivered(fleet.sink)
+    # a stops (gracefully or not): b takes the rest.
+    stopped, stopped_wall = time.monotonic(), time.time()
+    fleet.procs["a"].signal(stop)
+    exit_code = fleet.procs["a"].wait(30)
+    wait_for(lambda: fleet.serving("b", every, after=stopped_wall), 40, "b serving every shard")
+    orphans = every - handed
+    takeover = {shard: moved(fleet, shard, stopped, "a", "b") for shard in sorted(orphans)}
+    refused_at_takeover = fleet.refusals() - refused_at_handoff
+    batches, delivered = fleet.drain()
+    final_open = {name: fleet.open_shards(name) for name in ("a", "b")}
     log.info(
         "%s: %d written; handoff %s (refusals %d); takeover %s (refusals %d); repeats %s;"
         " a exited %d",
         stop.name,
-        len(writer.written),
+        len(fleet.writer.written),
         handoff,
         refused_at_handoff,
         takeover,
@@ -403,48 +418,109 @@ def test_leases_move_between_replicas_and_their_subscriptions_follow(
         exit_code,
     )
 
-    assert set(delivered) == set(writer.written), "lost (or unknown) records"
-    assert out_of_order(batches) == []
+    assert_complete_and_ordered(batches, delivered, fleet.writer.written)
     assert overlaps(batches) == []
     # The graceful handoff: a left each moved shard's subscription itself (closed its
     # connection), before b's first subscription to it opened.
     for shard, seen in handoff.items():
         assert seen["old_endings"] == ["client_closed"], (shard, seen)
         assert seen["closed_before_new"], (shard, seen)
-    assert refused_at_handoff <= len(moved), f"{refused_at_handoff} refusals at the handoff"
-    # Every shard ends subscribed by b, through a subscription opened after it got the shard;
-    # a holds none open.
-    assert final_open == {"a": set(), "b": shard_ids}
+    assert refused_at_handoff <= len(handed), f"{refused_at_handoff} refusals at the handoff"
+    # Every shard ends subscribed by b (through a subscription opened after a stopped, for
+    # a's shards); a holds none open.
+    assert final_open == {"a": set(), "b": every}
     for shard, seen in takeover.items():
+        # A killed process's connections are closed by the kernel: the client left too.
+        assert seen["old_endings"] == ["client_closed"], (shard, seen)
         assert seen["closed_before_new"], (shard, seen)
+    assert refused_at_takeover <= len(orphans), f"{refused_at_takeover} refusals at takeover"
     if stop == signal.SIGTERM:
         assert exit_code == 0
-        for shard, seen in takeover.items():
-            assert seen["old_endings"] == ["client_closed"], (shard, seen)
-        assert refused_at_takeover <= len(orphans)
         assert repeats(delivered) == Counter(), "graceful handoffs repeat nothing"
     else:
         assert exit_code == -signal.SIGKILL
-        # The kernel closes a killed process's connections: seen as the client leaving.
-        for shard, seen in takeover.items():
-            assert set(seen["old_endings"]) == {"client_closed"}, (shard, seen)
+        assert set(repeats(delivered)) <= orphans, "only a's shards in flight at the kill"
         assert all(n <= BATCH for n in repeats(delivered).values()), repeats(delivered)
-        assert set(repeats(delivered)) <= orphans
 
 
-def handoff_of(
-    fleet: EfoReplicas, shard: str, since: float, old: str = "a", new: str = "b"
-) -> dict[str, Any]:
-    """How ``shard`` moved from ``old`` to ``new`` after ``since`` (monotonic): how ``old``'s
-    subscriptions to it ended, whether the last ended before ``new``'s first one (after
-    ``since``) opened, and how long after ``since`` that was (seconds)."""
-    before = fleet.proxies[old].subscriptions(shard)
-    after = [s for s in fleet.proxies[new].subscriptions(shard) if s.started > since]
-    first_new = min(s.started for s in after)
-    last_old_end = max((s.ended or float("inf") for s in before), default=float("-inf"))
-    return {
-        "old_endings": sorted({str(s.ending) for s in before}),
-        "closed_before_new": last_old_end <= first_new,
-        "new_after_s": round(first_new - since, 2),
-        "gap_s": round(first_new - last_old_end, 2),
+def test_a_paused_replica_leaves_its_subscriptions_once_it_learns_it_lost_its_leases(
+    fleet: EfoFleet,
+) -> None:
+    """SIGSTOP replica a past its leases: b takes them, but a's subscriptions stay open (its
+    connections are alive, as on AWS), so the exclusive proxy refuses b. After SIGCONT, a
+    learns it lost the leases and leaves those subscriptions within seconds, starts no batch
+    on those shards until it is given their leases again (the fleet rebalances), and every
+    shard ends read by its lease's owner. Nothing is lost, nothing reordered, and no shard runs
+    in two replicas at once after the resume."""
+    every = fleet.shard_ids
+    fleet.start("a")
+    fleet.start("b")
+    wait_for(
+        lambda: (
+            (mine := fleet.share("a", 2))
+            and fleet.serving("a", mine)
+            and fleet.serving("b", every - mine)
+        ),
+        40,
+        "a 2/2 split, each replica reading and delivering its shards",
+    )
+    lost = fleet.held_by("a")
+    paused = fleet.procs["a"]
+    paused.signal(signal.SIGSTOP)
+    wait_for(lambda: fleet.held_by("b") == every, 30, "b taking a's leases")
+    wait_for(lambda: fleet.refusals() > 0, 20, "b refused: a's subscriptions still open")
+    left_open = [s for s in fleet.proxies["a"].subscriptions() if s.open]
+    assert {s.shard_id for s in left_open} == lost
+    refused_while_paused = fleet.refusals()
+    resumed, resumed_wall = time.monotonic(), time.time()
+    paused.signal(signal.SIGCONT)
+    wait_for(lambda: all(not s.open for s in left_open), 15, "a leaving the subscriptions it lost")
+    left_after = {s.shard_id: round((s.ended or math.inf) - resumed, 2) for s in left_open}
+    wait_for(
+        lambda: (
+            (mine := fleet.share("a", 2))
+            and fleet.serving("a", mine, after=resumed_wall)
+            and fleet.serving("b", every - mine, after=resumed_wall)
+        ),
+        30,
+        "balanced again, each replica reading and delivering its shards",
+    )
+    batches, delivered = fleet.drain()
+    final = {name: (fleet.held_by(name), fleet.open_shards(name)) for name in ("a", "b")}
+    regained = {
+        str(e["shard"]): stamp(e)
+        for e in paused.events("lease.acquired")
+        if stamp(e) > resumed_wall and e["shard"] in lost
     }
+    log.info(
+        "SIGSTOP: refusals while paused %d, after SIGCONT %d; a left its subscriptions %s s"
+        " after SIGCONT; regained %s; repeats %s",
+        refused_while_paused,
+        fleet.refusals() - refused_while_paused,
+        left_after,
+        {shard: round(at - resumed_wall, 2) for shard, at in regained.items()},
+        dict(repeats(delivered)),
+    )
+
+    assert_complete_and_ordered(batches, delivered, fleet.writer.written)
+    assert all(s.ending == "client_closed" for s in left_open), left_open
+    assert max(left_after.values()) <= 5, left_after
+    late = [
+        b
+        for b in batches
+        if b["pid"] == fleet.pid("a")
+        and b["shard"] in lost
+        and resumed_wall < b["started"] < regained.get(b["shard"], math.inf)
+    ]
+    assert late == [], "the fenced replica started batches on shards it no longer owned"
+    assert overlaps([b for b in batches if b["started"] > resumed_wall]) == []
+    # Repeated: what a delivered of its lost shards while paused, unable to checkpoint it.
+    assert set(repeats(delivered)) <= lost, repeats(delivered)
+    assert all(n <= BATCH for n in repeats(delivered).values()), repeats(delivered)
+    for held, subscribed in final.values():
+        assert held == subscribed
+
+
+def stamp(event: dict[str, Any]) -> float:
+    """A log line's timestamp as epoch seconds."""
+    return datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00")).timestamp()
