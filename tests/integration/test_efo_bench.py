@@ -40,7 +40,7 @@ def test_the_efo_benchmark_prints_every_row() -> None:
         "== throughput, 1500 records of 100 bytes in 4 shards",
     ):
         assert row in done.stdout, done.stdout + done.stderr
-    # Each part prints a row per side and the method under its table.
-    assert done.stdout.count("\nEFO mapping ") == 2, done.stdout
-    assert done.stdout.count("\npolling mapping ") == 2, done.stdout
+    # Each of the three parts prints a row per mapping and the method under its table.
+    assert done.stdout.count("\nEFO mapping ") == 3, done.stdout
+    assert done.stdout.count("\npolling mapping ") == 3, done.stdout
     assert done.stdout.count("method: ") == 3, done.stdout
