@@ -43,6 +43,7 @@ after :data:`MAPPING_START_GRACE_SECONDS` with the ones still down listed
 from __future__ import annotations
 
 import gc
+import resource
 import signal
 import time
 from contextlib import AsyncExitStack
@@ -107,6 +108,32 @@ def tune_gc() -> None:
     gc.freeze()
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
+#: The soft open-file limit asked for when the hard limit is unlimited.
+OPEN_FILES_WANTED = 1 << 20
+
+
+def raise_open_file_limit() -> tuple[int, int]:
+    """Raise the process's soft ``RLIMIT_NOFILE`` to its hard limit; return (before, after).
+
+    Enhanced fan-out holds a socket per subscribed shard for minutes, on top of the pools of
+    every other client; a soft limit of 1,024 (systemd's default, and containerd's for
+    containers) would make every socket past it fail, Lambda invokes and lease-table calls
+    included. The hard limit is what the operator allows; the soft one is only a default, so
+    it is raised for the whole process (a test runner that runs the service too).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = OPEN_FILES_WANTED if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as exc:  # a sandbox refusing it: keep the soft limit
+            log.warning("process.open_file_limit_kept", soft=soft, hard=hard, error=str(exc))
+            return soft, soft
+        log.info("process.open_file_limit_raised", soft=soft, now=wanted, hard=hard)
+        return soft, wanted
+    return soft, soft
 
 
 class Service:
@@ -175,6 +202,7 @@ class Service:
 
     async def _run_service(self) -> None:
         embedded = EmbeddedAws(self.settings.embedded) if self.settings.embedded.enabled else None
+        raise_open_file_limit()
         try:
             clients = _client_factory(self.settings, embedded.start() if embedded else None)
             async with AsyncExitStack() as stack:

@@ -44,6 +44,9 @@ class SourceError(PollerError):
     """Reading from a stream or queue failed."""
 
     retriable = True
+    #: What failed, in the words of a metric's label, when the adapter that raised it knows
+    #: better than the error's type (an enhanced fan-out subscription's failure reason).
+    reason: str | None = None
 
 
 class IteratorExpired(SourceError):

@@ -22,12 +22,21 @@ What aiobotocore does under a subscription, which the behaviour here relies on:
 - Events are parsed with the client's parser settings, so a source client
   (``ClientFactory.client(..., purpose="source")``) gives records with ``Data`` as base64 text
   and ``ApproximateArrivalTimestamp`` as epoch seconds, as GetRecords does.
+- Its parser walks the service model for every value of every record (half the CPU a backlog
+  costs), so :class:`EventDecoder` reads ``SubscribeToShardEvent`` payloads with the event
+  shape compiled once (:func:`poller.aws.lean.compile_output`, the lean GetRecords path's),
+  which gives an equal result. The frames are still botocore's (``EventStreamBuffer``: CRCs,
+  lengths, headers, in the stream's own generator), and every other message (exceptions,
+  unknown events) and any payload the compiled parser refuses goes to the stream's own
+  ``_parse_event``, so errors are botocore's. ``POLLER_LEAN_READS=0`` turns it off.
 - ``EventStream.close()`` closes aiohttp's response, which closes the connection (it is not
   returned to the pool mid-body): the service sees the subscription end at once.
 """
 
 from __future__ import annotations
 
+import inspect
+import json
 import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -36,11 +45,14 @@ from typing import Any, Final
 
 import aiohttp
 import anyio
-from botocore.eventstream import ParserError
+import structlog
+from botocore.eventstream import EventStreamMessage, ParserError
 from botocore.exceptions import BotoCoreError, ClientError, EventStreamError
-from botocore.parsers import ResponseParserError
+from botocore.parsers import EventStreamJSONParser, ResponseParserError
 
 from poller.aws.clients import epoch_seconds, keep_base64
+from poller.aws.lean import compile_output, lean_enabled
+from poller.aws.shapes import Malformed, Parser
 from poller.aws.translate import error_code
 from poller.errors import (
     SourceError,
@@ -50,6 +62,8 @@ from poller.errors import (
     Throttled,
 )
 from poller.ports import PushEvent, StartPosition
+
+log = structlog.get_logger("poller.aws")
 
 #: A consumer ARN, as pydantic field patterns take it (no look-ahead): the stream's ARN, then
 #: ``/consumer/<name>`` and, on AWS, ``:<creation epoch>`` (moto leaves the epoch out).
@@ -205,6 +219,8 @@ class KinesisSubscriptions:
             )
         self._client = client
         self.consumer_arn = consumer_arn
+        #: Shared by every subscription of this consumer (it counts their fallbacks).
+        self.decoder = EventDecoder.for_client(client)
 
     def subscribe(
         self, shard_id: str, position: StartPosition
@@ -225,7 +241,7 @@ class KinesisSubscriptions:
         except _SUBSCRIBE_FAILURES as exc:
             raise translate_subscribe_error(SUBSCRIBE_CALL, shard_id, exc) from exc
         stream = response["EventStream"]
-        events = _PushEvents(stream, shard_id)
+        events = _PushEvents(stream, shard_id, self.decoder)
         try:
             yield events
         finally:
@@ -235,14 +251,98 @@ class KinesisSubscriptions:
             await events.aclose()
 
 
+class EventDecoder:
+    """Reads ``SubscribeToShardEvent`` messages without botocore's shape walk, to the same
+    result; None for any message botocore must read (see :meth:`decode`).
+
+    Build it with :meth:`for_client`; ``parse`` None decodes nothing (every message goes to
+    botocore), as when the client is not one whose parsing the compiled shape reproduces.
+    """
+
+    def __init__(self, parse: Parser | None) -> None:
+        self._parse = parse
+        #: SubscribeToShardEvent payloads the compiled parser refused (botocore read them).
+        self.fallbacks = 0
+        self._logged: set[str] = set()
+
+    @classmethod
+    def for_client(cls, client: Any) -> EventDecoder:
+        """The decoder for ``client``'s events: the event shape of its model compiled with the
+        source clients' parsers, or a decoder of nothing where that would not be equal (the
+        lean path switched off, another protocol, other parsers, a shape it cannot compile)."""
+        if not lean_enabled():
+            return cls(None)
+        try:
+            model = client.meta.service_model
+            parsing = client._endpoint._response_parser_factory._defaults
+            if (
+                model.protocol != "json"
+                or parsing.get("timestamp_parser") is not epoch_seconds
+                or parsing.get("blob_parser") is not keep_base64
+            ):
+                return cls(None)
+            return cls(_event_parser(model))
+        except (Malformed, KeyError, AttributeError, TypeError, ValueError):
+            return cls(None)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any message is decoded here (else botocore reads them all)."""
+        return self._parse is not None
+
+    def decode(self, message: EventStreamMessage) -> dict[str, Any] | None:
+        """The parsed ``SubscribeToShardEvent`` that ``message`` carries, equal to botocore's;
+        None for a message of another kind (left to botocore by design) and for a payload the
+        compiled parser refuses (counted as a fallback: botocore then returns or raises)."""
+        headers = message.headers
+        if (
+            self._parse is None
+            or headers.get(":message-type") != "event"
+            or headers.get(":event-type") != _EVENT_TYPE
+        ):
+            return None
+        try:
+            event: dict[str, Any] = self._parse(json.loads(message.payload.decode()))
+        except Exception as exc:  # noqa: BLE001 (botocore reads it again, and raises its own)
+            self._fell_back(type(exc).__name__)
+            return None
+        return event
+
+    def _fell_back(self, reason: str) -> None:
+        self.fallbacks += 1
+        if reason not in self._logged and len(self._logged) < 100:
+            self._logged.add(reason)
+            log.debug("lean.fallback", operation=STREAM_CALL, reason=reason)
+
+
+def _event_parser(model: Any) -> Parser | None:
+    """``SubscribeToShardEvent``'s payload parser, compiled from the service model; None if the
+    event has members botocore reads from headers or a payload member (not this shape today)."""
+    stream = model.operation_model(SUBSCRIBE_CALL).output_shape.members["EventStream"]
+    shape = stream.members[_EVENT_TYPE]
+    for member in shape.members.values():
+        if member.serialization.get("eventheader") or member.serialization.get("eventpayload"):
+            return None
+    return compile_output(shape)
+
+
 class _PushEvents:
     """The events of one open subscription. Reads the body only when asked for the next event,
-    so a consumer that stops pulling holds the service back (no read-ahead)."""
+    so a consumer that stops pulling holds the service back (no read-ahead).
 
-    def __init__(self, stream: Any, shard_id: str) -> None:
-        # aiobotocore's AioEventStream: iterating it gives an async generator over the body.
-        self._events = stream.__aiter__()
+    Messages come from the event stream's own generator (botocore's ``EventStreamBuffer`` over
+    one aiohttp chunk at a time: the one ``get_initial_response`` read the first message of);
+    the decoder reads record events, the stream's ``_parse_event`` everything else, exactly as
+    iterating the stream would.
+    """
+
+    def __init__(self, stream: Any, shard_id: str, decoder: EventDecoder) -> None:
+        self._stream = stream
+        self._messages = stream._event_generator
         self._shard_id = shard_id
+        # The compiled shape reproduces the JSON event parser only.
+        lean = decoder.enabled and isinstance(stream._parser, EventStreamJSONParser)
+        self._decoder = decoder if lean else EventDecoder(None)
 
     def __aiter__(self) -> _PushEvents:
         return self
@@ -250,16 +350,27 @@ class _PushEvents:
     async def __anext__(self) -> PushEvent:
         while True:
             try:
-                parsed = await anext(self._events)
+                message = await anext(self._messages)
+                event = self._decoder.decode(message)
+                if event is None:
+                    event = await self._parsed_by_botocore(message)
             except _SUBSCRIBE_FAILURES as exc:
                 raise translate_subscribe_error(STREAM_CALL, self._shard_id, exc) from exc
-            event = parsed.get(_EVENT_TYPE)
             if event is not None:
                 return push_event(event)
 
+    async def _parsed_by_botocore(self, message: EventStreamMessage) -> dict[str, Any] | None:
+        """The record event in ``message`` as the stream parses it, None for another event;
+        an exception message raises ``EventStreamError``."""
+        parsed = self._stream._parse_event(message)
+        if inspect.isawaitable(parsed):  # async since aiobotocore 2.22, sync before (>=2.13 allowed)
+            parsed = await parsed
+        event: dict[str, Any] | None = parsed.get(_EVENT_TYPE) if parsed else None
+        return event
+
     async def aclose(self) -> None:
         """Finish the generator now rather than when it is collected (it awaits nothing)."""
-        await self._events.aclose()
+        await self._messages.aclose()
 
 
 def _parses_as_source(client: Any) -> bool:

@@ -114,6 +114,8 @@ class PushShardReader(BaseShardReader):
         self._last_subscribe = float("-inf")
         #: Failures since the last event received: the backoff's step.
         self._failures = 0
+        #: Events received in the current subscription.
+        self._received = 0
 
     async def run(self, send: MemoryObjectSendStream[Chunk]) -> None:
         """Read until the shard ends or the task is cancelled."""
@@ -141,9 +143,19 @@ class PushShardReader(BaseShardReader):
             raise
         else:
             self._metrics.subscription_ended(self._mapping, "shard_end" if ended else "expired")
+            if not ended and not self._received:
+                await self._ended_early()
             return ended
         await self._recover(failure, opened)
         return False
+
+    async def _ended_early(self) -> None:
+        """A subscription the service ended before its first event (AWS keeps one for 5
+        minutes and sends an event at least every few seconds): not normal, so it is backed
+        off and logged like a failed read, not renewed every second for ever."""
+        self._failures += 1
+        log.warning("shard.subscription_ended_early", attempt=self._failures)
+        await anyio.sleep(self._timing.failed.delay(self._failures))
 
     async def _wait_to_subscribe(self) -> None:
         """Keep to one subscribe a second per shard, timed from the previous call."""
@@ -156,11 +168,13 @@ class PushShardReader(BaseShardReader):
         self, events: AsyncIterator[PushEvent], send: MemoryObjectSendStream[Chunk]
     ) -> bool:
         """Hand on every event of a subscription; True when the shard ended."""
+        self._received = 0
         while True:
             await self._wait_for_budget()
             event = await anext(events, None)
             if event is None:
                 return False  # the service ended the subscription
+            self._received += 1
             self._failures = 0
             if await self._hand_on(event, send):
                 return True
@@ -198,6 +212,12 @@ class PushShardReader(BaseShardReader):
         if raw:
             last = self._api.sequence_of(raw[-1])
             continuation = last if continuation is None else later_sequence(continuation, last)
+        position = self._position
+        if continuation is not None and position.type == "AFTER_SEQUENCE_NUMBER":
+            # An empty event out of step must not send the next subscription back over
+            # records already handed on (they would be delivered twice, out of order).
+            assert position.sequence_number is not None
+            continuation = later_sequence(continuation, position.sequence_number)
         if continuation is not None:
             self._position = StartPosition("AFTER_SEQUENCE_NUMBER", continuation)
 
@@ -227,8 +247,11 @@ class PushShardReader(BaseShardReader):
 
 
 def failure_reason(exc: SourceError, *, opened: bool) -> str:
-    """The ``reason`` of ``subscription_failed``: an unreachable service before the
-    subscription opened is a connection failure, after it a failure of the event stream."""
+    """The ``reason`` of ``subscription_failed``: the adapter's, when it gave one (it saw the
+    wire error); else by kind, an unreachable service before the subscription opened being a
+    connection failure, and after it a failure of the event stream."""
+    if exc.reason is not None:
+        return exc.reason
     if isinstance(exc, SubscriptionBusy):
         return "resource_in_use"
     if isinstance(exc, Throttled):

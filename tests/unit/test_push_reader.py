@@ -592,3 +592,27 @@ async def test_a_fresh_record_after_a_checkpoint_is_not_warned_about() -> None:
     with structlog.testing.capture_logs() as logs:
         await read_all(reader(api, FakeSubscriptions(raws, children=()), start=checkpoint))
     assert not [log for log in logs if log["event"] == "shard.possible_retention_gap"]
+
+
+async def test_subscriptions_ended_before_any_event_are_backed_off_and_logged() -> None:
+    """A service that ends every subscription at once (AWS keeps one for 5 minutes and sends
+    an event every few seconds) is not renewed every second for ever: each early end grows the
+    read backoff and is logged, and records flow again once subscriptions last."""
+    api, raws = shard(4)
+    timing = PushTiming(
+        subscribe_interval=0.01, failed=Backoff(initial=0.1, maximum=0.4, jitter=0.0)
+    )
+    plans = deque([Plan(script=[]), Plan(script=[]), Plan(script=[])])
+    subscriptions = FakeSubscriptions(raws, children=(), plans=plans)
+    metrics = RecordingMetrics()
+    with structlog.testing.capture_logs() as logs:
+        chunks = await read_all(reader(api, subscriptions, metrics=metrics, timing=timing))
+
+    waits = spacing(subscriptions)[:3]
+    assert waits[0] >= 0.1
+    assert waits[1] >= 0.2
+    assert waits[2] >= 0.4
+    early = [e["attempt"] for e in logs if e["event"] == "shard.subscription_ended_early"]
+    assert early == [1, 2, 3]
+    assert reasons(metrics, "subscription_ended")[:3] == ["expired"] * 3
+    assert sequences(chunks) == [raw["SequenceNumber"] for raw in raws]

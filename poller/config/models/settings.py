@@ -102,3 +102,28 @@ class Settings(FrozenModel):
                 )
             first[mapping.name] = index
         return mappings
+
+    @field_validator("mappings")
+    @classmethod
+    def _check_one_mapping_per_consumer(cls, mappings: list[AnyMapping]) -> list[AnyMapping]:
+        """Refuse two enabled mappings reading through one enhanced fan-out consumer: a
+        consumer has one subscription per shard, so each would keep taking the other's over
+        (AWS ends the older one), and both would fall behind for good."""
+        first: dict[tuple[str, str], int] = {}
+        for index, mapping in enumerate(mappings):
+            key = getattr(mapping, "consumer_key", None) if mapping.enabled else None
+            if key is None:
+                continue
+            if key in first:
+                raise own_error(
+                    "shared_consumer",
+                    "mappings[{first}] and mappings[{index}] both read stream {stream} through "
+                    "consumer {consumer}; a consumer has one subscription per shard, so give "
+                    "each mapping a consumer of its own",
+                    first=first[key],
+                    index=index,
+                    stream=key[0],
+                    consumer=repr(key[1]),
+                )
+            first[key] = index
+        return mappings

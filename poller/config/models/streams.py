@@ -339,6 +339,16 @@ class KinesisMapping(_StreamMapping):
         return self.event_source_arn if _CONSUMER_PART in self.event_source_arn else None
 
     @property
+    def consumer_key(self) -> tuple[str, str] | None:
+        """(stream ARN, consumer name) of the enhanced fan-out consumer read through, if any."""
+        if self.enhanced_fan_out is not None:
+            return self.stream_arn, self.enhanced_fan_out.consumer_name
+        if self.consumer_arn is not None:
+            name = self.consumer_arn.split(_CONSUMER_PART, 1)[1].rsplit(":", 1)[0]
+            return self.stream_arn, name
+        return None
+
+    @property
     def reads_pushed(self) -> bool:
         """Whether shards are read through enhanced fan-out (SubscribeToShard), not polled."""
         return self.consumer_arn is not None or self.enhanced_fan_out is not None
