@@ -30,7 +30,9 @@ What aiobotocore does under a subscription, which the behaviour here relies on:
   unknown events) and any payload the compiled parser refuses goes to the stream's own
   ``_parse_event``, so errors are botocore's. ``POLLER_LEAN_READS=0`` turns it off.
 - ``EventStream.close()`` closes aiohttp's response, which closes the connection (it is not
-  returned to the pool mid-body): the service sees the subscription end at once.
+  returned to the pool mid-body): the service sees the subscription end at once. A call that
+  fails or is cancelled before the ``initial-response`` never hands its response back, so a
+  ``before-parse`` handler notes it and the failure closes it.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import json
 import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -150,8 +153,15 @@ def translate_subscribe_error(call: str, shard_id: str, exc: BaseException) -> S
     An error code (on the call, or in an exception event mid-stream) says what to do:
     ResourceInUse -> ``SubscriptionBusy``, LimitExceeded -> ``Throttled``, ResourceNotFound ->
     ``StreamNotFound``, anything else -> ``SourceUnavailable``. A connection that fails, times
-    out or is cut, and a frame that cannot be read, are ``SourceUnavailable``.
+    out or is cut, and a frame that cannot be read, are ``SourceUnavailable``. The error's
+    ``reason`` is :func:`failure_reason` of ``exc``, which the push reader counts it under.
     """
+    error = _translated(call, shard_id, exc)
+    error.reason = failure_reason(exc)
+    return error
+
+
+def _translated(call: str, shard_id: str, exc: BaseException) -> SourceError:
     where = f"{call} on shard {shard_id}"
     if isinstance(exc, ClientError):
         code = error_code(exc)
@@ -219,6 +229,8 @@ class KinesisSubscriptions:
             )
         self._client = client
         self.consumer_arn = consumer_arn
+        # Idempotent (one handler per client, whatever the number of consumers on it).
+        client.meta.events.register(_BEFORE_PARSE, _hold_body, unique_id=_BEFORE_PARSE)
         #: Shared by every subscription of this consumer (it counts their fallbacks).
         self.decoder = EventDecoder.for_client(client)
 
@@ -234,21 +246,59 @@ class KinesisSubscriptions:
         self, shard_id: str, position: StartPosition
     ) -> AsyncIterator[AsyncIterator[PushEvent]]:
         wanted = starting_position(position)
+        bodies: list[Any] = []
+        opening = _OPENING.set(bodies)
         try:
             response = await self._client.subscribe_to_shard(
                 ConsumerARN=self.consumer_arn, ShardId=shard_id, StartingPosition=wanted
             )
         except _SUBSCRIBE_FAILURES as exc:
+            _close_all(bodies)
             raise translate_subscribe_error(SUBSCRIBE_CALL, shard_id, exc) from exc
+        except BaseException:  # cancelled, or anything else: aiobotocore dropped the response
+            _close_all(bodies)
+            raise
+        finally:
+            _OPENING.reset(opening)
         stream = response["EventStream"]
-        events = _PushEvents(stream, shard_id, self.decoder)
+        live = getattr(stream, "_raw_stream", None)
+        if live is not None:  # attempts botocore retried (none with one-attempt clients)
+            _close_all([body for body in bodies if body is not live])
+        events: _PushEvents | None = None
         try:
+            events = _PushEvents(stream, shard_id, self.decoder)
             yield events
         finally:
             # Synchronous, so it runs even in a cancelled scope: aiohttp closes the socket
             # rather than pooling a connection whose body is still streaming.
             stream.close()
-            await events.aclose()
+            if events is not None:
+                await events.aclose()
+
+
+#: Emitted by the endpoint once a SubscribeToShard response's headers are in, before its body
+#: (the initial-response event) is parsed.
+_BEFORE_PARSE: Final = "before-parse.kinesis.SubscribeToShard"
+#: The HTTP responses of the SubscribeToShard call this task is making. aiobotocore returns
+#: the response only once the initial-response event is read: a call cancelled, timed out or
+#: refused before that drops it unclosed, its socket held open (and out of the pool) for as
+#: long as the service streams. Held here, they are closed on any failure of the call.
+_OPENING: ContextVar[list[Any] | None] = ContextVar("poller_efo_opening", default=None)
+
+
+def _hold_body(response_dict: Mapping[str, Any], **_: Any) -> None:
+    """The ``before-parse`` handler: note the call's streaming response (its ``body``)."""
+    bodies = _OPENING.get()
+    if bodies is not None:
+        bodies.append(response_dict["body"])
+
+
+def _close_all(bodies: list[Any]) -> None:
+    """Close the responses of a call that failed (synchronous: runs in a cancelled scope)."""
+    for body in bodies:
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
 
 
 class EventDecoder:
@@ -261,8 +311,9 @@ class EventDecoder:
 
     def __init__(self, parse: Parser | None) -> None:
         self._parse = parse
-        #: SubscribeToShardEvent payloads the compiled parser refused (botocore read them).
-        self.fallbacks = 0
+        #: SubscribeToShardEvent messages decoded here, and those whose payload the compiled
+        #: parser refused (botocore read them).
+        self.decoded = self.fallbacks = 0
         self._logged: set[str] = set()
 
     @classmethod
@@ -306,6 +357,7 @@ class EventDecoder:
         except Exception as exc:  # noqa: BLE001 (botocore reads it again, and raises its own)
             self._fell_back(type(exc).__name__)
             return None
+        self.decoded += 1
         return event
 
     def _fell_back(self, reason: str) -> None:
@@ -363,7 +415,7 @@ class _PushEvents:
         """The record event in ``message`` as the stream parses it, None for another event;
         an exception message raises ``EventStreamError``."""
         parsed = self._stream._parse_event(message)
-        if inspect.isawaitable(parsed):  # async since aiobotocore 2.22, sync before (>=2.13 allowed)
+        if inspect.isawaitable(parsed):  # async from aiobotocore 2.22 on
             parsed = await parsed
         event: dict[str, Any] | None = parsed.get(_EVENT_TYPE) if parsed else None
         return event

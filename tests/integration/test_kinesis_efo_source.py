@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -263,6 +264,34 @@ async def test_a_split_ends_the_shard_with_its_children(sources: Sources, shard:
     assert len(children) == 2
     assert sorted(last.child_shard_ids) == sorted(children)
     assert rest == []  # the service ends the subscription after the shard's last event
+
+
+async def test_pushed_events_are_decoded_by_hand_as_botocore_decodes_them(
+    sources: Sources, shard: Shard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, payload in (("ключ-🔑", b"\x00\xff"), ("k", "ü".encode()), ("k" * 256, b"z" * 999)):
+        await shard.control.put_record(StreamName=shard.name, Data=payload, PartitionKey=key)
+    lean = KinesisSubscriptions(await sources.client(), shard.consumer_arn)
+    async with lean.subscribe(shard.id, StartPosition("TRIM_HORIZON")) as events:
+        decoded = await records_of(events, 3)
+    monkeypatch.setenv("POLLER_LEAN_READS", "0")  # the escape hatch: botocore parses all
+    plain = KinesisSubscriptions(await sources.client(), shard.consumer_arn)
+    async with plain.subscribe(shard.id, StartPosition("TRIM_HORIZON")) as events:
+        parsed = await records_of(events, 3)
+    assert lean.decoder.decoded >= 1
+    assert lean.decoder.fallbacks == 0
+    assert not plain.decoder.enabled
+    assert [typed(r) for r in decoded] == [typed(r) for r in parsed]
+    assert [r["PartitionKey"] for r in decoded] == ["ключ-🔑", "k", "k" * 256]
+
+
+def typed(value: Any) -> Any:
+    """``value`` with each leaf's type beside it (so that 1 and 1.0 differ)."""
+    if isinstance(value, dict):
+        return {key: typed(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [typed(item) for item in value]
+    return (type(value).__name__, value)
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -648,3 +677,128 @@ async def test_a_consumer_that_stops_pulling_holds_the_service_back() -> None:
     # and 4 MiB send by this machine's limits) plus aiohttp's 128 KiB: far below the 256 MiB
     # an unbounded read-ahead would have taken.
     assert held_back < 48 * 2**20 < FLOOD_CAP
+
+
+# -- frames decoded by hand or by botocore ---------------------------------------------------------
+# The same body served to a subscription that decodes record events by hand and to one that
+# leaves every frame to botocore (POLLER_LEAN_READS=0): events and the error or end are equal.
+
+
+@contextlib.asynccontextmanager
+async def served(body: bytes) -> AsyncIterator[str]:
+    """A SubscribeToShard endpoint answering every request with the initial response, then
+    ``body``, then the end of the stream; its URL."""
+
+    async def subscribe(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": "application/vnd.amazon.eventstream"}
+        )
+        await response.prepare(request)
+        await response.write(INITIAL + body)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/", subscribe)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+def record_frame(payload: bytes) -> bytes:
+    headers = {":message-type": "event", ":event-type": "SubscribeToShardEvent"}
+    return frame({**headers, ":content-type": "application/json"}, payload)
+
+
+SPLIT_END = event_frame(
+    "SubscribeToShardEvent",
+    {
+        "Records": [],
+        "MillisBehindLatest": 0,
+        "ChildShards": [
+            {
+                "ShardId": "shardId-1",
+                "ParentShards": ["shardId-0"],
+                "HashKeyRange": {"StartingHashKey": "0", "EndingHashKey": "1"},
+            }
+        ],
+    },
+)
+ODD_BUT_READ = event_frame(
+    "SubscribeToShardEvent",
+    {
+        "Records": [
+            {
+                "SequenceNumber": "3",
+                "Data": "",
+                "PartitionKey": "ключ",
+                "ApproximateArrivalTimestamp": "2026-12-05T03:00:00.5Z",
+                "Unknown": [1],
+            },
+            {"SequenceNumber": "4", "ApproximateArrivalTimestamp": 1780000000, "Data": None},
+        ],
+        "ContinuationSequenceNumber": "4",
+        "Unknown": {},
+    },
+)
+
+#: Bodies after the initial response; how many record events of each are decoded by hand, and
+#: how many are left to botocore because the compiled shape refuses them.
+BODIES = {
+    "records": (RECORDS + ODD_BUT_READ + RECORDS, 3, 0),
+    "records_then_split": (RECORDS + SPLIT_END, 2, 0),
+    "unknown_event_type": (event_frame("SomethingNew", {"x": 1}) + RECORDS, 1, 0),
+    "exception": (RECORDS + INTERNAL_FAILURE + RECORDS, 1, 0),
+    "not_json": (RECORDS + record_frame(b"not json") + RECORDS, 2, 1),
+    "empty_payload": (record_frame(b"") + RECORDS, 1, 1),
+    "a_null_record": (
+        record_frame(b'{"Records": [null], "ContinuationSequenceNumber": "1"}'),
+        0,
+        1,
+    ),
+    "not_utf8": (RECORDS + record_frame(b'{"Records": ["\xff"]}'), 1, 1),
+    "bad_timestamp": (
+        record_frame(b'{"Records": [{"ApproximateArrivalTimestamp": "soon"}]}') + RECORDS,
+        0,
+        1,
+    ),
+    "records_an_object": (record_frame(b'{"Records": {"a": 1}}'), 0, 1),
+}
+
+
+async def outcome(subscriptions: KinesisSubscriptions) -> tuple[list[Any], str]:
+    """Every event of a subscription, and how it ended: ``end`` or the error's type and text."""
+    received: list[Any] = []
+    async with subscriptions.subscribe("shardId-0", StartPosition("LATEST")) as events:
+        try:
+            with anyio.fail_after(5):
+                async for event in events:
+                    received.append(typed(dataclasses.asdict(event)))
+        except Exception as exc:
+            return received, f"{type(exc).__name__}: {exc}"
+    return received, "end"
+
+
+@pytest.mark.parametrize("body", BODIES.keys())
+async def test_frames_read_by_hand_or_by_botocore_give_the_same(
+    body: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    frames, decoded, fallbacks = BODIES[body]
+    async with served(frames) as url:
+        sources = Sources(url)
+        try:
+            consumer = f"{stream_arn('s')}/consumer/c:1700000000"
+            lean = KinesisSubscriptions(await sources.client(), consumer)
+            monkeypatch.setenv("POLLER_LEAN_READS", "0")
+            plain = KinesisSubscriptions(await sources.client(), consumer)
+            by_hand, by_botocore = await outcome(lean), await outcome(plain)
+        finally:
+            await sources.aclose()
+    assert by_hand == by_botocore
+    assert (lean.decoder.decoded, lean.decoder.fallbacks) == (decoded, fallbacks)
+    assert (plain.decoder.decoded, plain.decoder.fallbacks) == (0, 0)
