@@ -99,6 +99,9 @@ _CONNECTION_FAILURES: Final = (BotoCoreError, aiohttp.ClientError, OSError, Time
 #: Event stream frames that cannot be read (bad CRC, bad lengths, a payload that does not parse).
 _FRAME_FAILURES: Final = (ParserError, ResponseParserError)
 _SUBSCRIBE_FAILURES: Final = (ClientError, *_FRAME_FAILURES, *_CONNECTION_FAILURES)
+#: What botocore's event parser (or a malformed record list) raises for a payload it cannot
+#: read; ValueError includes UnicodeDecodeError and json's JSONDecodeError.
+_MALFORMED_EVENT: Final = (ValueError, TypeError, AttributeError, KeyError, OverflowError)
 
 
 # -- pure helpers ------------------------------------------------------------------------------
@@ -134,12 +137,17 @@ def push_event(event: Mapping[str, Any]) -> PushEvent:
     """A parsed ``SubscribeToShardEvent`` as a :class:`PushEvent`.
 
     The shard has ended when the event names child shards or has no continuation (AWS sends
-    both on a closed shard's last event); an empty ``ChildShards`` list is not an end.
+    both on a closed shard's last event); an empty ``ChildShards`` list is not an end. An event
+    without any field (what botocore makes of an unreadable payload) raises ``ValueError``: an
+    unreadable event, not an end.
     """
+    if not event:
+        raise ValueError("an event without any field")
+    records = event.get("Records") or []
     continuation = event.get("ContinuationSequenceNumber")
     children = tuple(str(child["ShardId"]) for child in event.get("ChildShards") or ())
     return PushEvent(
-        records=event.get("Records") or [],
+        records=records,
         continuation=continuation,
         millis_behind_latest=event.get("MillisBehindLatest"),
         child_shard_ids=children,
@@ -406,10 +414,19 @@ class _PushEvents:
                 event = self._decoder.decode(message)
                 if event is None:
                     event = await self._parsed_by_botocore(message)
+                if event is not None:
+                    return push_event(event)
             except _SUBSCRIBE_FAILURES as exc:
                 raise translate_subscribe_error(STREAM_CALL, self._shard_id, exc) from exc
-            if event is not None:
-                return push_event(event)
+            except _MALFORMED_EVENT as exc:
+                # botocore's parser raises these for a payload it cannot read: a broken
+                # event, not a reason to crash the shard; the next subscription resumes.
+                error = SourceUnavailable(
+                    f"{STREAM_CALL} on shard {self._shard_id} sent an event that could not be "
+                    f"read ({type(exc).__name__}: {exc})"
+                )
+                error.reason = "stream_error"
+                raise error from exc
 
     async def _parsed_by_botocore(self, message: EventStreamMessage) -> dict[str, Any] | None:
         """The record event in ``message`` as the stream parses it, None for another event;

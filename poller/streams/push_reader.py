@@ -203,7 +203,22 @@ class PushShardReader(BaseShardReader):
             newest = self._api.arrival_of(raw[-1])
             self._metrics.push_latency(self._mapping, max(0.0, time.time() - newest))
         self._advance(event, raw)
+        if event.shard_end and not event.child_shard_ids:
+            await self._confirm_end()
         return event.shard_end
+
+    async def _confirm_end(self) -> None:
+        """An end without ``ChildShards`` (only a missing continuation) is believed once
+        ListShards says the shard is closed or gone: ending an open shard by mistake would
+        checkpoint it SHARD_END and leave its later records unread for good. Raises
+        ``SourceUnavailable`` (the subscription is renewed after a backoff) otherwise."""
+        listing = await self._api.list_shards()
+        for shard in listing:
+            if shard.shard_id == self.shard_id and not shard.closed:
+                raise SourceUnavailable(
+                    f"SubscribeToShard on shard {self.shard_id} sent an event without a "
+                    "continuation or child shards, but ListShards says the shard is open"
+                )
 
     def _advance(self, event: PushEvent, raw: list[dict[str, Any]]) -> None:
         """The next subscription starts after the event's continuation (an empty event moves

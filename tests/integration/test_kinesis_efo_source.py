@@ -754,8 +754,8 @@ BODIES = {
     "records_then_split": (RECORDS + SPLIT_END, 2, 0),
     "unknown_event_type": (event_frame("SomethingNew", {"x": 1}) + RECORDS, 1, 0),
     "exception": (RECORDS + INTERNAL_FAILURE + RECORDS, 1, 0),
-    "not_json": (RECORDS + record_frame(b"not json") + RECORDS, 2, 1),
-    "empty_payload": (record_frame(b"") + RECORDS, 1, 1),
+    "not_json": (RECORDS + record_frame(b"not json") + RECORDS, 1, 1),  # unreadable: fails
+    "empty_payload": (record_frame(b"") + RECORDS, 0, 1),  # unreadable: fails, no end
     "a_null_record": (
         record_frame(b'{"Records": [null], "ContinuationSequenceNumber": "1"}'),
         0,

@@ -164,6 +164,9 @@ def shard(count: int, **api_options: Any) -> tuple[FakeStreamApi, list[dict[str,
     api = FakeStreamApi(**api_options)
     api.add_shard(SHARD)
     raws = api.add_page(SHARD, [Put(f"key-{i}", f"record {i}".encode()) for i in range(count)])
+    # Closed, as the fake subscriptions end it: an end without child shards is believed only
+    # when ListShards says the shard is closed.
+    api.close_shard(SHARD)
     return api, raws
 
 
@@ -300,6 +303,7 @@ async def test_a_kpl_aggregate_settled_in_part_is_resumed_by_the_converter() -> 
     api.add_shard(SHARD)
     users = [("a", b"one"), ("b", b"two"), ("c", b"three")]
     raws = api.add_page(SHARD, [kpl_aggregate(users), Put("d", b"four")])
+    api.close_shard(SHARD)
     start = StartPosition("AT_SEQUENCE_NUMBER", raws[0]["SequenceNumber"], settled_through=0)
     subscriptions = FakeSubscriptions(raws, children=())
     chunks = await read_all(reader(api, subscriptions, start=start))
@@ -317,6 +321,7 @@ async def test_an_event_whose_records_are_all_settled_sends_nothing_but_moves_on
     api = FakeStreamApi(deaggregate=True)
     api.add_shard(SHARD)
     raws = api.add_page(SHARD, [kpl_aggregate([("a", b"1"), ("b", b"2")]), Put("c", b"3")])
+    api.close_shard(SHARD)
     start = StartPosition("AT_SEQUENCE_NUMBER", raws[0]["SequenceNumber"], settled_through=1)
     plans = deque([Plan(events=1, per_event=1)])
     subscriptions = FakeSubscriptions(raws, children=(), plans=plans)
@@ -558,6 +563,7 @@ async def test_a_checkpoint_resumed_at_the_retention_edge_is_warned_about() -> N
     api.add_shard(SHARD)
     old = time.time() - 3500.0
     raws = api.add_page(SHARD, [Put("k", b"a", arrival=old), Put("k", b"b", arrival=old)])
+    api.close_shard(SHARD)
     checkpoint = StartPosition("AFTER_SEQUENCE_NUMBER", "000000000000000000000")
     subscriptions = FakeSubscriptions(raws, children=())
     with structlog.testing.capture_logs() as logs:
@@ -616,3 +622,31 @@ async def test_subscriptions_ended_before_any_event_are_backed_off_and_logged() 
     assert early == [1, 2, 3]
     assert reasons(metrics, "subscription_ended")[:3] == ["expired"] * 3
     assert sequences(chunks) == [raw["SequenceNumber"] for raw in raws]
+
+
+async def test_an_end_without_child_shards_is_believed_only_for_a_closed_shard() -> None:
+    """A missing continuation alone (an old-style end, or an event a proxy mangled) ends the
+    shard only once ListShards says it is closed: an open shard ended by mistake would be
+    checkpointed SHARD_END and its later records never read."""
+    api = FakeStreamApi()
+    api.add_shard(SHARD)
+    raws = api.add_page(SHARD, [Put(f"key-{i}", b"x") for i in range(3)])
+    bogus_end = PushEvent(raws[:1], None, 0, shard_end=True)
+    plans = deque([Plan(script=[bogus_end])])
+    subscriptions = FakeSubscriptions(raws, children=(), plans=plans)
+    push = reader(api, subscriptions)
+    send, receive = anyio.create_memory_object_stream[Chunk](10)
+    got: list[Chunk] = []
+    with structlog.testing.capture_logs() as logs:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(push.run, send)
+            async with receive:
+                while len(sequences(got)) < 3:
+                    with anyio.fail_after(10):
+                        got.append(await receive.receive())
+                api.close_shard(SHARD)  # now the end is real
+                async for chunk in receive:
+                    got.append(chunk)
+    assert isinstance(got[-1], ShardEnd)
+    assert sequences(got) == [raw["SequenceNumber"] for raw in raws]
+    assert any("says the shard is open" in e.get("error", "") for e in logs)
