@@ -7,6 +7,7 @@ import json
 import resource
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -20,11 +21,11 @@ print(json.dumps([result, resource.getrlimit(resource.RLIMIT_NOFILE), hard]))
 """
 
 
-def run_child(low: int) -> list[object]:
+def run_child(low: int) -> list[Any]:
     done = subprocess.run(
         [sys.executable, "-c", CHILD.format(low=low)], capture_output=True, text=True, check=True
     )
-    result: list[object] = json.loads(done.stdout.splitlines()[-1])
+    result: list[Any] = json.loads(done.stdout.splitlines()[-1])
     return result
 
 
