@@ -99,6 +99,11 @@ class BaseShardReader:
         self._convert = api.converter(shard_id, start)
         self.millis_behind_latest: int | None = None
         self._child_ids: tuple[str, ...] = ()
+        # The polling reader's pace (unused by a pushed one; kept here so that the polling
+        # reader needs no constructor of its own):
+        #: The ``Limit`` of the latest read: a page shorter than it means caught up.
+        self._limit = api.limit
+        self._last_call = 0.0
 
     def _report_page(self, page: RecordsPage) -> None:
         """Note what a read tells beside its records: the lag and, at the end, the children."""
@@ -174,34 +179,11 @@ class BaseShardReader:
 
 
 class ShardReader(BaseShardReader):
-    """Reads one shard and sends chunks of records to its processor."""
+    """Reads one shard by polling (GetRecords) and sends chunks of records to its processor.
 
-    def __init__(
-        self,
-        api: StreamApi,
-        *,
-        shard_id: str,
-        start: StartPosition,
-        on_page: Callable[[RecordsPage], None] | None = None,
-        metrics: Metrics | None = None,
-        mapping: str = "",
-        account: ShardAccount | None = None,
-    ) -> None:
-        """``account``: the shard's part of the process's read budget, which sizes each
-        read's ``Limit`` and holds the reader back while its share is used up; None reads
-        the service's maximum every time."""
-        super().__init__(
-            api,
-            shard_id=shard_id,
-            start=start,
-            on_page=on_page,
-            metrics=metrics,
-            mapping=mapping,
-            account=account,
-        )
-        #: The ``Limit`` of the latest read: a page shorter than it means caught up.
-        self._limit = api.limit
-        self._last_call = 0.0
+    ``account`` (of the constructor): the shard's part of the process's read budget, which
+    sizes each read's ``Limit`` and holds the reader back while its share is used up; None
+    reads the service's maximum every time."""
 
     async def run(self, send: MemoryObjectSendStream[Chunk]) -> None:
         """Read until the shard ends or the task is cancelled."""
