@@ -13,9 +13,15 @@ then runs for ``--duration`` seconds (not until every record is delivered) and t
 prints the budget's gauges scraped from ``/metrics`` at the end: the bytes it held
 (``poller_read_budget_used_bytes``, reads in flight included) and the records buffered.
 
+The peak varies from run to run by several MB (how far reading gets ahead of delivery depends
+on timing), about as much as the difference the ratio is meant to show; ``--repeat N`` runs
+the service N times over each filled stream (each run from TRIM_HORIZON, with a checkpoint
+store of its own) and the ratio compares the medians.
+
 Run: ``.venv/bin/python benchmarks/memory.py [--shards 32 256] [--records 3000 1000]
-[--budget-mib N] [--slow SECONDS --duration SECONDS]`` (``--records`` per shard, one per shard
-count; ``--budget-mib`` sets ``memory.read_budget_mib``, else the default applies).
+[--budget-mib N] [--slow SECONDS --duration SECONDS] [--repeat N]`` (``--records`` per shard,
+one per shard count; ``--budget-mib`` sets ``memory.read_budget_mib``, else the default
+applies).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import asyncio
 import json
 import os
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -145,6 +152,24 @@ def event_bytes_per_record() -> int:
     return api.converter("s", start)(raws)[0].size
 
 
+def print_run(shards: int, per_shard: int, filled: float, svc: dict[str, Any], slow: float) -> None:
+    """One run's figures."""
+    total = shards * per_shard
+    done = (
+        f"ran {svc['wall_s']:.0f} s with a handler of {slow:g} s a batch"
+        if slow
+        else f"delivered in {svc['wall_s']:.1f} s, {total / svc['wall_s']:.0f} records/s"
+    )
+    print(
+        f"{shards:4} shards x {per_shard:5} records ({total} records, filled in "
+        f"{filled:.0f} s): {done}; peak RSS {svc['vmhwm_mb']:.0f} MB "
+        f"(VmHWM), {svc['max_rss_mb']:.0f} MB (ru_maxrss); at the end the budget "
+        f"held {svc['poller_read_budget_used_bytes'] / 2**20:.1f} MiB, "
+        f"{svc['poller_read_buffered_records']:.0f} records buffered",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shards", type=int, nargs="+", default=[32, 256])
@@ -152,6 +177,7 @@ def main() -> None:
     parser.add_argument("--budget-mib", type=float, default=None)
     parser.add_argument("--slow", type=float, default=0.0, help="handler seconds per batch")
     parser.add_argument("--duration", type=float, default=60.0, help="with --slow, seconds")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per shard count (median)")
     args = parser.parse_args()
     if len(args.records) != len(args.shards):
         parser.error("give one --records value per --shards value")
@@ -166,28 +192,22 @@ def main() -> None:
             asyncio.run(fill_stream(url, stream, shards, per_shard))
             filled = time.monotonic() - started
             total = shards * per_shard
-            svc = run_service(
-                url,
-                stream,
-                total,
-                Path(tmp),
-                args.budget_mib,
-                slow=args.slow,
-                duration=args.duration,
-            )
-            peaks.append(svc["vmhwm_mb"])
-            done = (
-                f"ran {svc['wall_s']:.0f} s with a handler of {args.slow:g} s a batch"
-                if args.slow
-                else f"delivered in {svc['wall_s']:.1f} s, {total / svc['wall_s']:.0f} records/s"
-            )
-            print(
-                f"{shards:4} shards x {per_shard:5} records ({total} records, filled in "
-                f"{filled:.0f} s): {done}; peak RSS {svc['vmhwm_mb']:.0f} MB "
-                f"(VmHWM), {svc['max_rss_mb']:.0f} MB (ru_maxrss); at the end the budget "
-                f"held {svc['poller_read_budget_used_bytes'] / 2**20:.1f} MiB, "
-                f"{svc['poller_read_buffered_records']:.0f} records buffered"
-            )
+            runs = []
+            for _ in range(args.repeat):
+                svc = run_service(
+                    url,
+                    stream,
+                    total,
+                    Path(tmp),
+                    args.budget_mib,
+                    slow=args.slow,
+                    duration=args.duration,
+                )
+                runs.append(svc["vmhwm_mb"])
+                print_run(shards, per_shard, filled, svc, args.slow)
+            peaks.append(statistics.median(runs))
+            if args.repeat > 1:
+                print(f"{shards:4} shards: median peak RSS {peaks[-1]:.0f} MB of {len(runs)} runs")
     if len(peaks) > 1:
         print(f"peak RSS {args.shards[-1]} vs {args.shards[0]} shards: {peaks[-1] / peaks[0]:.2f}x")
 

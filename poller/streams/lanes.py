@@ -20,6 +20,7 @@ window, the stop signal), never the processor.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -86,26 +87,33 @@ class LaneWiring:
 class Lane:
     """One partition-key lane: its own buffer, one batch in flight."""
 
+    __slots__ = ("_input_closed", "_wake", "_wiring", "index", "pending")
+
     def __init__(self, wiring: LaneWiring, index: int) -> None:
         self._wiring = wiring
         self.index = index
         self.pending: deque[StreamRecord] = deque()
-        self._arrived = anyio.Event()
+        #: The scope of the lane's wait for records, while it waits: cancelled to wake it
+        #: (a scope it needs anyway, for the timeout and the stop; an event besides would
+        #: cost every idle shard another kilobyte).
+        self._wake: anyio.CancelScope | None = None
         self._input_closed = False
 
     def extend(self, records: list[StreamRecord]) -> None:
         """Records for this lane, in read order."""
         self.pending.extend(records)
-        self._arrived.set()
+        self.wake()
 
     def wake(self) -> None:
-        """Look at the batch again (the reader stopped reading: send what is buffered)."""
-        self._arrived.set()
+        """Look at the batch again (records came, or the reader stopped reading: send what
+        is buffered)."""
+        if self._wake is not None:
+            self._wake.cancel()
 
     def close_input(self) -> None:
         """No more records will come: flush what is buffered without waiting for the window."""
         self._input_closed = True
-        self._arrived.set()
+        self.wake()
 
     async def run(self) -> None:
         """Cut and deliver batches until the input closes and is drained, or shutdown."""
@@ -140,29 +148,33 @@ class Lane:
         builder = windows.batch_builder(None, wiring.batch_size)
         deadline: float | None = None
         wait_until: float | None
-        with wiring.stop.interruptible():
-            while True:
-                if not builder.records and self.pending:
-                    # The batch's first record is known now: its window sizes the event.
-                    builder = windows.batch_builder(self.pending[0], wiring.batch_size)
-                at_boundary = self._fill(builder)
-                wiring.took_records()
-                if builder.is_full or at_boundary or self._input_closed:
+        while True:
+            if not builder.records and self.pending:
+                # The batch's first record is known now: its window sizes the event.
+                builder = windows.batch_builder(self.pending[0], wiring.batch_size)
+            at_boundary = self._fill(builder)
+            wiring.took_records()
+            if self.pending and not (builder.is_full or at_boundary):
+                continue  # ``took_records`` handed this lane more records just now
+            if (
+                builder.is_full
+                or at_boundary
+                or self._input_closed
+                or (builder.records and wiring.reads_blocked())
+            ):
+                return builder.records
+            if builder.records:
+                if deadline is None:
+                    deadline = self._batch_deadline(builder.records[0])
+                if time.monotonic() >= deadline:
                     return builder.records
-                if builder.records and wiring.reads_blocked():
-                    return builder.records
-                if builder.records:
-                    if deadline is None:
-                        deadline = self._batch_deadline(builder.records[0])
-                    if time.monotonic() >= deadline:
-                        return builder.records
-                    wait_until = deadline
-                else:
-                    if windows.due():
-                        return []
-                    wait_until = windows.close_deadline()  # None: no open window
-                await self._wait_for_records(wait_until)
-        return []
+                wait_until = deadline
+            else:
+                if windows.due():
+                    return []
+                wait_until = windows.close_deadline()  # None: no open window
+            if not await self._wait_for_records(wait_until):
+                return []
 
     def _batch_deadline(self, first: StreamRecord) -> float:
         """When (monotonic) a batch starting at ``first`` is sent, full or not: the end of the
@@ -191,8 +203,14 @@ class Lane:
             pending.popleft()
         return False
 
-    async def _wait_for_records(self, deadline: float | None) -> None:
-        self._arrived = anyio.Event()
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        with anyio.move_on_after(timeout):
-            await self._arrived.wait()
+    async def _wait_for_records(self, deadline: float | None) -> bool:
+        """Until records come (or a wake), or ``deadline``; False when the stop ended it."""
+        stop = self._wiring.stop
+        timeout = math.inf if deadline is None else max(0.0, deadline - time.monotonic())
+        with stop.interruptible() as scope:
+            self._wake = scope
+            try:
+                await anyio.sleep(timeout)
+            finally:
+                self._wake = None
+        return not stop.is_set

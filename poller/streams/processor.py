@@ -11,11 +11,15 @@ Data flow for one shard (left: the objects; right: their module in ``poller.stre
       --give up--> FailureRouter              failures: on-failure destination, or dropped
       --settled records--> Checkpointer       checkpointer: Watermark -> CheckpointStore.put
 
-The processor is the intake: it takes the reader's chunks, tracks every record with the
-checkpointer (so the checkpoint cannot pass it until it settles), settles at once the records
-no filter matches, and hands the rest to the lanes by a stable hash of their partition key. It
-reads on only while the lanes' buffers hold less than a batch each (backpressure). It owns the
-collaborators and wires them with narrow callables; none of them holds the processor:
+The processor is the intake: the reader hands it each chunk (``send``, called in the reader's
+own task: no task and no stream between them, which a shard would pay for in memory at
+thousands of shards). It tracks every record with the checkpointer (so the checkpoint cannot
+pass it until it settles), settles at once the records no filter matches, and hands the rest
+to the lanes by a stable hash of their partition key, a chunk at a time while the lanes'
+buffers hold less than a batch each; up to ``READ_AHEAD_CHUNKS`` chunks wait meanwhile, and
+the reader waits while they do (backpressure). The lanes run in the processor's task group, one
+task each. It owns the collaborators and wires them with narrow callables; none of them holds
+the processor:
 
 * :mod:`~poller.streams.lanes`: buffers, batch cutting, the batching window;
 * :mod:`~poller.streams.delivery`: invocations and Lambda's error handling;
@@ -36,6 +40,8 @@ import dataclasses
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Protocol
 
 import anyio
 import structlog
@@ -51,13 +57,24 @@ from poller.streams.checkpointer import Checkpointer
 from poller.streams.delivery import Delivery, Invoker
 from poller.streams.failures import FailureRouter, FailureRouting
 from poller.streams.lanes import Lane, LaneWiring
-from poller.streams.stopping import StopSignal
+from poller.streams.stopping import Stopping, StopSignal
 from poller.streams.windows import OpenWindow, TumblingWindows, WindowSettings
 from poller.types import CheckpointStore, Chunk, ShardEnd, StreamRecord, Target
 
-__all__ = ["BatchPolicy", "FailureRouting", "ShardProcessor"]
+__all__ = ["READ_AHEAD_CHUNKS", "BatchPolicy", "ChunkSink", "FailureRouting", "ShardProcessor"]
 
 log = structlog.get_logger("poller.streams")
+
+#: Chunks (reads) that may wait for the lanes to have room, ahead of them.
+READ_AHEAD_CHUNKS = 2
+
+
+class ChunkSink(Protocol):
+    """Where a reader sends its chunks (what it uses of a memory object send stream)."""
+
+    async def send(self, chunk: Chunk) -> None:
+        """Hand on one chunk (waits while the processor has no room for it)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +109,7 @@ class ShardProcessor:
         store: CheckpointStore,
         policy: BatchPolicy,
         routing: FailureRouting,
-        stopping: anyio.Event,
+        stopping: Stopping,
         metrics: Metrics | None = None,
         guard: Callable[[], None] | None = None,
         retention: Callable[[], Awaitable[float | None]] | None = None,
@@ -108,7 +125,10 @@ class ShardProcessor:
         self._metrics: Metrics = metrics or NullMetrics()
         self._stop = StopSignal(stopping)
         self._ended: ShardEnd | None = None
-        self._room = anyio.Event()
+        #: Chunks read, tracked and filtered, waiting for the lanes to have room.
+        self._queued: list[list[StreamRecord]] = []
+        #: Made only while the reader waits for room (an idle shard then holds none).
+        self._room: anyio.Event | None = None
         #: The reader waits for records held to settle (see :meth:`reads_blocked`).
         self._reads_blocked = False
         opened = OpenWindow()
@@ -202,12 +222,32 @@ class ShardProcessor:
     # -- intake -----------------------------------------------------------------------------
 
     async def run(self, receive: MemoryObjectReceiveStream[Chunk]) -> ShardEnd | None:
-        """Process the shard until it ends or shutdown. Returns the ShardEnd if reached."""
+        """Process the chunks of ``receive`` until the shard ends or shutdown (see
+        :meth:`run_with`)."""
+
+        async def forward(sink: ChunkSink) -> None:
+            async with receive:
+                async for chunk in receive:
+                    await sink.send(chunk)
+                    if isinstance(chunk, ShardEnd):
+                        return
+                    # Not kept while the next chunk is awaited (its settled records would
+                    # stay in memory, outside the read budget).
+                    del chunk
+
+        return await self.run_with(forward)
+
+    async def run_with(self, read: Callable[[ChunkSink], Awaitable[None]]) -> ShardEnd | None:
+        """Process the shard while ``read`` (the reader, in this task) sends it chunks, until
+        the shard ends or shutdown. Returns the ShardEnd if reached."""
         await self._windows.restore()
-        async with receive, anyio.create_task_group() as lanes:
+        async with anyio.create_task_group() as lanes:
             for lane in self._lanes:
                 lanes.start_soon(lane.run, name=f"lane {lane.index}")
-            await self._dispatch(receive)
+            with self._stop.interruptible():
+                await read(_Intake(self))
+                while self._queued:  # what was read is handed on before the input closes
+                    await self._wait_for_room()
             for lane in self._lanes:
                 lane.close_input()
         ended = self._ended
@@ -217,21 +257,37 @@ class ShardProcessor:
             return ended
         return None
 
-    async def _dispatch(self, receive: MemoryObjectReceiveStream[Chunk]) -> None:
-        with self._stop.interruptible():
-            async for chunk in receive:
-                if isinstance(chunk, ShardEnd):
-                    self._ended = chunk
-                    return
-                self._checkpointer.track(chunk)
-                self._metrics.records_polled(self.mapping, len(chunk))
-                chunk = await self._filter(chunk)
-                self._distribute(chunk)
-                # The lanes have the records now. Holding the list while waiting (for room,
-                # or for the next chunk: ``async for`` keeps it) would keep every record of
-                # it in memory after it settled, outside the read budget.
-                del chunk
-                await self._wait_for_room()
+    async def _take(self, chunk: Chunk) -> None:
+        """One chunk from the reader: the end of the shard, or records to track, filter and
+        queue for the lanes. Waits first while ``READ_AHEAD_CHUNKS`` chunks wait already."""
+        while len(self._queued) >= READ_AHEAD_CHUNKS:
+            await self._wait_for_room()
+        if isinstance(chunk, ShardEnd):
+            self._ended = chunk
+            return
+        self._checkpointer.track(chunk)
+        self._metrics.records_polled(self.mapping, len(chunk))
+        kept = await self._filter(chunk)
+        if kept:
+            self._queued.append(kept)
+        self._feed_lanes()
+
+    def _feed_lanes(self) -> None:
+        """Backpressure: hand the lanes the next chunk only while their buffers hold less than
+        a batch each."""
+        limit = self.policy.batch_size * len(self._lanes)
+        while self._queued and sum(len(lane.pending) for lane in self._lanes) < limit:
+            self._distribute(self._queued.pop(0))
+            if self._room is not None:
+                self._room.set()
+
+    async def _wait_for_room(self) -> None:
+        """Until a queued chunk goes to the lanes."""
+        self._room = room = anyio.Event()
+        try:
+            await room.wait()
+        finally:
+            self._room = None
 
     async def _filter(self, chunk: list[StreamRecord]) -> list[StreamRecord]:
         """Drop records no filter matches: settled at once, so the checkpoint moves past them
@@ -261,13 +317,6 @@ class ShardProcessor:
             if records:
                 lane.extend(records)
 
-    async def _wait_for_room(self) -> None:
-        """Backpressure: read on only when the lanes' buffers are below a batch each."""
-        limit = self.policy.batch_size * len(self._lanes)
-        while sum(len(lane.pending) for lane in self._lanes) >= limit:
-            self._room = anyio.Event()
-            await self._room.wait()
-
     def reads_blocked(self, blocked: bool) -> None:
         """The reader waits (True) for the records it read to settle before reading on (the
         read budget), or reads again (False): while it waits, the lanes send the batches
@@ -279,5 +328,29 @@ class ShardProcessor:
                 lane.wake()
 
     def _notify_room(self) -> None:
-        """A lane took records from its buffer."""
-        self._room.set()
+        """A lane took records from its buffer: the next chunk may fit now."""
+        self._feed_lanes()
+
+
+class _Intake:
+    """The processor's side of its reader: what the reader sends goes straight into
+    :meth:`ShardProcessor._take`, in the reader's task (``async with`` closes nothing)."""
+
+    __slots__ = ("_processor",)
+
+    def __init__(self, processor: ShardProcessor) -> None:
+        self._processor = processor
+
+    async def send(self, chunk: Chunk) -> None:
+        await self._processor._take(chunk)
+
+    async def __aenter__(self) -> _Intake:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None

@@ -5,7 +5,7 @@ Data flow (one :class:`ShardSupervisor` per stream mapping, owned by its runner)
     runner --start(shard_id)--> a supervised task per shard, in the runner's task group:
         checkpoint (ownership.store) -> start_position -> ShardReader (GetRecords), or
             PushShardReader (SubscribeToShard, enhanced fan-out: the same records, pushed)
-            --bounded stream (READ_AHEAD_CHUNKS)--> ShardProcessor (lanes, invoke, checkpoint)
+            --send(chunk), in the shard's task--> ShardProcessor (lanes, invoke, checkpoint)
         a ShardAccount of the process's ReadBudget per shard task: the reader reserves and
             charges it, settled records release it, a run's end drops what it still holds,
             the task's end closes it (poller.streams.budget)
@@ -16,12 +16,18 @@ A shard task that fails unexpectedly is logged (``shard.crashed``) and restarted
 checkpoint after a backoff; it never stops the other shards or the service. A shard that ends
 (SHARD_END checkpointed) wakes the runner, which then starts its children.
 
-Stopping, one signal per shard: ``_ShardControl.drain`` (an event, set once) means "read no
+A shard costs two tasks and one task group while it runs: its supervised task, which runs the
+reader and, inline, the processor's intake (no stream between them), and one task per lane
+in the processor's task group. What waits is made when it waits (memory per idle shard is
+what limits the shards a replica can hold).
+
+Stopping, one signal per shard: ``_ShardControl.draining`` (a flag, set once) means "read no
 more, take no new batch, let the batches in flight finish and checkpoint, then return"; the
-runner's ``stopping`` (shutdown) and a handoff set it. The processor is handed that event as
-its ``stopping``, and when it is set (``_ShardControl.request_drain``) the reader's scope is
-cancelled and ``ShardProcessor.interrupt()`` abandons the processor's waits: a callback, not a
-task waiting for the event (a task per shard costs memory at thousands of shards). A lost
+runner's ``stopping`` (shutdown) and a handoff set it. The processor is handed the control as
+its ``stopping``, and when it is set (``_ShardControl.request_drain``)
+``ShardProcessor.interrupt()`` cancels the intake (the reader) and abandons the processor's
+waits, and a restart's backoff is cut short: a callback, not a task waiting for an event (a
+task per shard costs memory at thousands of shards). A lost
 lease is not a signal but a cancellation of the shard's whole scope (``_ShardControl.scope``),
 in-flight invocation included: nothing of a shard another replica owns may run on, nor may its
 lease be released.
@@ -29,10 +35,10 @@ lease be released.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import structlog
@@ -47,40 +53,44 @@ from poller.ports import RecordsPage, StartPosition, StreamApi, Subscriptions
 from poller.retry import READ_BACKOFF
 from poller.streams.budget import ReadBudget, ShardAccount
 from poller.streams.ownership import ShardOwnership
-from poller.streams.processor import BatchPolicy, FailureRouting, ShardProcessor
+from poller.streams.processor import BatchPolicy, ChunkSink, FailureRouting, ShardProcessor
 from poller.streams.push_reader import PushShardReader
 from poller.streams.reader import ShardReader
 from poller.streams.start import StreamMapping, start_position
-from poller.types import Chunk, Target
+from poller.types import Target
 
 log = structlog.get_logger("poller.streams")
-
-#: Chunks (GetRecords responses) a reader may read ahead of its processor.
-READ_AHEAD_CHUNKS = 2
 
 
 @dataclass(slots=True)
 class _ShardControl:
-    """How the supervisor stops one shard: ``drain`` drains it; ``scope`` cancels it outright
-    (a lost lease, which ``lost`` records: such a shard is not released)."""
+    """How the supervisor stops one shard: a drain (``request_drain``) drains it; ``scope``
+    cancels it outright (a lost lease, which ``lost`` records: such a shard is not released).
+    It is also the processor's ``stopping`` (``is_set``)."""
 
-    drain: anyio.Event = field(default_factory=anyio.Event)
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     lost: bool = False
-    #: Stops the intake of the run in progress (its reader and its processor's waits).
-    stop_intake: Callable[[], None] | None = None
+    #: A drain was asked for.
+    draining: bool = False
+    #: Stops what the shard waits on now: its run's intake, or a restart's backoff.
+    on_drain: Callable[[], None] | None = None
+
+    def is_set(self) -> bool:
+        """Whether the drain was asked for (the processor's ``stopping``)."""
+        return self.draining
 
     def request_drain(self) -> None:
         """Drain: read no more, take no new batch, finish the batches in flight."""
-        self.drain.set()
-        if self.stop_intake is not None:
-            self.stop_intake()
+        self.draining = True
+        if self.on_drain is not None:
+            self.on_drain()
 
-    def running(self, stop_intake: Callable[[], None]) -> None:
-        """A run began: ``stop_intake`` stops it, at once if the drain was already asked for."""
-        self.stop_intake = stop_intake
-        if self.drain.is_set():
-            stop_intake()
+    def stop_with(self, on_drain: Callable[[], None] | None) -> None:
+        """From now on a drain calls ``on_drain`` (at once if it was already asked for);
+        None: nothing to stop."""
+        self.on_drain = on_drain
+        if on_drain is not None and self.draining:
+            on_drain()
 
 
 class ShardSupervisor:
@@ -166,22 +176,25 @@ class ShardSupervisor:
         be running; a lost shard's lease is not ours to release.
         """
         if self._stopping.is_set():
-            control.drain.set()
+            control.draining = True
         settled = False
-        with structlog.contextvars.bound_contextvars(shard=shard_id):
-            try:
-                with control.scope:
-                    await self._run_until_done(shard_id, control, account)
-                settled = not control.lost
-            finally:
-                if account is not None:
-                    account.close()
-                self._controls.pop(shard_id, None)
-                self._metrics.shard_released(self._mapping.name, shard_id)
-                if settled:
-                    await self._ownership.release(shard_id)
-                # Only now: while it was busy, the balancer must not re-take its lease.
-                self._running.discard(shard_id)
+        # Bound for the rest of this task (and its lanes, whose context is a copy): the task
+        # has a context of its own, so nothing needs unbinding, and no context manager stays
+        # alive per shard.
+        structlog.contextvars.bind_contextvars(shard=shard_id)
+        try:
+            with control.scope:
+                await self._run_until_done(shard_id, control, account)
+            settled = not control.lost
+        finally:
+            if account is not None:
+                account.close()
+            self._controls.pop(shard_id, None)
+            self._metrics.shard_released(self._mapping.name, shard_id)
+            if settled:
+                await self._ownership.release(shard_id)
+            # Only now: while it was busy, the balancer must not re-take its lease.
+            self._running.discard(shard_id)
 
     async def _run_until_done(
         self, shard_id: str, control: _ShardControl, account: ShardAccount | None
@@ -189,7 +202,7 @@ class ShardSupervisor:
         # Not ``poller.retry.retrying``: any exception restarts the shard (a bug included,
         # logged with its traceback), a lost lease ends it, and the drain ends the loop.
         failures = 0
-        while not control.drain.is_set():
+        while not control.draining:
             try:
                 ended = await self._run_shard(shard_id, control, account)
             except Exception as exc:
@@ -199,7 +212,7 @@ class ShardSupervisor:
                     return
                 failures += 1
                 log.exception("shard.crashed", attempt=failures)
-                await anyio.sleep(READ_BACKOFF.delay(failures))
+                await _backoff(control, READ_BACKOFF.delay(failures))
                 continue
             if ended:
                 self._on_shard_end()
@@ -215,8 +228,18 @@ class ShardSupervisor:
         start = start_position(self._mapping, checkpoint)
         log.info("shard.started", start=start.type, after=start.sequence_number)
         try:
-            return await self._read_and_process(shard_id, start, control, account)
+            processor = self._processor(shard_id, control, account)
+            # The reader only sends and closes: the processor's intake is all it needs of a
+            # send stream (its parameter's type is the stream's; the reader is passed as it
+            # is, since a wrapper would be one more coroutine per shard).
+            read = cast(
+                Callable[[ChunkSink], Awaitable[None]], self._reader(shard_id, start, account).run
+            )
+            # The processor runs the reader in this task, under the scope its interrupt cancels.
+            control.stop_with(processor.interrupt)
+            return await processor.run_with(read) is not None
         finally:
+            control.stop_with(None)
             if account is not None:
                 account.drop()  # whatever is still buffered is dropped with this run
 
@@ -231,15 +254,11 @@ class ShardSupervisor:
             max_records=self._api.limit,
         )
 
-    async def _read_and_process(
-        self,
-        shard_id: str,
-        start: StartPosition,
-        control: _ShardControl,
-        account: ShardAccount | None,
-    ) -> bool:
-        """The reader and the processor side by side, until the shard ends (True) or stops."""
-        reader = self._reader(shard_id, start, account)
+    def _processor(
+        self, shard_id: str, control: _ShardControl, account: ShardAccount | None
+    ) -> ShardProcessor:
+        """The processor of one run of the shard: it stops with ``control``, releases what
+        settles from ``account``."""
         processor = ShardProcessor(
             mapping=self._mapping.name,
             shard_id=shard_id,
@@ -247,7 +266,7 @@ class ShardSupervisor:
             store=self._ownership.store,
             policy=self._policy,
             routing=self._routing,
-            stopping=control.drain,
+            stopping=control,
             metrics=self._metrics,
             guard=self._ownership.guard(shard_id),
             retention=self._api.retention_seconds,
@@ -255,22 +274,7 @@ class ShardSupervisor:
         )
         if account is not None:  # a batch never waits for records the budget holds back
             account.on_blocked(processor.reads_blocked)
-        send, receive = anyio.create_memory_object_stream[Chunk](READ_AHEAD_CHUNKS)
-        reader_scope = anyio.CancelScope()
-
-        def stop_intake() -> None:
-            reader_scope.cancel()
-            processor.interrupt()
-
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_run_cancellable, reader.run, send, reader_scope)
-                control.running(stop_intake)
-                ended = await processor.run(receive)
-                tg.cancel_scope.cancel()
-        finally:
-            control.stop_intake = None
-        return ended is not None
+        return processor
 
     def _reader(
         self, shard_id: str, start: StartPosition, account: ShardAccount | None
@@ -328,7 +332,11 @@ def _contains(exc: BaseException, kind: type[BaseException]) -> bool:
     return isinstance(exc, kind)
 
 
-async def _run_cancellable(run: Any, send: Any, scope: anyio.CancelScope) -> None:
-    """Run the reader under ``scope``, which the drain cancels to stop intake."""
-    with scope:
-        await run(send)
+async def _backoff(control: _ShardControl, seconds: float) -> None:
+    """Wait ``seconds`` before a restart, or until a drain is asked for (at once if it was)."""
+    with anyio.CancelScope() as scope:
+        control.stop_with(scope.cancel)
+        try:
+            await anyio.sleep(seconds)
+        finally:
+            control.stop_with(None)
