@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Hashable, Iterable
+from itertools import islice, repeat
 from typing import Generic, TypeVar
 
 #: A record position: a sequence number now, ``(sequence, subsequence)`` later. Never ``None``.
@@ -99,6 +100,14 @@ class Watermark(Generic[K]):
         """
         order, settled, pending = self._order, self._settled, self._pending
         passed: K | None = None
+        count = len(settled)
+        if count and settled.issuperset(islice(order, count)):
+            # Every settled record is at the head (in-order settlement, the usual case):
+            # they are passed together, in C, rather than one by one.
+            passed = order[count - 1]
+            pending.difference_update(settled)
+            settled.clear()
+            deque(map(deque.popleft, repeat(order, count)), maxlen=0)
         while order and order[0] in settled:
             passed = order.popleft()
             settled.remove(passed)

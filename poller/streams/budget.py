@@ -30,7 +30,8 @@ first read of each new shard: at most one response each.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import operator
+from collections.abc import Callable, Iterable, Sequence
 
 import anyio
 import structlog
@@ -40,6 +41,8 @@ from poller.types import StreamRecord
 
 log = structlog.get_logger("poller.streams")
 
+#: A record's size in the event, bytes.
+_SIZE = operator.attrgetter("size")
 #: The size assumed for a shard's records before its first read: large, so that the first
 #: read of a shard is small rather than over its share.
 INITIAL_RECORD_BYTES = 4096
@@ -254,7 +257,7 @@ class ShardAccount:
     def charge(self, records: list[StreamRecord], read: int) -> None:
         """Hold the bytes of the records of one read (``read``: how many raw records it
         returned, which the average is kept per: a KPL aggregate is one raw record)."""
-        size = sum(record.size for record in records)
+        size = sum(map(_SIZE, records))
         if read:
             # The latest read's own average: a change of record size is followed at once.
             self.average = max(1.0, size / read)
@@ -271,10 +274,9 @@ class ShardAccount:
     def release(self, records: Iterable[StreamRecord]) -> None:
         """These records settled: their bytes are free (never below zero, so a record
         settled twice cannot free another shard's bytes)."""
-        size = count = 0
-        for record in records:
-            size += record.size
-            count += 1
+        if not isinstance(records, Sequence):
+            records = list(records)
+        size, count = sum(map(_SIZE, records)), len(records)  # in C: once per record settled
         size, count = min(size, self.held), min(count, self.records)
         if size or count:
             self.held -= size

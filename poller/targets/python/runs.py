@@ -59,10 +59,10 @@ def _private_copy(event: dict[str, Any]) -> dict[str, Any]:
     pipeline retries or sends to a failure destination.
 
     This is on the per-record path. Events hold JSON types: only their containers are copied
-    (:func:`_copied`), their strings and numbers are immutable and shared, which costs a third
-    less than a marshal round trip (2.1 against 3.2 us per Kinesis record, measured on a busy
-    machine) and five times less than a JSON one. Anything else goes through marshal, then
-    JSON's own rules.
+    (:func:`_copied`), their strings and numbers are immutable and shared: no more CPU than a
+    marshal round trip, without a second copy of every string (2.3 against 2.4 us per Kinesis
+    record on a slow machine; 3.5 us when each dict's keys were checked apart), and five times
+    less than a JSON one. Anything else goes through marshal, then JSON's own rules.
     """
     copied: dict[str, Any]
     try:
@@ -88,12 +88,14 @@ def _copied(value: Any) -> Any:
     marshal refuses raises ValueError)."""
     kind = type(value)
     if kind is dict:
-        if not _IMMUTABLE.issuperset(map(type, value)):
-            # A key of another type (a str subclass, a custom object): marshal's and JSON's
-            # rules, as before, rather than sharing a key that might be mutable.
-            return marshal.loads(marshal.dumps(value))  # noqa: S302 - bytes it made itself
         out = value.copy()
+        # One pass for keys and values: checking the keys apart (a set of their types) cost
+        # more than the copy itself.
         for key, item in value.items():
+            if type(key) is not str:
+                # A key of another type (a number, a str subclass, a custom object): marshal's
+                # and JSON's rules, as before, rather than sharing a key that might be mutable.
+                return marshal.loads(marshal.dumps(value))  # noqa: S302 - bytes it made itself
             if type(item) not in _IMMUTABLE:
                 out[key] = _copied(item)
         return out
