@@ -35,6 +35,7 @@ I/O-free and synchronous.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
 from collections import Counter
 from collections.abc import Iterable, Set
@@ -152,9 +153,11 @@ def _handoff_requests(
         reverse=True,
     ):
         askable.setdefault(lease.owner or "", []).append(lease.shard_id)
+    # Each owner's place in our order, hashed once per plan rather than once per request.
+    rank = {owner: rendezvous(me, owner) for owner in askable}
     requests: list[tuple[str, str]] = []
     while have < target and askable:
-        owner = max(askable, key=lambda owner: (load[owner], rendezvous(me, owner)))
+        owner = max(askable, key=lambda owner: (load[owner], rank[owner]))
         if load[owner] - have < 2:
             break
         # Only owners with leases left to ask for are chosen: an owner's load also counts
@@ -174,26 +177,34 @@ def _answer_requests(
     """Grant standing requests for our leases, least-loaded asker first, while the asker stays
     within its share and two or more below us; decline the others."""
     counts = Counter(lease.owner for lease in live)
-    asked = sorted(
-        (
-            lease
-            for lease in live
-            if lease.owner == me
+    asked: dict[str, list[str]] = {}
+    for lease in live:
+        if (
+            lease.owner == me
             and lease.pending_owner not in (None, me)
             and (standing is None or lease.shard_id in standing)
-        ),
-        key=lambda lease: lease.shard_id,
-    )
+        ):
+            asked.setdefault(lease.pending_owner or "", []).append(lease.shard_id)
+    # Least-loaded asker first, then by shard: a heap of askers, each at its next shard (not
+    # a min() over every request per answer: a fleet starting together asks one replica for
+    # hundreds). An asker's count only changes when it is answered, and it is pushed back then.
+    heap = []
+    for asker, shards in asked.items():
+        shards.sort(reverse=True)
+        heap.append((counts[asker], shards[-1], asker))
+    heapq.heapify(heap)
     grant: list[tuple[str, str]] = []
     decline: list[str] = []
-    while asked:
-        lease = min(asked, key=lambda lease: (counts[lease.pending_owner], lease.shard_id))
-        asked.remove(lease)
-        asker = lease.pending_owner or ""
+    while heap:
+        _, shard_id, asker = heapq.heappop(heap)
+        shards = asked[asker]
+        shards.pop()
         if counts[asker] < target and have - counts[asker] >= 2:
-            grant.append((lease.shard_id, asker))
+            grant.append((shard_id, asker))
             counts[asker] += 1
             have -= 1
         else:
-            decline.append(lease.shard_id)
+            decline.append(shard_id)
+        if shards:
+            heapq.heappush(heap, (counts[asker], shards[-1], asker))
     return tuple(grant), tuple(decline)

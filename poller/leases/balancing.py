@@ -34,8 +34,12 @@ from poller.core.lineage import ShardInfo, plan_shards
 from poller.errors import CheckpointError
 from poller.leases.held import Incarnation, LeaseContext
 from poller.leases.watching import MemberWatch
+from poller.types import Checkpoint
 
 log = structlog.get_logger("poller.leases")
+
+#: A lease's shard, parents and checkpoint: what its readiness depends on.
+_Lineage = tuple[str, tuple[str, ...], Checkpoint | None]
 
 #: Looks at the table per balance cycle while peers win the races for free leases (replicas
 #: starting together), so that the cycle ends with our handoff requests made.
@@ -72,6 +76,15 @@ class Balancer:
         self._watch = watch
         #: Each lease as last seen in the view (see :class:`_Seen`).
         self._seen: dict[str, _Seen] = {}
+        #: Each lease's view as last planned: reused while it reads the same (at 10,000 leases
+        #: building them anew for every cycle cost more than the plan itself).
+        self._views: dict[str, LeaseView] = {}
+        #: The leases (their shards, and the lineage of those with parents or a checkpoint)
+        #: at the previous plan, and the ready shards they gave: planning lineage is linear
+        #: in the leases, and it rarely changes.
+        self._lineage: tuple[AbstractSet[str], list[_Lineage], set[str]] = (set(), [], set())
+        #: The leases seen in the view by owner, as of the latest plan (for ``_horizons``).
+        self._by_owner: dict[str | None, list[str]] = {}
         #: When an invocation of each shard was cancelled mid-flight (the shard stopped): the
         #: call itself may run on (a sync handler's thread, a remote function) for up to the
         #: takeover grace, so we re-take our own lease only after it.
@@ -114,7 +127,9 @@ class Balancer:
             # and take other free leases instead of those (the view may not show them taken
             # yet: retrying them would fail again, and leave our share to a later cycle).
             contested |= lost
-        self._asked = {(s, lease.pending_owner) for s, lease in leases.items()}
+        self._asked = {
+            (s, lease.pending_owner) for s, lease in leases.items() if lease.pending_owner
+        }
         await self._ask(leases, plan.request if may_take else (), outcome)
         for shard_id, asker in plan.grant:
             if shard_id in self._ctx.held.leases:
@@ -149,24 +164,30 @@ class Balancer:
         self._abandoned_at[shard_id] = self._ctx.clock()
 
     def _horizons(self) -> list[float]:
-        """When each lease of another replica expires if nothing moves (monotonic)."""
-        held, after = self._ctx.held.leases, self._ctx.settings.takeover_after
+        """When each lease of another replica expires if nothing moves (monotonic): one time
+        per present owner, not per lease (this runs at every watch of every replica)."""
+        held, after, me = self._ctx.held.leases, self._ctx.settings.takeover_after, self._ctx.owner
         horizon = []
-        for shard_id, seen in self._seen.items():
-            if shard_id in held or seen.owner is None:
+        if any(
+            shard_id not in held and not self._incarnation.touched(shard_id)
+            for shard_id in self._by_owner.get(me, ())
+        ):  # a previous incarnation's lease
+            horizon.append(self._incarnation.inherited_until)
+        for owner, shards in self._by_owner.items():
+            if owner in (None, me):
                 continue
-            if seen.owner == self._ctx.owner:
-                if not self._incarnation.touched(shard_id):  # a previous incarnation's
-                    horizon.append(self._incarnation.inherited_until)
+            beat_since = self._watch.since(owner or "")
+            if beat_since is not None and self._watch.present(owner or ""):
+                # Judged by its beat alone: one time, if any of its leases is not ours yet.
+                if any(shard_id not in held for shard_id in shards):
+                    horizon.append(beat_since + after)
                 continue
-            owner = seen.owner or ""
-            beat_since = self._watch.since(owner)
-            if beat_since is None:
-                horizon.append(seen.since + after)
-            elif self._watch.present(owner):
-                horizon.append(beat_since + after)
-            else:
-                horizon.append(max(seen.since, beat_since) + after)
+            for shard_id in shards:
+                seen = self._seen.get(shard_id)
+                if shard_id in held or seen is None:
+                    continue
+                since = seen.since if beat_since is None else max(seen.since, beat_since)
+                horizon.append(since + after)
         horizon += [
             abandoned + self._ctx.settings.abandoned_wait
             for shard_id, abandoned in self._abandoned_at.items()
@@ -195,13 +216,16 @@ class Balancer:
         is older than our own last write, our copy stands in for it.
         """
         ctx = self._ctx
-        view = await ctx.table.lease_view(ctx.mapping)
+        with self._watch.reading():
+            view = await ctx.table.lease_view(ctx.mapping)
         self._view_at = ctx.clock()
         # The heartbeats are read after the view: an owner whose beat looks expired in this
         # read cannot have taken (or re-taken) a lease the view shows it holding since (its
         # take is fresh only from a beat that landed before it, hence before this read).
         sent, first = ctx.clock(), self._watch.read_at is None
-        changed = self._watch.observe(await ctx.table.members(ctx.mapping), sent, ctx.clock())
+        with self._watch.reading():
+            members = await ctx.table.members(ctx.mapping)
+        changed = self._watch.observe(members, sent, ctx.clock())
         self.missed_change = changed and not first
         leases = {lease.shard_id: lease for lease in view}
         for shard_id, mine in list(ctx.held.leases.items()):
@@ -224,56 +248,120 @@ class Balancer:
         now = self._ctx.clock()
         grace = self._ctx.settings.abandoned_wait
         self._abandoned_at = {s: t for s, t in self._abandoned_at.items() if now - t < grace}
-        self._seen = {s: seen for s, seen in self._seen.items() if s in leases}
-        views = [self._view(lease, busy) for lease in leases.values()]
-        checkpoints = {s: lease.checkpoint for s, lease in leases.items() if lease.checkpoint}
-        infos = [ShardInfo(lease.shard_id, lease.parent_ids) for lease in leases.values()]
-        ready = set(plan_shards(infos, checkpoints).ready)
+        for gone in self._seen.keys() - leases.keys():
+            del self._seen[gone]
+            self._views.pop(gone, None)
+        views = self._views_of(leases, busy)
         # Requests already there at our previous cycle (not a previous round of this one).
-        standing = {s for s, lease in leases.items() if (s, lease.pending_owner) in self._asked}
+        standing = {
+            s
+            for s, lease in leases.items()
+            if lease.pending_owner and (s, lease.pending_owner) in self._asked
+        }
         return plan_balance(
             views,
             me=self._ctx.owner,
-            ready=ready,
+            ready=self._ready(leases),
             max_leases=self._ctx.settings.max_leases_per_replica,
             standing=standing,
             contested=contested,
         )
 
-    def _view(self, lease: Lease, busy: AbstractSet[str]) -> LeaseView:
-        now = self._view_at
-        seen = self._seen.get(lease.shard_id)
-        if seen is None or seen.counter != lease.counter:
+    def _ready(self, leases: dict[str, Lease]) -> set[str]:
+        """The shards whose lineage lets them be read (see ``plan_shards``), planned again
+        only when the shards, or the parents or checkpoint of one, changed (a lease with
+        neither plays no part in lineage but its own readiness)."""
+        lineage = [
+            (s, lease.parent_ids, lease.checkpoint)
+            for s, lease in leases.items()
+            if lease.parent_ids or lease.checkpoint
+        ]
+        shards, previous, ready = self._lineage
+        if lineage != previous or leases.keys() != shards:
+            checkpoints = {s: checkpoint for s, _, checkpoint in lineage if checkpoint}
+            infos = [ShardInfo(s, lease.parent_ids) for s, lease in leases.items()]
+            ready = set(plan_shards(infos, checkpoints).ready)
+            self._lineage = (set(leases), lineage, ready)
+        return ready
+
+    def _views_of(self, leases: dict[str, Lease], busy: AbstractSet[str]) -> list[LeaseView]:
+        """Every lease as the planner sees it, on our clock. One pass, in one function: at
+        10,000 leases this runs for every cycle of every replica. A peer's beat is judged
+        once per owner; a lease's view is reused while it reads the same."""
+        me, seen_of, views = self._ctx.owner, self._seen, self._views
+        latest = self._watch.latest  # the members present at the latest read
+        expired_owners: dict[str | None, bool] = {None: True}  # unowned: free
+        by_owner: dict[str | None, list[str]] = {}
+        planned = []
+        for lease in leases.values():
+            shard_id, owner = lease.shard_id, lease.owner
+            seen = seen_of.get(shard_id)
+            if seen is None or seen.counter != lease.counter or seen.owner != owner:
+                seen = self._saw(lease, seen)
+            by_owner.setdefault(owner, []).append(shard_id)
+            expired = expired_owners.get(owner)
+            if owner == me:
+                expired = self._own_expired(shard_id, busy)
+            elif owner is not None and (expired is None or (expired and owner not in latest)):
+                # The owner's beat not judged yet in this plan, or an absent owner's lease.
+                expired = self._peer_expired(owner, seen, expired, expired_owners)
+            view = views.get(shard_id)
+            if (
+                view is None
+                or view.owner != owner
+                or view.expired != expired
+                or view.pending_owner != lease.pending_owner
+            ):
+                view = views[shard_id] = LeaseView(
+                    shard_id, owner, bool(expired), lease.pending_owner
+                )
+            planned.append(view)
+        self._by_owner = by_owner
+        return planned
+
+    def _saw(self, lease: Lease, seen: _Seen | None) -> _Seen:
+        """Note a lease whose counter (or owner) changed since the previous view."""
+        if seen is not None and seen.counter == lease.counter:
+            seen = _Seen(seen.counter, lease.owner, seen.since)
+        else:
             if seen is not None and seen.owner == lease.owner:
                 self._report_v1(lease)
-            seen = _Seen(lease.counter, lease.owner, now)
-        self._seen[lease.shard_id] = _Seen(seen.counter, lease.owner, seen.since)
-        if lease.owner is None:
-            expired = True
-        elif lease.owner == self._ctx.owner:
-            # Ours in the table: live while we run it (or its old task still winds down);
-            # otherwise free for us to re-take (a lost response, a self-fenced lease, a
-            # lease handed to us).
-            # An invocation cancelled with its task may run on (a handler thread, a remote
-            # call): re-take only once the takeover grace has passed since it was abandoned.
-            expired = (
-                lease.shard_id not in self._ctx.held.leases
-                and lease.shard_id not in busy
-                and lease.shard_id not in self._abandoned_at
-                and not self._incarnation.inherited(lease.shard_id, now)
-            )
-        else:
-            # A member's leases expire with its beat: its takes and checkpoints never make a
-            # lease fresher for it (see HeldLeases), so the counter need not be watched (the
-            # view is read rarely: a busy shard's counter would look as if it just moved). An
-            # owner absent from the map (a v1 replica, which renews counters, or one gone)
-            # is judged by the counter too, and by how long it has been absent.
-            self._watch.track(lease.owner)
-            after = self._ctx.settings.takeover_after
-            expired = self._watch.still_for(lease.owner) >= after
-            if not self._watch.present(lease.owner):
-                expired = expired and now - seen.since >= after
-        return LeaseView(lease.shard_id, lease.owner, expired, lease.pending_owner)
+            seen = _Seen(lease.counter, lease.owner, self._view_at)
+        self._seen[lease.shard_id] = seen
+        return seen
+
+    def _own_expired(self, shard_id: str, busy: AbstractSet[str]) -> bool:
+        """Ours in the table: live while we run it (or its old task still winds down);
+        otherwise free for us to re-take (a lost response, a self-fenced lease, a lease handed
+        to us). An invocation cancelled with its task may run on (a handler thread, a remote
+        call): re-take only once the takeover grace has passed since it was abandoned."""
+        return (
+            shard_id not in self._ctx.held.leases
+            and shard_id not in busy
+            and shard_id not in self._abandoned_at
+            and not self._incarnation.inherited(shard_id, self._view_at)
+        )
+
+    def _peer_expired(
+        self,
+        owner: str,
+        seen: _Seen,
+        beat_expired: bool | None,
+        expired_owners: dict[str | None, bool],
+    ) -> bool:
+        """A member's leases expire with its beat: its takes and checkpoints never make a
+        lease fresher for it (see HeldLeases), so the counter need not be watched (the view is
+        read rarely: a busy shard's counter would look as if it just moved). An owner absent
+        from the map (a v1 replica, which renews counters, or one gone) is judged by the
+        counter too, and by how long it has been absent. ``beat_expired``: the owner's beat
+        as judged earlier in this plan (None: not yet)."""
+        after = self._ctx.settings.takeover_after
+        if beat_expired is None:
+            self._watch.track(owner)
+            beat_expired = expired_owners[owner] = self._watch.still_for(owner) >= after
+        if beat_expired and not self._watch.present(owner):
+            return self._view_at - seen.since >= after
+        return beat_expired
 
     def _report_v1(self, lease: Lease) -> None:
         """A live owner absent from the member map moved its counter: a v1 replica, which

@@ -65,7 +65,7 @@ class LeaseCoordinator:
         context = LeaseContext(
             table, self._holdings, mapping, owner, settings, self._metrics, clock
         )
-        self._watch = MemberWatch(settings.takeover_after)
+        self._watch = MemberWatch(settings.takeover_after, settings.watched_gap)
         self._balancer = Balancer(context, self._watch)
         self._fence = LeaseFence(context)
         #: A balance is due (the watch saw a change); cleared by a successful balance.
@@ -95,7 +95,8 @@ class LeaseCoordinator:
         generation. True when a balance is due (see :meth:`balance_due`). Raises
         CheckpointError when the table fails (a balance is then not due for that reason)."""
         sent = self._clock()
-        members = await self.table.members(self.mapping)
+        with self._watch.reading():
+            members = await self.table.members(self.mapping)
         if self._watch.observe(members, sent, self._clock()):
             self._due = True
         if self._bump_owed:

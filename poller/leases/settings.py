@@ -53,6 +53,16 @@ class LeaseSettings:
         return self.lease_duration / 10
 
     @property
+    def watched_gap(self) -> float:
+        """After our reads of the table failed, how much of the time since the previous
+        answered read still counts as a peer's beat seen standing still (two watch intervals:
+        a read or two lost cost nothing). The rest of an outage does not: peers could not beat
+        either. A live peer cut off only by a whole-table outage then looks still for less
+        than a beat interval before it, this, and a beat interval after it (0.87 of a lease
+        duration), so it is never judged expired for the outage."""
+        return 2 * self.watch_interval
+
+    @property
     def safety_balance_interval(self) -> float:
         """Balance at least this often even when no peer changed anything (a change missed,
         e.g. a generation bump that failed)."""

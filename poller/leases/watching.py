@@ -10,13 +10,27 @@ balance is due (the generation moved, a peer came or went, a peer's beat just ex
 A peer absent from the map (a replica of protocol v1, which does not heartbeat, or one that
 left) is a state of its own, "absent", timed like a beat: its leases are then judged by their
 counters, which v1 replicas move at every renewal.
+
+A beat's stillness is not counted across a stretch where our own reads of the table failed:
+when a read answers after failed ones, the time since the previous answered read counts only
+up to ``watched_gap`` (a read or two lost costs nothing). A whole-table outage stops every
+peer's beat along with our reads: a beat that stood still through it says nothing of its
+writer, and judging it expired made the first replica back count itself alone, take every
+lease, and hand them back a cycle later. (Had only we been cut off or paused, live peers'
+beats moved meanwhile and look fresh anyway; a dead peer's beat is judged by the time we
+watched it.) A beat already expired stays so. Expiry only ever comes later for this rule,
+never earlier: fencing (a replica that cannot heartbeat stops its shards before a peer may
+take them) is untouched.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from poller.checkpoints.dynamodb import Members
+from poller.errors import CheckpointError
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,8 +45,9 @@ class Beat:
 class MemberWatch:
     """What this replica knows of one mapping's member item, and since when."""
 
-    def __init__(self, takeover_after: float) -> None:
+    def __init__(self, takeover_after: float, watched_gap: float) -> None:
         self._takeover_after = takeover_after
+        self._watched_gap = watched_gap
         self._beats: dict[str, Beat] = {}
         #: When the latest read was *sent* (monotonic); None before the first one. A beat seen
         #: in it stood still at least until then (the read was served after it was sent).
@@ -42,10 +57,21 @@ class MemberWatch:
         self.latest: dict[str, int] = {}
         #: Generation bumps of our own since the latest read: not a reason to look again.
         self._own_bumps = 0
+        #: A read of ours failed since the latest answered one (see the module docstring).
+        self._failed = False
 
     def bumped(self) -> None:
         """We bumped the generation (a successful write)."""
         self._own_bumps += 1
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """Around a read of the table (the member item, the view): notes when it fails."""
+        try:
+            yield
+        except CheckpointError:
+            self._failed = True
+            raise
 
     def observe(self, members: Members, sent: float, answered: float) -> bool:
         """Take in a read sent at ``sent`` and answered at ``answered``; True when a balance is
@@ -55,7 +81,8 @@ class MemberWatch:
         A new beat counts as standing still from when the read showing it was *answered* (the
         beat was written, and its writer alive, no later); a seen beat stood still until the
         latest read was *sent* (it may have been served just after): a slow answer never
-        makes a beat look older than it is."""
+        makes a beat look older than it is. After failed reads, the time since the previous
+        answered read counts only up to ``watched_gap`` (see the module docstring)."""
         previous_read = self.read_at
         moved = (
             self.generation is not None and members.generation != self.generation + self._own_bumps
@@ -64,11 +91,18 @@ class MemberWatch:
         joined_or_left = previous_read is not None and set(members.beats) != set(self.latest)
         self.generation = members.generation
         self.latest = dict(members.beats)
+        last = sent if previous_read is None else previous_read
+        unwatched = sent - last - self._watched_gap if self._failed else 0.0
+        self._failed = False
         for owner in set(self._beats) | set(members.beats):
             value = members.beats.get(owner)
             seen = self._beats.get(owner)
             if seen is None or seen.value != value:
                 self._beats[owner] = Beat(value, answered)
+            elif unwatched > 0 and last - seen.since < self._takeover_after:
+                # Not yet expired at the previous read: the outage (past watched_gap) is not
+                # stillness we saw; an expired beat stays expired.
+                self._beats[owner] = Beat(value, seen.since + unwatched)
         self.read_at = max(sent, previous_read or sent)
         first = previous_read is None
         return first or moved or joined_or_left or self._expired_between(previous_read, sent)

@@ -24,7 +24,10 @@ What it adds for tests:
 
 from __future__ import annotations
 
+import bisect
+import math
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from typing import Any
@@ -48,15 +51,99 @@ from poller.types import Checkpoint
 from tests.support.memory_table_store import Item, TableStore, item_size
 
 
-class MemoryMembers(TableStore):
+class ViewIndex(TableStore):
+    """The view index of :class:`MemoryLeaseTable`, kept up to date write by write: each
+    write joins the index once it is older than the lag, and a view read lists the index
+    (built again only for a mapping whose leases changed since). Rebuilding it from every
+    item at each read cost a 10,000-lease simulation minutes per simulated second."""
+
+    def __init__(self, table: str, **kwargs: Any) -> None:
+        super().__init__(table, **kwargs)
+        #: Writes not visible in the index yet: (tick, clock, key, item or None), oldest first.
+        self._unindexed: deque[tuple[int, float, str, Item | None]] = deque()
+        #: Per mapping, the shards in the index (sorted) and each one's lease and size.
+        self._indexed: dict[str, tuple[list[str], dict[str, tuple[Lease, int]]]] = {}
+        #: key -> (mapping, shard) of each lease in the index.
+        self._indexed_keys: dict[str, tuple[str, str]] = {}
+        #: Per mapping, the latest listing (leases, page sizes), while no write joined since.
+        self._listed: dict[str, tuple[list[Lease], list[int]]] = {}
+        #: key -> (item, its size), for the latest stored version of each item.
+        self._sizes: dict[str, tuple[Item, int]] = {}
+
+    def _put(self, key: str, item: Item | None) -> None:
+        """Store (None: delete) ``item``, billed as one write of the larger of old and new,
+        and index it (at once, or once the lag has passed). TableStore's own bookkeeping for
+        its view (versions, history) is not kept: this view replaces it."""
+        size = max(self._size(key, self.items.get(key)), self._size(key, item))
+        self.write_units += max(1, math.ceil(size / 1024))
+        if item is None:
+            self.items.pop(key, None)
+        else:
+            self.items[key] = item
+        write = (self._tick, self.clock(), key, item)
+        if self.view_lag_calls or self.view_lag_seconds:
+            self._unindexed.append(write)
+        else:
+            self._index(key, item)
+        self._answer()  # last: it may raise (an answer lost) once the item is stored
+
+    def _size(self, key: str, item: Item | None) -> int:
+        """``item_size(item)``, computed once per stored item (the member item of 50 replicas
+        is read and written many times a second)."""
+        if item is None:
+            return 0
+        cached = self._sizes.get(key)
+        if cached is None or cached[0] is not item:
+            cached = self._sizes[key] = (item, item_size(item))
+        return cached[1]
+
+    def _view(self, mapping: str) -> tuple[list[Lease], list[int]]:
+        """The view's leases, sorted by shard, and the bytes of each page."""
+        tick, now = self._horizon()
+        # Writes are in call order, their ticks and clocks rising: the visible ones come first.
+        while self._unindexed and self._unindexed[0][0] <= tick and self._unindexed[0][1] <= now:
+            _, _, key, item = self._unindexed.popleft()
+            self._index(key, item)
+        listed = self._listed.get(mapping)
+        if listed is None:
+            order, entries = self._indexed.get(mapping, ([], {}))
+            shown = [entries[shard_id] for shard_id in order]
+            listed = ([lease for lease, _ in shown], self._pages([size for _, size in shown], None))
+            self._listed[mapping] = listed
+        return listed
+
+    def _index(self, key: str, item: Item | None) -> None:
+        lease, size = (None, 0) if item is None else self._parsed(key, item, full=False)
+        old = self._indexed_keys.get(key)
+        if lease is not None and old == (lease.mapping, lease.shard_id):
+            self._indexed[lease.mapping][1][lease.shard_id] = (lease, size)  # the usual write
+            self._listed.pop(lease.mapping, None)
+            return
+        self._indexed_keys.pop(key, None)
+        if old is not None:
+            mapping, shard_id = old
+            order, entries = self._indexed[mapping]
+            del entries[shard_id]
+            del order[bisect.bisect_left(order, shard_id)]
+            self._listed.pop(mapping, None)
+        if lease is not None:
+            order, entries = self._indexed.setdefault(lease.mapping, ([], {}))
+            bisect.insort(order, lease.shard_id)
+            entries[lease.shard_id] = (lease, size)
+            self._indexed_keys[key] = (lease.mapping, lease.shard_id)
+            self._listed.pop(lease.mapping, None)
+
+
+class MemoryMembers(ViewIndex):
     """The member item's calls of :class:`MemoryLeaseTable` (as :mod:`.members` is a base of
     the real table)."""
 
     async def members(self, mapping: str) -> Members:
         """The member item (a consistent read); ``Members({}, 0)`` when there is none."""
         await self._call("GetItem", "members")
-        item = self.items.get(members_key(mapping))
-        self._read_units(item_size(item) if item else 0)
+        key = members_key(mapping)
+        item = self.items.get(key)
+        self._read_units(self._size(key, item))
         return members_from_item(item)
 
     async def _create_members(self, mapping: str, owner: str, beat: int) -> bool:
