@@ -379,6 +379,9 @@ class Left(Exception):
     """Raised by a test to leave a subscription by an exception."""
 
 
+# serial: "at once" is a short deadline on the close, which other workers' load on 2 cores
+# can outlast.
+@pytest.mark.serial
 @pytest.mark.parametrize("way", ["normally", "by_exception", "by_cancellation"])
 async def test_leaving_closes_the_connection_at_once(
     sources: Sources, shard: Shard, ministack_url: str, way: str

@@ -31,7 +31,10 @@ from tests.support.service_config import service_config, stream_mapping
 from tests.support.sqs import NewQueue
 from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.anyio
+# serial (scripts/test runs these after the parallel workers, alone): each bounds how long a
+# lease move or an outage's recovery takes in lease durations of a few seconds, which the
+# other workers' emulators and service processes stretch on a 2-core machine.
+pytestmark = [pytest.mark.anyio, pytest.mark.serial]
 
 LEASE = 3.0
 BALANCE = 1.0

@@ -298,6 +298,9 @@ def running_with(proc: ServiceProcess, event: str, count: int, limit: float) -> 
     assert alive(proc), proc.log_path.read_text()
 
 
+# serial: it waits 20 s for two start-up retries of a process that other workers' load on
+# 2 cores slows down.
+@pytest.mark.serial
 def test_lease_table_outage_at_start_up_is_waited_out(
     tmp_path: Path, moto_url: str, launch: Launch
 ) -> None:

@@ -5,7 +5,8 @@ never returns ``ChildShards``. kinesis-local closes parents, routes writes to ch
 ``NextShardIterator=None`` with ``ChildShards`` at a parent's end, and expires iterators.
 ``scripts/test`` installs it into ``.work/npm``. It binds 0.0.0.0 with no option to change
 that, so the fixture runs a copy patched to bind 127.0.0.1 (exactly one occurrence is replaced;
-the fixture fails loudly if the package ever changes).
+the fixture fails loudly if the package ever changes). The copy is replaced atomically, so
+parallel test workers may start kinesis-local at once.
 """
 
 from __future__ import annotations
@@ -32,7 +33,12 @@ def _patched_main() -> Path:
     if source.count(_BIND_ALL) != 1:
         raise RuntimeError("kinesis-local changed: cannot patch it to bind 127.0.0.1")
     patched = PACKAGE / "main-127.js"
-    patched.write_text(source.replace(_BIND_ALL, _BIND_LOOPBACK))
+    wanted = source.replace(_BIND_ALL, _BIND_LOOPBACK)
+    if not patched.exists() or patched.read_text() != wanted:
+        # Written aside and renamed: a parallel test worker may be starting node on the file.
+        aside = PACKAGE / f"main-127.js.{os.getpid()}"
+        aside.write_text(wanted)
+        aside.replace(patched)
     return patched
 
 

@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -116,11 +119,50 @@ def run_cli(*args: str, **options: Any) -> subprocess.CompletedProcess[str]:
 Launch = Callable[..., ServiceProcess]
 
 
+#: :func:`free_port` hands out ports below Linux's ephemeral range (32768-60999), where the
+#: kernel picks the source ports of outgoing connections and the ports of ``bind(0)``: a port
+#: probed there and released could be taken by any client before the emulator binds it.
+_FIRST_PORT = 20000
+#: Ports per block. Each pytest-xdist worker (and the serial session) probes a block of its own,
+#: so parallel workers never hand one port to two emulators.
+_BLOCK_SIZE = 1000
+_BLOCKS = 12
+_ports_lock = threading.Lock()
+_ports: Iterator[int] | None = None
+
+
+def _port_block() -> range:
+    """This process's block: pytest-xdist names its workers gw0, gw1, ... in
+    ``PYTEST_XDIST_WORKER`` (set before any test runs, inherited by subprocesses)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    index = int(worker.removeprefix("gw")) + 1 if worker.startswith("gw") else 0
+    first = _FIRST_PORT + index % _BLOCKS * _BLOCK_SIZE
+    return range(first, first + _BLOCK_SIZE)
+
+
+def _port_cycle() -> Iterator[int]:
+    """The block's ports in turn from a random one: a process's subprocesses (benchmarks) and
+    concurrent serial sessions start at different places, and a released port is not offered
+    again until the block wraps. SystemRandom, because pytest-randomly reseeds ``random``."""
+    block = _port_block()
+    start = random.SystemRandom().randrange(len(block))
+    return itertools.islice(itertools.cycle(block), start, None)
+
+
 def free_port() -> int:
-    """A free loopback port."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A free loopback port (nothing bound to it now) from this worker's block."""
+    global _ports
+    with _ports_lock:
+        if _ports is None:
+            _ports = _port_cycle()
+        for port in itertools.islice(_ports, _BLOCK_SIZE):
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:
+                    continue  # in use (or in TIME_WAIT): the next one
+            return port
+    raise RuntimeError(f"no free loopback port in {_port_block()}")
 
 
 @contextlib.contextmanager
