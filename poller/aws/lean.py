@@ -263,13 +263,18 @@ class LeanCall:
         try:
             page = parse(_DECODE(body.decode()))
             records = page["Records"]
-            # Key by key over the whole page, in C, rather than record by record.
-            for key in self._required:
-                if not all(map(dict.__contains__, records, repeat(key))):
-                    raise Fallback("a record without a required field")
+            if records:  # an idle poll's empty page has nothing to check
+                self._check_required(records)
         except (ValueError, UnicodeDecodeError, Malformed, KeyError, TypeError) as exc:
             raise Fallback(f"answer not read by hand: {exc!r}") from exc
         return dict(page)
+
+    def _check_required(self, records: list[dict[str, Any]]) -> None:
+        """Every record has the fields the source reads: key by key over the whole page, in C,
+        rather than record by record."""
+        for key in self._required:
+            if not all(map(dict.__contains__, records, repeat(key))):
+                raise Fallback("a record without a required field")
 
     def _error(self, status: int, body: bytes) -> Exception:
         """The SourceError of a known AWS error, else a Fallback."""

@@ -172,7 +172,8 @@ def _list_of(member: Parser, as_is: AsIs | None) -> Parser:
     def parse(value: Any) -> Any:
         if type(value) is not list:
             raise Malformed("a list is not a JSON array")
-        if member is keep or (as_is is not None and as_is(value)):
+        # An empty list (every idle poll's page) is its own parse: no check to run.
+        if not value or member is keep or (as_is is not None and as_is(value)):
             return value
         return [member(item) for item in value]
 
