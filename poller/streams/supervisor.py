@@ -212,11 +212,13 @@ class ShardSupervisor:
                     return
                 failures += 1
                 log.exception("shard.crashed", attempt=failures)
-                await _backoff(control, READ_BACKOFF.delay(failures))
-                continue
-            if ended:
-                self._on_shard_end()
-            return
+            else:
+                if ended:
+                    self._on_shard_end()
+                return
+            # Outside the handler: while it runs, the exception's traceback keeps the failed
+            # run's frames alive, and with them the records they held, outside the read budget.
+            await _backoff(control, READ_BACKOFF.delay(failures))
 
     async def _run_shard(
         self, shard_id: str, control: _ShardControl, account: ShardAccount | None
