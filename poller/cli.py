@@ -1,4 +1,5 @@
-"""Command line: ``poller run``, ``poller validate`` and ``poller status``.
+"""Command line: ``poller run``, ``poller validate``, ``poller status``, and the operator
+commands of :mod:`poller.operations` (``redrive``, ``replay``, ``rewind``).
 
 The CLI is the only place that turns user errors into exit codes: configuration problems are
 printed as one line per bad field, without a traceback, and exit with status 2. A clean
@@ -13,6 +14,7 @@ It cannot check AWS resources, credentials or permissions, and says so.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import socket
@@ -20,6 +22,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 import prometheus_client
@@ -34,6 +37,7 @@ from poller.config import (
     redacted_settings,
 )
 from poller.errors import ConfigError, HandlerImportError, PollerError
+from poller.operations import OPERATIONS
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -59,9 +63,19 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="check the file only, not this host (handler imports, checkpoint path, address)",
     )
-    status = commands.add_parser("status", help="print lease owners, checkpoints and lease ages")
+    status = commands.add_parser(
+        "status", help="print each shard's owner, checkpoint and age, and waiting failures"
+    )
     status.add_argument("--config", "-c", required=True, help="path to the YAML configuration")
+    status.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    for name, summary in OPERATIONS.items():
+        _operation(name).add_arguments(commands.add_parser(name, help=summary))
     return parser
+
+
+def _operation(name: str) -> Any:
+    """The module of an operator command (imported when the parser is built: each is small)."""
+    return importlib.import_module(f"poller.operations.{name}")
 
 
 def _load(path: str) -> Settings:
@@ -205,20 +219,11 @@ def _address_problems(observability: ObservabilitySettings) -> list[str]:
     return []
 
 
-def _status(path: str) -> int:
-    """Print every stream mapping's leases: owner, checkpoint, lease age, handoffs."""
-    from poller.status import print_status
+def _status(path: str, as_json: bool) -> int:
+    """Print every mapping's source state and every stream shard's owner and checkpoint."""
+    from poller.status import status_command
 
-    settings = _load(path)
-    if settings.checkpoints.backend != "dynamodb":
-        print(  # noqa: T201 - CLI output
-            "poller: status reads the lease table; this configuration uses the"
-            f" {settings.checkpoints.backend} backend (one replica, no leases)",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
-    anyio.run(print_status, settings)
-    return EXIT_OK
+    return status_command(_load(path), as_json=as_json)
 
 
 def _run(path: str) -> int:
@@ -260,7 +265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "validate":
             return _validate(args.config, args.print, args.config_only)
         if args.command == "status":
-            return _status(args.config)
+            return _status(args.config, args.json)
+        if args.command in OPERATIONS:
+            return int(_operation(args.command).main(args))
         return _run(args.config)
     except ConfigError as exc:
         print(f"poller: {exc}", file=sys.stderr)  # noqa: T201 - user-facing error

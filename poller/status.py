@@ -22,6 +22,7 @@ the owner's heartbeat stand still on their own monotonic clock.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -203,3 +204,16 @@ async def print_status(settings: Settings) -> None:
     finally:
         await factory.aclose()
     print(render_sources(sources) + "\n\n" + render_status(rows))  # noqa: T201 - CLI output
+
+
+def status_command(settings: Settings, *, as_json: bool = False) -> int:
+    """``poller status``: print, return the exit status (2 for a backend it cannot read)."""
+    if settings.checkpoints.backend != "dynamodb":
+        print(  # noqa: T201 - CLI output
+            "poller: status reads the lease table; this configuration uses the"
+            f" {settings.checkpoints.backend} backend (one replica, no leases)",
+            file=sys.stderr,
+        )
+        return 2
+    anyio.run(print_status, settings)
+    return 0
