@@ -2,7 +2,8 @@
 
 In-process replicas are real :class:`~poller.leases.LeaseCoordinator` objects, each on one
 shared fake monotonic clock, over one in-memory lease table with conditional writes and call
-counters (``tests/support/memory_lease_table.py``). A discrete-event loop plays the stream
+counters (``tests/support/memory_lease_table.py``), each by its own road to it, which a
+partition cuts (``tests/support/scale_fleet.py``). A discrete-event loop plays the stream
 runner's loops for each replica on that clock, as ``poller/streams/ownership.py`` drives them:
 
 * refresh: every watch interval (1 s; at least every balance interval; just after a peer's
@@ -39,7 +40,6 @@ import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import anyio
 import structlog
@@ -48,6 +48,7 @@ from poller.core.lineage import ShardInfo
 from poller.errors import CheckpointError
 from poller.leases import LeaseCoordinator, LeaseSettings
 from tests.support.memory_lease_table import MemoryLeaseTable
+from tests.support.scale_fleet import TableRoad, coordinator_on
 
 MAPPING = "sim"
 #: The runner's constants (poller/streams/ownership.py), on the fake clock.
@@ -73,26 +74,6 @@ class FakeClock:
         return self.now
 
 
-class CutTable:
-    """One replica's way to the shared table: every call fails while ``cut`` (a partition)."""
-
-    def __init__(self, table: MemoryLeaseTable) -> None:
-        self._table = table
-        self.cut = False
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._table, name)
-        if not callable(attribute):
-            return attribute
-
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            if self.cut:
-                raise CheckpointError(f"lease table {name}: partitioned (simulated)")
-            return await attribute(*args, **kwargs)
-
-        return call
-
-
 class Replica:
     """One simulated replica: its coordinator and what its runner would be running."""
 
@@ -100,13 +81,9 @@ class Replica:
         self, name: str, table: MemoryLeaseTable, settings: LeaseSettings, clock: FakeClock
     ):
         self.name = name
-        self.link = CutTable(table)
-        self.coord = LeaseCoordinator(
-            self.link,  # type: ignore[arg-type]  # duck-typed like MemoryLeaseTable itself
-            mapping=MAPPING,
-            owner=name,
-            settings=settings,
-            clock=clock,
+        self.link = TableRoad(table)
+        self.coord = coordinator_on(
+            self.link, mapping=MAPPING, owner=name, settings=settings, clock=clock
         )
         self.v2 = hasattr(self.coord, "watch")
         self.running: set[str] = set()

@@ -6,7 +6,9 @@ Two ways in:
   object stream of chunks, as the reader would, with no reader, runner or clock but its own;
 * :func:`make_runner` and :func:`running` run a ``StreamMappingRunner`` over a
   ``FakeStreamApi``. Every runner of this tier is built by :func:`make_runner` alone, so a
-  change of the runner's constructor is one edit here.
+  change of the runner's constructor is one edit here;
+* :func:`make_supervisor` builds the runner's ``ShardSupervisor`` alone, for tests that start
+  and stop one shard's task by hand (:class:`RecordingOwnership` records its releases).
 
 Waits are bounded (:func:`tests.support.waiting.wait_until`, ``anyio.fail_after``): a
 regression fails by name in seconds, never hangs the tier.
@@ -23,11 +25,13 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from poller.config import KinesisMapping, parse_settings
 from poller.core.retry_policy import StreamRetryPolicy
-from poller.observability.metrics import Metrics
+from poller.observability.metrics import Metrics, NullMetrics
 from poller.ports import StartPosition
 from poller.retry import Backoff
 from poller.streams import BatchPolicy, FailureRouting, ShardProcessor, StreamMappingRunner
 from poller.streams.budget import ReadBudget
+from poller.streams.ownership import ShardOwnership, SoloOwnership
+from poller.streams.supervisor import ShardSupervisor
 from poller.testing import STREAM_ARN, FakeStreamApi, MemoryCheckpointStore, Put
 from poller.types import Checkpoint, CheckpointStore, Chunk, ShardEnd, StreamRecord, Target
 from tests.support.service_config import service_config, stream_mapping
@@ -191,8 +195,6 @@ def make_runner(
 ) -> StreamMappingRunner:
     """The one place this tier builds a runner (solo ownership: no leases); ``budget``: a
     read budget its shards read within."""
-    from poller.streams.ownership import SoloOwnership
-
     return StreamMappingRunner(
         mapping,
         api=api,
@@ -226,3 +228,40 @@ async def running(runner: StreamMappingRunner, stopping: anyio.Event) -> AsyncIt
             stopping.set()
             with anyio.fail_after(LIMIT):
                 await drained.wait()
+
+
+# -- the shard supervisor ---------------------------------------------------------------------
+
+
+class RecordingOwnership(SoloOwnership):
+    """Solo ownership of :data:`MAPPING` that records the shards released: a drained shard
+    is released, a lost one is not."""
+
+    def __init__(self, store: CheckpointStore) -> None:
+        super().__init__(store, MAPPING)
+        self.released: list[str] = []
+
+    async def release(self, shard_id: str) -> None:
+        self.released.append(shard_id)
+
+
+def make_supervisor(
+    *,
+    api: FakeStreamApi,
+    target: Target,
+    ownership: ShardOwnership,
+    stopping: anyio.Event,
+) -> ShardSupervisor:
+    """The one place this tier builds a shard supervisor: batches of up to 10 records sent
+    at once (no batching window), no metrics, no failure destination."""
+    return ShardSupervisor(
+        mapping_config(batch_size=10, maximum_batching_window_in_seconds=0),
+        api=api,
+        kind="kinesis",
+        target=target,
+        ownership=ownership,
+        stopping=stopping,
+        metrics=NullMetrics(),
+        destination=None,
+        on_shard_end=lambda: None,
+    )

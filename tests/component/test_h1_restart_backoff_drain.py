@@ -9,13 +9,10 @@ from typing import Any
 import anyio
 import pytest
 
-from poller.observability.metrics import NullMetrics
 from poller.retry import Backoff
 from poller.streams import supervisor
-from poller.streams.ownership import SoloOwnership
-from poller.streams.supervisor import ShardSupervisor
 from poller.testing import FakeStreamApi, MemoryCheckpointStore, RecordingTarget
-from tests.component.harness import LIMIT, MAPPING, SHARD, mapping_config, puts
+from tests.component.harness import LIMIT, SHARD, RecordingOwnership, make_supervisor, puts
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -41,17 +38,6 @@ class CrashingStore(MemoryCheckpointStore):
         return await super().get(mapping, shard_id)
 
 
-class Ownership(SoloOwnership):
-    """Solo ownership that records releases."""
-
-    def __init__(self, store: MemoryCheckpointStore) -> None:
-        super().__init__(store, MAPPING)
-        self.released: list[str] = []
-
-    async def release(self, shard_id: str) -> None:
-        self.released.append(shard_id)
-
-
 @pytest.mark.parametrize("drain", ["shutdown", "handoff"])
 async def test_a_drain_during_the_restart_backoff_ends_the_shard_at_once(
     drain: str, monkeypatch: pytest.MonkeyPatch
@@ -61,18 +47,8 @@ async def test_a_drain_during_the_restart_backoff_ends_the_shard_at_once(
     api.add_shard(SHARD)
     api.add_page(SHARD, puts("a"))
     target = RecordingTarget()
-    ownership = Ownership(store)
-    sup = ShardSupervisor(
-        mapping_config(batch_size=10, maximum_batching_window_in_seconds=0),
-        api=api,
-        kind="kinesis",
-        target=target,
-        ownership=ownership,
-        stopping=stopping,
-        metrics=NullMetrics(),
-        destination=None,
-        on_shard_end=lambda: None,
-    )
+    ownership = RecordingOwnership(store)
+    sup = make_supervisor(api=api, target=target, ownership=ownership, stopping=stopping)
     with anyio.fail_after(WITHIN):
         async with anyio.create_task_group() as tg:
             tg.start_soon(sup.relay_stop)

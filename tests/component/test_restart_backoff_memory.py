@@ -11,14 +11,12 @@ import anyio
 import pytest
 import structlog
 
-from poller.observability.metrics import NullMetrics
 from poller.retry import Backoff
 from poller.streams import supervisor
 from poller.streams.ownership import SoloOwnership
-from poller.streams.supervisor import ShardSupervisor
 from poller.testing import FakeStreamApi, MemoryCheckpointStore, RecordingTarget
 from poller.types import StreamRecord
-from tests.component.harness import MAPPING, SHARD, mapping_config, puts
+from tests.component.harness import MAPPING, SHARD, make_supervisor, puts
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -51,17 +49,8 @@ async def test_a_crashed_run_holds_no_record_during_the_restart_backoff(
     api.add_shard(SHARD)
     api.add_page(SHARD, puts(*"abcdefghij"))
     target = BrokenTarget()
-    sup = ShardSupervisor(
-        mapping_config(batch_size=10, maximum_batching_window_in_seconds=0),
-        api=api,
-        kind="kinesis",
-        target=target,
-        ownership=SoloOwnership(store, MAPPING),
-        stopping=stopping,
-        metrics=NullMetrics(),
-        destination=None,
-        on_shard_end=lambda: None,
-    )
+    ownership = SoloOwnership(store, MAPPING)
+    sup = make_supervisor(api=api, target=target, ownership=ownership, stopping=stopping)
     # Logs captured, not rendered: the default development renderer prints the locals of each
     # frame of a traceback, and reading a frame's locals leaves a snapshot of them on the frame
     # (the exception included) that the service's own JSON logs never make.

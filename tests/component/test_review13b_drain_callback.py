@@ -12,25 +12,18 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from poller.observability.metrics import NullMetrics
-from poller.streams.ownership import SoloOwnership
-from poller.streams.supervisor import ShardSupervisor
 from poller.testing import FakeStreamApi, MemoryCheckpointStore, RecordingTarget, Slow
-from tests.component.harness import LIMIT, MAPPING, SHARD, mapping_config, puts, written
+from tests.component.harness import (
+    LIMIT,
+    SHARD,
+    RecordingOwnership,
+    make_supervisor,
+    puts,
+    written,
+)
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
-
-
-class Ownership(SoloOwnership):
-    """Solo ownership that records releases, and whose checkpoint read can be held."""
-
-    def __init__(self, store: MemoryCheckpointStore) -> None:
-        super().__init__(store, MAPPING)
-        self.released: list[str] = []
-
-    async def release(self, shard_id: str) -> None:
-        self.released.append(shard_id)
 
 
 class HeldStore(MemoryCheckpointStore):
@@ -54,24 +47,6 @@ class HeldStore(MemoryCheckpointStore):
         return await super().get(mapping, shard_id)
 
 
-def build(
-    api: FakeStreamApi, target: RecordingTarget, store: HeldStore, stopping: anyio.Event
-) -> tuple[ShardSupervisor, Ownership]:
-    ownership = Ownership(store)
-    sup = ShardSupervisor(
-        mapping_config(batch_size=10, maximum_batching_window_in_seconds=0),
-        api=api,
-        kind="kinesis",
-        target=target,
-        ownership=ownership,
-        stopping=stopping,
-        metrics=NullMetrics(),
-        destination=None,
-        on_shard_end=lambda: None,
-    )
-    return sup, ownership
-
-
 async def test_a_handoff_during_the_batch_in_flight_finishes_it_and_releases() -> None:
     api, store, stopping = FakeStreamApi(), HeldStore(), anyio.Event()
     api.add_shard(SHARD)
@@ -79,7 +54,8 @@ async def test_a_handoff_during_the_batch_in_flight_finishes_it_and_releases() -
     release = anyio.Event()
     target = RecordingTarget()
     target.script(Slow(release))
-    sup, ownership = build(api, target, store, stopping)
+    ownership = RecordingOwnership(store)
+    sup = make_supervisor(api=api, target=target, ownership=ownership, stopping=stopping)
     with anyio.fail_after(LIMIT):
         async with anyio.create_task_group() as tg:
             sup.start(tg, SHARD)
@@ -101,7 +77,8 @@ async def test_a_drain_asked_before_the_run_starts_stops_it_at_once() -> None:
     api.add_shard(SHARD)
     api.add_page(SHARD, puts("a"))
     target = RecordingTarget()
-    sup, ownership = build(api, target, store, stopping)
+    ownership = RecordingOwnership(store)
+    sup = make_supervisor(api=api, target=target, ownership=ownership, stopping=stopping)
     store.go = anyio.Event()
     with anyio.fail_after(LIMIT):
         async with anyio.create_task_group() as tg:
@@ -119,7 +96,8 @@ async def test_a_drain_between_runs_ends_the_shard_without_a_new_run() -> None:
     api.add_shard(SHARD)
     api.add_page(SHARD, puts("a"))
     target = RecordingTarget()
-    sup, ownership = build(api, target, store, stopping)
+    ownership = RecordingOwnership(store)
+    sup = make_supervisor(api=api, target=target, ownership=ownership, stopping=stopping)
     store.failures = 1  # the first run crashes, the next one comes after a backoff
     with anyio.fail_after(LIMIT):
         async with anyio.create_task_group() as tg:
@@ -140,7 +118,8 @@ async def test_a_lost_lease_racing_the_drain_is_not_released() -> None:
     release = anyio.Event()
     target = RecordingTarget()
     target.script(Slow(release))
-    sup, ownership = build(api, target, store, stopping)
+    ownership = RecordingOwnership(store)
+    sup = make_supervisor(api=api, target=target, ownership=ownership, stopping=stopping)
     with anyio.fail_after(LIMIT):
         async with anyio.create_task_group() as tg:
             tg.start_soon(sup.relay_stop)
@@ -162,7 +141,8 @@ async def test_shutdown_and_a_handoff_drain_the_same_run_once() -> None:
     release = anyio.Event()
     target = RecordingTarget()
     target.script(Slow(release))
-    sup, ownership = build(api, target, store, stopping)
+    ownership = RecordingOwnership(store)
+    sup = make_supervisor(api=api, target=target, ownership=ownership, stopping=stopping)
     with anyio.fail_after(LIMIT):
         async with anyio.create_task_group() as tg:
             tg.start_soon(sup.relay_stop)
@@ -187,7 +167,8 @@ async def test_a_stop_before_the_shard_task_first_runs_is_not_lost(lost: bool) -
     api.add_shard(SHARD)
     api.add_page(SHARD, puts("a"))
     target = RecordingTarget()
-    sup, ownership = build(api, target, store, stopping)
+    ownership = RecordingOwnership(store)
+    sup = make_supervisor(api=api, target=target, ownership=ownership, stopping=stopping)
     with anyio.fail_after(LIMIT):
         async with anyio.create_task_group() as tg:
             sup.start(tg, SHARD)

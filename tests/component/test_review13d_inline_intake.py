@@ -11,7 +11,8 @@ reader against the lanes.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -35,7 +36,7 @@ from poller.testing import (
     event_positions,
     success,
 )
-from poller.types import ShardEnd, StreamRecord
+from poller.types import InvokeResult, ShardEnd, StreamRecord
 from tests.component.harness import FAST_BACKOFF, LIMIT, MAPPING, SHARD, puts, records, written
 from tests.support.waiting import wait_until
 
@@ -101,135 +102,121 @@ async def run(processor: ShardProcessor, reader: Reader) -> ShardEnd | None:
         return await processor.run_with(reader)
 
 
+class Held:
+    """A processor of SHARD in batches of 2 whose target holds every invocation until
+    ``release`` is set, and a reader of ``keys`` records (k0, k1...) in chunks of 2;
+    ``policy``: more BatchPolicy fields, ``then``: the held invocations' answer."""
+
+    def __init__(
+        self, keys: int, *, end: bool = True, then: InvokeResult | None = None, **policy: Any
+    ) -> None:
+        self.release = anyio.Event()
+        self.target = RecordingTarget(Slow(self.release, success() if then is None else then))
+        self.store, self.stopping = MemoryCheckpointStore(), anyio.Event()
+        self.processor = make(self.target, self.store, self.stopping, batch_size=2, **policy)
+        self.reader = CountingReader(chunks_of([f"k{i}" for i in range(keys)], 2), end=end)
+        #: What ``run`` returned, once it did.
+        self.result: list[ShardEnd | None] = []
+
+    def read(self) -> list[str]:
+        """The positions of every record the reader has to send, in order."""
+        return [r.position for c in self.reader.chunks for r in c]
+
+    def drain(self) -> None:
+        """What the runner does on shutdown: stop, and interrupt the processor's waits."""
+        self.stopping.set()
+        self.processor.interrupt()
+
+    async def _run(self) -> None:
+        self.result.append(await run(self.processor, self.reader))
+
+
+@asynccontextmanager
+async def running_held(keys: int, **options: Any) -> AsyncIterator[Held]:
+    """A :class:`Held` run in the background; on exit, waits (bounded) for the run to return."""
+    held = Held(keys, **options)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(held._run)
+        yield held
+
+
 async def test_slow_target_bounds_what_the_inline_reader_takes() -> None:
     """While the target holds its first batch, the reader is held too: the lanes take at most
     a batch each plus one chunk, then READ_AHEAD_CHUNKS chunks queue, and the next send waits
     (it must not return, nor the queue grow past READ_AHEAD_CHUNKS)."""
-    release = anyio.Event()
-    target = RecordingTarget(Slow(release))
-    store, stopping = MemoryCheckpointStore(), anyio.Event()
-    processor = make(target, store, stopping, batch_size=2)
-    reader = CountingReader(chunks_of([f"k{i}" for i in range(40)], 2))
-    result: list[ShardEnd | None] = []
-
-    async def go() -> None:
-        result.append(await run(processor, reader))
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(go)
-        await wait_until(lambda: target.events, LIMIT, "the first invocation")
+    async with running_held(40) as held:
+        processor = held.processor
+        await wait_until(lambda: held.target.events, LIMIT, "the first invocation")
         await wait_until(lambda: len(processor._queued) == READ_AHEAD_CHUNKS, LIMIT, "a full queue")
-        taken = reader.taken
+        taken = held.reader.taken
         for _ in range(50):  # the reader must stay where it is while the batch is in flight
             await anyio.lowlevel.checkpoint()
-        assert reader.taken == taken
+        assert held.reader.taken == taken
         # In flight (1 chunk) + lane buffer below a batch, plus one chunk (<= 2 chunks) +
         # the queue: nothing more was taken.
         assert taken <= 1 + 2 + READ_AHEAD_CHUNKS
         assert len(processor._queued) <= READ_AHEAD_CHUNKS
-        release.set()
-    assert result
-    assert result[0] is not None
-    assert invoked(target) == [r.position for c in reader.chunks for r in c]
+        held.release.set()
+    assert held.result
+    assert held.result[0] is not None
+    assert invoked(held.target) == held.read()
 
 
 async def test_shard_end_behind_queued_chunks_delivers_them_before_the_end() -> None:
     """ShardEnd arrives while chunks are still queued in front of the lanes: every queued
     record is invoked, in order, before SHARD_END is checkpointed and the end returned."""
-    release = anyio.Event()
-    target = RecordingTarget(Slow(release))
-    store, stopping = MemoryCheckpointStore(), anyio.Event()
-    processor = make(target, store, stopping, batch_size=2)
-    reader = CountingReader(chunks_of([f"k{i}" for i in range(6)], 2))
-    result: list[ShardEnd | None] = []
-
-    async def go() -> None:
-        result.append(await run(processor, reader))
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(go)
-        await wait_until(lambda: reader.ended_at is not None, LIMIT, "ShardEnd sent")
-        assert processor._queued, "the test needs chunks queued behind the end"
-        assert not any(c.sequence_number == "SHARD_END" for c in written(store))
-        release.set()
-    assert result == [ShardEnd(("child",))]
-    assert invoked(target) == [r.position for c in reader.chunks for r in c]
-    assert written(store)[-1].sequence_number == "SHARD_END"
+    async with running_held(6) as held:
+        await wait_until(lambda: held.reader.ended_at is not None, LIMIT, "ShardEnd sent")
+        assert held.processor._queued, "the test needs chunks queued behind the end"
+        assert not any(c.sequence_number == "SHARD_END" for c in written(held.store))
+        held.release.set()
+    assert held.result == [ShardEnd(("child",))]
+    assert invoked(held.target) == held.read()
+    assert written(held.store)[-1].sequence_number == "SHARD_END"
 
 
 async def test_tumbling_window_closes_after_the_queued_records_at_shard_end() -> None:
     """With a tumbling window, the end of the shard closes the window (final invocation) only
     after the records still queued behind the end went into it."""
-    release = anyio.Event()
-    target = RecordingTarget(Slow(release, success({"state": {}})))
-    store, stopping = MemoryCheckpointStore(), anyio.Event()
-    processor = make(target, store, stopping, batch_size=2, tumbling_window_seconds=3600)
-    reader = CountingReader(chunks_of([f"k{i}" for i in range(6)], 2))
-    result: list[ShardEnd | None] = []
-
-    async def go() -> None:
-        result.append(await run(processor, reader))
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(go)
-        await wait_until(lambda: reader.ended_at is not None, LIMIT, "ShardEnd sent")
-        release.set()
-    assert result == [ShardEnd(("child",))]
-    finals = [i for i, e in enumerate(target.events) if e.get("isFinalInvokeForWindow")]
+    async with running_held(6, then=success({"state": {}}), tumbling_window_seconds=3600) as held:
+        await wait_until(lambda: held.reader.ended_at is not None, LIMIT, "ShardEnd sent")
+        held.release.set()
+    assert held.result == [ShardEnd(("child",))]
+    events = held.target.events
+    finals = [i for i, e in enumerate(events) if e.get("isFinalInvokeForWindow")]
     assert finals, "the window's final invocation"
-    with_records = [i for i, e in enumerate(target.events) if e.get("Records")]
+    with_records = [i for i, e in enumerate(events) if e.get("Records")]
     assert max(with_records) < finals[0]
-    assert invoked(target) == [r.position for c in reader.chunks for r in c]
+    assert invoked(held.target) == held.read()
 
 
 async def test_drain_while_the_reader_waits_for_room_invokes_nothing_queued() -> None:
     """A drain while the reader waits for room: the batch in flight finishes and is
     checkpointed; nothing queued or buffered is invoked afterwards, and the checkpoint stops
     right after the batch in flight (never past an unsettled record)."""
-    release = anyio.Event()
-    target = RecordingTarget(Slow(release))
-    store, stopping = MemoryCheckpointStore(), anyio.Event()
-    processor = make(target, store, stopping, batch_size=2)
-    reader = CountingReader(chunks_of([f"k{i}" for i in range(40)], 2), end=False)
-    result: list[ShardEnd | None] = []
-
-    async def go() -> None:
-        result.append(await run(processor, reader))
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(go)
+    async with running_held(40, end=False) as held:
+        processor = held.processor
         await wait_until(lambda: len(processor._queued) == READ_AHEAD_CHUNKS, LIMIT, "a full queue")
-        stopping.set()
-        processor.interrupt()
-        release.set()
-    assert result == [None]
-    first = event_positions(target.events[0])
-    assert len(target.events) == 1, "nothing is invoked after the drain but the batch in flight"
-    assert written(store)[-1].sequence_number == first[-1]
+        held.drain()
+        held.release.set()
+    assert held.result == [None]
+    events = held.target.events
+    first = event_positions(events[0])
+    assert len(events) == 1, "nothing is invoked after the drain but the batch in flight"
+    assert written(held.store)[-1].sequence_number == first[-1]
 
 
 async def test_drain_during_shard_end_wait_does_not_checkpoint_shard_end() -> None:
     """The drain comes while ShardEnd waits behind a full queue: the shard is not reported
     ended (the queued records never settled), so SHARD_END is not written."""
-    release = anyio.Event()
-    target = RecordingTarget(Slow(release))
-    store, stopping = MemoryCheckpointStore(), anyio.Event()
-    processor = make(target, store, stopping, batch_size=2)
-    reader = CountingReader(chunks_of([f"k{i}" for i in range(6)], 2))
-    result: list[ShardEnd | None] = []
-
-    async def go() -> None:
-        result.append(await run(processor, reader))
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(go)
+    async with running_held(6) as held:
+        processor = held.processor
         await wait_until(lambda: processor._ended is not None, LIMIT, "ShardEnd taken")
         assert processor._queued
-        stopping.set()
-        processor.interrupt()
-        release.set()
-    assert result == [None]
-    assert all(c.sequence_number != "SHARD_END" for c in written(store))
+        held.drain()
+        held.release.set()
+    assert held.result == [None]
+    assert all(c.sequence_number != "SHARD_END" for c in written(held.store))
 
 
 async def test_filters_dropping_everything_never_hold_the_reader() -> None:
@@ -279,24 +266,21 @@ async def test_skewed_keys_over_many_lanes_keep_order_and_never_deadlock(
 async def test_reader_failure_leaves_the_checkpoint_behind_unsettled_records() -> None:
     """The reader raises after its chunks were queued behind a batch in flight: the run
     fails (the shard restarts), and the checkpoint never passed a record not invoked."""
-    release = anyio.Event()
-    target = RecordingTarget(Slow(release))
-    store, stopping = MemoryCheckpointStore(), anyio.Event()
-    processor = make(target, store, stopping, batch_size=2)
-    chunks = chunks_of([f"k{i}" for i in range(12)], 2)
+    held = Held(12)  # its reader is not run: this one reads its first 4 chunks, then fails
+    chunks = held.reader.chunks
 
     async def reader(sink: ChunkSink) -> None:
         for chunk in chunks[:4]:
             await sink.send(chunk)
-        release.set()
+        held.release.set()
         raise RuntimeError("GetRecords went wrong")
 
     with pytest.raises(ExceptionGroup) as raised:
-        await run(processor, reader)
+        await run(held.processor, reader)
     assert raised.group_contains(RuntimeError, match="GetRecords went wrong")
-    delivered = set(invoked(target))
+    delivered = set(invoked(held.target))
     read = [r.position for c in chunks[:4] for r in c]
-    checkpoints = [str(c.sequence_number) for c in written(store)]
+    checkpoints = [str(c.sequence_number) for c in written(held.store)]
     if checkpoints:
         passed = read[: read.index(checkpoints[-1]) + 1]
         assert set(passed) <= delivered

@@ -72,8 +72,7 @@ class ViewIndex(TableStore):
 
     def _put(self, key: str, item: Item | None) -> None:
         """Store (None: delete) ``item``, billed as one write of the larger of old and new,
-        and index it (at once, or once the lag has passed). TableStore's own bookkeeping for
-        its view (versions, history) is not kept: this view replaces it."""
+        and index it (at once, or once the lag has passed)."""
         size = max(self._size(key, self.items.get(key)), self._size(key, item))
         self.write_units += max(1, math.ceil(size / 1024))
         if item is None:

@@ -1,6 +1,8 @@
 """The storage under :class:`~tests.support.memory_lease_table.MemoryLeaseTable`: items in
-DynamoDB's wire format, the accounting of calls and capacity units, and the versions a lagging
-view index still shows. No table semantics here: the conditions live in the table.
+DynamoDB's wire format, the accounting of calls and capacity units, the parses and page sizes
+a view lists, and the horizon a lagging view index sees up to (the index itself is
+``ViewIndex``, in ``memory_lease_table.py``). No table semantics here: the conditions live in
+the table.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def _value_size(value: dict[str, Any]) -> int:
 
 
 class TableStore:
-    """The items, their recent versions (for a lagging view) and the call accounting."""
+    """The items, the call accounting, and what a view index is built from."""
 
     def __init__(
         self,
@@ -74,14 +76,6 @@ class TableStore:
         #: key -> (item, its lease or None, its size): parses of the stored items.
         self._full_cache: dict[str, tuple[Item, Lease | None, int]] = {}
         self._view_cache: dict[str, tuple[Item, Lease | None, int]] = {}
-        #: Per mapping, how many writes touched its leases; the last view, at which version.
-        self._lease_version: Counter[str] = Counter()
-        #: The last view, with whether every lease write was visible to it already (a
-        #: lagging view changes without writes while the horizon passes earlier ones).
-        self._view_memo: dict[str, tuple[int, list[Lease], list[int], bool]] = {}
-        self._lease_written: dict[str, tuple[int, float]] = {}
-        #: key -> [(tick, clock, item or None)], oldest first: kept only while a view lags.
-        self._history: dict[str, list[tuple[int, float, Item | None]]] = {}
 
     @property
     def reads(self) -> int:
@@ -113,23 +107,6 @@ class TableStore:
     def _read_units(self, size: int, *, consistent: bool = True) -> None:
         self.read_units += max(1, math.ceil(size / 4096)) * (1.0 if consistent else 0.5)
 
-    def _put(self, key: str, item: Item | None) -> None:
-        """Store (None: delete) ``item``; billed as one write of the larger of old and new."""
-        old = self.items.get(key)
-        size = max(item_size(old) if old else 0, item_size(item) if item else 0)
-        self.write_units += max(1, math.ceil(size / 1024))
-        if item is None:
-            self.items.pop(key, None)
-        else:
-            self.items[key] = item
-        for changed in (old, item):
-            if changed is not None and "mapping" in changed:
-                self._lease_version[str(changed["mapping"]["S"])] += 1
-                self._lease_written[str(changed["mapping"]["S"])] = (self._tick, self.clock())
-        if self.view_lag_calls or self.view_lag_seconds:
-            self._remember(key, item)
-        self._answer()
-
     def _refused(self, key: str) -> Item | None:
         """A refused conditional write: billed, and the item as it stands returned."""
         old = self.items.get(key)
@@ -143,31 +120,8 @@ class TableStore:
             lost, self._losing = self._losing, None
             raise CheckpointError(f"lease table {self.table}: {lost}: the answer was lost")
 
-    def _remember(self, key: str, item: Item | None) -> None:
-        versions = self._history.setdefault(key, [])
-        versions.append((self._tick, self.clock(), item))
-        tick, now = self._horizon()
-        # Keep the newest version at or before the horizon (what a lagging view sees).
-        keep = 0
-        for i, (t, c, _) in enumerate(versions):
-            if t <= tick and c <= now:
-                keep = i
-        del versions[:keep]
-
     def _horizon(self) -> tuple[int, float]:
         return self._tick - self.view_lag_calls, self.clock() - self.view_lag_seconds
-
-    def _lagged(self) -> dict[str, Item]:
-        """The items as a lagging view sees them."""
-        if not (self.view_lag_calls or self.view_lag_seconds):
-            return self.items
-        tick, now = self._horizon()
-        seen = {k: v for k, v in self.items.items() if k not in self._history}
-        for key, versions in self._history.items():
-            visible = [item for t, c, item in versions if t <= tick and c <= now]
-            if visible and visible[-1] is not None:
-                seen[key] = visible[-1]
-        return seen
 
     def _pages(self, sizes: Sequence[int], limit: int | None) -> list[int]:
         """Bytes read per page of a Scan or Query over items of ``sizes``."""
@@ -181,24 +135,6 @@ class TableStore:
             count += 1
         pages.append(current)
         return pages
-
-    def _view(self, mapping: str) -> tuple[list[Lease], list[int]]:
-        """The view's leases and the bytes of each page; unchanged leases are not parsed
-        again, and an unchanged mapping (only heartbeats since) not even listed again."""
-        version = self._lease_version[mapping]
-        memo = self._view_memo.get(mapping)
-        if memo is not None and memo[0] == version and memo[3]:
-            return memo[1], memo[2]
-        parsed = [self._parsed(key, item, full=False) for key, item in self._lagged().items()]
-        shown = [(lease, size) for lease, size in parsed if lease and lease.mapping == mapping]
-        shown.sort(key=lambda entry: entry[0].shard_id)
-        leases = [lease for lease, _ in shown]
-        pages = self._pages([size for _, size in shown], None)
-        tick, now = self._horizon()
-        written_tick, written_at = self._lease_written.get(mapping, (0, -math.inf))
-        settled = written_tick <= tick and written_at <= now
-        self._view_memo[mapping] = (version, leases, pages, settled)
-        return leases, pages
 
     def _parsed(self, key: str, item: Item, *, full: bool) -> tuple[Lease | None, int]:
         """``item`` as a lease (None: not a lease) and its size, whole (``full``) or as the

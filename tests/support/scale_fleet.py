@@ -1,5 +1,7 @@
-"""What the scale benchmark adds to the replica fleet: many shards, a fast stream emulator,
-cheap reads of the sink and per-process figures.
+"""What the scale benchmarks add to the replica fleet: many shards, a fast stream emulator,
+cheap reads of the sink and per-process figures; and, for fleets simulated in one process
+(``benchmarks/lease_sim.py``, the lease protocol's unit tests), each replica's road to the
+shared in-memory lease table, which can be cut off or made to lose reads.
 
 ``tests/support/replicas.py`` runs a few replicas on an 8-shard stream, writing shard after
 shard. At hundreds of shards that writer and re-reading the whole sink on every poll cost more
@@ -8,13 +10,19 @@ than the replicas, so here: ministack (a pure-Python emulator, from its own venv
 stream, a :class:`Feeder` that puts one record into every shard per tick in PutRecords calls of
 500, a :class:`SinkTail` that reads only the new lines of the shared sink, the CPU time and RSS
 of a replica from ``/proc``, and the lease acquisitions its JSON log reports.
+
+In process, every replica is a real ``LeaseCoordinator`` made by :func:`coordinator_on` over
+its own :class:`TableRoad` to one ``MemoryLeaseTable``: a partition or throttling hits one
+replica, not the table (whose ``down`` is an outage for all).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +30,8 @@ from typing import Any
 
 import anyio
 
+from poller.errors import CheckpointError
+from poller.leases import LeaseCoordinator, LeaseSettings
 from tests.support.aws import aws_client, hash_key_for, put_records
 
 # Moved to tests/support/ministack.py; re-exported for the scale benchmark and its test.
@@ -125,3 +135,51 @@ def acquisitions(procs: list[ServiceProcess], since: float) -> list[dict[str, An
     return [
         line for proc in procs for line in proc.events("lease.acquired") if log_time(line) > since
     ]
+
+
+class TableRoad:
+    """One replica's road to the shared in-memory lease table: while ``cut`` every call fails
+    (the replica is partitioned from the table), and each read (view, members) fails with
+    probability ``read_failure``, drawn from a generator seeded with ``seed`` (a run repeats).
+    """
+
+    _READS = frozenset({"lease_view", "members"})
+
+    def __init__(self, table: Any, seed: int = 0) -> None:
+        self._table = table
+        self.cut = False
+        self.read_failure = 0.0
+        self._rng = random.Random(seed)
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._table, name)
+        if not callable(attribute):
+            return attribute
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            if self.cut:
+                raise CheckpointError(f"lease table {name}: cut off (simulated)")
+            if name in self._READS and self._rng.random() < self.read_failure:
+                raise CheckpointError(f"lease table {name}: throttled (simulated)")
+            return await attribute(*args, **kwargs)
+
+        return call
+
+
+def coordinator_on(
+    road: TableRoad,
+    *,
+    mapping: str,
+    owner: str,
+    settings: LeaseSettings,
+    clock: Callable[[], float],
+) -> LeaseCoordinator:
+    """A real coordinator of ``mapping`` for replica ``owner``, reaching the table by ``road``
+    and reading time from the simulation's ``clock``."""
+    return LeaseCoordinator(
+        road,  # type: ignore[arg-type]  # duck-typed like the in-memory table behind it
+        mapping=mapping,
+        owner=owner,
+        settings=settings,
+        clock=clock,
+    )

@@ -15,14 +15,14 @@ Attacks on that rule:
 from __future__ import annotations
 
 import random
-from typing import Any
 
 import pytest
 
 from poller.checkpoints.dynamodb.items import Members
 from poller.errors import CheckpointError
-from poller.leases import LeaseCoordinator, LeaseSettings
+from poller.leases import LeaseSettings
 from poller.leases.watching import MemberWatch
+from tests.support.scale_fleet import TableRoad, coordinator_on
 from tests.unit.test_lease_review_r1 import MAPPING, Clock, fenced_step, new_table
 from tests.unit.test_review13c_fleet_order import fresh_overlap
 
@@ -80,33 +80,6 @@ def test_a_dead_peer_expires_under_random_read_failures(seed: int) -> None:
     assert expired <= 4 * T
 
 
-class Flaky:
-    """One replica's road to the shared in-memory table: ``cut`` fails every call, and each
-    read (view, members) fails with probability ``read_failure`` (seeded)."""
-
-    _READS = frozenset({"lease_view", "members"})
-
-    def __init__(self, table: Any, seed: int = 0) -> None:
-        self._table = table
-        self.cut = False
-        self.read_failure = 0.0
-        self._rng = random.Random(seed)
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._table, name)
-        if not callable(attribute):
-            return attribute
-
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            if self.cut:
-                raise CheckpointError(f"{name}: cut off (in memory)")
-            if name in self._READS and self._rng.random() < self.read_failure:
-                raise CheckpointError(f"{name}: throttled (in memory)")
-            return await attribute(*args, **kwargs)
-
-        return call
-
-
 @pytest.mark.parametrize("seed", range(3))
 async def test_a_cut_off_replica_and_flaky_observers_never_share_a_fresh_lease(seed: int) -> None:
     """Three replicas settle on 30 leases; then one is cut off from the table (every call
@@ -114,15 +87,9 @@ async def test_a_cut_off_replica_and_flaky_observers_never_share_a_fresh_lease(s
     two replicas, and the cut-off replica's leases all go to the others within a bound."""
     clock = Clock()
     table = await new_table(30, clock)
-    roads = [Flaky(table, seed * 10 + i) for i in range(3)]
+    roads = [TableRoad(table, seed * 10 + i) for i in range(3)]
     replicas = [
-        LeaseCoordinator(
-            road,  # type: ignore[arg-type]  # the in-memory table, behind a flaky road
-            mapping=MAPPING,
-            owner=f"replica-{i}",
-            settings=SETTINGS,
-            clock=clock,
-        )
+        coordinator_on(road, mapping=MAPPING, owner=f"replica-{i}", settings=SETTINGS, clock=clock)
         for i, road in enumerate(roads)
     ]
     for _ in range(60):
