@@ -285,7 +285,10 @@ class ShardAccount:
 
     def drop(self) -> None:
         """A run of the shard ended (its records are dropped with it): whatever it still
-        holds or reserved is free; the account stays open for the next run."""
+        holds or reserved is free; the account stays open for the next run. The run's hook
+        goes too: it is bound to the run's processor, whose buffers it would keep alive,
+        uncounted, until the next run sets its own (a crashed run waits out a backoff)."""
+        self._blocked_hook = None
         self.unreserve()
         if self.held or self.records:
             size, count = self.held, self.records

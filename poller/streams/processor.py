@@ -240,7 +240,12 @@ class ShardProcessor:
     async def run_with(self, read: Callable[[ChunkSink], Awaitable[None]]) -> ShardEnd | None:
         """Process the shard while ``read`` (the reader, in this task) sends it chunks, until
         the shard ends or shutdown. Returns the ShardEnd if reached."""
-        await self._windows.restore()
+        # Restoring the window's state reads the store, retrying while it is down: a drain
+        # must end that wait too, or the shard would hold its lease until the drain deadline.
+        with self._stop.interruptible():
+            await self._windows.restore()
+        if self._stop.is_set:
+            return None
         async with anyio.create_task_group() as lanes:
             for lane in self._lanes:
                 lanes.start_soon(lane.run, name=f"lane {lane.index}")
