@@ -1,31 +1,75 @@
-"""``poller status``: whether each mapping's source answers, then the lease table as a
-plain-text table, one row per mapping and shard.
+"""``poller status``: per mapping, whether its source answers and how many failure records
+wait in its destination; per shard, its checkpoint, the checkpoint's age, its owner, and its
+iterator age. As aligned tables, or one JSON document with ``--json``.
 
-The source check makes, from where ``poller status`` runs and with its credentials, the first
-call the service makes for each enabled mapping (DescribeStreamSummary, DescribeStream,
-GetQueueUrl): a mapping whose stream or queue is missing or forbidden shows ``down`` with the
-error, which is what keeps that mapping down in the service (``poller_mapping_up``). A source
-that does not answer within :data:`PROBE_SECONDS` shows ``down`` too; the mappings are probed
-at once.
+Data flow::
 
-Each row shows who owns the shard, where its checkpoint is, who asked for it in a graceful
-handoff, how long ago it was last taken or checkpointed, its fencing counter and how often it
-changed owner since its last checkpoint (a high number means leases ping-pong between replicas).
+    settings --collect_report (poller.status_report)--> one report per mapping
+        --render_report--> three tables (sources, failures waiting, shards) | --json--> JSON
 
-The age is ``now`` minus ``renewedAt``, the wall clock of whichever host last took or
-checkpointed the lease. It is not a liveness signal: an owner proves it is alive by heartbeats
-in the mapping's member item, not on its leases, so an idle shard's age grows while its owner
-is healthy. It is for people only: clocks of different hosts disagree (the age can even be
-negative), and poller never compares them to decide anything. Replicas judge expiry by watching
-the owner's heartbeat stand still on their own monotonic clock.
+Works with both checkpoint backends. SQLite is opened read-only, so it is safe while the
+service runs (the database is in WAL mode: a reader sees the last committed checkpoints and
+never blocks the writer); it has one replica and no leases, so the owner is ``-`` (null). The
+lease table is read with one consistent Scan per mapping.
+
+The figures:
+
+* checkpoint age: now minus the wall clock of the checkpoint's last write, SQLite's
+  ``updated_at`` or the lease's ``renewedAt`` (its last take or checkpoint, so an idle shard's
+  age grows while its owner is healthy: owners heartbeat in the mapping's member item, not on
+  leases). For people only: clocks of different hosts disagree, and it can even be negative.
+* iterator age: how far the checkpoint is behind. An iterator is opened where the shard's
+  reader would resume (``AFTER_SEQUENCE_NUMBER`` the checkpoint, else the mapping's start
+  position) and one record is read: the age of that first unread record; when none comes back,
+  Kinesis's ``MillisBehindLatest``, and 0 for DynamoDB Streams (caught up). A shard whose
+  checkpoint is ``SHARD_END`` is finished and shows none.
+* failures waiting: an SQS destination's ``ApproximateNumberOfMessages`` (and ``...NotVisible``,
+  in flight); an S3 destination's objects under ``aws/lambda/<mapping UUID>/``, counted up to
+  10,000 (``10000+``); SNS keeps nothing to count. An SQS source mapping shows its queue's
+  dead-letter queue (``RedrivePolicy``), if it has one.
+
+A disabled mapping is shown (``disabled``) with its stored checkpoints and waiting failures,
+but its source is not probed (its shards' ``iterator_error`` says so; this is not "down").
+When the checkpoints cannot be read, the shards the stream lists are shown with an unknown
+iterator age: measured from the wrong position, it would mislead.
+
+Every call is bounded (5 s each, 16 at once): a source, the lease table or a destination that is
+down or does not answer shows its error in its place (``unknown`` for an iterator age) and the
+rest is still printed.
+
+JSON document (every key always present; ``null`` when unknown or not applicable)::
+
+    {"backend": "sqlite" | "dynamodb",
+     "mappings": [{
+        "name": str, "source": "kinesis" | "dynamodb" | "sqs", "event_source_arn": str,
+        "state": "up" | "down" | "disabled", "error": str | null,
+        "checkpoints_error": str | null,
+        "failures_waiting": {"destination": ARN | null,
+                             "kind": "sqs" | "s3" | "sns" | "sqs-dlq" | null,
+                             "count": int | null, "in_flight": int | null (SQS),
+                             "capped": bool (S3: count stopped at 10000),
+                             "note": str | null, "error": str | null},
+        "shards": [{"shard_id": str, "owner": str | null, "pending_owner": str | null,
+                    "checkpoint": str | null, "checkpoint_age_seconds": float | null,
+                    "finished": bool (checkpoint at SHARD_END),
+                    "closed": bool | null (as the stream lists it; null if not listed),
+                    "iterator_age_seconds": float | null,
+                    "millis_behind_latest": int | null (Kinesis),
+                    "unread_record_age_seconds": float | null,
+                    "iterator_error": str | null,
+                    "counter": int | null, "owner_switches": int | null (lease backend),
+                    "parent_ids": [str]}]}]}
+
+Exit status: 0 when everything answered; 1 when anything was down (a source, the checkpoint
+store, a destination, a shard's iterator probe) — the output then says what; 2 for a
+configuration that does not load (:mod:`poller.cli`).
 """
 
 from __future__ import annotations
 
-import sys
-import time
+import functools
+import json
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -35,10 +79,21 @@ from poller.aws.translate import source_call
 from poller.checkpoints.dynamodb import DynamoDBLeaseTable, Lease
 from poller.config import AnyMapping, Settings, SqsMapping
 from poller.errors import SourceError
-from poller.types import Checkpoint
+from poller.status_probes import PROBE_SECONDS, format_checkpoint
+from poller.status_render import aligned_table, render_report
+from poller.status_report import collect_report, report_is_healthy
 
-#: Longest wait for one mapping's source to answer ``poller status``'s probe.
-PROBE_SECONDS = 5.0
+__all__ = [
+    "PROBE_SECONDS",
+    "format_checkpoint",
+    "lease_status",
+    "print_status",
+    "render_sources",
+    "render_status",
+    "source_status",
+    "status_command",
+    "status_row",
+]
 
 _COLUMNS = (
     ("MAPPING", "mapping"),
@@ -52,18 +107,6 @@ _COLUMNS = (
 )
 #: Right-aligned columns.
 _NUMERIC = frozenset({"age_seconds", "counter", "owner_switches"})
-
-
-def format_checkpoint(checkpoint: Checkpoint | None) -> str | None:
-    """A checkpoint for display: its sequence number, ``SHARD_END`` or ``start@<iso time>``."""
-    if checkpoint is None:
-        return None
-    if checkpoint.sequence_number is not None:
-        return checkpoint.sequence_number
-    if checkpoint.start_timestamp is not None:
-        when = datetime.fromtimestamp(checkpoint.start_timestamp, tz=UTC)
-        return "start@" + when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return None
 
 
 def status_row(lease: Lease, *, now: float) -> dict[str, Any]:
@@ -112,17 +155,8 @@ def render_status(rows: Sequence[dict[str, Any]]) -> str:
     if not rows:
         return "no leases"
     cells = [[_cell(key, row.get(key)) for _, key in _COLUMNS] for row in rows]
-    header = [title for title, _ in _COLUMNS]
-    widths = [max(len(line[i]) for line in [header, *cells]) for i in range(len(header))]
     numeric = {i for i, (_, key) in enumerate(_COLUMNS) if key in _NUMERIC}
-    lines = []
-    for line in [header, *cells]:
-        padded = [
-            text.rjust(widths[i]) if i in numeric else text.ljust(widths[i])
-            for i, text in enumerate(line)
-        ]
-        lines.append("  ".join(padded).rstrip())
-    return "\n".join(lines)
+    return aligned_table([title for title, _ in _COLUMNS], cells, numeric)
 
 
 async def _probe_source(mapping: AnyMapping, factory: ClientFactory) -> None:
@@ -146,74 +180,77 @@ async def _probe_source(mapping: AnyMapping, factory: ClientFactory) -> None:
             await streams.describe_stream(StreamArn=mapping.stream_arn, Limit=1)
 
 
-async def source_status(settings: Settings, factory: ClientFactory) -> list[dict[str, str]]:
-    """One row per enabled mapping, in configuration order: its source kind, ``up`` or
-    ``down``, and the error. The mappings are probed at once, each for at most
-    :data:`PROBE_SECONDS`, so a source that never answers costs seconds, not botocore's
-    timeouts and retries for every such mapping in turn."""
-    enabled = [m for m in settings.mappings if m.enabled]
-    rows: dict[str, dict[str, str]] = {}
-    async with anyio.create_task_group() as tg:
-        for mapping in enabled:
-            tg.start_soon(_source_row, mapping, factory, rows)
-    return [rows[m.name] for m in enabled]
+async def source_error(mapping: AnyMapping, factory: ClientFactory) -> str | None:
+    """The source probe's error, None when the source answered within :data:`PROBE_SECONDS`.
 
-
-async def _source_row(
-    mapping: AnyMapping, factory: ClientFactory, rows: dict[str, dict[str, str]]
-) -> None:
-    state, error = "down", f"no answer within {PROBE_SECONDS:g} s"
+    The probe makes, from where ``poller status`` runs and with its credentials, the first
+    call the service makes for the mapping (DescribeStreamSummary, DescribeStream,
+    GetQueueUrl): a source missing or forbidden here keeps the mapping down in the service
+    too (``poller_mapping_up``)."""
+    error = f"no answer within {PROBE_SECONDS:g} s"
     with anyio.move_on_after(PROBE_SECONDS):
         try:
             await _probe_source(mapping, factory)
         except SourceError as exc:
             error = str(exc)
         else:
-            state, error = "up", ""
-    rows[mapping.name] = {
-        "mapping": mapping.name,
-        "source": mapping.source,
-        "state": state,
-        "error": error,
-    }
+            return None
+    return error
+
+
+async def source_status(settings: Settings, factory: ClientFactory) -> list[dict[str, str]]:
+    """One row per enabled mapping, in configuration order: its source kind, ``up`` or
+    ``down``, and the error. The mappings are probed at once, each for at most
+    :data:`PROBE_SECONDS`, so a source that never answers costs seconds, not botocore's
+    timeouts and retries for every such mapping in turn."""
+    enabled = [m for m in settings.mappings if m.enabled]
+    errors: dict[str, str | None] = {}
+
+    async def probe(mapping: AnyMapping) -> None:
+        errors[mapping.name] = await source_error(mapping, factory)
+
+    async with anyio.create_task_group() as tg:
+        for mapping in enabled:
+            tg.start_soon(probe, mapping)
+    return [
+        {
+            "mapping": m.name,
+            "source": m.source,
+            "state": "up" if errors[m.name] is None else "down",
+            "error": errors[m.name] or "",
+        }
+        for m in enabled
+    ]
 
 
 def render_sources(rows: Sequence[dict[str, str]]) -> str:
     """The rows of :func:`source_status` as aligned plain text."""
-    header = {"mapping": "MAPPING", "source": "SOURCE", "state": "STATE", "error": "ERROR"}
-    widths = {k: max(len(r[k]) for r in [header, *rows]) for k in ("mapping", "source", "state")}
-    return "\n".join(
-        "  ".join([*(r[k].ljust(w) for k, w in widths.items()), r["error"]]).rstrip()
-        for r in [header, *rows]
-    )
+    header = ["MAPPING", "SOURCE", "STATE", "ERROR"]
+    cells = [[r["mapping"], r["source"], r["state"], r["error"]] for r in rows]
+    return aligned_table(header, cells, set())
 
 
-async def print_status(settings: Settings) -> None:
-    """``poller status``: check each mapping's source, then read the lease table named by
-    ``settings``, and print both."""
-    assert settings.checkpoints.table is not None
+async def print_status(settings: Settings, *, as_json: bool = False) -> int:
+    """``poller status``: examine every mapping (see the module), print the report as tables
+    or JSON, and return the exit status: 0 when everything answered, 1 when anything was down."""
     aws = settings.aws
     factory = ClientFactory(
         region=aws.region, endpoint_url=aws.endpoint_url, endpoints=aws.endpoints
     )
     try:
-        sources = await source_status(settings, factory)
-        table = DynamoDBLeaseTable(await factory.client("dynamodb"), settings.checkpoints.table)
-        streams = [m.name for m in settings.mappings if m.source != "sqs"]
-        rows = await lease_status(table, streams, now=time.time())
+        reports = await collect_report(
+            settings, factory, functools.partial(source_error, factory=factory)
+        )
     finally:
         await factory.aclose()
-    print(render_sources(sources) + "\n\n" + render_status(rows))  # noqa: T201 - CLI output
+    if as_json:
+        document = {"backend": settings.checkpoints.backend, "mappings": reports}
+        print(json.dumps(document, indent=2))  # noqa: T201 - CLI output
+    else:
+        print(render_report(reports))  # noqa: T201 - CLI output
+    return 0 if report_is_healthy(reports) else 1
 
 
 def status_command(settings: Settings, *, as_json: bool = False) -> int:
-    """``poller status``: print, return the exit status (2 for a backend it cannot read)."""
-    if settings.checkpoints.backend != "dynamodb":
-        print(  # noqa: T201 - CLI output
-            "poller: status reads the lease table; this configuration uses the"
-            f" {settings.checkpoints.backend} backend (one replica, no leases)",
-            file=sys.stderr,
-        )
-        return 2
-    anyio.run(print_status, settings)
-    return 0
+    """``poller status``: print the report, return the exit status (see the module)."""
+    return anyio.run(functools.partial(print_status, settings, as_json=as_json))
