@@ -8,12 +8,24 @@ look new (a database made by an older version gets the table when opened). The d
 mode, and with ``synchronous=FULL`` (the default) a checkpoint is on disk when ``put``
 returns, so neither a crash nor a power loss re-delivers more than the batch in flight.
 
+Rewinds (``poller rewind``, :mod:`poller.checkpoints.rewinds`): the ``rewinds`` table holds one
+request per (mapping, shard), pending until applied; ``services`` has a row per mapping that a
+running service serves (written when its ownership starts, beaten every
+:data:`SERVICE_BEAT_SECONDS`, deleted on a clean stop). A request is applied in one transaction
+with the checkpoint write, so it is applied exactly once, whoever does it: the service when the
+shard (re)starts (:meth:`SqliteCheckpointStore.apply_rewind`), or the command itself when no
+service serves the mapping (:meth:`SqliteCheckpointStore.apply_rewinds_unserved`, which
+checks the ``services`` row in the same transaction, so a service starting meanwhile reads
+either the old checkpoint and the pending request, or the new checkpoint).
+
 sqlite3 is blocking, so every call runs in a worker thread. One connection serves all calls,
 serialised by a lock: checkpoint writes are tiny and one writer is what SQLite wants anyway.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import sqlite3
 import threading
 import time
@@ -23,9 +35,15 @@ from typing import Literal, TypeVar
 
 import anyio.to_thread
 
+from poller.checkpoints.rewinds import RewindState, RewindTarget, describe_checkpoint
 from poller.core.windows import MAX_STATE_BYTES
 from poller.errors import CheckpointError
 from poller.types import Checkpoint
+
+#: How often a running service re-writes its ``services`` row (one UPDATE per mapping).
+SERVICE_BEAT_SECONDS = 15.0
+#: A ``services`` row not beaten for this long is a crashed service's: ignored.
+SERVICE_STALE_SECONDS = 4 * SERVICE_BEAT_SECONDS
 
 _T = TypeVar("_T")
 
@@ -44,6 +62,25 @@ CREATE TABLE IF NOT EXISTS mapping_starts (
     mapping TEXT PRIMARY KEY,
     start_timestamp REAL NOT NULL,
     pinned_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rewinds (
+    mapping TEXT NOT NULL,
+    shard_id TEXT NOT NULL,
+    rewind_id TEXT NOT NULL,
+    target TEXT NOT NULL,
+    requested_at REAL NOT NULL,
+    applied_at REAL,
+    applied_by TEXT,
+    applied_from TEXT,
+    applied_to TEXT,
+    PRIMARY KEY (mapping, shard_id)
+);
+CREATE TABLE IF NOT EXISTS services (
+    mapping TEXT PRIMARY KEY,
+    replica TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    seen_at REAL NOT NULL
 );
 """
 
@@ -179,9 +216,179 @@ class SqliteCheckpointStore:
 
         return await self._run(pin)
 
+    # -- rewinds (poller rewind) ---------------------------------------------------------------
+
+    async def request_rewinds(
+        self, mapping: str, targets: dict[str, RewindTarget], rewind_id: str
+    ) -> None:
+        """Record a pending rewind of each shard in ``targets`` (replacing an older request)."""
+        now = time.time()
+        rows = [(mapping, shard, rewind_id, t.encode(), now) for shard, t in targets.items()]
+
+        def write(c: sqlite3.Connection) -> None:
+            c.executemany(
+                "INSERT INTO rewinds (mapping, shard_id, rewind_id, target, requested_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (mapping, shard_id) DO UPDATE SET"
+                " rewind_id = excluded.rewind_id, target = excluded.target,"
+                " requested_at = excluded.requested_at, applied_at = NULL, applied_by = NULL,"
+                " applied_from = NULL, applied_to = NULL",
+                rows,
+            )
+
+        await self._run(write)
+
+    async def pending_rewinds(self, mapping: str) -> dict[str, str]:
+        """The mapping's pending rewinds: shard id -> rewind id (one query, for the service's
+        poll; none pending is the usual answer)."""
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT shard_id, rewind_id FROM rewinds WHERE mapping = ? AND applied_at IS NULL",
+                (mapping,),
+            ).fetchall()
+        )
+        return {str(r[0]): str(r[1]) for r in rows}
+
+    async def apply_rewind(self, mapping: str, shard_id: str, applied_by: str) -> Checkpoint | None:
+        """The shard's checkpoint, after applying its pending rewind if it has one: how a
+        shard (re)starting reads where to start. One transaction, so a request is applied once
+        whoever applies it."""
+        return await self._run(
+            lambda c: _in_transaction(c, lambda: _apply_one(c, mapping, shard_id, applied_by))
+        )
+
+    async def apply_rewinds_unserved(self, mapping: str, applied_by: str) -> bool:
+        """Apply every pending rewind of ``mapping`` unless a live service serves it (its
+        ``services`` row is fresh); then False and nothing is written. One transaction."""
+
+        def apply(c: sqlite3.Connection) -> bool:
+            if _served(c, mapping):
+                return False
+            pending = c.execute(
+                "SELECT shard_id FROM rewinds WHERE mapping = ? AND applied_at IS NULL", (mapping,)
+            ).fetchall()
+            for (shard_id,) in pending:
+                _apply_one(c, mapping, str(shard_id), applied_by)
+            return True
+
+        return await self._run(lambda c: _in_transaction(c, lambda: apply(c)))
+
+    async def rewind_states(self, mapping: str, rewind_id: str) -> list[RewindState]:
+        """The shards of rewind ``rewind_id``, applied or not, by shard id."""
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT shard_id, target, applied_at, applied_by, applied_from, applied_to"
+                " FROM rewinds WHERE mapping = ? AND rewind_id = ? ORDER BY shard_id",
+                (mapping, rewind_id),
+            ).fetchall()
+        )
+        return [
+            RewindState(str(r[0]), rewind_id, RewindTarget.decode(r[1]), r[2] is not None, *r[3:])
+            for r in rows
+        ]
+
+    async def serve(self, mapping: str, replica: str) -> None:
+        """Record (or beat) that this process serves ``mapping``: rewinds wait for it."""
+        await self._run(
+            lambda c: c.execute(
+                "INSERT INTO services (mapping, replica, host, pid, seen_at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (mapping) DO UPDATE SET replica = excluded.replica,"
+                " host = excluded.host, pid = excluded.pid, seen_at = excluded.seen_at",
+                (mapping, replica, socket.gethostname(), os.getpid(), time.time()),
+            )
+        )
+
+    async def unserve(self, mapping: str, replica: str) -> None:
+        """This process no longer serves ``mapping`` (a clean stop)."""
+        await self._run(
+            lambda c: c.execute(
+                "DELETE FROM services WHERE mapping = ? AND replica = ?", (mapping, replica)
+            )
+        )
+
+    async def server_of(self, mapping: str) -> str | None:
+        """The replica serving ``mapping`` now (a fresh ``services`` row), or None."""
+        return await self._run(lambda c: _served(c, mapping))
+
     async def aclose(self) -> None:
         """Close the connection. Idempotent."""
         conn, self._conn = self._conn, None
         if conn is not None:
             with self._lock:
                 await anyio.to_thread.run_sync(conn.close)
+
+
+def _in_transaction(c: sqlite3.Connection, work: Callable[[], _T]) -> _T:
+    """Run ``work`` in one write transaction (taken at once: no upgrade deadlock)."""
+    c.execute("BEGIN IMMEDIATE")
+    try:
+        result = work()
+    except BaseException:
+        c.execute("ROLLBACK")
+        raise
+    c.execute("COMMIT")
+    return result
+
+
+def _read_checkpoint(c: sqlite3.Connection, mapping: str, shard_id: str) -> Checkpoint | None:
+    row = c.execute(
+        "SELECT sequence_number, start_timestamp, sub_sequence_number, window_state"
+        " FROM checkpoints WHERE mapping = ? AND shard_id = ?",
+        (mapping, shard_id),
+    ).fetchone()
+    return None if row is None else Checkpoint(row[0], row[1], row[2], row[3])
+
+
+def _apply_one(
+    c: sqlite3.Connection, mapping: str, shard_id: str, applied_by: str
+) -> Checkpoint | None:
+    """Inside a transaction: write the shard's pending rewind as its checkpoint, mark it
+    applied; the shard's checkpoint afterwards."""
+    current = _read_checkpoint(c, mapping, shard_id)
+    row = c.execute(
+        "SELECT target FROM rewinds WHERE mapping = ? AND shard_id = ? AND applied_at IS NULL",
+        (mapping, shard_id),
+    ).fetchone()
+    if row is None:
+        return current
+    now = time.time()
+    new = RewindTarget.decode(row[0]).checkpoint(now)
+    c.execute(
+        "INSERT INTO checkpoints (mapping, shard_id, sequence_number, start_timestamp,"
+        " sub_sequence_number, window_state, updated_at) VALUES (?, ?, ?, ?, ?, NULL, ?)"
+        " ON CONFLICT (mapping, shard_id) DO UPDATE SET sequence_number = excluded.sequence_number,"
+        " start_timestamp = excluded.start_timestamp,"
+        " sub_sequence_number = excluded.sub_sequence_number, window_state = NULL,"
+        " updated_at = excluded.updated_at",
+        (mapping, shard_id, new.sequence_number, new.start_timestamp, new.sub_sequence_number, now),
+    )
+    before, after = describe_checkpoint(current), describe_checkpoint(new)
+    c.execute(
+        "UPDATE rewinds SET applied_at = ?, applied_by = ?, applied_from = ?, applied_to = ?"
+        " WHERE mapping = ? AND shard_id = ?",
+        (now, applied_by, before, after, mapping, shard_id),
+    )
+    return new
+
+
+def _served(c: sqlite3.Connection, mapping: str) -> str | None:
+    """The replica in ``mapping``'s ``services`` row, unless the row is stale (not beaten for
+    :data:`SERVICE_STALE_SECONDS`, or its process is gone from this host)."""
+    row = c.execute(
+        "SELECT replica, host, pid, seen_at FROM services WHERE mapping = ?", (mapping,)
+    ).fetchone()
+    if row is None or time.time() - float(row[3]) > SERVICE_STALE_SECONDS:
+        return None
+    if row[1] == socket.gethostname() and not _alive(int(row[2])):
+        return None
+    return str(row[0])
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (signal 0 only checks)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True

@@ -14,6 +14,9 @@ protocol v2, whose cost at rest grows with the replicas, not the shards::
                                the generation after a change so peers look at once
     pipeline   -> checkpoint() through LeasedCheckpointStore: a fenced write; LeaseLost stops
                                the shard at once
+    shard (re)start -> apply_rewind(): a pending ``poller rewind`` request's checkpoint, the
+                               same fenced write as checkpoint() (watch() also keeps the
+                               member item's rewindNotice, for ownership to look for requests)
     shard end, handoff, shutdown -> release(): the next owner may start at once (a granted
                                lease is written over to the asker, nobody else); leave() on exit
 

@@ -77,6 +77,8 @@ class LeaseCoordinator:
         self._recheck_at: float | None = None
         #: The gap before ``_recheck_at`` (doubled at each recheck), None when none is due.
         self._recheck_gap: float | None = None
+        #: The member item's ``rewindNotice`` at the last watch (``poller rewind``).
+        self.rewind_notice: str | None = None
 
     @property
     def held(self) -> dict[str, Lease]:
@@ -97,6 +99,7 @@ class LeaseCoordinator:
         sent = self._clock()
         with self._watch.reading():
             members = await self.table.members(self.mapping)
+        self.rewind_notice = members.rewind_notice
         if self._watch.observe(members, sent, self._clock()):
             self._due = True
         if self._bump_owed:
@@ -254,6 +257,11 @@ class LeaseCoordinator:
     async def checkpoint(self, shard_id: str, checkpoint: Checkpoint) -> None:
         """A fenced checkpoint write. Raises LeaseLost if the lease is no longer ours."""
         await self._fence.checkpoint(shard_id, checkpoint)
+
+    async def apply_rewind(self, shard_id: str, rewind_id: str, checkpoint: Checkpoint) -> bool:
+        """A rewind's checkpoint, fenced like :meth:`checkpoint`; False when the request changed
+        meanwhile. Raises LeaseLost if the lease is no longer ours."""
+        return await self._fence.apply_rewind(shard_id, rewind_id, checkpoint)
 
     async def release(self, shard_id: str) -> None:
         """Give the lease up after the shard stopped and checkpointed (handoff, end, shutdown).

@@ -155,6 +155,29 @@ class LeaseFence:
                 )
             held.keep(shard_id, written)
 
+    async def apply_rewind(self, shard_id: str, rewind_id: str, checkpoint: Checkpoint) -> bool:
+        """Write a rewind's checkpoint, fenced exactly like :meth:`checkpoint` (same lock, same
+        counter), marking rewind ``rewind_id`` applied. False when the request changed since
+        it was read (a newer rewind: read it again); LeaseLost when the lease is not ours."""
+        held = self._ctx.held
+        async with held.lock(shard_id):
+            lease = held.leases.get(shard_id)
+            if lease is None:
+                raise LeaseLost(
+                    f"lease of {self._ctx.mapping}/{shard_id} is not held by {self._ctx.owner}"
+                )
+            ok, seen = await self._ctx.table.apply_rewind(
+                lease, self._ctx.owner, rewind_id, checkpoint
+            )
+            if ok and seen is not None and held.leases.get(shard_id) is lease:
+                held.keep(shard_id, seen)
+                return True
+            if seen is not None and seen.owner == self._ctx.owner and seen.counter == lease.counter:
+                return False  # only the request changed
+            if held.leases.get(shard_id) is lease:
+                held.forget(shard_id, "lost")
+            raise LeaseLost(f"lease of {self._ctx.mapping}/{shard_id} lost while rewinding")
+
 
 class TrackedTarget:
     """A target that reports an invocation cancelled before it returned (see

@@ -8,9 +8,11 @@ Each module is one ``poller`` sub-command, wired by :mod:`poller.cli`:
   keeping its own progress and never touching the live checkpoints;
 * :mod:`.rewind`: move a live mapping's checkpoints, applied by each shard's owner.
 
-A module exposes ``add_arguments(parser)`` and ``main(args) -> int`` (the exit status). Errors
-of the operator's making raise :class:`~poller.errors.ConfigError` (exit 2, one line per
-problem); the CLI turns them into exit codes as for every command.
+A module exposes ``add_arguments(parser)`` and ``main(args) -> int`` (the exit status). An error
+of the operator's making (an unknown mapping, a bad time, a destination that does not exist)
+is an :class:`~poller.operations.common.OperationError`: the command prints it as one line
+naming the value and exits 2. A configuration that does not load is a
+:class:`~poller.errors.ConfigError`, as for every command.
 """
 
 from __future__ import annotations

@@ -102,7 +102,7 @@ class DynamoDBStreamApi:
             "ShardId": shard_id,
             "ShardIteratorType": kind,
         }
-        if kind == "AFTER_SEQUENCE_NUMBER":
+        if kind in ("AFTER_SEQUENCE_NUMBER", "AT_SEQUENCE_NUMBER"):
             args["SequenceNumber"] = position.sequence_number
         async with source_call("GetShardIterator"):
             response = await self._client.get_shard_iterator(**args)

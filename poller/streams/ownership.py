@@ -25,6 +25,16 @@ Data flow (one :class:`ShardOwnership` per stream mapping, driven by its runner)
 The runner never asks which one it has; :func:`ownership_for` picks it, once per mapping,
 from the opened checkpoint backend (:mod:`poller.checkpoints`).
 
+Rewinds (``poller rewind``, :mod:`poller.checkpoints.rewinds`): a shard starts from
+``start_checkpoint(id)``, which applies the shard's pending rewind first, as its owner (solo:
+one SQLite transaction with the checkpoint; leased: the fenced checkpoint write, on the lease
+counter). A rewind asked while the shard runs reaches it as a restart (``ShardStops.restart``):
+solo, ``upkeep`` polls the pending rewinds once a second (one query per mapping) and applies
+those of shards not running itself; leased, each watch of the member item (already read every
+second) shows the mapping's ``rewindNotice``, and when it changes the leases this replica runs
+are read once for pending requests. Either way the owner applies the rewind, at a batch
+boundary, and only the owner: a peer that takes the lease later applies it when it starts.
+
 Stopping: ownership has no stop signal of its own. It stops shards through
 :class:`ShardStops` (lost: cancelled at once; handed off: drained), and its upkeep runs until
 the runner cancels it, which it does only once every shard task has finished: a lease is
@@ -39,17 +49,20 @@ table is read once a second per replica, whatever the number of shards.
 from __future__ import annotations
 
 import math
+import os
+import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from functools import partial
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import anyio
 import structlog
 
 from poller.checkpoints import Checkpoints, SharedCheckpoints, SoloCheckpoints
+from poller.checkpoints.sqlite import SERVICE_BEAT_SECONDS
 from poller.config import AnyMapping
 from poller.core.lineage import ShardInfo, finished_shards, plan_shards, retired_checkpoints
 from poller.errors import CheckpointError
@@ -73,6 +86,11 @@ RELEASE_DEADLINE_LEASES = 1.0
 
 #: The start checkpoint of a shard that has none (``MappingStart.checkpoint_for``).
 StartOf = Callable[[ShardInfo], Checkpoint | None]
+#: How often a solo mapping looks for pending rewinds (one query each time).
+REWIND_POLL_SECONDS = 1.0
+#: Tries to apply a pending rewind at a shard's start when newer requests keep replacing it.
+REWIND_APPLY_TRIES = 3
+
 #: Runs one step of a refresh, named for logs and metrics; False when it failed (logged and
 #: counted by the runner, never raised).
 Attempt = Callable[[str, Callable[[], Awaitable[None]]], Awaitable[bool]]
@@ -88,6 +106,31 @@ class ShardStops(Protocol):
 
     def stop(self, shard_id: str, *, lost: bool) -> None:
         """Lost: cancel at once (no invocation, no checkpoint). Else: drain, then release."""
+        ...
+
+    def restart(self, shard_id: str) -> None:
+        """Drain the shard's run, then run it again from ``start_checkpoint`` (a rewind)."""
+        ...
+
+
+@runtime_checkable
+class SoloRewinds(Protocol):
+    """A solo store that keeps rewind requests (SQLite: ``poller.checkpoints.sqlite``)."""
+
+    async def apply_rewind(self, mapping: str, shard_id: str, applied_by: str) -> Checkpoint | None:
+        """The shard's checkpoint after applying its pending rewind, if any (atomically)."""
+        ...
+
+    async def pending_rewinds(self, mapping: str) -> dict[str, str]:
+        """Pending rewinds of the mapping: shard id -> rewind id."""
+        ...
+
+    async def serve(self, mapping: str, replica: str) -> None:
+        """Record (or beat) that this process serves the mapping."""
+        ...
+
+    async def unserve(self, mapping: str, replica: str) -> None:
+        """This process no longer serves the mapping."""
         ...
 
 
@@ -137,6 +180,11 @@ class ShardOwnership(Protocol):
         """Called before every invocation of the shard; raises LeaseLost to stop it."""
         ...
 
+    async def start_checkpoint(self, shard_id: str) -> Checkpoint | None:
+        """Where the shard starts: its checkpoint, after applying a pending rewind as its
+        owner (raises LeaseLost when that fenced write finds the lease lost)."""
+        ...
+
     async def release(self, shard_id: str) -> None:
         """The shard stopped settled: let another replica have it. Never raises."""
         ...
@@ -148,6 +196,14 @@ class SoloOwnership:
     def __init__(self, store: CheckpointStore, mapping: str) -> None:
         self.store = store
         self._mapping = mapping
+        #: Rewind requests, when the store keeps them (SQLite does; test fakes may not).
+        self._rewinds = store if isinstance(store, SoloRewinds) else None
+        #: Who applies rewinds here, as ``poller rewind`` reports it.
+        self._replica = f"{socket.gethostname()}:{os.getpid()}"
+        #: The rewind each running shard was last restarted for (one restart per request).
+        self._restarted_for: dict[str, str] = {}
+        #: Whether this process's ``services`` row was written (before any shard starts).
+        self._serving = False
 
     def refresh_interval(self, discovery_interval: float) -> float:
         return discovery_interval
@@ -200,7 +256,57 @@ class SoloOwnership:
             log.info("checkpoint.retired", retired_shard=shard_id)
 
     async def upkeep(self, tasks: ShardStops) -> None:
-        """Nothing to keep: no other replica can take a shard."""
+        """No other replica can take a shard; with a store that keeps rewinds, record that
+        this process serves the mapping (so ``poller rewind`` leaves the applying to it) and
+        apply pending rewinds until cancelled, then record that it no longer does."""
+        rewinds = self._rewinds
+        if rewinds is None:
+            return
+        try:
+            await self._serve_rewinds(rewinds, tasks)
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5.0):
+                try:
+                    await rewinds.unserve(self._mapping, self._replica)
+                except CheckpointError as exc:
+                    log.warning("rewind.unserve_failed", error=str(exc))
+
+    async def _serve_rewinds(self, rewinds: SoloRewinds, tasks: ShardStops) -> None:
+        """Once a second, one query for the mapping's pending rewinds: a running shard is
+        restarted (it applies its rewind when it starts again), any other shard's rewind is
+        applied here, atomically with its checkpoint (a shard starting meanwhile reads either
+        the pending request, which it applies, or the new checkpoint)."""
+        beaten = -math.inf
+        while True:
+            try:
+                if time.monotonic() - beaten >= SERVICE_BEAT_SECONDS:
+                    await rewinds.serve(self._mapping, self._replica)
+                    self._serving, beaten = True, time.monotonic()
+                pending = await rewinds.pending_rewinds(self._mapping)
+                for shard_id, rewind_id in pending.items():
+                    if shard_id in tasks.running:
+                        if self._restarted_for.get(shard_id) != rewind_id:
+                            self._restarted_for[shard_id] = rewind_id
+                            tasks.restart(shard_id)
+                    else:
+                        await rewinds.apply_rewind(self._mapping, shard_id, self._replica)
+                        log.info("rewind.applied", rewind_shard=shard_id, rewind=rewind_id)
+            except CheckpointError as exc:
+                log.warning("rewind.poll_failed", error=str(exc))
+            await anyio.sleep(REWIND_POLL_SECONDS)
+
+    async def start_checkpoint(self, shard_id: str) -> Checkpoint | None:
+        """The stored checkpoint, after applying the shard's pending rewind (one transaction).
+
+        The ``services`` row is written before the first shard reads where to start: from
+        then on ``poller rewind`` never writes a checkpoint itself, so it cannot move one
+        behind a running shard (whose next checkpoint would silently undo it)."""
+        if self._rewinds is None:
+            return await self.store.get(self._mapping, shard_id)
+        if not self._serving:
+            await self._rewinds.serve(self._mapping, self._replica)
+            self._serving = True
+        return await self._rewinds.apply_rewind(self._mapping, shard_id, self._replica)
 
     def target(self, shard_id: str, target: Target) -> Target:
         return target
@@ -221,6 +327,8 @@ class LeasedOwnership:
         self.store: CheckpointStore = LeasedCheckpointStore(leases)
         #: When the peers' heartbeats were last read (monotonic).
         self._watched_at = -math.inf
+        #: The member item's ``rewindNotice`` whose requests were looked for (poller rewind).
+        self._rewind_notice_seen: str | None = None
 
     def refresh_interval(self, discovery_interval: float) -> float:
         """Balance at least every balance interval."""
@@ -260,7 +368,9 @@ class LeasedOwnership:
         """
         try:
             self._watched_at = time.monotonic()
-            if not await self._leases.watch():
+            due = await self._leases.watch()
+            await self._look_for_rewinds(tasks)
+            if not due:
                 return
             outcome = await self._leases.balance(busy=frozenset(tasks.running))
             for shard_id in outcome.handoffs:
@@ -269,6 +379,36 @@ class LeasedOwnership:
         finally:
             for shard_id in set(tasks.running) - set(self._leases.held):
                 tasks.stop(shard_id, lost=True)
+
+    async def _look_for_rewinds(self, tasks: ShardStops) -> None:
+        """When the mapping's ``rewindNotice`` changed, read the leases this replica runs (a
+        consistent GetItem each, only then) and restart those with a pending rewind: they
+        apply it when they start again."""
+        notice = self._leases.rewind_notice
+        if notice is None or notice == self._rewind_notice_seen:
+            return
+        for shard_id in sorted(set(tasks.running) & set(self._leases.held)):
+            lease = await self._leases.table.get(self._leases.mapping, shard_id)
+            if lease is not None and lease.pending_rewind is not None:
+                tasks.restart(shard_id)
+        # Only once all were read: a failed read looks again at the next watch.
+        self._rewind_notice_seen = notice
+
+    async def start_checkpoint(self, shard_id: str) -> Checkpoint | None:
+        """The lease's checkpoint (a consistent read), after applying its pending rewind by
+        a fenced write on the lease counter (LeaseLost if the lease is no longer ours)."""
+        mapping = self._leases.mapping
+        lease = await self._leases.table.get(mapping, shard_id)
+        for _ in range(REWIND_APPLY_TRIES):
+            pending = None if lease is None else lease.pending_rewind
+            if lease is None or pending is None:
+                break
+            checkpoint = pending.target.checkpoint()
+            if await self._leases.apply_rewind(shard_id, pending.rewind_id, checkpoint):
+                log.info("rewind.applied", rewind_shard=shard_id, rewind=pending.rewind_id)
+                return checkpoint
+            lease = await self._leases.table.get(mapping, shard_id)  # a newer request
+        return None if lease is None else lease.checkpoint
 
     async def upkeep(self, tasks: ShardStops) -> None:
         """Heartbeat and self-fence until cancelled (the runner does once every shard

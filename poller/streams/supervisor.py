@@ -31,6 +31,15 @@ task per shard costs memory at thousands of shards). A lost
 lease is not a signal but a cancellation of the shard's whole scope (``_ShardControl.scope``),
 in-flight invocation included: nothing of a shard another replica owns may run on, nor may its
 lease be released.
+
+Rewinds (``poller rewind``): ownership asks for a *restart* (``restart(shard_id)``,
+``_ShardControl.request_restart``) when a rewind is pending for a running shard. It stops the
+run as a drain does (no new batch, the batches in flight finish and checkpoint), then, instead
+of returning, runs the shard again at once; every run starts from
+``ownership.start_checkpoint``, which applies a pending rewind first (fenced as any
+checkpoint). The new run has a new reader (its iterator at the new position), a new processor
+(no buffered read-ahead, a fresh watermark): nothing of the old position survives, and the
+lease is never let go of in between, so no peer can take the shard meanwhile.
 """
 
 from __future__ import annotations
@@ -72,12 +81,15 @@ class _ShardControl:
     lost: bool = False
     #: A drain was asked for.
     draining: bool = False
+    #: A restart was asked for (a rewind): drain this run, then run the shard again.
+    restarting: bool = False
     #: Stops what the shard waits on now: its run's intake, or a restart's backoff.
     on_drain: Callable[[], None] | None = None
 
     def is_set(self) -> bool:
-        """Whether the drain was asked for (the processor's ``stopping``)."""
-        return self.draining
+        """Whether this run must stop: a drain or a restart was asked for (the processor's
+        ``stopping``)."""
+        return self.draining or self.restarting
 
     def request_drain(self) -> None:
         """Drain: read no more, take no new batch, finish the batches in flight."""
@@ -85,11 +97,17 @@ class _ShardControl:
         if self.on_drain is not None:
             self.on_drain()
 
+    def request_restart(self) -> None:
+        """Stop this run as a drain does, then run the shard again (from its checkpoint)."""
+        self.restarting = True
+        if self.on_drain is not None:
+            self.on_drain()
+
     def stop_with(self, on_drain: Callable[[], None] | None) -> None:
         """From now on a drain calls ``on_drain`` (at once if it was already asked for);
         None: nothing to stop."""
         self.on_drain = on_drain
-        if on_drain is not None and self.draining:
+        if on_drain is not None and self.is_set():
             on_drain()
 
 
@@ -159,6 +177,14 @@ class ShardSupervisor:
             control.scope.cancel()
         control.request_drain()
 
+    def restart(self, shard_id: str) -> None:
+        """Stop the shard's run at a batch boundary and run it again from its checkpoint
+        (a rewind is pending for it); nothing when it does not run or is draining."""
+        control = self._controls.get(shard_id)
+        if control is not None and not control.draining:
+            log.info("shard.restarting", reason="rewind", restart_shard=shard_id)
+            control.request_restart()
+
     async def relay_stop(self) -> None:
         """On shutdown, drain every running shard (a shard started later drains at once)."""
         await self._stopping.wait()
@@ -203,6 +229,8 @@ class ShardSupervisor:
         # logged with its traceback), a lost lease ends it, and the drain ends the loop.
         failures = 0
         while not control.draining:
+            # Cleared before the run reads its start: a rewind asked from now on stops it.
+            control.restarting = False
             try:
                 ended = await self._run_shard(shard_id, control, account)
             except Exception as exc:
@@ -213,6 +241,8 @@ class ShardSupervisor:
                 failures += 1
                 log.exception("shard.crashed", attempt=failures)
             else:
+                if control.restarting and not control.draining:
+                    continue  # a rewind: the run drained; start again from the new checkpoint
                 if ended:
                     self._on_shard_end()
                 return
@@ -224,7 +254,8 @@ class ShardSupervisor:
         self, shard_id: str, control: _ShardControl, account: ShardAccount | None
     ) -> bool:
         """One pass over a shard: reader and processor side by side. True when it ended."""
-        checkpoint = await self._ownership.store.get(self._mapping.name, shard_id)
+        # A pending rewind is applied here, before the reader opens (fenced when leased).
+        checkpoint = await self._ownership.start_checkpoint(shard_id)
         if checkpoint is not None and checkpoint.is_shard_end:
             return True
         start = start_position(self._mapping, checkpoint)

@@ -15,6 +15,12 @@ names of the Kinesis Client Library's lease table::
     ownerSwitchesSinceCheckpoint  N   +1 per change of owner, 0 after a checkpoint (churn signal)
     pendingOwner                  S   graceful handoff: a replica asking the owner to let go
     renewedAt                     N   writer's wall clock at the last take/renew/checkpoint
+    rewindId, rewindTo            S   ``poller rewind``: the latest request (an id, the target as
+                                      JSON, see ``poller.checkpoints.rewinds``); written without
+                                      moving the counter, like ``pendingOwner``
+    rewindApplied, rewindApplied{By,From,To}
+                                  S   the request applied (its id), by whom, from and to where:
+                                      written with the new checkpoint, in the same fenced write
 
 Besides the leases, each mapping that has started has one *mapping item*, keyed
 ``leaseKey = "<mapping>#__mapping__"`` (no shard id is spelled so)::
@@ -40,12 +46,18 @@ replicas, not the shards (see :mod:`.members`). Balancing reads the *view index*
 table (see :mod:`.view`). :meth:`DynamoDBLeaseTable.ensure_table` creates a table with the
 index, and adds the index in place to a table made by an older version (see :mod:`.schema`).
 
+The member item also carries ``rewindNotice`` (S), the id of the mapping's latest rewind
+request: replicas read that item every second anyway, so a rewind reaches the owners at no
+cost at rest (see :mod:`poller.streams.ownership`).
+
 This module is only the I/O layer: every write is one conditional ``UpdateItem`` (or
 ``PutItem``), and the lease manager above it decides when to take, renew, steal and hand off.
 Every ownership or checkpoint write is conditional on the ``leaseCounter`` the caller observed,
 so a replica that lost its lease (paused, partitioned, slow) can never overwrite the new owner's
-state: its write fails and it learns that it was fenced off. ``request_handoff`` is the one
-write that leaves the counter alone, so it never fences the owner out.
+state: its write fails and it learns that it was fenced off. ``request_handoff`` and
+``request_rewind`` are the writes that leave the counter alone, so they never fence the owner
+out; ``apply_rewind`` is fenced like a checkpoint (by the owner, or, on an unowned lease, by
+``poller rewind`` on ``attribute_not_exists(leaseOwner)`` and the counter it read).
 
 Expiry is for the caller to judge by observation, as KCL does, on the observer's *monotonic*
 clock: in v2 a lease is expired when neither its owner's beat nor its counter has moved for

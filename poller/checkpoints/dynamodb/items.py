@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from poller.checkpoints.rewinds import RewindState, RewindTarget
 from poller.types import Checkpoint
 
 _PLACEHOLDER = re.compile(r"#(\w+)")
@@ -71,6 +72,9 @@ class Members:
 
     beats: dict[str, int]
     generation: int
+    #: The id of the latest rewind asked of the mapping (``rewindNotice``): owners that see it
+    #: change look for pending rewinds on the leases they run. None when never asked.
+    rewind_notice: str | None = None
 
 
 def members_from_item(item: Mapping[str, Any] | None) -> Members:
@@ -82,6 +86,7 @@ def members_from_item(item: Mapping[str, Any] | None) -> Members:
     return Members(
         {owner: int(Decimal(beat["N"])) for owner, beat in beats.items()},
         0 if generation is None else int(generation),
+        _str(item, "rewindNotice"),
     )
 
 
@@ -117,6 +122,8 @@ class Lease:
         owner_switches: ``ownerSwitchesSinceCheckpoint``.
         renewed_at: the writer's wall clock (epoch seconds) at the last take, renew or
             checkpoint. For display only: never compare it with another host's clock.
+        rewind: the latest rewind asked of the shard (``rewindId``, ``rewindTo``, and once
+            applied ``rewindApplied*``), or None when none was.
     """
 
     mapping: str
@@ -128,11 +135,17 @@ class Lease:
     pending_owner: str | None
     owner_switches: int
     renewed_at: float | None
+    rewind: RewindState | None = None
 
     @property
     def key(self) -> str:
         """The item's ``leaseKey``."""
         return lease_key(self.mapping, self.shard_id)
+
+    @property
+    def pending_rewind(self) -> RewindState | None:
+        """The rewind asked of the shard and not applied yet, if any."""
+        return None if self.rewind is None or self.rewind.applied else self.rewind
 
 
 def _n(value: int | float) -> dict[str, str]:
@@ -193,6 +206,23 @@ def lease_from_item(item: Mapping[str, Any]) -> Lease:
         pending_owner=_str(item, "pendingOwner"),
         owner_switches=0 if switches is None else int(switches),
         renewed_at=None if renewed is None else float(renewed),
+        rewind=_rewind_from(item, _str(item, "shardId") or fallback_shard),
+    )
+
+
+def _rewind_from(item: Mapping[str, Any], shard_id: str) -> RewindState | None:
+    """The lease's rewind request: pending while ``rewindApplied`` is not its ``rewindId``."""
+    rewind_id, target = _str(item, "rewindId"), _str(item, "rewindTo")
+    if rewind_id is None or target is None:
+        return None
+    return RewindState(
+        shard_id=shard_id,
+        rewind_id=rewind_id,
+        target=RewindTarget.decode(target),
+        applied=_str(item, "rewindApplied") == rewind_id,
+        applied_by=_str(item, "rewindAppliedBy"),
+        applied_from=_str(item, "rewindAppliedFrom"),
+        applied_to=_str(item, "rewindAppliedTo"),
     )
 
 

@@ -26,11 +26,13 @@ from poller.checkpoints.dynamodb.items import (
     lease_from_item,
     lease_key,
     mapping_item,
+    members_key,
     new_lease_item,
     take_update,
 )
 from poller.checkpoints.dynamodb.members import MemberItem
 from poller.checkpoints.dynamodb.view import LeaseView
+from poller.checkpoints.rewinds import RewindTarget, describe_checkpoint
 from poller.errors import CheckpointError
 from poller.types import Checkpoint
 
@@ -254,6 +256,84 @@ class DynamoDBLeaseTable(LeaseView, MemberItem):
             update="SET #pendingOwner = :requester",
             condition="#leaseOwner = :owner AND attribute_not_exists(#pendingOwner)",
             values={":owner": _s(lease.owner), ":requester": _s(requester)},
+            return_new=False,
+        )
+        return write.ok
+
+    # -- rewinds (poller rewind; see poller.operations.rewind) --------------------------------
+
+    async def request_rewind(
+        self, mapping: str, shard_id: str, rewind_id: str, target: RewindTarget
+    ) -> Lease | None:
+        """Ask for a rewind of the shard: ``rewindId`` and ``rewindTo`` on its lease, pending
+        until applied. Like a handoff request it leaves the counter alone (the owner's next
+        checkpoint is not fenced off by it). None when the lease does not exist."""
+        write = await self._calls.update(
+            "UpdateItem (request_rewind)",
+            lease_key(mapping, shard_id),
+            update="SET #rewindId = :rid, #rewindTo = :to, #rewindRequestedAt = :now",
+            condition="attribute_exists(#leaseKey)",
+            values={":rid": _s(rewind_id), ":to": _s(target.encode()), ":now": _n(time.time())},
+        )
+        return lease_from_item(write.item) if write.ok and write.item else None
+
+    async def apply_rewind(
+        self, lease: Lease, owner: str | None, rewind_id: str, checkpoint: Checkpoint
+    ) -> tuple[bool, Lease | None]:
+        """Write rewind ``rewind_id``'s ``checkpoint`` and mark it applied, fenced like any
+        checkpoint: only while the lease is still ``owner``'s (None: unowned, the command's
+        direct write) at ``lease.counter`` and the request is still ``rewind_id``. Moves the
+        counter, so a replica that observed the lease before (to take it) is fenced off.
+
+        Returns:
+            (True, the lease as written), or (False, the item as DynamoDB held it, or None
+            when gone): nothing was written.
+        """
+        sets, removes, values = _checkpoint_update(checkpoint)
+        sets += [
+            "#leaseCounter = :next",
+            "#renewedAt = :now",
+            "#ownerSwitchesSinceCheckpoint = :zero",
+            "#rewindApplied = :rid",
+            "#rewindAppliedBy = :by",
+            "#rewindAppliedFrom = :from",
+            "#rewindAppliedTo = :to",
+        ]
+        values.update(
+            {
+                ":now": _n(time.time()),
+                ":zero": _n(0),
+                ":rid": _s(rewind_id),
+                ":by": _s(owner or "poller rewind"),
+                ":from": _s(describe_checkpoint(lease.checkpoint)),
+                ":to": _s(describe_checkpoint(checkpoint)),
+                ":counter": _n(lease.counter),
+                ":next": _n(lease.counter + 1),
+            }
+        )
+        held = "attribute_not_exists(#leaseOwner)"
+        if owner is not None:
+            held = "#leaseOwner = :owner"
+            values[":owner"] = _s(owner)
+        write = await self._calls.update(
+            "UpdateItem (apply_rewind)",
+            lease.key,
+            update=_update_expression(sets, removes),
+            condition=f"{held} AND #leaseCounter = :counter AND #rewindId = :rid",
+            values=values,
+        )
+        return write.ok, None if write.item is None else lease_from_item(write.item)
+
+    async def notify_rewind(self, mapping: str, rewind_id: str) -> bool:
+        """Tell the mapping's replicas a rewind was asked (``rewindNotice`` on the member item,
+        which each reads every second anyway). False when there is no member item: no replica
+        of this protocol runs the mapping."""
+        write = await self._calls.update(
+            "UpdateItem (notify_rewind)",
+            members_key(mapping),
+            update="SET #rewindNotice = :rid",
+            condition="attribute_exists(#leaseKey)",
+            values={":rid": _s(rewind_id)},
             return_new=False,
         )
         return write.ok
