@@ -118,3 +118,8 @@ class LeaseLost(CheckpointError):
     def __init__(self, message: str, *, observed: object | None = None) -> None:
         super().__init__(message)
         self.observed = observed
+
+
+class OperationError(PollerError):
+    """An operator command (``poller redrive``, ``replay``, ``rewind``) cannot do what was
+    asked; the message is one line naming the value."""

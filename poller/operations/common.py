@@ -24,7 +24,6 @@ import argparse
 import dataclasses
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -41,7 +40,7 @@ from poller.config import (
     TargetConfig,
     load_settings,
 )
-from poller.errors import PollerError
+from poller.errors import OperationError
 from poller.mappings import build_mapping_target, stream_api
 from poller.observability.metrics import NullMetrics
 from poller.ports import StreamApi
@@ -61,10 +60,6 @@ SQS_REDRIVE_NOTE = (
     "back itself: StartMessageMoveTask (aws sqs start-message-move-task --source-arn <DLQ ARN>, "
     "or 'Start DLQ redrive' in the console); poller does not duplicate it"
 )
-
-
-class OperationError(PollerError):
-    """An operator command cannot do what was asked; the message is one line naming the value."""
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -266,48 +261,3 @@ class _CountingSink:
         if isinstance(chunk, list):
             self._outcome.sent += len(chunk)
         await self._sink.send(chunk)
-
-
-def parse_time(value: str, what: str, *, now: float) -> float:
-    """Epoch seconds from ISO 8601 (a zone-less time is UTC) or epoch seconds (or millis);
-    a time in the future is refused."""
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            raise OperationError(
-                f"{what} {value!r}: not a time; give ISO 8601 (2026-12-05T09:00:00Z) or epoch "
-                "seconds"
-            ) from None
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        seconds = parsed.timestamp()
-    else:
-        if seconds > 1e11:  # epoch milliseconds
-            seconds /= 1000
-    if seconds > now + 1:
-        raise OperationError(f"{what} {value!r} is in the future (now is {iso(now)})")
-    return seconds
-
-
-def iso(epoch: float) -> str:
-    """``epoch`` as ISO 8601 UTC to the second."""
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def age_text(seconds: float) -> str:
-    """A duration as ``2d 03h``, ``4h 05m``, ``6m 07s`` or ``8s``."""
-    seconds = max(0, int(seconds))
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d {hours:02d}h"
-    if hours:
-        return f"{hours}h {minutes:02d}m"
-    if minutes:
-        return f"{minutes}m {secs:02d}s"
-    return f"{secs}s"

@@ -35,8 +35,8 @@ from poller.aws.clients import ClientFactory
 from poller.aws.translate import error_code
 from poller.core.failure_record import BATCH_INFO_KEYS
 from poller.destinations import parse_arn
-from poller.errors import ConfigError
-from poller.operations.common import OperationError, StreamMapping
+from poller.errors import ConfigError, OperationError
+from poller.operations.common import StreamMapping
 
 #: How long received failure records stay invisible while a redrive works on them.
 VISIBILITY_SECONDS = 900

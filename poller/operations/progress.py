@@ -23,7 +23,7 @@ from typing import TextIO
 
 import anyio
 
-from poller.operations.common import age_text
+from poller.operations.times import age_text
 from poller.types import StreamRecord
 
 #: Seconds between redraws on a terminal, and between log lines otherwise.

@@ -36,13 +36,11 @@ import anyio
 
 from poller.checkpoints.memory import MemoryCheckpointStore
 from poller.config import Settings
-from poller.errors import ConfigError, PositionTrimmed, SourceError, StreamNotFound
+from poller.errors import ConfigError, OperationError, PositionTrimmed, SourceError, StreamNotFound
 from poller.observability.logging import configure_logging
 from poller.operations.common import (
-    OperationError,
     StreamMapping,
     add_common_arguments,
-    age_text,
     client_factory,
     deliver_shard,
     find_stream_mapping,
@@ -62,6 +60,7 @@ from poller.operations.failure_sources import (
     parse_failure_record,
 )
 from poller.operations.ranges import RangeTrimmed, read_range, sequence_key
+from poller.operations.times import age_text
 from poller.ports import StartPosition, StreamApi
 from poller.streams.processor import BatchPolicy, ChunkSink
 from poller.types import StreamRecord, Target

@@ -38,28 +38,25 @@ import anyio
 from poller.checkpoints.sqlite import SqliteCheckpointStore
 from poller.config import Settings
 from poller.core.lineage import ShardInfo, plan_shards
-from poller.errors import CheckpointError, ConfigError, SourceError
+from poller.errors import CheckpointError, ConfigError, OperationError, SourceError
 from poller.observability.logging import configure_logging
 from poller.operations.common import (
-    OperationError,
     ShardDelivery,
     StreamMapping,
     add_common_arguments,
-    age_text,
     client_factory,
     deliver_shard,
     find_stream_mapping,
-    iso,
     load,
     open_stream,
     operation_policy,
     operation_target,
     override_config,
-    parse_time,
     target_name,
 )
 from poller.operations.progress import ReplayProgress
 from poller.operations.ranges import RangeRead, read_range
+from poller.operations.times import age_text, iso, parse_time
 from poller.ports import StartPosition, StreamApi
 from poller.streams.processor import BatchPolicy, ChunkSink
 from poller.types import SHARD_END, Checkpoint, Target

@@ -41,7 +41,8 @@ from poller.checkpoints.dynamodb import DynamoDBLeaseTable, Lease
 from poller.checkpoints.rewinds import RewindState, RewindTarget, describe_checkpoint
 from poller.checkpoints.sqlite import SqliteCheckpointStore
 from poller.config import DynamoDBStreamMapping, KinesisMapping, Settings, load_settings
-from poller.errors import ConfigError, PollerError
+from poller.errors import ConfigError, OperationError, PollerError
+from poller.operations.common import find_mapping
 from poller.operations.rewind_plan import (
     RewindPlan,
     parse_instant,
@@ -106,6 +107,9 @@ def main(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             _err(f"{COMMAND}: {problem}")
         return EXIT_USAGE
+    except OperationError as exc:
+        _err(f"{COMMAND}: {exc}")
+        return EXIT_USAGE
     except PollerError as exc:
         _err(f"{COMMAND}: {exc}")
         return EXIT_NOT_APPLIED
@@ -113,18 +117,11 @@ def main(args: argparse.Namespace) -> int:
 
 def _stream_mapping(settings: Settings, name: str) -> StreamMapping:
     """The named stream mapping; refused when unknown or an SQS one."""
-    by_name = {m.name: m for m in settings.mappings}
-    mapping = by_name.get(name)
-    if mapping is None:
-        known = ", ".join(sorted(by_name)) or "none"
-        raise ConfigError([f"unknown mapping {name!r} (mappings: {known})"], source=COMMAND)
+    mapping = find_mapping(settings, name)
     if not isinstance(mapping, KinesisMapping | DynamoDBStreamMapping):
-        raise ConfigError(
-            [
-                f"mapping {name!r} reads an SQS queue: it has no checkpoints to move (a message"
-                " is redelivered by its visibility timeout, and a DLQ by the queue's redrive)"
-            ],
-            source=COMMAND,
+        raise OperationError(
+            f"mapping {name!r} reads an SQS queue: it has no checkpoints to move (a message"
+            " is redelivered by its visibility timeout, and a DLQ by the queue's redrive)"
         )
     return mapping
 

@@ -31,15 +31,13 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from poller.checkpoints.rewinds import RewindTarget
 from poller.core.lineage import ShardInfo
-from poller.errors import ConfigError
+from poller.errors import ConfigError, OperationError
+from poller.operations.times import parse_time
 from poller.types import Checkpoint
 
-#: A requested instant may be this much ahead of our clock (clock skew), not more.
-FUTURE_SLACK_SECONDS = 1.0
 _SEQUENCE = re.compile(r"^[0-9]{1,128}$")
 
 
@@ -54,26 +52,12 @@ class RewindPlan:
 
 def parse_instant(text: str, *, now: float | None = None) -> float:
     """An instant given as ISO 8601 (``2026-12-05T09:00:00Z``; no zone means UTC) or epoch
-    seconds. Refused when unreadable or in the future."""
-    now = time.time() if now is None else now
+    seconds (:func:`~poller.operations.times.parse_time`, as ``replay`` reads them). Refused
+    when unreadable, in the future or before 1970."""
     try:
-        instant = float(text)
-    except ValueError:
-        try:
-            parsed = datetime.fromisoformat(text.strip())
-        except ValueError:
-            raise _refuse(
-                f"--to-timestamp {text!r}: not a time (ISO 8601, e.g. 2026-12-05T09:00:00Z,"
-                " or epoch seconds)"
-            ) from None
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        instant = parsed.timestamp()
-    if instant > now + FUTURE_SLACK_SECONDS:
-        raise _refuse(f"--to-timestamp {text!r} is in the future (now is {_iso(now)})")
-    if instant < 0:
-        raise _refuse(f"--to-timestamp {text!r} is before 1970")
-    return instant
+        return parse_time(text, "--to-timestamp", now=time.time() if now is None else now)
+    except OperationError as exc:
+        raise _refuse(str(exc)) from None
 
 
 def parse_sequences(items: Sequence[str]) -> dict[str, RewindTarget]:
@@ -140,10 +124,6 @@ def plan_rewind(
     return RewindPlan(
         {s: target for s in shards}, {s: stored.get(s) for s in shards}, tuple(closed)
     )
-
-
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _refuse(problem: str) -> ConfigError:

@@ -347,7 +347,11 @@ def test_bad_input_is_refused_and_changes_nothing(tmp_path: Path, moto_url: str)
     graceful_stop(service)
     before = solo_checkpoints(tmp_path / "solo.db")
     cases = {
-        ("--mapping", "nope", "--to-latest"): "unknown mapping 'nope' (mappings: solo)",
+        (
+            "--mapping",
+            "nope",
+            "--to-latest",
+        ): "no mapping named 'nope' in the configuration (mappings: solo)",
         ("--mapping", "solo", "--to-sequence", "shardId-9=1"): "unknown shard shardId-9",
         ("--mapping", "solo", "--to-timestamp", "2999-01-01T00:00:00Z"): "in the future",
         ("--mapping", "solo", "--to-timestamp", "yesterday"): "not a time",

@@ -16,18 +16,17 @@ from poller.config import (
     parse_settings,
 )
 from poller.core.failure_record import failure_record, with_payload
+from poller.errors import OperationError
 from poller.operations.common import (
     UNBOUNDED_RETRY_CAP,
-    OperationError,
-    age_text,
     find_mapping,
     find_stream_mapping,
     operation_policy,
     override_config,
-    parse_time,
 )
 from poller.operations.failure_sources import MalformedFailureRecord, parse_failure_record
 from poller.operations.redrive import Report, records_from_payload
+from poller.operations.times import age_text, parse_time
 from poller.sources.dynamodb_streams import make_ddb_record_factory
 from poller.sources.kinesis import make_record_factory
 from poller.types import StreamRecord

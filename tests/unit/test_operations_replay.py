@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 
 from poller.core.lineage import ShardInfo
-from poller.errors import IteratorExpired, Throttled
-from poller.operations.common import OperationError
+from poller.errors import IteratorExpired, OperationError, Throttled
 from poller.operations.progress import ReplayProgress
 from poller.operations.ranges import RangeTrimmed, read_range
 from poller.operations.replay import _lineage_order, _selected, replay_id
