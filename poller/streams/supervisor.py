@@ -44,6 +44,7 @@ lease is never let go of in between, so no peer can take the shard meanwhile.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -67,6 +68,11 @@ from poller.streams.push_reader import PushShardReader
 from poller.streams.reader import ShardReader
 from poller.streams.start import StreamMapping, start_position
 from poller.types import Target
+
+#: A run of a shard that lasted this long before it crashed was healthy: its crash counts as
+#: a first one (the restart backoff grows only over crashes in quick succession). Longer than
+#: the longest backoff, so a crash loop never looks healthy.
+HEALTHY_RUN_SECONDS = 60.0
 
 log = structlog.get_logger("poller.streams")
 
@@ -231,6 +237,7 @@ class ShardSupervisor:
         while not control.draining:
             # Cleared before the run reads its start: a rewind asked from now on stops it.
             control.restarting = False
+            started = time.monotonic()
             try:
                 ended = await self._run_shard(shard_id, control, account)
             except Exception as exc:
@@ -238,7 +245,10 @@ class ShardSupervisor:
                     control.lost = True
                     log.warning("shard.stopped", reason="lease lost")
                     return
-                failures += 1
+                # A run that was healthy for a while starts the count again: crashes hours
+                # apart are each a first one, not a streak that waits out the longest backoff.
+                healthy = time.monotonic() - started >= HEALTHY_RUN_SECONDS
+                failures = 1 if healthy else failures + 1
                 log.exception("shard.crashed", attempt=failures)
             else:
                 if control.restarting and not control.draining:
