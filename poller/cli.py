@@ -220,10 +220,21 @@ def _address_problems(observability: ObservabilitySettings) -> list[str]:
 
 
 def _status(path: str, as_json: bool) -> int:
-    """Print every mapping's source state and every stream shard's owner and checkpoint."""
+    """Print every mapping's source state and every stream shard's owner and checkpoint.
+
+    With ``--json`` stdout is always one JSON document, even when the configuration does not
+    load: ``{"error": ..., "problems": [...], "mappings": []}`` (exit 2; the error goes to
+    stderr too), so a script reading it never parses nothing."""
     from poller.status import status_command
 
-    return status_command(_load(path), as_json=as_json)
+    try:
+        settings = _load(path)
+    except ConfigError as exc:
+        if as_json:
+            document = {"error": str(exc), "problems": list(exc.problems), "mappings": []}
+            print(json.dumps(document))  # noqa: T201 - CLI output
+        raise
+    return status_command(settings, as_json=as_json)
 
 
 def _run(path: str) -> int:
