@@ -8,12 +8,15 @@ Data flow::
 
 The live reader (:class:`poller.streams.reader.ShardReader`) follows a shard forever; a range
 stops: at the first record past its end (``beyond``), at the end of a closed shard, or at the
-tip of an open one (nothing left to read now). Records before its start (``before``) are
-skipped (a range opened at an earlier position, such as a replay's shard that started before
-``--from``). ``expect_first`` checks that
-the first record read is the one asked for: Kinesis serves a trimmed position from the oldest
-record it still holds, without an error, so a different first record means the records were
-trimmed (:class:`RangeTrimmed`, raised before anything is delivered).
+tip of an open one (nothing left to read now: Kinesis's MillisBehindLatest is 0; DynamoDB
+Streams, which reports no lag and may serve empty pages before records, after
+:data:`EMPTY_SECONDS_AT_TIP` of empty pages, never after a count of them alone), or after the
+record numbered ``last`` when the caller knows the end (a redrive). Records before its start
+(``before``) are skipped (a range opened at an earlier position, such as a replay's shard that
+started before ``--from``). ``expect_first`` checks that the first record read is the one
+asked for: Kinesis serves a trimmed position from the oldest record it still holds, without
+an error, so a different first record means the records were trimmed
+(:class:`RangeTrimmed`, raised before anything is delivered).
 """
 
 from __future__ import annotations
@@ -33,8 +36,10 @@ from poller.types import StreamRecord
 
 #: Consecutive failed reads before a range read gives up (the operation reports it).
 MAX_READ_FAILURES = 6
-#: Consecutive empty pages that mean "caught up" where the service reports no lag (DynamoDB).
-EMPTY_PAGES_AT_TIP = 4
+#: Seconds of nothing but empty pages that mean "caught up" where the service reports no lag
+#: (DynamoDB Streams): it may serve empty pages before a shard's records, so a count of
+#: empty pages alone proves nothing; a run of them this long, from the same shard, does.
+EMPTY_SECONDS_AT_TIP = 5.0
 
 
 class RangeTrimmed(SourceError):
@@ -68,15 +73,16 @@ async def read_range(
     beyond: Callable[[StreamRecord], bool],
     before: Callable[[StreamRecord], bool] | None = None,
     expect_first: str | None = None,
+    last: str | None = None,
     report: RangeRead | None = None,
 ) -> RangeRead:
     """Send the shard's records from ``start`` until the first one ``beyond`` the range, the
-    shard's end or its tip; raises ``SourceError`` (``RangeTrimmed``, ``StreamNotFound``...)."""
+    one numbered ``last`` (a known end: no need to wait for the next), the shard's end or its
+    tip; raises ``SourceError`` (``RangeTrimmed``, ``StreamNotFound``...)."""
     seen = report or RangeRead()
     reader = _RangeReader(api, shard_id, start)
     iterator: str | None = await api.get_iterator(shard_id, start)
     convert = api.converter(shard_id, start)
-    empty = 0
     while iterator is not None:
         page = await reader.page(iterator)
         if page is None:  # a failed read: a new iterator after the last record read
@@ -91,14 +97,13 @@ async def read_range(
         if inside:
             _note(seen, inside)
             await sink.send(inside)
-        if len(inside) < len(records):
+        if len(inside) < len(records) or (inside and inside[-1].sequence_number == last):
             return seen
-        empty = 0 if page.records else empty + 1
         iterator = page.next_iterator
         if iterator is None:
             seen.shard_ended = True
             seen.child_shard_ids = page.child_shard_ids
-        elif _at_tip(page, api.limit, empty):
+        elif _at_tip(page, api.limit, reader.empty_since):
             return seen
     return seen
 
@@ -111,6 +116,8 @@ class _RangeReader:
         self.position = start
         self._failures = 0
         self._last_call = 0.0
+        #: When the current run of empty pages began (None after a page with records).
+        self.empty_since: float | None = None
 
     async def page(self, iterator: str) -> RecordsPage | None:
         """One read; None after a passing failure (raised after ``MAX_READ_FAILURES``)."""
@@ -129,6 +136,9 @@ class _RangeReader:
         if page.records:
             last = self._api.sequence_of(page.records[-1])
             self.position = StartPosition("AFTER_SEQUENCE_NUMBER", last)
+            self.empty_since = None
+        elif self.empty_since is None:
+            self.empty_since = time.monotonic()
         return page
 
 
@@ -157,9 +167,9 @@ def _note(seen: RangeRead, records: list[StreamRecord]) -> None:
     seen.last_arrival = records[-1].arrival_timestamp
 
 
-def _at_tip(page: RecordsPage, limit: int, empty_pages: int) -> bool:
+def _at_tip(page: RecordsPage, limit: int, empty_since: float | None) -> bool:
     """Nothing more to read now: Kinesis says so (no lag, a short page); DynamoDB Streams,
-    which reports no lag, after a few empty pages in a row."""
+    which reports no lag, after :data:`EMPTY_SECONDS_AT_TIP` of empty pages in a row."""
     if page.millis_behind_latest is not None:
         return page.millis_behind_latest == 0 and len(page.records) < limit
-    return empty_pages >= EMPTY_PAGES_AT_TIP
+    return empty_since is not None and time.monotonic() - empty_since >= EMPTY_SECONDS_AT_TIP

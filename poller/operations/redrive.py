@@ -2,23 +2,31 @@
 
 Data flow::
 
-    on-failure destination, or --source (SQS queue / S3 prefix)
-        --read--> failure records, parsed (malformed ones reported and left in place),
+    on-failure destination, or --source (SQS queue, possibly of SNS envelopes / S3 prefix)
+        --read--> every failure record up to --limit (held meanwhile: an SQS visibility
+                  heartbeat), parsed (malformed ones reported and left in place), then sorted
                   in shard and sequence order
-        each one: the S3 payload, or the shard read from startSequenceNumber (AT_SEQUENCE_NUMBER)
-                  to endSequenceNumber (poller.operations.ranges), unless older than the
-                  stream's retention (expired: reported, left in place, or removed with
-                  --discard-expired)
+        each one: claimed (S3: a conditional marker, so that two redrives do not both deliver)
+                  the S3 payload when it holds exactly the records named, else the shard read
+                  from startSequenceNumber (AT_SEQUENCE_NUMBER) to endSequenceNumber
+                  (poller.operations.ranges); expired only on evidence (older than the
+                  retention, trimmed, shard gone): reported, left in place, or removed with
+                  --discard-expired; fewer or other records than named: failed, left in place
         --deliver_shard--> the live engine's shard processor, with the mapping's batch size,
                   retry and bisect rules, the same events, to the mapping's target or
                   --target-override; an in-memory checkpoint store (the live checkpoints are
                   never opened)
         all delivered --> the failure record is removed (SQS: deleted; S3: moved under
-                  ``redriven/``); any record given up again --> it stays where it was
+                  ``redriven/``); any record given up again --> it stays where it was; an
+                  AWS error removing it --> "delivered, not removed", reported, the run goes on
+        the end --> what is held is released; what other (running or killed) redrives hold
+                  is reported (exit 1)
 
 It runs beside the service (it owns nothing the service owns). ``--dry-run`` reads and says
-what it would do, and changes nothing. SQS mappings are refused: AWS's StartMessageMoveTask
-moves a queue's dead-letter messages back (:data:`~poller.operations.common.SQS_REDRIVE_NOTE`).
+what it would do, and changes nothing; on a failure queue with its own RedrivePolicy it does
+not even receive (a receive counts toward maxReceiveCount) and reports the count only.
+SQS mappings are refused: AWS's StartMessageMoveTask moves a queue's dead-letter messages
+back (:data:`~poller.operations.common.SQS_REDRIVE_NOTE`).
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +46,7 @@ from poller.checkpoints.memory import MemoryCheckpointStore
 from poller.config import Settings
 from poller.errors import ConfigError, OperationError, PositionTrimmed, SourceError, StreamNotFound
 from poller.observability.logging import configure_logging
+from poller.operations import failure_sources
 from poller.operations.common import (
     StreamMapping,
     add_common_arguments,
@@ -52,6 +61,8 @@ from poller.operations.common import (
     target_name,
 )
 from poller.operations.failure_sources import (
+    AWS_ERRORS,
+    DEFAULT_LIMIT,
     FailurePointer,
     FailureSource,
     MalformedFailureRecord,
@@ -77,7 +88,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="read failure records from this SQS queue or S3 bucket (arn:aws:s3:::bucket[/prefix]) "
         "instead of the mapping's on-failure destination",
     )
-    parser.add_argument("--limit", type=int, metavar="N", help="redrive at most N failure records")
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=DEFAULT_LIMIT,
+        metavar="N",
+        help="read at most N failure records, all before any is redriven, so that they go in "
+        f"shard and sequence order (default {DEFAULT_LIMIT})",
+    )
     parser.add_argument(
         "--discard-expired",
         action="store_true",
@@ -91,7 +109,7 @@ def main(args: argparse.Namespace) -> int:
     be), 1 when some stay (failed again, expired, malformed), 2 for bad input."""
     settings = load(args.config)
     configure_logging(args.log_level, settings.logging.format)
-    if args.limit is not None and args.limit < 1:
+    if args.limit < 1:
         return _refuse(f"--limit {args.limit}: give a positive number")
     try:
         report = anyio.run(_redrive, settings, args)
@@ -125,12 +143,22 @@ class Report:
     delivered: int = 0
     failed: int = 0
     expired_records: int = 0
+    #: Delivered, but the failure record could not be removed (an AWS or network error).
+    not_removed: int = 0
+    #: Claimed by another redrive (S3), left to it.
+    taken: int = 0
+    #: An AWS or network error before delivery.
+    errors: int = 0
+    #: What other (running or killed) redrives hold, if anything.
+    in_flight: str | None = None
 
     @property
     def problems(self) -> int:
-        """Failure records that stay for a reason (failed again, expired, malformed); a dry
-        run's untouched records are not problems."""
-        return self.failed_again + self.malformed + self.expired - self.expired_discarded
+        """Failure records that stay for a reason (failed again, expired, malformed, not
+        removed, an error), plus one when others are in flight; a dry run's untouched records
+        are not problems."""
+        stay = self.failed_again + self.malformed + self.expired - self.expired_discarded
+        return stay + self.not_removed + self.errors + (self.in_flight is not None)
 
     @property
     def left_in_place(self) -> int:
@@ -148,13 +176,17 @@ class Report:
             f"failure records read: {self.read}"
             f" (redriven {self.redriven}, left in place {self.left_in_place}:"
             f" failed again {self.failed_again}, expired {self.expired - self.expired_discarded},"
-            f" malformed {self.malformed}; expired and discarded {self.expired_discarded})",
+            f" malformed {self.malformed}, delivered but not removed {self.not_removed},"
+            f" taken by another redrive {self.taken}, errors {self.errors};"
+            f" expired and discarded {self.expired_discarded})",
             f"records re-read: {self.records_reread}"
             f" (from S3 payloads: {self.records_from_payload})",
             f"delivered: {self.delivered}",
             f"failed: {self.failed}",
             f"expired: {self.expired} failure record(s), {self.expired_records} record(s)",
         ]
+        if self.in_flight is not None:
+            summary.append(self.in_flight)
         return "\n".join(summary)
 
 
@@ -168,13 +200,19 @@ async def _redrive(settings: Settings, args: argparse.Namespace) -> Report:
         source = await open_failure_source(mapping, args.source, clients)
         await source.check()
         api = await open_stream(mapping, clients, settings)
+        report = Report(source.arn, target_name(mapping, args.target_override), args.dry_run)
+        _warn_receive_count(source, report)
+        if args.dry_run and source.max_receive_count is not None:
+            await _dry_run_without_receiving(source, report)
+            return report
         if not args.dry_run:
             target = await operation_target(mapping, args.target_override, clients)
-        report = Report(source.arn, target_name(mapping, args.target_override), args.dry_run)
         run = _Redrive(mapping, api, source, target, report, args)
-        await run.all(source.pages(args.limit))
+        await run.all(args.limit)
     except ConfigError as exc:
         raise OperationError("; ".join(exc.problems)) from None
+    except AWS_ERRORS as exc:
+        raise OperationError(f"reading failure records from {source.arn}: {exc}") from None
     else:
         return report
     finally:
@@ -183,8 +221,35 @@ async def _redrive(settings: Settings, args: argparse.Namespace) -> Report:
         await clients.aclose()
 
 
+#: A failure queue's own maxReceiveCount at or below this is worth a warning.
+SMALL_RECEIVE_COUNT = 5
+
+
+def _warn_receive_count(source: FailureSource, report: Report) -> None:
+    """Each redrive run receives each failure record once: a failure queue with its own
+    dead-letter queue after a few receives moves them away after as many runs."""
+    count = source.max_receive_count
+    if count is not None and count <= SMALL_RECEIVE_COUNT:
+        report.lines.append(
+            f"  WARNING: {source.arn} moves a message to its own dead-letter queue after "
+            f"{count} receive(s) (its RedrivePolicy); every redrive run receives each failure "
+            "record once, so a record that fails again that often leaves for that queue"
+        )
+
+
+async def _dry_run_without_receiving(source: FailureSource, report: Report) -> None:
+    """A receive would count toward the queue's maxReceiveCount: the dry run only counts."""
+    waiting = await source.waiting()
+    report.lines.append(
+        f"  would deliver the records of the {waiting} failure record(s) waiting in "
+        f"{source.arn} (not received: a receive counts toward its maxReceiveCount "
+        f"{source.max_receive_count}, so a dry run does not read them)"
+    )
+
+
 class _Redrive:
-    """One redrive: every failure record read, in shard and sequence order."""
+    """One redrive: every failure record read (up to --limit), then redriven in shard and
+    sequence order."""
 
     def __init__(
         self,
@@ -201,23 +266,39 @@ class _Redrive:
         self._discard_expired: bool = args.discard_expired
         self._policy: BatchPolicy = operation_policy(mapping, args.max_retries)
 
-    async def all(self, pages: AsyncIterator[list[StoredFailure]]) -> None:
-        """Redrive every page; what is not removed is released at the end, whatever happens
-        (until then it stays invisible, so that a later page does not bring it back)."""
+    async def all(self, limit: int) -> None:
+        """Read, sort and redrive; the heartbeat keeps what is held hidden meanwhile. What is
+        not removed is released at the end, whatever happens; what other redrives hold is
+        reported then."""
         kept: dict[str, StoredFailure] = {}
         try:
-            async for items in pages:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(self._source.heartbeat)
+                items = await self._source.read(limit)
                 kept.update((item.id, item) for item in items)
                 for item, pointer in self._parsed(items):
-                    if await self._one(item, pointer):
+                    if await self._guarded(item, pointer):
                         del kept[item.id]
+                tasks.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
-                await self._source.release(list(kept.values()))
+                await self._release(list(kept.values()))
+        try:
+            self._report.in_flight = await self._source.in_flight()
+        except AWS_ERRORS as exc:
+            self._report.in_flight = f"could not count the failure records in flight ({exc})"
+
+    async def _release(self, items: list[StoredFailure]) -> None:
+        try:
+            await self._source.release(items)
+        except AWS_ERRORS as exc:
+            self._report.lines.append(
+                f"  could not release {len(items)} failure record(s) ({exc}); they are "
+                f"visible again within {failure_sources.VISIBILITY_SECONDS} s"
+            )
 
     def _parsed(self, items: list[StoredFailure]) -> list[tuple[StoredFailure, FailurePointer]]:
-        """The page's well-formed items, in shard and sequence order (an SQS queue keeps
-        none; S3 keys are in shard and time order already)."""
+        """The well-formed items, in shard and sequence order (an SQS queue keeps none)."""
         report = self._report
         report.read += len(items)
         parsed = []
@@ -241,21 +322,42 @@ class _Redrive:
             )
         return pointer
 
+    async def _guarded(self, item: StoredFailure, pointer: FailurePointer) -> bool:
+        """One failure record; an AWS or network error ends its turn, never the run."""
+        try:
+            return await self._one(item, pointer)
+        except AWS_ERRORS as exc:
+            self._report.errors += 1
+            self._report.lines.append(f"  ERROR     {_where(pointer)}: {exc}; left in place")
+            return False
+
     async def _one(self, item: StoredFailure, pointer: FailurePointer) -> bool:
         """Redrive one failure record; True when it is to be removed."""
-        where = f"{pointer.shard_id} {pointer.start_sequence}..{pointer.end_sequence}"
+        where, report = _where(pointer), self._report
+        if not self._dry_run:
+            taken = await self._source.claim(item)
+            if taken is not None:
+                report.taken += 1
+                report.lines.append(f"  TAKEN     {where}: {taken}; left to it")
+                return False
         try:
             records = await self._records(pointer)
         except _Expired as expired:
             return await self._expired(item, pointer, where, str(expired))
         except (SourceError, MalformedFailureRecord) as exc:
-            self._report.failed_again += 1
-            self._report.lines.append(f"  UNREADABLE {where}: {exc}; left in place")
+            report.failed_again += 1
+            report.lines.append(f"  UNREADABLE {where}: {exc}; left in place")
             return False
-        report = self._report
         if self._dry_run:
             report.lines.append(f"  would deliver {where}: {len(records)} record(s)")
             return False
+        return await self._deliver(item, pointer, records)
+
+    async def _deliver(
+        self, item: StoredFailure, pointer: FailurePointer, records: list[StreamRecord]
+    ) -> bool:
+        """Deliver the records; remove the failure record only when all were delivered."""
+        where, report = _where(pointer), self._report
         assert self._target is not None
         outcome = await deliver_shard(
             self._mapping,
@@ -275,18 +377,43 @@ class _Redrive:
                 "failed again; the failure record stays"
             )
             return False
-        await self._source.remove(item)
+        try:
+            await self._source.remove(item)
+        except AWS_ERRORS as exc:
+            report.not_removed += 1
+            report.lines.append(
+                f"  NOT REMOVED {where}: {len(records)} record(s) delivered, but removing the "
+                f"failure record failed ({exc}); it stays, and a later redrive delivers its "
+                "records again"
+            )
+            return False
         report.redriven += 1
         report.lines.append(f"  ok        {where}: {len(records)} record(s) delivered")
         return True
 
     async def _records(self, pointer: FailurePointer) -> list[StreamRecord]:
-        """The payload's records, or the stream's, read between the pointer's positions."""
+        """Every record the pointer names: the payload's, else the stream's. Fewer (or
+        others) than it names is an error, so that nothing undelivered is removed."""
         if pointer.payload is not None:
             records = records_from_payload(pointer.kind, pointer.payload)
-            self._report.records_from_payload += len(records)
-            self._report.records_reread += len(records)
-            return records
+            gap = _covers(pointer, records)
+            if gap is None:
+                self._report.records_from_payload += len(records)
+                self._report.records_reread += len(records)
+                return records
+            self._report.lines.append(
+                f"  note      {_where(pointer)}: its payload is not the records it names "
+                f"({gap}); reading them from the stream"
+            )
+        records = await self._stream_records(pointer)
+        gap = _covers(pointer, records)
+        if gap is not None:
+            raise MalformedFailureRecord(f"the stream's records do not cover it: {gap}")
+        self._report.records_reread += len(records)
+        return records
+
+    async def _stream_records(self, pointer: FailurePointer) -> list[StreamRecord]:
+        """The stream's records between the pointer's positions."""
         await self._check_retention(pointer)
         collected = _Collect()
         end = sequence_key(pointer.end_sequence)
@@ -301,12 +428,10 @@ class _Redrive:
                 beyond=lambda r: sequence_key(r.sequence_number) > end,
                 before=lambda r: sequence_key(r.sequence_number) < start,
                 expect_first=pointer.start_sequence,
+                last=pointer.end_sequence,
             )
         except (RangeTrimmed, PositionTrimmed, StreamNotFound) as exc:
             raise _Expired(f"no longer in the stream ({exc})") from None
-        if not collected.records:
-            raise _Expired("no longer in the stream (nothing read at its position)")
-        self._report.records_reread += len(collected.records)
         return collected.records
 
     async def _check_retention(self, pointer: FailurePointer) -> None:
@@ -339,6 +464,23 @@ class _Redrive:
             f"  EXPIRED   {where} ({pointer.batch_size} record(s)): {why}; left in place{hint}"
         )
         return False
+
+
+def _where(pointer: FailurePointer) -> str:
+    return f"{pointer.shard_id} {pointer.start_sequence}..{pointer.end_sequence}"
+
+
+def _covers(pointer: FailurePointer, records: list[StreamRecord]) -> str | None:
+    """None when ``records`` are those the pointer names (its count, first and last
+    sequence numbers), else what differs."""
+    if not records:
+        return f"no record read, {pointer.batch_size} named"
+    first, last = records[0].sequence_number, records[-1].sequence_number
+    if len(records) != pointer.batch_size:
+        return f"{len(records)} record(s) ({first}..{last}), {pointer.batch_size} named"
+    if (first, last) != (pointer.start_sequence, pointer.end_sequence):
+        return f"records {first}..{last}, not the ones named"
+    return None
 
 
 class _Expired(Exception):

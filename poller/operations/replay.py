@@ -15,6 +15,8 @@ Data flow::
           id; the live checkpoints are never opened) --shard done--> SHARD_END there
     ReplayProgress: a redrawn line on a terminal, ``replay.progress`` JSON lines otherwise
 
+A run holds ``<state>.lock`` (flock) throughout: a second replay with the same state file is
+refused (exit 2, naming the lock and its holder's pid) instead of delivering the same records.
 The replay id is a hash of the mapping, its stream, the range, the shards chosen and the
 override: the same command resumes the same replay (an interrupted one goes on after its last
 checkpoint; a finished one has nothing left to do), a different one starts afresh. Records
@@ -25,11 +27,15 @@ mapping's on-failure destination, and the exit status is 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
+import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,7 +111,8 @@ def main(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, signal.default_int_handler)
     summary: Summary | None = None
     try:
-        summary = anyio.run(_replay, settings, args, state)
+        with contextlib.nullcontext() if args.dry_run else state_lock(state):
+            summary = anyio.run(_replay, settings, args, state)
     except OperationError as exc:
         print(f"poller replay: {exc}", file=sys.stderr)  # noqa: T201 - user-facing error
         return EXIT_USAGE
@@ -118,6 +125,33 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     print(summary.render())  # noqa: T201 - CLI output
     return EXIT_OK if summary.ok else EXIT_FAILED
+
+
+@contextlib.contextmanager
+def state_lock(state: Path) -> Iterator[None]:
+    """Hold ``<state>.lock`` (an exclusive, non-blocking flock) for the whole run: two
+    replays with one state file would both deliver what neither has checkpointed yet. The
+    kernel drops the lock when the process ends, however it ends; the file stays (removing
+    it would let a third run lock a new file while the second holds the old one)."""
+    path = Path(f"{state}.lock")
+    try:
+        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise OperationError(f"cannot open the replay lock {str(path)!r} ({exc})") from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(handle, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise OperationError(
+                f"another replay holds {str(path)!r} (pid {holder}); wait for it to end, or "
+                "give this one another --state"
+            ) from None
+        os.ftruncate(handle, 0)
+        os.pwrite(handle, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(handle)  # closing the descriptor releases the lock
 
 
 def replay_id(

@@ -24,8 +24,12 @@ from poller.operations.common import (
     operation_policy,
     override_config,
 )
-from poller.operations.failure_sources import MalformedFailureRecord, parse_failure_record
-from poller.operations.redrive import Report, records_from_payload
+from poller.operations.failure_sources import (
+    MalformedFailureRecord,
+    parse_failure_record,
+    unwrap_sns,
+)
+from poller.operations.redrive import Report, _covers, records_from_payload
 from poller.operations.times import age_text, parse_time
 from poller.sources.dynamodb_streams import make_ddb_record_factory
 from poller.sources.kinesis import make_record_factory
@@ -258,3 +262,39 @@ def test_the_summary_counts_what_stays() -> None:
     text = report.render()
     assert "failure records read: 5 (redriven 2, left in place 2" in text
     assert "expired: 2 failure record(s)" in text
+
+
+def test_a_range_ending_before_it_starts_is_malformed_not_expired() -> None:
+    document = record_of("kinesis", kinesis_records(2))
+    info = document["KinesisBatchInfo"]
+    info["startSequenceNumber"], info["endSequenceNumber"] = (
+        info["endSequenceNumber"],
+        info["startSequenceNumber"],
+    )
+    with pytest.raises(MalformedFailureRecord, match="is before its startSequenceNumber"):
+        parse_failure_record(json.dumps(document))
+
+
+def test_an_sns_envelope_is_opened_and_other_bodies_kept() -> None:
+    inner = json.dumps(record_of("kinesis", kinesis_records(1)))
+    envelope = json.dumps({"Type": "Notification", "Message": inner, "TopicArn": "arn:t"})
+    assert unwrap_sns(envelope) == inner
+    assert unwrap_sns(inner) == inner
+    assert unwrap_sns("not json") == "not json"
+
+
+def test_records_cover_a_pointer_only_when_count_first_and_last_match() -> None:
+    records = kinesis_records(3)
+    pointer = parse_failure_record(json.dumps(record_of("kinesis", records)))
+    assert _covers(pointer, records) is None
+    assert "no record read" in str(_covers(pointer, []))
+    assert "2 record(s)" in str(_covers(pointer, records[:2]))
+    assert "not the ones named" in str(_covers(pointer, [records[0], records[0], records[2]][::-1]))
+
+
+def test_what_others_hold_and_removal_errors_make_the_run_fail() -> None:
+    assert Report("arn:q", "t", dry_run=False).problems == 0
+    assert Report("arn:q", "t", dry_run=False, not_removed=1).problems == 1
+    held = Report("arn:q", "t", dry_run=False, in_flight="2 failure record(s) are in flight")
+    assert held.problems == 1
+    assert "2 failure record(s) are in flight" in held.render()

@@ -7,15 +7,19 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
+from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from poller.core.lineage import ShardInfo
 from poller.errors import IteratorExpired, OperationError, Throttled
+from poller.operations import ranges
 from poller.operations.progress import ReplayProgress
 from poller.operations.ranges import RangeTrimmed, read_range
-from poller.operations.replay import _lineage_order, _selected, replay_id
+from poller.operations.replay import _lineage_order, _selected, replay_id, state_lock
 from poller.ports import PageConverter, RecordsPage, StartPosition
 from poller.types import StreamRecord
 
@@ -235,3 +239,45 @@ def test_progress_follows_the_least_advanced_shard() -> None:
     assert line["event"] == "replay.progress"
     assert line["shards"] == {"a": 2, "b": 2}
     assert "a:2*" in progress.line()
+
+
+class NoLagStream(MemoryStream):
+    """DynamoDB Streams-like: no MillisBehindLatest, and an open shard answers empty pages at
+    its tip forever."""
+
+    async def get_records(self, iterator: str, limit: int | None = None) -> RecordsPage:
+        page = await super().get_records(iterator, limit)
+        return RecordsPage(page.records, page.next_iterator, millis_behind_latest=None)
+
+
+async def test_without_lag_reports_an_open_shard_ends_after_a_time_of_empty_pages(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Empty pages end a DynamoDB Streams range only once they last EMPTY_SECONDS_AT_TIP
+    (shortened here), never on their count."""
+    monkeypatch.setattr(ranges, "EMPTY_SECONDS_AT_TIP", 0.5)
+    api = NoLagStream({"s": [10, 11]})
+    sink = Sink()
+    with anyio.fail_after(10):
+        await read_range(api, "s", StartPosition("TRIM_HORIZON"), sink, beyond=lambda r: False)
+    assert sink.sequences == ["10", "11"]
+
+
+async def test_a_known_last_record_ends_the_range_without_waiting() -> None:
+    """A redrive knows its last sequence number: no empty page, no next record needed."""
+    api = NoLagStream({"s": [10, 11]})
+    sink = Sink()
+    with anyio.fail_after(2):
+        await read_range(
+            api, "s", StartPosition("TRIM_HORIZON"), sink, beyond=lambda r: False, last="11"
+        )
+    assert sink.sequences == ["10", "11"]
+
+
+def test_a_second_run_on_one_state_file_is_refused_naming_the_holder(tmp_path: Path) -> None:
+    state = tmp_path / "replay.db"
+    refused = pytest.raises(OperationError, match=f"replay.db.lock' \\(pid {os.getpid()}\\)")
+    with state_lock(state), refused, state_lock(state):
+        pass
+    with state_lock(state):  # released at the end of the first run
+        pass
