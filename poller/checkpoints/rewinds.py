@@ -23,6 +23,11 @@ start from (:func:`poller.streams.start.start_position`):
 * ``sequence``: ``Checkpoint(sequence_number=SEQ, sub_sequence_number=-1)``, which starts
   AT_SEQUENCE_NUMBER SEQ with no user record settled: the record SEQ is delivered again.
 
+A shard that reached ``SHARD_END`` before its request is applied is never moved (a re-opened
+parent would be read again beside its running children): whoever applies the request marks it
+done with ``applied_to`` :data:`SKIPPED_AT_SHARD_END` instead, and the command reports the
+shard as skipped.
+
 A tumbling window's state is not carried over: a rewound shard starts with no window open.
 """
 
@@ -32,9 +37,12 @@ import json
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, cast
 
 from poller.types import Checkpoint
+
+#: ``applied_to`` of a request marked done without moving its shard, which had ended.
+SKIPPED_AT_SHARD_END = "skipped: the shard had ended"
 
 RewindKind = Literal["timestamp", "trim_horizon", "latest", "sequence"]
 _KINDS: tuple[RewindKind, ...] = ("timestamp", "trim_horizon", "latest", "sequence")
@@ -74,16 +82,25 @@ class RewindTarget:
 
     @classmethod
     def decode(cls, text: str) -> RewindTarget:
-        """Parse :meth:`encode`'s output. Raises ValueError when it is not one."""
-        body = json.loads(text)
-        kind = body.get("kind") if isinstance(body, dict) else None
+        """Parse :meth:`encode`'s output. Raises ValueError when it is not one, or not a
+        complete one (a timestamp without its instant, a sequence without its number): what is
+        decoded can always be turned into a checkpoint."""
+        try:
+            target = cls._parse(json.loads(text))
+            target.checkpoint(0.0)  # complete?
+        except (ValueError, TypeError, AttributeError):
+            raise ValueError(f"not a rewind target: {text!r}") from None
+        return target
+
+    @classmethod
+    def _parse(cls, body: dict[str, object]) -> RewindTarget:
+        kind = body.get("kind")
         if kind not in _KINDS:
-            raise ValueError(f"not a rewind target: {text!r}")
-        timestamp = body.get("timestamp")
-        sequence = body.get("sequence")
+            raise ValueError(kind)
+        timestamp, sequence = body.get("timestamp"), body.get("sequence")
         return cls(
             kind=kind,
-            timestamp=None if timestamp is None else float(timestamp),
+            timestamp=None if timestamp is None else float(cast(float, timestamp)),
             sequence_number=None if sequence is None else str(sequence),
         )
 
@@ -132,3 +149,9 @@ class RewindState:
     applied_by: str | None = None
     applied_from: str | None = None
     applied_to: str | None = None
+
+    @property
+    def skipped(self) -> bool:
+        """Marked done without moving the shard: it had ended (``SHARD_END``) by the time the
+        request was applied, and a finished shard is never re-opened."""
+        return self.applied and self.applied_to == SKIPPED_AT_SHARD_END

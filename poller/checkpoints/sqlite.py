@@ -18,6 +18,24 @@ service serves the mapping (:meth:`SqliteCheckpointStore.apply_rewinds_unserved`
 checks the ``services`` row in the same transaction, so a service starting meanwhile reads
 either the old checkpoint and the pending request, or the new checkpoint).
 
+Whether a service serves the mapping: a row of a process on this host counts while that
+process is alive, however old the row (a service paused by SIGSTOP, a VM freeze or a swap
+storm beats late but is not gone); a row of another host counts while it was beaten within
+:data:`SERVICE_STALE_SECONDS`. A row whose pid is gone from this host never counts.
+
+A finished shard is never re-opened: a request applied to a shard at ``SHARD_END`` leaves the
+checkpoint alone and is marked done with ``applied_to``
+:data:`~poller.checkpoints.rewinds.SKIPPED_AT_SHARD_END`.
+
+And should the command still write behind a running shard (a service on another host that
+looked gone), the service never undoes the rewind: when a shard's run reads its start
+(:meth:`SqliteCheckpointStore.apply_rewind`), the store notes the ``applied_at`` of the shard's
+rewind row then; each later :meth:`~SqliteCheckpointStore.put` of that shard checks it in the
+write statement itself, and when a rewind was applied since, writes nothing and raises
+:class:`RewoundMeanwhile`: the supervisor starts the run again, from the rewound checkpoint
+(like a lost lease, but a restart, not a stop). Writers that never read a start through
+``apply_rewind`` (the first start's ``prepare``, tests) write unconditionally.
+
 sqlite3 is blocking, so every call runs in a worker thread. One connection serves all calls,
 serialised by a lock: checkpoint writes are tiny and one writer is what SQLite wants anyway.
 """
@@ -35,10 +53,23 @@ from typing import Literal, TypeVar
 
 import anyio.to_thread
 
-from poller.checkpoints.rewinds import RewindState, RewindTarget, describe_checkpoint
+from poller.checkpoints.rewinds import (
+    SKIPPED_AT_SHARD_END,
+    RewindState,
+    RewindTarget,
+    describe_checkpoint,
+)
 from poller.core.windows import MAX_STATE_BYTES
 from poller.errors import CheckpointError
 from poller.types import Checkpoint
+
+
+class RewoundMeanwhile(CheckpointError):
+    """A checkpoint write refused: a rewind was applied to the shard after its run read its
+    start. Not retriable: the run must start again, from the rewound checkpoint."""
+
+    retriable = False
+
 
 #: How often a running service re-writes its ``services`` row (one UPDATE per mapping).
 SERVICE_BEAT_SECONDS = 15.0
@@ -105,6 +136,9 @@ class SqliteCheckpointStore:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._synchronous = synchronous.upper()
+        #: (mapping, shard) -> ``applied_at`` of its rewind row when its run read its start
+        #: (None: no rewind applied yet); its ``put`` is refused once that changed.
+        self._run_marks: dict[tuple[str, str], float | None] = {}
 
     async def open(self) -> SqliteCheckpointStore:
         """Create the file and schema if missing. Returns self for chaining."""
@@ -159,29 +193,20 @@ class SqliteCheckpointStore:
         return {r[0]: Checkpoint(r[1], r[2], r[3], r[4]) for r in rows}
 
     async def put(self, mapping: str, shard_id: str, checkpoint: Checkpoint) -> None:
-        """Durably replace the shard's checkpoint."""
-        params = (
-            mapping,
-            shard_id,
-            checkpoint.sequence_number,
-            checkpoint.start_timestamp,
-            checkpoint.sub_sequence_number,
-            checkpoint.window_state,
+        """Durably replace the shard's checkpoint. Raises :class:`RewoundMeanwhile`, writing
+        nothing, when a rewind was applied to the shard since its run read its start (checked
+        by the write statement itself: one statement, as short a write lock as ever)."""
+        key = (mapping, shard_id)
+        fenced = key in self._run_marks
+        mark = self._run_marks.get(key)
+        written = await self._run(
+            lambda c: _write_checkpoint(c, mapping, shard_id, checkpoint, fenced=fenced, mark=mark)
         )
-        await self._run(
-            lambda c: c.execute(
-                "INSERT INTO checkpoints"
-                " (mapping, shard_id, sequence_number, start_timestamp, sub_sequence_number,"
-                " window_state, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (mapping, shard_id) DO UPDATE SET"
-                " sequence_number = excluded.sequence_number,"
-                " start_timestamp = excluded.start_timestamp,"
-                " sub_sequence_number = excluded.sub_sequence_number,"
-                " window_state = excluded.window_state,"
-                " updated_at = excluded.updated_at",
-                (*params, time.time()),
+        if not written:
+            raise RewoundMeanwhile(
+                f"checkpoint of {mapping}/{shard_id} not written: a rewind was applied since"
+                " its run started"
             )
-        )
 
     async def delete(self, mapping: str, shard_id: str) -> None:
         """Forget the shard's checkpoint."""
@@ -252,22 +277,32 @@ class SqliteCheckpointStore:
         """The shard's checkpoint, after applying its pending rewind if it has one: how a
         shard (re)starting reads where to start. One transaction, so a request is applied once
         whoever applies it."""
-        return await self._run(
-            lambda c: _in_transaction(c, lambda: _apply_one(c, mapping, shard_id, applied_by))
-        )
 
-    async def apply_rewinds_unserved(self, mapping: str, applied_by: str) -> bool:
-        """Apply every pending rewind of ``mapping`` unless a live service serves it (its
-        ``services`` row is fresh); then False and nothing is written. One transaction."""
+        def apply(c: sqlite3.Connection) -> tuple[Checkpoint | None, float | None]:
+            start = _apply_one(c, mapping, shard_id, applied_by)
+            return start, _applied_at(c, mapping, shard_id)
+
+        start, mark = await self._run(lambda c: _in_transaction(c, lambda: apply(c)))
+        self._run_marks[(mapping, shard_id)] = mark
+        return start
+
+    async def apply_rewinds_unserved(
+        self, mapping: str, applied_by: str, rewind_id: str | None = None
+    ) -> bool:
+        """Apply the pending rewinds of ``mapping`` (only those of ``rewind_id`` when given:
+        the command applies its own request, never another's) unless a live service serves it
+        (see :func:`_served`); then False and nothing is written. One transaction."""
 
         def apply(c: sqlite3.Connection) -> bool:
             if _served(c, mapping):
                 return False
             pending = c.execute(
-                "SELECT shard_id FROM rewinds WHERE mapping = ? AND applied_at IS NULL", (mapping,)
+                "SELECT shard_id, rewind_id FROM rewinds WHERE mapping = ? AND applied_at IS NULL",
+                (mapping,),
             ).fetchall()
-            for (shard_id,) in pending:
-                _apply_one(c, mapping, str(shard_id), applied_by)
+            for shard_id, pending_id in pending:
+                if rewind_id is None or pending_id == rewind_id:
+                    _apply_one(c, mapping, str(shard_id), applied_by)
             return True
 
         return await self._run(lambda c: _in_transaction(c, lambda: apply(c)))
@@ -284,6 +319,22 @@ class SqliteCheckpointStore:
         return [
             RewindState(str(r[0]), rewind_id, RewindTarget.decode(r[1]), r[2] is not None, *r[3:])
             for r in rows
+        ]
+
+    async def shard_rewinds(self, mapping: str, shard_ids: set[str]) -> list[RewindState]:
+        """The latest rewind request of each of ``shard_ids`` that has one, whatever its id
+        (a newer rewind replaces an older one's row), by shard id."""
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT shard_id, rewind_id, target, applied_at, applied_by, applied_from,"
+                " applied_to FROM rewinds WHERE mapping = ? ORDER BY shard_id",
+                (mapping,),
+            ).fetchall()
+        )
+        return [
+            RewindState(str(r[0]), str(r[1]), RewindTarget.decode(r[2]), r[3] is not None, *r[4:])
+            for r in rows
+            if r[0] in shard_ids
         ]
 
     async def serve(self, mapping: str, replica: str) -> None:
@@ -325,8 +376,66 @@ def _in_transaction(c: sqlite3.Connection, work: Callable[[], _T]) -> _T:
     except BaseException:
         c.execute("ROLLBACK")
         raise
-    c.execute("COMMIT")
+    try:
+        c.execute("COMMIT")
+    except BaseException:
+        # A failed COMMIT (SQLITE_BUSY, a full disk) may leave the transaction open: end it,
+        # or the connection's next BEGIN fails.
+        if c.in_transaction:
+            c.execute("ROLLBACK")
+        raise
     return result
+
+
+def _write_checkpoint(
+    c: sqlite3.Connection,
+    mapping: str,
+    shard_id: str,
+    checkpoint: Checkpoint,
+    *,
+    fenced: bool = False,
+    mark: float | None = None,
+) -> bool:
+    """Upsert the checkpoint; when ``fenced``, only while the shard's rewind row was applied
+    at ``mark`` (None: no applied rewind), in the same statement. Whether it was written."""
+    unless_rewound = (
+        " WHERE (SELECT applied_at FROM rewinds WHERE mapping = ? AND shard_id = ?) IS ?"
+        if fenced
+        else " WHERE 1"  # a WHERE keeps SQLite's upsert parser unambiguous
+    )
+    params: tuple[object, ...] = (
+        mapping,
+        shard_id,
+        checkpoint.sequence_number,
+        checkpoint.start_timestamp,
+        checkpoint.sub_sequence_number,
+        checkpoint.window_state,
+        time.time(),
+    )
+    if fenced:
+        params += (mapping, shard_id, mark)
+    cursor = c.execute(
+        "INSERT INTO checkpoints"
+        " (mapping, shard_id, sequence_number, start_timestamp, sub_sequence_number,"
+        " window_state, updated_at) SELECT ?, ?, ?, ?, ?, ?, ?"
+        f"{unless_rewound}"
+        " ON CONFLICT (mapping, shard_id) DO UPDATE SET"
+        " sequence_number = excluded.sequence_number,"
+        " start_timestamp = excluded.start_timestamp,"
+        " sub_sequence_number = excluded.sub_sequence_number,"
+        " window_state = excluded.window_state,"
+        " updated_at = excluded.updated_at",
+        params,
+    )
+    return cursor.rowcount > 0
+
+
+def _applied_at(c: sqlite3.Connection, mapping: str, shard_id: str) -> float | None:
+    """When the shard's latest rewind was applied (None: none was, or it is pending)."""
+    row = c.execute(
+        "SELECT applied_at FROM rewinds WHERE mapping = ? AND shard_id = ?", (mapping, shard_id)
+    ).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
 
 
 def _read_checkpoint(c: sqlite3.Connection, mapping: str, shard_id: str) -> Checkpoint | None:
@@ -351,6 +460,10 @@ def _apply_one(
     if row is None:
         return current
     now = time.time()
+    if current is not None and current.is_shard_end:
+        # A finished shard is never re-opened: the request is done, the shard not moved.
+        _mark_applied(c, mapping, shard_id, now, applied_by, "SHARD_END", SKIPPED_AT_SHARD_END)
+        return current
     new = RewindTarget.decode(row[0]).checkpoint(now)
     c.execute(
         "INSERT INTO checkpoints (mapping, shard_id, sequence_number, start_timestamp,"
@@ -362,23 +475,39 @@ def _apply_one(
         (mapping, shard_id, new.sequence_number, new.start_timestamp, new.sub_sequence_number, now),
     )
     before, after = describe_checkpoint(current), describe_checkpoint(new)
-    c.execute(
-        "UPDATE rewinds SET applied_at = ?, applied_by = ?, applied_from = ?, applied_to = ?"
-        " WHERE mapping = ? AND shard_id = ?",
-        (now, applied_by, before, after, mapping, shard_id),
-    )
+    _mark_applied(c, mapping, shard_id, now, applied_by, before, after)
     return new
 
 
+def _mark_applied(
+    c: sqlite3.Connection,
+    mapping: str,
+    shard_id: str,
+    now: float,
+    applied_by: str,
+    applied_from: str,
+    applied_to: str,
+) -> None:
+    c.execute(
+        "UPDATE rewinds SET applied_at = ?, applied_by = ?, applied_from = ?, applied_to = ?"
+        " WHERE mapping = ? AND shard_id = ?",
+        (now, applied_by, applied_from, applied_to, mapping, shard_id),
+    )
+
+
 def _served(c: sqlite3.Connection, mapping: str) -> str | None:
-    """The replica in ``mapping``'s ``services`` row, unless the row is stale (not beaten for
-    :data:`SERVICE_STALE_SECONDS`, or its process is gone from this host)."""
+    """The replica in ``mapping``'s ``services`` row if it serves the mapping now: on this
+    host, while its process is alive, however old the row (a paused service is not a gone
+    one; a reused pid only makes the command wait, never write behind a service); on another
+    host, while the row was beaten within :data:`SERVICE_STALE_SECONDS`."""
     row = c.execute(
         "SELECT replica, host, pid, seen_at FROM services WHERE mapping = ?", (mapping,)
     ).fetchone()
-    if row is None or time.time() - float(row[3]) > SERVICE_STALE_SECONDS:
+    if row is None:
         return None
-    if row[1] == socket.gethostname() and not _alive(int(row[2])):
+    if row[1] == socket.gethostname():
+        return str(row[0]) if _alive(int(row[2])) else None
+    if time.time() - float(row[3]) > SERVICE_STALE_SECONDS:
         return None
     return str(row[0])
 

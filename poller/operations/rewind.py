@@ -12,17 +12,22 @@ Data flow::
                  mapping's member item; an owned shard's owner applies it, an unowned one is
                  written here, fenced on the lease counter this command read
                  (poller.checkpoints.dynamodb.table.apply_rewind)
-    wait (up to --timeout) until every shard shows the request applied; print, per shard,
-    from where to where and by whom, or which shards have not applied it (exit 1)
+    wait (up to --timeout; 0: look once, do not wait) until every shard shows the request
+    applied; print, per shard, from where to where and by whom, "skipped" for a shard that
+    had ended (``SHARD_END``, never moved), "replaced" when a newer rewind's request took the
+    place of this one, or which shards have not applied it (exit 1)
 
 The owner applies a rewind at a batch boundary: the shard's run is drained (no new batch, the
 batches in flight finish and checkpoint), then the shard runs again from ``start_checkpoint``,
 which writes the rewind's checkpoint through the same fenced write as any checkpoint and marks
 the request applied (see :mod:`poller.streams.supervisor` and :mod:`poller.streams.ownership`).
 The lease is kept throughout, so no other replica runs the shard meanwhile. A request not
-applied when the command gives up stays pending: the shard's next owner applies it when it
-starts the shard. Positions are described in :mod:`poller.checkpoints.rewinds`; which shards
-move, in :mod:`poller.operations.rewind_plan`.
+applied when the command gives up stays pending (it is not withdrawn: a paused or busy owner
+applies it at its next batch boundary, or the shard's next owner when it starts it; a later
+rewind replaces it). Exit 0 only when every shard asked applied it (a shard skipped at
+``SHARD_END`` counts, unless ``--to-sequence`` named it); any named shard not moved (no lease,
+skipped, replaced, pending) makes it 1. Positions are described in
+:mod:`poller.checkpoints.rewinds`; which shards move, in :mod:`poller.operations.rewind_plan`.
 """
 
 from __future__ import annotations
@@ -84,18 +89,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="after a reshard: move the open shards, leave the closed ones finished",
     )
+    parser.add_argument(
+        "--allow-skip",
+        action="store_true",
+        help="accept a --to-sequence beyond the shard's checkpoint (moves it forward: the"
+        " records in between are never delivered)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     parser.add_argument(
         "--timeout",
         type=float,
         default=DEFAULT_TIMEOUT_SECONDS,
         metavar="SECONDS",
-        help=f"wait this long for every shard to apply it (default {DEFAULT_TIMEOUT_SECONDS:g})",
+        help=f"wait this long for every shard to apply it (default {DEFAULT_TIMEOUT_SECONDS:g};"
+        " 0: write the request, look once, do not wait)",
     )
 
 
 def main(args: argparse.Namespace) -> int:
     """Run the command; the exit status (0 applied everywhere, 1 not everywhere, 2 refused)."""
+    if not args.timeout >= 0:  # negative, or NaN
+        _err(f"{COMMAND}: --timeout {args.timeout:g}: expected 0 or more seconds")
+        return EXIT_USAGE
     settings = load_settings(args.config)
     try:
         mapping = _stream_mapping(settings, args.mapping)
@@ -161,14 +176,18 @@ def _solo(store: SqliteCheckpointStore, mapping: str) -> _Backend:
         server = await store.server_of(mapping)
         return {shard: server for shard in await store.get_all(mapping)}
 
+    asked: set[str] = set()
+
     async def request(plan: RewindPlan, rewind_id: str) -> list[str]:
         await store.request_rewinds(mapping, plan.targets, rewind_id)
+        asked.update(plan.targets)
         return []
 
     async def progress(rewind_id: str) -> list[RewindState]:
-        # Applies nothing while a service serves the mapping: then the service applies.
-        await store.apply_rewinds_unserved(mapping, COMMAND)
-        return await store.rewind_states(mapping, rewind_id)
+        # Applies nothing while a service serves the mapping: then the service applies. Only
+        # this rewind's requests: another command's are its own to apply.
+        await store.apply_rewinds_unserved(mapping, COMMAND, rewind_id)
+        return await store.shard_rewinds(mapping, asked)
 
     return _Backend(stored, owners, request, progress)
 
@@ -202,8 +221,9 @@ def _leased(table: DynamoDBLeaseTable, mapping: str) -> _Backend:
 async def _leased_progress(
     table: DynamoDBLeaseTable, mapping: str, asked: set[str], rewind_id: str
 ) -> list[RewindState]:
-    """The rewind's state on each lease asked (one consistent Scan per look, whatever the
-    number of shards), after writing it on those that nobody owns now."""
+    """The latest rewind state on each lease asked, whatever its id (a newer rewind's shows
+    this one was replaced), after writing this rewind on those that nobody owns now (one
+    consistent Scan per look, whatever the number of shards)."""
     states: list[RewindState] = []
     for lease in await table.list_leases(mapping):
         if lease.shard_id not in asked:
@@ -223,7 +243,11 @@ async def _apply_unowned(table: DynamoDBLeaseTable, lease: Lease, rewind_id: str
     pending = lease.pending_rewind
     if pending is None or pending.rewind_id != rewind_id:
         return None
-    ok, seen = await table.apply_rewind(lease, None, rewind_id, pending.target.checkpoint())
+    # A shard read to its end meanwhile is never re-opened: the request is marked skipped.
+    checkpoint = pending.target.checkpoint()
+    if lease.checkpoint is not None and lease.checkpoint.is_shard_end:
+        checkpoint = lease.checkpoint
+    ok, seen = await table.apply_rewind(lease, None, rewind_id, checkpoint)
     return seen if ok else None
 
 
@@ -253,12 +277,13 @@ async def _rewind(
             stored=stored,
             listed=listed,
             open_shards_only=args.open_shards_only,
+            allow_skip=args.allow_skip,
         )
         await _check_sequences(api, sequences)
         if args.dry_run:
             _print_dry_run(mapping.name, plan, await backend.owners())
             return EXIT_OK
-        return await _request_and_wait(backend, mapping.name, plan, args.timeout)
+        return await _request_and_wait(backend, mapping.name, plan, args.timeout, set(sequences))
     finally:
         if store is not None:
             await store.aclose()
@@ -307,8 +332,9 @@ async def _check_sequences(api: StreamApi, sequences: dict[str, RewindTarget]) -
 
 
 async def _request_and_wait(
-    backend: _Backend, mapping: str, plan: RewindPlan, wait_seconds: float
+    backend: _Backend, mapping: str, plan: RewindPlan, wait_seconds: float, named: set[str]
 ) -> int:
+    """Write the requests, wait for them, report each shard; the exit status."""
     rewind_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
     missing = await backend.request(plan, rewind_id)
     _out(f"rewind {rewind_id} of mapping {mapping}: {len(plan.targets)} shard(s) asked")
@@ -317,33 +343,59 @@ async def _request_and_wait(
     expected = set(plan.targets) - set(missing)
     deadline = time.monotonic() + wait_seconds
     while True:
-        states = {
-            s.shard_id: s for s in await backend.progress(rewind_id) if s.rewind_id == rewind_id
-        }
-        applied = {s for s in expected if s in states and states[s].applied}
-        if applied == expected or time.monotonic() >= deadline:
+        states = {s.shard_id: s for s in await backend.progress(rewind_id)}
+        done = {s for s in expected if _settled(states.get(s), rewind_id)}
+        if done == expected or time.monotonic() >= deadline:
             break
         await anyio.sleep(POLL_SECONDS)
     owners = await backend.owners()
     for shard_id in sorted(expected):
-        state = states.get(shard_id)
-        if state is not None and state.applied:
-            _out(
-                f"  {shard_id}  {state.applied_from} -> {state.applied_to}"
-                f"  applied by {state.applied_by}"
-            )
-        else:
-            owner = owners.get(shard_id)
-            who = f"owner {owner}" if owner else "no owner"
-            _out(f"  {shard_id}  NOT APPLIED ({who}); the request stays pending")
-    if applied != expected:
+        _out(f"  {shard_id}  {_describe(states.get(shard_id), rewind_id, owners.get(shard_id))}")
+    moved = {s for s in done if _moved(states.get(s), rewind_id)}
+    skipped = {s for s in done if s not in moved and _skipped(states.get(s), rewind_id)}
+    pending = expected - done
+    if pending:
         _err(
-            f"{COMMAND}: {len(expected - applied)} shard(s) did not apply rewind {rewind_id}"
-            f" within {wait_seconds:g} s: {', '.join(sorted(expected - applied))}; their next owner"
-            " applies it when it starts the shard"
+            f"{COMMAND}: {len(pending)} shard(s) did not apply rewind {rewind_id}"
+            f" within {wait_seconds:g} s: {', '.join(sorted(pending))}; the requests stay"
+            " pending: a shard's owner applies it at its next batch boundary, or its next"
+            " owner when it starts it"
         )
-        return EXIT_NOT_APPLIED
-    return EXIT_OK
+    unmoved_named = named - moved - pending
+    if unmoved_named:
+        _err(f"{COMMAND}: named shard(s) not moved: {', '.join(sorted(unmoved_named))}")
+    failed = pending or unmoved_named or done - moved - skipped
+    return EXIT_NOT_APPLIED if failed else EXIT_OK
+
+
+def _settled(state: RewindState | None, rewind_id: str) -> bool:
+    """Nothing more will happen to this rewind on the shard: applied (or skipped), replaced
+    by a newer rewind's request, or gone with its lease."""
+    return state is None or state.rewind_id != rewind_id or state.applied
+
+
+def _moved(state: RewindState | None, rewind_id: str) -> bool:
+    return (
+        state is not None and state.rewind_id == rewind_id and state.applied and not state.skipped
+    )
+
+
+def _skipped(state: RewindState | None, rewind_id: str) -> bool:
+    return state is not None and state.rewind_id == rewind_id and state.skipped
+
+
+def _describe(state: RewindState | None, rewind_id: str, owner: str | None) -> str:
+    """One shard's outcome, for the report."""
+    if state is None:
+        return "NOT APPLIED: its request is gone (the lease was deleted)"
+    if state.rewind_id != rewind_id:
+        return f"NOT APPLIED: replaced by a newer rewind ({state.rewind_id})"
+    if state.skipped:
+        return f"{state.applied_to} (SHARD_END): not moved"
+    if state.applied:
+        return f"{state.applied_from} -> {state.applied_to}  applied by {state.applied_by}"
+    who = f"owner {owner}" if owner else "no owner"
+    return f"NOT APPLIED ({who}): pending"
 
 
 def _print_dry_run(mapping: str, plan: RewindPlan, owners: dict[str, str | None]) -> None:

@@ -12,7 +12,12 @@ is written.
 
 Which shards a rewind moves:
 
-* ``--to-sequence SHARD=SEQ ...``: exactly the shards named, nothing else;
+* ``--to-sequence SHARD=SEQ ...``: exactly the shards named, nothing else. Refused for a
+  shard whose parent is still listed and not read to its end (lineage counts a parent as
+  finished once a child's checkpoint holds a sequence number, so the parent's unread records
+  would be skipped), and for a SEQ beyond the shard's stored checkpoint (sequence numbers grow
+  within a shard: that moves forward, skipping records never delivered) unless
+  ``--allow-skip`` says so;
 * ``--to-timestamp`` / ``--to-trim-horizon`` / ``--to-latest``: every open shard of the mapping
   (listed open by the stream, or stored with a checkpoint that is not ``SHARD_END``).
 
@@ -84,6 +89,7 @@ def plan_rewind(
     stored: Mapping[str, Checkpoint | None],
     listed: Sequence[ShardInfo],
     open_shards_only: bool = False,
+    allow_skip: bool = False,
 ) -> RewindPlan:
     """The shards to move and where (see the module docstring for which).
 
@@ -94,6 +100,7 @@ def plan_rewind(
             lease without one).
         listed: the stream's shards now.
         open_shards_only: move the open shards even though the mapping has closed ones.
+        allow_skip: accept a ``--to-sequence`` beyond the shard's checkpoint.
     """
     closed = sorted(
         {s for s, c in stored.items() if c is not None and c.is_shard_end}
@@ -111,6 +118,9 @@ def plan_rewind(
                     f"--to-sequence: shard {shard_id} is closed; rewinding a closed shard would"
                     " re-open its lineage, which rewind does not do (see `poller replay`)"
                 )
+            _check_parents_ended(shard_id, listed, stored)
+            if not allow_skip:
+                _check_not_forward(shard_id, sequences[shard_id], stored.get(shard_id))
         return RewindPlan(dict(sequences), {s: stored.get(s) for s in sequences}, tuple(closed))
     if closed and target.kind in ("timestamp", "trim_horizon") and not open_shards_only:
         raise _refuse(
@@ -124,6 +134,37 @@ def plan_rewind(
     return RewindPlan(
         {s: target for s in shards}, {s: stored.get(s) for s in shards}, tuple(closed)
     )
+
+
+def _check_parents_ended(
+    shard_id: str, listed: Sequence[ShardInfo], stored: Mapping[str, Checkpoint | None]
+) -> None:
+    """Refuse to move a child while a listed parent is not read to its end: the child's new
+    checkpoint would make lineage count the parent as finished, skipping its unread records."""
+    listed_ids = {s.shard_id for s in listed}
+    parents = next((s.parent_ids for s in listed if s.shard_id == shard_id), ())
+    for parent in parents:
+        checkpoint = stored.get(parent)
+        if parent in listed_ids and (checkpoint is None or not checkpoint.is_shard_end):
+            raise _refuse(
+                f"--to-sequence: shard {shard_id}'s parent {parent} is not read to its end;"
+                " moving the child now would skip the parent's unread records"
+            )
+
+
+def _check_not_forward(shard_id: str, target: RewindTarget, current: Checkpoint | None) -> None:
+    """Refuse a sequence number beyond the stored checkpoint's (sequence numbers grow within
+    a shard, compared as integers): that skips records never delivered."""
+    if current is None or current.sequence_number is None or current.is_shard_end:
+        return
+    if target.sequence_number is None or not current.sequence_number.isdigit():
+        return
+    if int(target.sequence_number) > int(current.sequence_number):
+        raise _refuse(
+            f"--to-sequence {shard_id}={target.sequence_number} is ahead of the shard's"
+            f" checkpoint ({current.sequence_number}): records in between would be skipped;"
+            " --allow-skip does it anyway"
+        )
 
 
 def _refuse(problem: str) -> ConfigError:

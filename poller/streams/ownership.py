@@ -387,12 +387,20 @@ class LeasedOwnership:
         notice = self._leases.rewind_notice
         if notice is None or notice == self._rewind_notice_seen:
             return
+        failed = False
         for shard_id in sorted(set(tasks.running) & set(self._leases.held)):
-            lease = await self._leases.table.get(self._leases.mapping, shard_id)
+            try:
+                lease = await self._leases.table.get(self._leases.mapping, shard_id)
+            except CheckpointError as exc:
+                # One failed read must not hold back the others, nor the balance after.
+                log.warning("rewind.look_failed", rewind_shard=shard_id, error=str(exc))
+                failed = True
+                continue
             if lease is not None and lease.pending_rewind is not None:
                 tasks.restart(shard_id)
         # Only once all were read: a failed read looks again at the next watch.
-        self._rewind_notice_seen = notice
+        if not failed:
+            self._rewind_notice_seen = notice
 
     async def start_checkpoint(self, shard_id: str) -> Checkpoint | None:
         """The lease's checkpoint (a consistent read), after applying its pending rewind by
@@ -403,7 +411,10 @@ class LeasedOwnership:
             pending = None if lease is None else lease.pending_rewind
             if lease is None or pending is None:
                 break
+            # A shard read to its end stays ended: the request is only marked skipped.
             checkpoint = pending.target.checkpoint()
+            if lease.checkpoint is not None and lease.checkpoint.is_shard_end:
+                checkpoint = lease.checkpoint
             if await self._leases.apply_rewind(shard_id, pending.rewind_id, checkpoint):
                 log.info("rewind.applied", rewind_shard=shard_id, rewind=pending.rewind_id)
                 return checkpoint

@@ -39,7 +39,11 @@ of returning, runs the shard again at once; every run starts from
 ``ownership.start_checkpoint``, which applies a pending rewind first (fenced as any
 checkpoint). The new run has a new reader (its iterator at the new position), a new processor
 (no buffered read-ahead, a fresh watermark): nothing of the old position survives, and the
-lease is never let go of in between, so no peer can take the shard meanwhile.
+lease is never let go of in between, so no peer can take the shard meanwhile. A run that ended
+at ``SHARD_END`` while its restart was asked is not run again: the shard is finished, and its
+request is marked skipped by whoever applies it. A SQLite checkpoint write refused because a
+rewind was applied behind the run (``RewoundMeanwhile``) restarts the run at once, from the new
+checkpoint.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup
 
+from poller.checkpoints.sqlite import RewoundMeanwhile
 from poller.core.failure_record import SourceKind
 from poller.core.retry_policy import StreamRetryPolicy
 from poller.destinations import FailureDestination
@@ -245,14 +250,21 @@ class ShardSupervisor:
                     control.lost = True
                     log.warning("shard.stopped", reason="lease lost")
                     return
+                if _contains(exc, RewoundMeanwhile):
+                    # Moved behind this run (SQLite): start again from the new checkpoint.
+                    log.warning("shard.restarting", reason="rewound meanwhile")
+                    continue
                 # A run that was healthy for a while starts the count again: crashes hours
                 # apart are each a first one, not a streak that waits out the longest backoff.
                 healthy = time.monotonic() - started >= HEALTHY_RUN_SECONDS
                 failures = 1 if healthy else failures + 1
                 log.exception("shard.crashed", attempt=failures)
             else:
-                if control.restarting and not control.draining:
-                    continue  # a rewind: the run drained; start again from the new checkpoint
+                if control.restarting and not control.draining and not ended:
+                    # A rewind: the run drained; start again from the new checkpoint. A run
+                    # that ended at SHARD_END is finished whatever was asked meanwhile: a
+                    # finished shard is never re-opened (its request is marked skipped).
+                    continue
                 if ended:
                     self._on_shard_end()
                 return

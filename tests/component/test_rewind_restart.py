@@ -6,7 +6,9 @@ shard supervisor, a real ShardReader over ``FakeStreamApi``).
   later one, in order, and the request is marked applied by this process;
 * the store applies a request once, whoever applies it: a shard starting with a pending request
   applies it (the supervisor's start), and the command's direct apply is refused while a live
-  service serves the mapping.
+  service serves the mapping, and applies only the command's own request;
+* a rewind written behind a running shard (the service's row looked gone) is not undone by the
+  run's next checkpoint: that write is refused and the run starts again from the rewind.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import anyio
 import pytest
 
 from poller.checkpoints.rewinds import RewindTarget
-from poller.checkpoints.sqlite import SqliteCheckpointStore
+from poller.checkpoints.sqlite import RewoundMeanwhile, SqliteCheckpointStore
 from poller.observability.metrics import NullMetrics
 from poller.streams.ownership import SoloOwnership
 from poller.streams.supervisor import ShardSupervisor
@@ -110,5 +112,77 @@ async def test_a_request_is_applied_once_and_the_command_defers_to_a_live_servic
         (state,) = await store.rewind_states(MAPPING, "r2")
         assert (state.applied, state.applied_by) == (True, "cmd")
         assert await store.get(MAPPING, "other") == Checkpoint(sequence_number="7")  # untouched
+    finally:
+        await store.aclose()
+
+
+async def test_the_commands_apply_moves_only_its_own_request(tmp_path: Path) -> None:
+    store = await SqliteCheckpointStore(tmp_path / "c.db").open()
+    try:
+        await store.put(MAPPING, SHARD, Checkpoint(sequence_number="5"))
+        await store.put(MAPPING, "other", Checkpoint(sequence_number="7"))
+        await store.request_rewinds(MAPPING, {SHARD: RewindTarget("trim_horizon")}, "r1")
+        await store.request_rewinds(MAPPING, {"other": RewindTarget("trim_horizon")}, "r2")
+        assert await store.apply_rewinds_unserved(MAPPING, "cmd", "r1")
+        assert await store.get(MAPPING, SHARD) == Checkpoint(start_timestamp=0.0)
+        assert await store.get(MAPPING, "other") == Checkpoint(sequence_number="7")
+        assert await store.pending_rewinds(MAPPING) == {"other": "r2"}
+    finally:
+        await store.aclose()
+
+
+async def test_a_runs_checkpoint_never_undoes_a_rewind_applied_behind_it(tmp_path: Path) -> None:
+    store = await SqliteCheckpointStore(tmp_path / "c.db").open()
+    try:
+        start = await store.apply_rewind(MAPPING, SHARD, "svc")  # the run reads its start
+        assert start is None
+        await store.put(MAPPING, SHARD, Checkpoint(sequence_number="5"))
+        await store.request_rewinds(MAPPING, {SHARD: RewindTarget("trim_horizon")}, "r1")
+        assert await store.apply_rewinds_unserved(MAPPING, "cmd", "r1")  # no service row
+        with pytest.raises(RewoundMeanwhile):
+            await store.put(MAPPING, SHARD, Checkpoint(sequence_number="6"))
+        assert await store.get(MAPPING, SHARD) == Checkpoint(start_timestamp=0.0)
+        # The next run reads the rewound start, and checkpoints again.
+        assert await store.apply_rewind(MAPPING, SHARD, "svc") == Checkpoint(start_timestamp=0.0)
+        await store.put(MAPPING, SHARD, Checkpoint(sequence_number="1"))
+        assert await store.get(MAPPING, SHARD) == Checkpoint(sequence_number="1")
+    finally:
+        await store.aclose()
+
+
+async def test_a_rewind_written_behind_a_running_shard_restarts_it_from_there(
+    tmp_path: Path,
+) -> None:
+    store = await SqliteCheckpointStore(tmp_path / "c.db").open()
+    api = FakeStreamApi()
+    api.add_shard(SHARD)
+    sequences = [raw["SequenceNumber"] for raw in api.add_page(SHARD, puts(*"abcdef"))]
+    release = anyio.Event()
+    target = RecordingTarget()
+    target.script(success(), success(), Slow(release))  # the third batch waits in flight
+    ownership = SoloOwnership(store, MAPPING)
+    sup = supervisor(api, target, ownership)  # no upkeep: nothing polls for requests
+    try:
+        with anyio.fail_after(LIMIT * 2):
+            async with anyio.create_task_group() as tg:
+                sup.start(tg, SHARD)
+                await wait_until(lambda: target.in_flight, LIMIT, "the third batch in flight")
+                # The service's row looks gone (another host's, not beaten): the command
+                # writes the rewind itself, behind the running shard.
+                await store.unserve(MAPPING, ownership._replica)
+                rewind = {SHARD: RewindTarget("sequence", sequence_number=sequences[1])}
+                await store.request_rewinds(MAPPING, rewind, "r1")
+                assert await store.apply_rewinds_unserved(MAPPING, "cmd", "r1")
+                release.set()
+                await wait_until(
+                    lambda: target.delivered().count(sequences[-1]) == 2,
+                    LIMIT,
+                    "the shard re-delivered from b to its end",
+                )
+                tg.cancel_scope.cancel()
+        assert target.delivered() == sequences + sequences[1:]
+        assert await store.get(MAPPING, SHARD) == Checkpoint(sequence_number=sequences[-1])
+        (state,) = await store.rewind_states(MAPPING, "r1")
+        assert (state.applied, state.applied_by) == (True, "cmd")
     finally:
         await store.aclose()

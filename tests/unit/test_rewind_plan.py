@@ -173,3 +173,43 @@ def test_an_sqs_mapping_is_refused_in_one_line(
     assert len(err) == 1
     assert "mapping 'jobs' reads an SQS queue: it has no checkpoints to move" in err[0]
     assert not (tmp_path / "c.db").exists()
+
+
+def test_a_child_of_an_ended_parent_may_be_moved_by_sequence() -> None:
+    """The refusal of a child mid-reshard (review 15r) is for unfinished parents only."""
+    plan = plan_rewind(
+        target=None, sequences=parse_sequences(["s-1=5"]), stored=ENDED, listed=RESHARDED
+    )
+    assert list(plan.targets) == ["s-1"]
+
+
+def test_allow_skip_accepts_a_sequence_ahead_of_the_checkpoint() -> None:
+    stored: dict[str, Checkpoint | None] = {"s-0": Checkpoint(sequence_number="100")}
+    with pytest.raises(ConfigError, match="--allow-skip"):
+        plan_rewind(
+            target=None,
+            sequences=parse_sequences(["s-0=200"]),
+            stored=stored,
+            listed=[ShardInfo("s-0")],
+        )
+    plan = plan_rewind(
+        target=None,
+        sequences=parse_sequences(["s-0=200"]),
+        stored=stored,
+        listed=[ShardInfo("s-0")],
+        allow_skip=True,
+    )
+    assert plan.targets["s-0"].sequence_number == "200"
+
+
+@pytest.mark.parametrize("timeout", ["-5", "nan"])
+def test_a_negative_timeout_is_refused_before_the_config_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], timeout: str
+) -> None:
+    missing = tmp_path / "absent.yaml"
+    args = ["rewind", "--config", str(missing), "--mapping", "m", "--to-latest"]
+    status = cli.main([*args, "--timeout", timeout])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2
+    assert len(err) == 1
+    assert "--timeout" in err[0]

@@ -12,8 +12,15 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+import structlog
+
 from poller.checkpoints.rewinds import RewindState, RewindTarget
 from poller.types import Checkpoint
+
+log = structlog.get_logger("poller.leases")
+
+#: (lease key, rewind id) of the unreadable rewind requests already logged: one warning each.
+_UNREADABLE_LOGGED: set[tuple[str, str]] = set()
 
 _PLACEHOLDER = re.compile(r"#(\w+)")
 #: The largest window state (bytes of compact JSON) a lease can carry: DynamoDB's item limit
@@ -211,19 +218,34 @@ def lease_from_item(item: Mapping[str, Any]) -> Lease:
 
 
 def _rewind_from(item: Mapping[str, Any], shard_id: str) -> RewindState | None:
-    """The lease's rewind request: pending while ``rewindApplied`` is not its ``rewindId``."""
-    rewind_id, target = _str(item, "rewindId"), _str(item, "rewindTo")
-    if rewind_id is None or target is None:
+    """The lease's rewind request: pending while ``rewindApplied`` is not its ``rewindId``.
+
+    A request this version cannot read (a newer kind, a hand edit, a timestamp without its
+    instant) is ignored, with one warning: raising would break every read of the lease (the
+    mapping's refresh, the shard's checkpoint writes, and the command that can replace it)."""
+    rewind_id, text = _str(item, "rewindId"), _str(item, "rewindTo")
+    if rewind_id is None or text is None:
+        return None
+    try:
+        target = RewindTarget.decode(text)
+    except ValueError:
+        _warn_unreadable(str(item["leaseKey"]["S"]), rewind_id, text)
         return None
     return RewindState(
         shard_id=shard_id,
         rewind_id=rewind_id,
-        target=RewindTarget.decode(target),
+        target=target,
         applied=_str(item, "rewindApplied") == rewind_id,
         applied_by=_str(item, "rewindAppliedBy"),
         applied_from=_str(item, "rewindAppliedFrom"),
         applied_to=_str(item, "rewindAppliedTo"),
     )
+
+
+def _warn_unreadable(key: str, rewind_id: str, text: str) -> None:
+    if (key, rewind_id) not in _UNREADABLE_LOGGED:
+        _UNREADABLE_LOGGED.add((key, rewind_id))
+        log.warning("lease.rewind_unreadable", lease=key, rewind_id=rewind_id, rewind_to=text)
 
 
 def _checkpoint_update(checkpoint: Checkpoint) -> tuple[list[str], list[str], dict[str, Any]]:

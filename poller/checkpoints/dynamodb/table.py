@@ -32,9 +32,9 @@ from poller.checkpoints.dynamodb.items import (
 )
 from poller.checkpoints.dynamodb.members import MemberItem
 from poller.checkpoints.dynamodb.view import LeaseView
-from poller.checkpoints.rewinds import RewindTarget, describe_checkpoint
+from poller.checkpoints.rewinds import SKIPPED_AT_SHARD_END, RewindTarget, describe_checkpoint
 from poller.errors import CheckpointError
-from poller.types import Checkpoint
+from poller.types import SHARD_END, Checkpoint
 
 
 class DynamoDBLeaseTable(LeaseView, MemberItem):
@@ -285,41 +285,59 @@ class DynamoDBLeaseTable(LeaseView, MemberItem):
         direct write) at ``lease.counter`` and the request is still ``rewind_id``. Moves the
         counter, so a replica that observed the lease before (to take it) is fenced off.
 
+        A shard read to its end is never re-opened: with ``checkpoint`` ``SHARD_END`` (the
+        caller saw the lease ended) only the request is marked done, ``applied_to``
+        :data:`~poller.checkpoints.rewinds.SKIPPED_AT_SHARD_END`, conditional on the lease
+        being at ``SHARD_END``; any other checkpoint is written only while the lease is not at
+        ``SHARD_END``.
+
         Returns:
             (True, the lease as written), or (False, the item as DynamoDB held it, or None
             when gone): nothing was written.
         """
-        sets, removes, values = _checkpoint_update(checkpoint)
+        skip = checkpoint.is_shard_end
+        sets: list[str] = []
+        removes: list[str] = []
+        values: dict[str, Any] = {}
+        if not skip:
+            sets, removes, values = _checkpoint_update(checkpoint)
         sets += [
             "#leaseCounter = :next",
             "#renewedAt = :now",
-            "#ownerSwitchesSinceCheckpoint = :zero",
             "#rewindApplied = :rid",
             "#rewindAppliedBy = :by",
             "#rewindAppliedFrom = :from",
             "#rewindAppliedTo = :to",
         ]
+        if not skip:
+            sets.append("#ownerSwitchesSinceCheckpoint = :zero")
+            values[":zero"] = _n(0)
         values.update(
             {
                 ":now": _n(time.time()),
-                ":zero": _n(0),
                 ":rid": _s(rewind_id),
                 ":by": _s(owner or "poller rewind"),
                 ":from": _s(describe_checkpoint(lease.checkpoint)),
-                ":to": _s(describe_checkpoint(checkpoint)),
+                ":to": _s(SKIPPED_AT_SHARD_END if skip else describe_checkpoint(checkpoint)),
                 ":counter": _n(lease.counter),
                 ":next": _n(lease.counter + 1),
+                ":shardEnd": _s(SHARD_END),
             }
         )
         held = "attribute_not_exists(#leaseOwner)"
         if owner is not None:
             held = "#leaseOwner = :owner"
             values[":owner"] = _s(owner)
+        ended = (
+            "#checkpoint = :shardEnd"
+            if skip
+            else "(attribute_not_exists(#checkpoint) OR #checkpoint <> :shardEnd)"
+        )
         write = await self._calls.update(
             "UpdateItem (apply_rewind)",
             lease.key,
             update=_update_expression(sets, removes),
-            condition=f"{held} AND #leaseCounter = :counter AND #rewindId = :rid",
+            condition=f"{held} AND #leaseCounter = :counter AND #rewindId = :rid AND {ended}",
             values=values,
         )
         return write.ok, None if write.item is None else lease_from_item(write.item)
