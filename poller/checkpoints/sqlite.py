@@ -209,7 +209,9 @@ class SqliteCheckpointStore:
             )
 
     async def delete(self, mapping: str, shard_id: str) -> None:
-        """Forget the shard's checkpoint."""
+        """Forget the shard's checkpoint (a retired shard: its run's mark goes too, so that
+        weeks of resharding do not grow the marks)."""
+        self._run_marks.pop((mapping, shard_id), None)
         await self._run(
             lambda c: c.execute(
                 "DELETE FROM checkpoints WHERE mapping = ? AND shard_id = ?", (mapping, shard_id)
