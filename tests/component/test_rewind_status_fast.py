@@ -102,15 +102,24 @@ def caught_up(sequences: dict[str, list[str]]) -> dict[str, Checkpoint]:
     return {shard: Checkpoint(sequence_number=seqs[-1]) for shard, seqs in sequences.items()}
 
 
+def seed_caught_up(
+    tmp_path: Path, stream: tuple[FakeStreamApi, dict[str, list[str]]]
+) -> tuple[Path, dict[str, list[str]], dict[str, Checkpoint]]:
+    """The config, the stream's sequences, and every shard checkpointed at its last record
+    (stored): the start of most tests here."""
+    _, sequences = stream
+    config = write_config(tmp_path)
+    before = caught_up(sequences)
+    anyio.run(store_checkpoints, tmp_path / "checkpoints.db", before)
+    return config, sequences, before
+
+
 def test_dry_run_prints_each_shard_current_to_new_and_changes_nothing(
     tmp_path: Path,
     stream: tuple[FakeStreamApi, dict[str, list[str]]],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    _, sequences = stream
-    config = write_config(tmp_path)
-    before = caught_up(sequences)
-    anyio.run(store_checkpoints, tmp_path / "checkpoints.db", before)
+    config, _sequences, before = seed_caught_up(tmp_path, stream)
 
     assert run_rewind(config, "--to-trim-horizon", "--dry-run") == rewind.EXIT_OK
 
@@ -127,10 +136,7 @@ def test_rewind_with_no_service_running_writes_the_new_checkpoints(
     stream: tuple[FakeStreamApi, dict[str, list[str]]],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    _, sequences = stream
-    config = write_config(tmp_path)
-    before = caught_up(sequences)
-    anyio.run(store_checkpoints, tmp_path / "checkpoints.db", before)
+    config, sequences, before = seed_caught_up(tmp_path, stream)
 
     assert run_rewind(config, "--to-trim-horizon", "--timeout", "0") == rewind.EXIT_OK
 
@@ -150,10 +156,7 @@ def test_to_sequence_moves_only_the_named_shard(
     stream: tuple[FakeStreamApi, dict[str, list[str]]],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    _, sequences = stream
-    config = write_config(tmp_path)
-    before = caught_up(sequences)
-    anyio.run(store_checkpoints, tmp_path / "checkpoints.db", before)
+    config, sequences, before = seed_caught_up(tmp_path, stream)
     again = sequences[OPEN_A][1]
 
     status = run_rewind(config, "--to-sequence", f"{OPEN_A}={again}", "--timeout", "0")
@@ -241,10 +244,7 @@ def test_with_a_service_running_the_requests_stay_pending_for_it(
     stream: tuple[FakeStreamApi, dict[str, list[str]]],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    _, sequences = stream
-    config = write_config(tmp_path)
-    before = caught_up(sequences)
-    anyio.run(store_checkpoints, tmp_path / "checkpoints.db", before)
+    config, sequences, before = seed_caught_up(tmp_path, stream)
     anyio.run(serve_from_this_process, tmp_path / "checkpoints.db", "replica-1")
 
     assert run_rewind(config, "--to-latest", "--dry-run") == rewind.EXIT_OK
