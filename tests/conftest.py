@@ -1,4 +1,5 @@
-"""Shared pytest fixtures: the anyio backend, AWS isolation, and the moto server."""
+"""Shared pytest fixtures: the anyio backend, AWS isolation, plain log tracebacks, and the moto
+server."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
+import structlog
 
 from tests.support.aws import moto_server
 
@@ -21,6 +23,17 @@ os.environ.update(
 )
 os.environ.pop("AWS_PROFILE", None)
 os.environ.pop("AWS_SESSION_TOKEN", None)
+
+# Tests that do not configure logging use structlog's default console renderer, whose default
+# traceback formatter (rich, installed with import-linter) renders every frame's locals: about
+# a second per logged crash under CI's load, which timed out the crash-loop tests. The service
+# itself formats tracebacks as plain text (``format_exc_info``); so do the tests.
+structlog.configure(
+    processors=[
+        *structlog.get_config()["processors"][:-1],
+        structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback),
+    ]
+)
 
 
 @pytest.fixture

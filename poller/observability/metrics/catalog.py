@@ -156,6 +156,17 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         "SQS messages deleted after processing (Lambda DeletedEventCount).",
         "records_deleted",
     ),
+    _events(
+        "poller_oversized_records_total",
+        "Records too large for any invocation, given up without an invocation or a retry: "
+        "sent to the on-failure destination, or dropped without one.",
+        "records_oversized",
+    ),
+    _events(
+        "poller_batch_item_failures_total",
+        "Items listed in non-empty batchItemFailures responses.",
+        "batch_item_failures",
+    ),
     MetricSpec(
         "poller_destination_delivery_failures_total",
         Kind.COUNTER,
@@ -367,6 +378,13 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         value="pollers",
     ),
     MetricSpec(
+        "poller_provisioned_pollers",
+        Kind.GAUGE,
+        "SQS event pollers running in provisioned mode (Lambda ProvisionedPollers).",
+        "provisioned_pollers",
+        value="pollers",
+    ),
+    MetricSpec(
         "poller_visibility_extensions_total",
         Kind.COUNTER,
         "Messages whose visibility timeout was extended, once per message and extension.",
@@ -381,6 +399,15 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         "crash (it keeps retrying, the other mappings run on).",
         "mapping_up",
         value="up",
+    ),
+    MetricSpec(
+        "poller_mapping_info",
+        Kind.FLAG,
+        "1 for every mapping the service runs: its uuid, event source mapping ARN and source "
+        "type, as labels to join on.",
+        "mapping_info",
+        labels=("mapping", "uuid", "event_source_mapping_arn", "source"),
+        value="present",
     ),
 )
 

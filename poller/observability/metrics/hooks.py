@@ -97,6 +97,15 @@ class Metrics:
         """SQS messages deleted after processing."""
 
     @hook
+    def records_oversized(self, mapping: str, count: int) -> None:
+        """Records too large for any invocation, given up at once (never invoked, never
+        retried): sent to the on-failure destination, or dropped without one."""
+
+    @hook
+    def batch_item_failures(self, mapping: str, count: int) -> None:
+        """Items listed in a function's non-empty ``batchItemFailures`` response."""
+
+    @hook
     def destination_delivery_failed(self, mapping: str, destination_type: str) -> None:
         """One send to the on-failure destination failed."""
 
@@ -201,6 +210,11 @@ class Metrics:
         """The number of SQS pollers running now."""
 
     @hook
+    def provisioned_pollers(self, mapping: str, pollers: int) -> None:
+        """The number of SQS event pollers running now in provisioned mode (Lambda's
+        ProvisionedPollers); never reported in the default mode."""
+
+    @hook
     def visibility_extended(self, mapping: str, messages: int) -> None:
         """The visibility timeout of these messages was extended (once per extension)."""
 
@@ -209,6 +223,13 @@ class Metrics:
     def mapping_up(self, mapping: str, up: bool) -> None:
         """The mapping's runner started (True), or has not started yet or crashed (False);
         its supervisor keeps retrying while it is down."""
+
+    @hook
+    def mapping_info(
+        self, mapping: str, uuid: str, event_source_mapping_arn: str, source: str, present: bool
+    ) -> None:
+        """The mapping's identity, constant while it exists (``present``), for joins:
+        its UUID, its event source mapping ARN and its source type (kinesis, dynamodb, sqs)."""
 
 
 def _hook_parameters() -> dict[str, tuple[str, ...]]:
