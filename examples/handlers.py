@@ -3,18 +3,26 @@
 Data flow::
 
     ShardWorker --event--> PythonTarget --handler(event, context)--> log_batch / noop
+    SqsRunner / ShardWorker --event--> PythonTarget --> process_records --per record--> batch helper
 
 ``log_batch`` is the demo's function: it shows that batches arrive, in order, shard by shard.
 It logs counts and sequence numbers only, never record data, as a production handler should.
+``process_records`` shows the batch helper (:mod:`poller.batch`): it handles records one by one
+and returns a partial batch response naming the records that failed (the mapping needs
+``function_response_types: [ReportBatchItemFailures]``).
 Run ``poller`` from the repository root and the handler path ``examples.handlers:log_batch``
 imports from here (the Python target adds the working directory to ``sys.path``).
 """
 
 from __future__ import annotations
 
+import base64
+import json
 from typing import Any
 
 import structlog
+
+from poller.batch import process_batch
 
 _log = structlog.get_logger("examples.handlers")
 
@@ -61,3 +69,41 @@ def log_batch(event: dict[str, Any], context: Any) -> None:
 
 def noop(event: dict[str, Any], context: Any) -> None:
     """Do nothing; the benchmarks measure the pipeline, not the handler."""
+
+
+#: Milliseconds kept back at the end of an invocation: records not started by then are
+#: reported unprocessed (and retried) rather than the whole batch timing out.
+RESERVE_MS = 1000
+
+
+def process_records(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Handle each record on its own; report the failed ones (and, on a stream or a FIFO queue,
+    every record after the first failure, so that order holds on the retry).
+
+    A record whose payload is not a JSON object fails: try it with a message body ``oops``.
+
+    Args:
+        event: the Lambda event, ``{"Records": [...]}`` of an SQS queue or a stream.
+        context: the Lambda-style context; its remaining time is checked before each record.
+
+    Returns:
+        ``{"batchItemFailures": [{"itemIdentifier": ...}, ...]}``.
+    """
+    return process_batch(event, _process_record, context=context, reserve_ms=RESERVE_MS)
+
+
+def _process_record(record: dict[str, Any]) -> None:
+    """One record's work: here, parse its payload and log its size (never its content)."""
+    payload = _payload(record)
+    if not isinstance(payload, dict):
+        raise TypeError(f"expected a JSON object, got {type(payload).__name__}")
+    _log.info("handler.record_processed", fields=len(payload), event_source=record["eventSource"])
+
+
+def _payload(record: dict[str, Any]) -> Any:
+    """The record's payload: the SQS body or Kinesis data as JSON, a DynamoDB item's keys."""
+    if "kinesis" in record:
+        return json.loads(base64.b64decode(record["kinesis"]["data"]))
+    if "dynamodb" in record:
+        return record["dynamodb"].get("Keys")
+    return json.loads(record["body"])
