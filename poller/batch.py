@@ -34,6 +34,7 @@ identifier and the exception's type, never the record's data or the exception's 
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -125,15 +126,27 @@ def process_batch(
     batch = _Batch(event, ordered, skip_group_on_failure, context, reserve_ms)
     for item in batch.pending():
         try:
-            handle(item.record)
+            result = handle(item.record)
         except Exception as exc:  # noqa: BLE001 - a failed record is a result, not an error
             batch.failed(item, exc)
+            continue
+        if inspect.isawaitable(result):
+            _discard(result)
+            # Never awaited, the record was not handled: succeeding it would lose it.
+            raise TypeError("handle returned an awaitable: use aprocess_batch for async handles")
     return batch.response()
+
+
+def _discard(awaitable: object) -> None:
+    """Close a coroutine that will never run, so it does not warn "never awaited"."""
+    close = getattr(awaitable, "close", None)
+    if callable(close):
+        close()
 
 
 async def aprocess_batch(
     event: Mapping[str, Any] | None,
-    handle: Callable[[dict[str, Any]], Awaitable[object]],
+    handle: Callable[[dict[str, Any]], Awaitable[object] | object],
     *,
     ordered: bool | None = None,
     skip_group_on_failure: bool = False,
@@ -145,7 +158,10 @@ async def aprocess_batch(
     batch = _Batch(event, ordered, skip_group_on_failure, context, reserve_ms)
     for item in batch.pending():
         try:
-            await handle(item.record)
+            result = handle(item.record)
+            # A sync handle's return value is its record's result, as in process_batch.
+            if inspect.isawaitable(result):
+                await result
         except Exception as exc:  # noqa: BLE001 - a failed record is a result, not an error
             batch.failed(item, exc)
     return batch.response()
@@ -244,7 +260,9 @@ def _records(event: Mapping[str, Any] | None) -> list[dict[str, Any]]:
         return []
     if not isinstance(event, Mapping):
         raise MalformedEvent(f"the event must be a mapping, not {type(event).__name__}")
-    records = event.get("Records") or []
+    records = event.get("Records")
+    if records is None:
+        return []
     if not isinstance(records, list):
         raise MalformedEvent(f"the event's Records must be a list, not {type(records).__name__}")
     for index, record in enumerate(records):
@@ -264,7 +282,9 @@ def _source_of(records: list[dict[str, Any]]) -> tuple[str, bool]:
     first = records[0]
     source, arn = first.get("eventSource"), first.get("eventSourceARN")
     for index, record in enumerate(records):
-        if record.get("eventSource") not in _ID_FIELDS:
+        # isinstance first: an unhashable value would escape the lookup as a TypeError.
+        named = record.get("eventSource")
+        if not isinstance(named, str) or named not in _ID_FIELDS:
             raise MalformedEvent(
                 f"record {index} has eventSource {record.get('eventSource')!r}; expected one of "
                 + ", ".join(_ID_FIELDS)
@@ -292,6 +312,11 @@ def _ordering(source: str, fifo: bool, ordered: bool | None, by_group: bool) -> 
         )
     if by_group and ordered is False:
         raise ValueError("skip_group_on_failure keeps each group in order: it needs ordered")
+    if fifo and ordered is False:
+        raise ValueError(
+            "ordered=False does not apply to FIFO queues: AWS requires a FIFO function to stop "
+            "at its first failure (use skip_group_on_failure to let other groups go on)"
+        )
     if ordered is None:
         return fifo or source in _ORDERED_SOURCES
     return ordered
