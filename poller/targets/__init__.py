@@ -8,9 +8,11 @@ Data flow::
 Every target implements :class:`poller.types.Target`: Lambda (``lambda_``), an HTTP
 endpoint (``http``) or an in-process Python handler (``python``). The composition root
 calls :func:`build_target` once per mapping; a new target type is one builder function and
-one entry in ``_BUILDERS``. Every built target is wrapped in a
-:class:`~poller.targets.guard.GuardedTarget`, so whatever a target raises is an invocation
-outcome and never a crash of the shard task, whatever the target type.
+one entry in ``_BUILDERS``. An HTTP or Python target with an ``input_template`` is wrapped in
+a :class:`~poller.targets.transform.TransformingTarget`, which reshapes each record first.
+Every built target is wrapped in a :class:`~poller.targets.guard.GuardedTarget`, so whatever
+a target raises is an invocation outcome and never a crash of the shard task, whatever the
+target type.
 """
 
 from __future__ import annotations
@@ -19,15 +21,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from poller.config import HttpTargetConfig, PythonTargetConfig
+from poller.core.transform import PipeVariables, compile_template
 from poller.errors import ConfigError
 from poller.targets.guard import GuardedTarget
 from poller.targets.http import HttpTarget
 from poller.targets.lambda_ import LAMBDA_INVOKE_CONFIG, LambdaTarget, function_arn_for
 from poller.targets.python import PythonTarget, load_handler
+from poller.targets.transform import TransformingTarget
 
 if TYPE_CHECKING:
     from poller.aws.clients import ClientFactory
-    from poller.config import HttpTargetConfig, LambdaTargetConfig, PythonTargetConfig
+    from poller.config import AnyMapping, LambdaTargetConfig
     from poller.observability.metrics import Metrics
     from poller.types import Target
 
@@ -37,9 +42,11 @@ __all__ = [
     "HttpTarget",
     "LambdaTarget",
     "PythonTarget",
+    "TransformingTarget",
     "build_target",
     "function_arn_for",
     "load_handler",
+    "mapping_arn_of",
 ]
 
 
@@ -53,6 +60,7 @@ class _Environment:
     account_id: str
     mapping: str
     metrics: Metrics | None
+    mapping_config: AnyMapping | None
 
 
 async def _build_lambda(config: LambdaTargetConfig, env: _Environment) -> Target:
@@ -108,6 +116,57 @@ _BUILDERS: dict[str, Callable[[Any, _Environment], Awaitable[Target]]] = {
 }
 
 
+def mapping_arn_of(mapping: object, aws_region: str) -> str:
+    """The mapping's event source mapping ARN, or "" when the model has none.
+
+    Read through ``getattr`` so that this module works with mapping models that predate
+    ``event_source_mapping_arn`` (an attribute, or a method taking the configured region).
+    """
+    arn = getattr(mapping, "event_source_mapping_arn", "")
+    if callable(arn):
+        arn = arn(aws_region)
+    return arn if isinstance(arn, str) else ""
+
+
+def _pipe_variables(inner: Target, env: _Environment) -> PipeVariables:
+    """Pipes' reserved variables for this mapping's template (no enrichment in poller)."""
+    config = env.mapping_config
+    return PipeVariables(
+        pipe_arn="" if config is None else mapping_arn_of(config, env.clients.region),
+        pipe_name=env.mapping if config is None else config.name,
+        source_arn="" if config is None else config.event_source_arn,
+        target_arn=inner.function_arn,
+    )
+
+
+def _transformed(
+    config: LambdaTargetConfig | HttpTargetConfig | PythonTargetConfig,
+    inner: Target,
+    env: _Environment,
+) -> Target:
+    """``inner`` wrapped in its input template, when the config has one."""
+    if not isinstance(config, HttpTargetConfig | PythonTargetConfig):
+        return inner  # Lambda targets take no template (as the issue scopes it)
+    if config.input_template is None:
+        return inner
+    windowed = getattr(env.mapping_config, "tumbling_window_in_seconds", 0)
+    if config.batch_shape == "array" and windowed:
+        # A bare array cannot carry the window's state, so aggregation would silently reset.
+        raise ConfigError(
+            [
+                f"mappings ({env.mapping}).target.batch_shape: array drops the tumbling "
+                "window's state and window fields; use batch_shape: records with "
+                "tumbling_window_in_seconds"
+            ]
+        )
+    return TransformingTarget(
+        inner,
+        compile_template(config.input_template),
+        shape=config.batch_shape,
+        variables=_pipe_variables(inner, env),
+    )
+
+
 async def build_target(
     config: LambdaTargetConfig | HttpTargetConfig | PythonTargetConfig,
     *,
@@ -117,6 +176,7 @@ async def build_target(
     account_id: str,
     mapping: str = "",
     metrics: Metrics | None = None,
+    mapping_config: AnyMapping | None = None,
 ) -> Target:
     """Build the target a mapping's config describes, wrapped in a :class:`GuardedTarget`.
 
@@ -128,13 +188,16 @@ async def build_target(
         account_id: the account, for Lambda function ARNs.
         mapping: the mapping's name, the label of the target's metrics.
         metrics: where a Python target counts abandoned handler threads; none when omitted.
+        mapping_config: the whole mapping, whose name, source ARN and event source mapping
+            ARN fill an input template's reserved variables ("" when omitted).
 
     Returns:
         A ready target that never raises for a failed invocation; the caller closes it with
         ``aclose``.
 
     Raises:
-        ConfigError: the target type has no builder.
+        ConfigError: the target type has no builder, or a template's ``batch_shape: array``
+            is combined with a tumbling window.
         HandlerImportError: a Python target's handler does not import.
     """
     builder = _BUILDERS.get(config.type)
@@ -148,5 +211,6 @@ async def build_target(
         account_id=account_id,
         mapping=mapping,
         metrics=metrics,
+        mapping_config=mapping_config,
     )
-    return GuardedTarget(await builder(config, env))
+    return GuardedTarget(_transformed(config, await builder(config, env), env))

@@ -7,7 +7,9 @@ Where it sits in the data flow::
 
 What no request could carry (a control character in a URL or header, a host IDNA refuses,
 credentials both in the URL and in an Authorization header) is refused here, in one line,
-rather than failing every invocation at run time.
+rather than failing every invocation at run time. An HTTP or Python target's
+``input_template`` is compiled here too (:mod:`poller.core.transform`), so a bad template
+fails at load with its line and column.
 """
 
 from __future__ import annotations
@@ -17,15 +19,46 @@ import re
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, Tag, field_validator, model_validator
+from pydantic import AfterValidator, Field, Tag, field_validator, model_validator
 from yarl import URL
 
 from poller.config.arns import FUNCTION_NAME
 from poller.config.models.base import Float, FrozenModel, HttpUrl, meta
 from poller.config.wording import own_error
+from poller.core.transform import MAX_TEMPLATE_CHARS, BatchShape, TemplateError, compile_template
 
 _IDENTIFIER = "[A-Za-z_][A-Za-z0-9_]*"
 _HANDLER = f"^{_IDENTIFIER}(?:\\.{_IDENTIFIER})*:{_IDENTIFIER}$"
+
+
+def _compiles(template: str | None) -> str | None:
+    """Compile the template at load, so a bad one fails with its line and column."""
+    if template is not None:
+        try:
+            compile_template(template)
+        except TemplateError as exc:
+            raise own_error("input_template", "{problem}", problem=str(exc)) from None
+    return template
+
+
+#: Pipes' InputTemplate: each record reshaped before delivery (HTTP and Python targets).
+InputTemplate = Annotated[
+    str | None,
+    Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_TEMPLATE_CHARS,
+        json_schema_extra=meta(
+            aws="InputTemplate",
+            expected="an EventBridge Pipes input template, such as "
+            '{"id": <$.messageId>, "order": <$.body.order>}',
+        ),
+    ),
+    AfterValidator(_compiles),
+]
+
+#: What the target receives for a batch: ``records`` ({"Records": [...]}) or ``array``.
+BatchShapeField = Annotated[BatchShape, Field(default="records")]
 
 
 class LambdaTargetConfig(FrozenModel):
@@ -76,12 +109,17 @@ class HttpTargetConfig(FrozenModel):
         url: the endpoint that receives the event.
         headers: extra request headers.
         timeout_seconds: the invocation timeout; running past it counts as a function error.
+        input_template: reshapes each record before delivery (Pipes' InputTemplate).
+        batch_shape: with a template, ``records`` posts ``{"Records": [...]}``, ``array``
+            posts the bare array (as Pipes does).
     """
 
     type: Literal["http"]
     url: HttpUrl
     headers: dict[str, str] = Field(default_factory=dict)
     timeout_seconds: Float = Field(default=30.0, gt=0, le=900)
+    input_template: InputTemplate = None
+    batch_shape: BatchShapeField = "records"
 
     # What no HTTP request can carry is refused here, in one line, rather than failing every
     # invocation. Messages name headers but never quote their values, which may be secrets.
@@ -177,6 +215,9 @@ class PythonTargetConfig(FrozenModel):
         type: always ``python``.
         handler: ``package.module:function``; the function takes ``(event, context)``.
         timeout_seconds: the invocation timeout; running past it counts as a function error.
+        input_template: reshapes each record before delivery (Pipes' InputTemplate).
+        batch_shape: with a template, ``records`` passes ``{"Records": [...]}``, ``array``
+            the bare array (as Pipes does).
     """
 
     type: Literal["python"]
@@ -188,6 +229,8 @@ class PythonTargetConfig(FrozenModel):
         ),
     )
     timeout_seconds: Float = Field(default=60.0, gt=0, le=900)
+    input_template: InputTemplate = None
+    batch_shape: BatchShapeField = "records"
 
 
 #: Where a mapping delivers its batches, chosen by ``type``.
