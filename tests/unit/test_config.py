@@ -1541,9 +1541,9 @@ def test_an_alias_bomb_is_refused_at_once(tmp_path: Path, levels: int) -> None:
     """#18: 9 levels of 9 aliases stand for 387 million values; loading them never ended."""
     path = write(tmp_path, alias_bomb(levels))
     assert path.stat().st_size < 800
-    started = time.monotonic()
+    started = time.process_time()  # CPU time: CI's load stretches the wall clock
     [problem] = problems_of(path)
-    assert time.monotonic() - started < 2
+    assert time.process_time() - started < 2
     assert problem.startswith("YAML refused at line ")
     assert "more than 100,000 values once aliases (*name) are expanded" in problem
 
