@@ -3,7 +3,7 @@
 #
 #   docker build -t poller:0.1.0 --build-arg VERSION=0.1.0 --build-arg REVISION="$(git rev-parse HEAD)" .
 #   docker run --rm poller:0.1.0 --version
-#   docker run --rm --stop-timeout 60 -p 9100:9100 -v "$PWD/my.yaml:/etc/poller/poller.yaml:ro" poller:0.1.0
+#   docker run --rm --stop-timeout 60 -p 10027:10027 -v "$PWD/my.yaml:/etc/poller/poller.yaml:ro" poller:0.1.0
 #
 # Needs BuildKit (the default builder since Docker 23) for the RUN --mount steps. Linted by
 # scripts/lint-deploy (hadolint); tests/integration/test_entrypoint.py checks the ENTRYPOINT, CMD,
@@ -81,7 +81,7 @@ VOLUME ["/var/lib/poller"]
 USER 10001:10001
 
 # /metrics, /healthz and /readyz (the observability section of the config).
-EXPOSE 9100
+EXPOSE 10027
 
 # poller drains on SIGTERM: intake stops, in-flight batches finish and are checkpointed within
 # shutdown.drain_timeout_seconds (30 s by default), and it exits 0. Give the container longer
@@ -92,7 +92,7 @@ STOPSIGNAL SIGTERM
 # so the check is Python's urllib; urlopen raises (exit 1) on a refused connection, a timeout or
 # any 4xx/5xx answer. It follows POLLER_OBSERVABILITY__PORT when the port is overridden that way.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('POLLER_OBSERVABILITY__PORT', '9100') + '/healthz', timeout=4)"]
+  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('POLLER_OBSERVABILITY__PORT', '10027') + '/healthz', timeout=4)"]
 
 # Exec form: the poller process itself is PID 1 and receives SIGTERM directly (no shell in
 # between to swallow it). No tini: poller installs its own SIGTERM and SIGINT handlers and starts

@@ -2,8 +2,9 @@
 
 :class:`Service` builds everything from the validated settings — the embedded emulator if
 asked for, one client factory, the checkpoint backend (:func:`poller.checkpoints.open_checkpoints`),
-a target and a runner per mapping (:mod:`poller.mappings`) — and owns the one root task group
-that every long-lived task runs in.
+a target and a runner per mapping (:mod:`poller.mappings`), the metrics (with the tag labels
+``observability.metric_tag_labels`` names, and ``poller_mapping_info`` for every mapping it
+runs) — and owns the one root task group that every long-lived task runs in.
 
 Shutdown is one named procedure, :meth:`Service.request_stop`, triggered by SIGTERM or SIGINT
 (a second signal skips the drain):
@@ -61,6 +62,7 @@ from poller.errors import PollerError
 from poller.leases import replica_identity
 from poller.mappings import Runner, build_mapping_target, build_runner, run_sample_traffic
 from poller.observability.metrics import Metrics, NullMetrics, PrometheusMetrics
+from poller.observability.metrics.prometheus import MappingLabels
 from poller.observability.server import HealthState, serve_observability
 from poller.readiness import MappingReadiness
 from poller.retry import Backoff
@@ -68,7 +70,7 @@ from poller.streams.budget import ReadBudget
 from poller.streams.ownership import takeover_grace
 from poller.types import Target
 
-__all__ = ["Service", "takeover_grace"]
+__all__ = ["Service", "mapping_labels", "takeover_grace"]
 
 log = structlog.get_logger("poller.app")
 
@@ -154,8 +156,13 @@ class Service:
         self.stopping = anyio.Event()
         #: Moves the drain deadline to now (a forced stop); not a stop signal of its own.
         self._force = anyio.Event()
-        self._prometheus = PrometheusMetrics() if settings.observability.enabled else None
+        self._prometheus = (
+            PrometheusMetrics(mapping_labels=mapping_labels(settings))
+            if settings.observability.enabled
+            else None
+        )
         self.metrics: Metrics = self._prometheus or NullMetrics()
+        self._export_mapping_info()
         #: One read budget for every shard of every stream mapping (poller.streams.budget).
         self.read_budget = ReadBudget(settings.memory.read_budget_bytes, metrics=self.metrics)
         self.health = HealthState()
@@ -228,6 +235,14 @@ class Service:
 
     def _enabled_mappings(self) -> list[AnyMapping]:
         return [m for m in self.settings.mappings if m.enabled]
+
+    def _export_mapping_info(self) -> None:
+        """``poller_mapping_info`` for every mapping the service runs, from the start (also
+        while one is down): its identity, for joins with AWS's metrics and other series."""
+        region = self.settings.aws.region
+        for mapping in self._enabled_mappings():
+            arn = mapping.event_source_mapping_arn(region)
+            self.metrics.mapping_info(mapping.name, mapping.mapping_uuid, arn, mapping.source, True)
 
     async def _build_targets(
         self, clients: ClientFactory, stack: AsyncExitStack
@@ -399,6 +414,17 @@ class Service:
                 log.debug("shutdown.closed", component=what)
         if limit.cancelled_caught:
             log.warning("shutdown.close_timed_out", component=what, limit_s=CLOSE_STEP_SECONDS)
+
+
+def mapping_labels(settings: Settings) -> MappingLabels:
+    """The labels ``observability.metric_tag_labels`` adds to every mapping series: one per
+    tag key, valued by each mapping's tag ("" when it has none)."""
+    keys = settings.observability.tag_label_names
+    values = {
+        mapping.name: tuple(mapping.tags.get(key, "") for key in keys)
+        for mapping in settings.mappings
+    }
+    return MappingLabels(tuple(keys.values()), values)
 
 
 def _client_factory(settings: Settings, embedded_url: str | None) -> ClientFactory:

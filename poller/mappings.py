@@ -14,6 +14,10 @@ Data flow (called by the composition root, :mod:`poller.app`)::
 
 Nothing here runs anything: a runner is built afresh for every run of a mapping (a crashed
 runner's state is dropped), and the service supervises it.
+
+Every client here is in the region of the mapping's source ARN, except for a DynamoDB Local
+stream (region ``ddblocal``): its clients and its target take ``aws.region`` (the client
+factory's), while the ARN itself still goes verbatim into every request, checkpoint and event.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from poller.aws.clients import SUBSCRIBE_CLIENT_CONFIG, ClientFactory
 from poller.aws.embedded import ensure_streams, traffic_loop
 from poller.checkpoints import Checkpoints
 from poller.config import AnyMapping, DynamoDBStreamMapping, KinesisMapping, Settings, SqsMapping
+from poller.config.arns import client_region
 from poller.destinations import build_destination
 from poller.observability.metrics import Metrics
 from poller.ports import StreamApi
@@ -50,10 +55,11 @@ async def build_mapping_target(
         mapping.target,
         clients=clients,
         partition=mapping.partition,
-        region=mapping.region,
+        region=client_region(mapping.event_source_arn, clients.region),
         account_id=mapping.account_id,
         mapping=mapping.name,
         metrics=metrics,
+        mapping_config=mapping,
     )
 
 
@@ -108,9 +114,13 @@ async def stream_api(
             identity_arn=mapping.identity_arn,
             deaggregate=mapping.deaggregate_records,
         )
-    region = mapping.region
-    streams = await clients.client("dynamodbstreams", purpose="source", region=region)
-    return DynamoDBStreamApi(streams, stream_arn=mapping.stream_arn, region=region)
+    streams = await clients.client(
+        "dynamodbstreams",
+        purpose="source",
+        region=client_region(mapping.event_source_arn, clients.region),
+    )
+    # The region is only the events' awsRegion when a record lacks one: the ARN's, as AWS.
+    return DynamoDBStreamApi(streams, stream_arn=mapping.stream_arn, region=mapping.region)
 
 
 async def subscriptions_for(

@@ -1,6 +1,7 @@
-"""``poller status``: per mapping, whether its source answers and how many failure records
-wait in its destination; per shard, its checkpoint, the checkpoint's age, its owner, and its
-iterator age. As aligned tables, or one JSON document with ``--json``.
+"""``poller status``: per mapping, its event source mapping ARN and tags, whether its source
+answers and how many failure records wait in its destination; per shard, its checkpoint, the
+checkpoint's age, its owner, and its iterator age. As aligned tables, or one JSON document
+with ``--json``.
 
 Data flow::
 
@@ -42,6 +43,8 @@ JSON document (every key always present; ``null`` when unknown or not applicable
     {"backend": "sqlite" | "dynamodb",
      "mappings": [{
         "name": str, "source": "kinesis" | "dynamodb" | "sqs", "event_source_arn": str,
+        "event_source_mapping_arn": str (the ARN AWS would give the mapping),
+        "tags": {str: str} (the mapping's tags, as configured),
         "state": "up" | "down" | "disabled", "error": str | null,
         "checkpoints_error": str | null,
         "failures_waiting": {"destination": ARN | null,
@@ -78,6 +81,7 @@ from poller.aws.clients import ClientFactory
 from poller.aws.translate import source_call
 from poller.checkpoints.dynamodb import DynamoDBLeaseTable, Lease
 from poller.config import AnyMapping, Settings, SqsMapping
+from poller.config.arns import client_region
 from poller.errors import SourceError
 from poller.status_probes import PROBE_SECONDS, format_checkpoint
 from poller.status_render import aligned_table, render_report
@@ -175,7 +179,8 @@ async def _probe_source(mapping: AnyMapping, factory: ClientFactory) -> None:
             async with source_call("DescribeStreamConsumer"):
                 await kinesis.describe_stream_consumer(ConsumerARN=mapping.consumer_arn)
     else:
-        streams = await factory.client("dynamodbstreams", purpose="status", region=mapping.region)
+        region = client_region(mapping.event_source_arn, factory.region)  # ddblocal: aws.region
+        streams = await factory.client("dynamodbstreams", purpose="status", region=region)
         async with source_call("DescribeStream"):
             await streams.describe_stream(StreamArn=mapping.stream_arn, Limit=1)
 

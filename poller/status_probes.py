@@ -30,6 +30,7 @@ import anyio
 from poller.aws.clients import ClientFactory
 from poller.checkpoints.dynamodb import DynamoDBLeaseTable
 from poller.config import DynamoDBStreamMapping, KinesisMapping
+from poller.config.arns import client_region
 from poller.ports import StreamApi
 from poller.sources.dynamodb_streams import DynamoDBStreamApi
 from poller.sources.kinesis import KinesisStreamApi
@@ -164,7 +165,8 @@ async def source_api(mapping: StreamMapping, factory: ClientFactory) -> StreamAp
     the adapters expect). Unlike :func:`poller.mappings.stream_api`, it never creates the
     embedded mode's streams: status only looks."""
     kind = "kinesis" if isinstance(mapping, KinesisMapping) else "dynamodbstreams"
-    client = await factory.client(kind, purpose="source", region=mapping.region)
+    region = client_region(mapping.event_source_arn, factory.region)  # ddblocal: aws.region
+    client = await factory.client(kind, purpose="source", region=region)
     if isinstance(mapping, KinesisMapping):
         return KinesisStreamApi(
             client,

@@ -2,8 +2,9 @@
 
 Data flow::
 
-    reports (one per mapping) --render_report--> sources table, failures-waiting table,
-        shards table, then one line per error too long for a cell
+    reports (one per mapping) --render_report--> sources table (each mapping's ARN and tags
+        on a line under it), failures-waiting table, shards table, then one line per error
+        too long for a cell
 
 Cells show ``-`` for nothing to show, ``unknown`` where a probe failed (its error follows the
 tables); numbers are right-aligned.
@@ -37,6 +38,13 @@ def aligned_table(
 ) -> str:
     """Rows of cells under ``header``, columns two spaces apart, ``numeric`` ones right-aligned,
     trailing blanks stripped."""
+    return "\n".join(_aligned_lines(header, cells, numeric))
+
+
+def _aligned_lines(
+    header: Sequence[str], cells: Sequence[Sequence[str]], numeric: Collection[int]
+) -> list[str]:
+    """:func:`aligned_table`'s lines, the header's first, one per row of cells."""
     widths = [max(len(line[i]) for line in [header, *cells]) for i in range(len(header))]
     lines = []
     for line in [header, *cells]:
@@ -45,7 +53,7 @@ def aligned_table(
             for i, text in enumerate(line)
         ]
         lines.append("  ".join(padded).rstrip())
-    return "\n".join(lines)
+    return lines
 
 
 def render_report(reports: Sequence[dict[str, Any]]) -> str:
@@ -58,8 +66,20 @@ def render_report(reports: Sequence[dict[str, Any]]) -> str:
 
 
 def _sources(reports: Sequence[dict[str, Any]]) -> str:
+    """The sources table, each mapping's row followed by its identity line (kept out of the
+    columns: an ARN is wider than any of them)."""
     cells = [[r["name"], r["source"], r["state"], r["error"] or ""] for r in reports]
-    return aligned_table(["MAPPING", "SOURCE", "STATE", "ERROR"], cells, set())
+    header, *rows = _aligned_lines(["MAPPING", "SOURCE", "STATE", "ERROR"], cells, set())
+    lines = [header]
+    for row, report in zip(rows, reports, strict=True):
+        lines += [row, identity_line(report)]
+    return "\n".join(lines)
+
+
+def identity_line(report: dict[str, Any]) -> str:
+    """``  <event source mapping ARN>  tags: k=v, k=v`` (``tags: -`` when there are none)."""
+    tags = ", ".join(f"{key}={value}" for key, value in report["tags"].items()) or "-"
+    return f"  {report['event_source_mapping_arn']}  tags: {tags}"
 
 
 def waiting_cell(failures: dict[str, Any]) -> str:

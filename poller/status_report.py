@@ -96,8 +96,25 @@ async def collect_report(
     reports: dict[str, dict[str, Any]] = {}
     async with anyio.create_task_group() as tg:
         for mapping in settings.mappings:
+            reports[mapping.name] = _blank_report(mapping, settings.aws.region)
             tg.start_soon(_mapping_report, mapping, factory, limiter, read, probe_source, reports)
     return [reports[m.name] for m in settings.mappings]
+
+
+def _blank_report(mapping: AnyMapping, aws_region: str) -> dict[str, Any]:
+    """A mapping's report before anything is probed: what the configuration says."""
+    return {
+        "name": mapping.name,
+        "source": mapping.source,
+        "event_source_arn": mapping.event_source_arn,
+        "event_source_mapping_arn": mapping.event_source_mapping_arn(aws_region),
+        "tags": dict(mapping.tags),
+        "state": "disabled",
+        "error": None,
+        "checkpoints_error": None,
+        "failures_waiting": failures_row(None, None),
+        "shards": [],
+    }
 
 
 async def _mapping_report(
@@ -108,17 +125,7 @@ async def _mapping_report(
     probe_source: SourceProbe,
     reports: dict[str, dict[str, Any]],
 ) -> None:
-    report: dict[str, Any] = {
-        "name": mapping.name,
-        "source": mapping.source,
-        "event_source_arn": mapping.event_source_arn,
-        "state": "disabled",
-        "error": None,
-        "checkpoints_error": None,
-        "failures_waiting": failures_row(None, None),
-        "shards": [],
-    }
-    reports[mapping.name] = report
+    report = reports[mapping.name]
     stored: list[StoredShard] = []
     pin: float | None = None
 

@@ -10,6 +10,11 @@ The patterns are regular expressions as pydantic field patterns take them (no lo
 except the destination ones, which :func:`check_destination_arn` applies itself so that a FIFO
 queue or topic gets its own message. :func:`arn_service` reads the service field of any
 ARN-looking text; the union of mapping models is keyed by it.
+
+DynamoDB Local (AWS's own emulator) writes the pseudo-region ``ddblocal`` into its stream ARNs
+and answers only to those exact ARNs, so :data:`DYNAMODB_STREAM_ARN` accepts that region too
+(Kinesis and SQS ARNs do not). Such an ARN names no region a client can sign for:
+:func:`client_region` gives the configured ``aws.region`` for it instead.
 """
 
 from __future__ import annotations
@@ -27,9 +32,11 @@ KINESIS_ARN = f"^{_KINESIS_STREAM}(?:/consumer/[A-Za-z0-9_.-]{{1,128}}:[0-9]{{1,
 #: A consumer name (RegisterStreamConsumer ``ConsumerName``).
 CONSUMER_NAME = "^[A-Za-z0-9_.-]{1,128}$"
 IAM_ARN = f"^arn:{PARTITION}:iam::[0-9]{{12}}:.+$"
+#: The region DynamoDB Local puts in its ARNs (and in the events' ``awsRegion``).
+DYNAMODB_LOCAL_REGION = "ddblocal"
 DYNAMODB_STREAM_ARN = (
-    f"^arn:{PARTITION}:dynamodb:{REGION}:[0-9]{{12}}:table/[A-Za-z0-9_.-]{{3,255}}"
-    "/stream/[A-Za-z0-9_.:-]{1,128}$"
+    f"^arn:{PARTITION}:dynamodb:(?:{REGION}|{DYNAMODB_LOCAL_REGION}):[0-9]{{12}}:"
+    "table/[A-Za-z0-9_.-]{3,255}/stream/[A-Za-z0-9_.:-]{1,128}$"
 )
 # The FunctionName pattern of the botocore Lambda model, anchored.
 FUNCTION_NAME = (
@@ -104,3 +111,18 @@ def arn_service(arn: str) -> str | None:
     """The service field of an ARN (``kinesis``, ``dynamodb``, ``sqs``), or None."""
     parts = arn.split(":")
     return parts[2] if len(parts) >= 3 and parts[0] == "arn" and parts[2] else None
+
+
+def is_dynamodb_local(arn: str) -> bool:
+    """Whether ``arn`` is a DynamoDB Local stream's: a DynamoDB ARN in region ``ddblocal``."""
+    parts = arn.split(":")
+    return len(parts) > 3 and parts[2] == "dynamodb" and parts[3] == DYNAMODB_LOCAL_REGION
+
+
+def client_region(arn: str, configured: str) -> str:
+    """The region of the clients that reach the source ``arn``: the ARN's own, except for a
+    DynamoDB Local stream, whose ``ddblocal`` is no region to sign for; there it is
+    ``configured`` (``aws.region``). DynamoDB Local keeps one database per access key and
+    region unless started with ``-sharedDb``, so that must be the region the tables were
+    created with; the ARN itself is still sent verbatim."""
+    return configured if is_dynamodb_local(arn) else arn.split(":")[3]

@@ -6,7 +6,10 @@ is full by count or by payload size. The caller handles the batching window, bec
 needs a clock. Sizes are those of the compact JSON event ``{"Records":[r1,r2,...]}`` that the
 targets send, so the 6 MB cut is exact rather than estimated. An event with more than
 ``Records`` (a tumbling window's ``window``, ``state`` and the fields around them) passes their
-size as ``overhead``, so the cut counts the whole event as sent. I/O-free and synchronous.
+size as ``overhead``, so the cut counts the whole event as sent. An item that cannot fit even
+alone (:func:`fits_alone`: a Kinesis record over about 4.4 MiB of data, base64 included) is set
+aside in :attr:`BatchBuilder.oversized`, never batched: the engines give it up without an
+invocation. I/O-free and synchronous.
 """
 
 from __future__ import annotations
@@ -45,6 +48,11 @@ ItemT = TypeVar("ItemT", bound=SizedItem, default=StreamRecord)
 _SIZE = attrgetter("size")
 
 
+def fits_alone(item: SizedItem, max_bytes: int = MAX_PAYLOAD_BYTES, overhead: int = 0) -> bool:
+    """Whether an event holding ``item`` alone (plus ``overhead``) is within ``max_bytes``."""
+    return ENVELOPE_BYTES + overhead + item.size <= max_bytes
+
+
 def event_size(records: Sequence[SizedItem]) -> int:
     """The size in bytes of the compact JSON event holding ``records``."""
     separators = max(len(records) - 1, 0)
@@ -55,17 +63,21 @@ class BatchBuilder(Generic[ItemT]):
     """Collects items until the batch is full by count or by payload size.
 
     An item that would push the event past ``max_bytes`` is refused, so it starts the next
-    batch. An item too large to fit even alone is accepted into an empty batch: it cannot be
-    split, and refusing it would stall the shard or queue forever. The target then decides
-    (Lambda rejects it with ``RequestTooLargeException``, which the retry policy handles).
+    batch. An item too large to fit even alone goes to :attr:`oversized` instead, when it
+    would start the batch: no invocation could carry it, and sending it would only fail
+    (Lambda's ``RequestTooLargeException``) and be retried until it expired, stalling the
+    shard. The caller gives those up. So every item of ``oversized`` comes before every item of
+    ``records`` in the input's order, and the batch goes on filling after them.
     """
 
-    __slots__ = ("_bytes", "_max_bytes", "_max_records", "_refused", "records")
+    __slots__ = ("_bytes", "_max_bytes", "_max_records", "_refused", "oversized", "records")
 
     def __init__(
         self, max_records: int, max_bytes: int = MAX_PAYLOAD_BYTES, overhead: int = 0
     ) -> None:
         self.records: list[ItemT] = []
+        #: Items no invocation can carry, in input order (all before ``records``).
+        self.oversized: list[ItemT] = []
         self._max_records = max_records
         self._max_bytes = max_bytes
         #: ``overhead``: bytes the event holds besides ``{"Records":[...]}``.
@@ -88,11 +100,19 @@ class BatchBuilder(Generic[ItemT]):
         return self._bytes
 
     def try_add(self, record: ItemT) -> bool:
-        """Add ``record`` if it fits; once one is refused the batch counts as full."""
+        """Take ``record`` if it fits, or into :attr:`oversized` if it would start the batch
+        and cannot fit even alone; False when refused (then the batch counts as full)."""
         if self.is_full:
             return False
-        added = record.size + (1 if self.records else 0)
-        if self.records and self._bytes + added > self._max_bytes:
+        if not self.records:
+            if self._bytes + record.size > self._max_bytes:
+                self.oversized.append(record)
+            else:
+                self.records.append(record)
+                self._bytes += record.size
+            return True
+        added = record.size + 1
+        if self._bytes + added > self._max_bytes:
             self._refused = True
             return False
         self.records.append(record)
@@ -115,19 +135,25 @@ class BatchBuilder(Generic[ItemT]):
                 records.extend(map(deque.popleft, repeat(pending, count)))
                 self._bytes = size + added
                 return
+        # One at a time: the size limit cuts this batch, or an item is oversized. While the
+        # batch is empty, ``size`` is the bare event's, so an item over the limit cannot fit
+        # alone.
         popleft, append = pending.popleft, records.append
         while pending and room > 0 and not self._refused:
             added = pending[0].size + (1 if records else 0)
-            if records and size + added > limit:
-                self._refused = True
-                break
+            if size + added > limit:
+                if records:
+                    self._refused = True
+                    break
+                self.oversized.append(popleft())
+                continue
             append(popleft())
             size += added
             room -= 1
         self._bytes = size
 
     def take(self, pending: Sequence[ItemT]) -> list[ItemT]:
-        """Add items from the front of ``pending`` while they fit; return the rest."""
+        """Take items from the front of ``pending`` (see :meth:`try_add`); return the rest."""
         for index, item in enumerate(pending):
             if not self.try_add(item):
                 return list(pending[index:])

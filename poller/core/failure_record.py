@@ -5,7 +5,8 @@ Data flow::
     FailureRouter (records exhausted their retries or grew too old)
         --failure_record(...)-->  dict  --FailureDestination.send-->  SQS / SNS / S3
 
-When a Kinesis or DynamoDB Streams batch is given up on, the stream engine
+When a Kinesis or DynamoDB Streams batch is given up on (or a record too large for any
+invocation, condition ``RecordSizeExceeded``), the stream engine
 (``poller.streams.failures``) builds one record describing it (which invocation failed, why, and
 which part of the shard it covered) and hands it to the mapping's destination. The shape is AWS's,
 key for key and in AWS's key order (``docs/aws-esm.md`` §1.2, and the recordings in
@@ -21,8 +22,9 @@ from typing import Any, Literal
 
 from poller.types import InvokeResult, StreamRecord
 
-#: Why the records were given up on. AWS documents no other value.
-Condition = Literal["RetryAttemptsExhausted", "RecordAgeExceeded"]
+#: Why the records were given up on. AWS documents the first two; ``RecordSizeExceeded`` (a
+#: record too large for any invocation, never invoked) is poller's own name.
+Condition = Literal["RetryAttemptsExhausted", "RecordAgeExceeded", "RecordSizeExceeded"]
 #: The stream the records came from; it names the batch-info key and its timestamp precision.
 SourceKind = Literal["kinesis", "dynamodb"]
 
@@ -69,8 +71,10 @@ def failure_record(
 
     Args:
         kind: the source of the records; picks ``KinesisBatchInfo`` or ``DDBStreamBatchInfo``.
-        condition: ``RetryAttemptsExhausted`` or ``RecordAgeExceeded``.
-        approximate_invoke_count: invocations attempted for these records (1 + retries).
+        condition: ``RetryAttemptsExhausted``, ``RecordAgeExceeded`` or
+            ``RecordSizeExceeded``.
+        approximate_invoke_count: invocations attempted for these records (1 + retries; 0
+            for ``RecordSizeExceeded``).
         request_id: the request id of the last invocation.
         function_arn: the target's ARN.
         last_result: the last invocation's result, or None when there was none; its status
@@ -83,7 +87,8 @@ def failure_record(
 
     Returns:
         A fresh dict, ready for ``json.dumps``. ``responseContext`` is present only for
-        ``RetryAttemptsExhausted``: AWS omits it when the records grew too old.
+        ``RetryAttemptsExhausted``: AWS omits it when the records grew too old, and a record
+        too large was never invoked.
 
     Raises:
         ValueError: ``records`` is empty, or ``kind`` is not a known source.

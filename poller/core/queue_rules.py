@@ -178,12 +178,14 @@ class Verdict:
     keep: frozenset[int]
     #: Why the batch failed, for the log line; never message data.
     reason: str | None = None
-    #: Messages the function reported as failed (partial batch responses).
+    #: Distinct messages the function listed as failed (partial batch responses).
     reported: int = 0
     #: The outcome the invocation metric records for a function that answered; None for a
     #: failed invocation (the invoker counted it when it failed).
     counted_as: str | None = None
-    #: Records the metrics count as failed by the function's answer.
+    #: Records the metrics count as failed by the function's answer: the whole batch when
+    #: it failed or listed any item in ``batchItemFailures`` (Lambda's
+    #: FailedInvokeEventCount "includes any event with a non-empty BatchItemFailures").
     failed_records: int = 0
 
 
@@ -223,7 +225,7 @@ def judge(
         "batchItemFailures",
         reported,
         counted_as="partial_failure",
-        failed_records=reported,
+        failed_records=len(batch),
     )
 
 

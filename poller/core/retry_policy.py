@@ -28,6 +28,9 @@ this module does no I/O and keeps no clock. The rules, as AWS documents and reco
 * ``approximateInvokeCount`` in a failure record counts the invocations that included the
   records; for ``RecordAgeExceeded`` it counts the attempt that was about to be made (AWS
   recorded 1 for a record that expired before its first invocation).
+* A record too large for any invocation (:func:`poller.core.batching.fits_alone`) is never
+  invoked nor retried: :func:`oversized` gives it up as ``RecordSizeExceeded`` (poller's name;
+  AWS documents no behaviour for it) with an invoke count of 0.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from poller.core.responses import parse_stream_response
 from poller.core.windows import parse_window_response
 from poller.types import InvokeResult, Outcome, StreamRecord
 
-Condition = Literal["RetryAttemptsExhausted", "RecordAgeExceeded"]
+Condition = Literal["RetryAttemptsExhausted", "RecordAgeExceeded", "RecordSizeExceeded"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,12 +75,17 @@ class Settle:
 
 @dataclass(frozen=True, slots=True)
 class GiveUp:
-    """These records failed for good: send a failure record (or drop them), then settle them."""
+    """These records failed for good: send a failure record (or drop them), then settle them.
+
+    ``by_retention``: the age limit was the stream's retention (the maximum record age is
+    infinite). AWS does not count those records as dropped (``DroppedEventCount``).
+    """
 
     records: tuple[StreamRecord, ...]
     condition: Condition
     invoke_count: int
     last_result: InvokeResult | None
+    by_retention: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +150,8 @@ class StreamRetryPolicy:
         time is still in the stream.
         """
         max_age: float = self.maximum_record_age_seconds
-        if max_age < 0:
+        by_retention = max_age < 0
+        if by_retention:
             untried = segment.failures == 0 and segment.invocations == 0
             if retention_seconds is None or untried:
                 return None, segment
@@ -155,7 +164,13 @@ class StreamRetryPolicy:
             cut += 1
         if cut == 0:
             return None, segment
-        expired = GiveUp(segment.records[:cut], "RecordAgeExceeded", segment.invocations + 1, None)
+        expired = GiveUp(
+            segment.records[:cut],
+            "RecordAgeExceeded",
+            segment.invocations + 1,
+            None,
+            by_retention=by_retention,
+        )
         rest = segment.records[cut:]
         return expired, (dataclasses.replace(segment, records=rest) if rest else None)
 
@@ -233,6 +248,12 @@ class StreamRetryPolicy:
 def _aggregate_of(record: StreamRecord) -> str | None:
     """The plain sequence number of the KPL aggregate a user record came from, else None."""
     return None if record.sub_sequence_number is None else record.sequence_number
+
+
+def oversized(record: StreamRecord) -> GiveUp:
+    """The give-up of a record no invocation can carry: never invoked, so no invoke count and
+    no last result (its failure record has no ``responseContext``)."""
+    return GiveUp((record,), "RecordSizeExceeded", 0, None)
 
 
 def first_segment(records: Sequence[StreamRecord]) -> Segment:

@@ -139,8 +139,8 @@ class BatchProcessor:
         rejected: list[SqsMessage] = []
         for message in batch:
             (passed if filters.matches(message.event_record) else rejected).append(message)
-        if rejected:
-            self._metrics.records_filtered(self._name, len(rejected))
+        # 0 when every message matched (Lambda: "matching events emit 0").
+        self._metrics.records_filtered(self._name, len(rejected))
         return passed, rejected
 
     async def _invoke(
@@ -149,6 +149,9 @@ class BatchProcessor:
         """Invoke once, and again after throttles or service errors, for up to one
         visibility timeout from the first receive (as Lambda does).
 
+        Every attempt counts the batch as invoked at its start, and a failed one as failed at
+        its end (Lambda's InvokedEventCount and FailedInvokeEventCount), throttles included.
+
         Not :func:`poller.retry.retrying`: a failed invocation is a result, not an exception,
         and the retries end at the visibility timeout or when shutdown begins.
         """
@@ -156,10 +159,10 @@ class BatchProcessor:
         attempts = 0
         while True:
             attempts += 1
+            self._metrics.records_invoked(self._name, len(batch))
             began = time.monotonic()
             result = await self._target.invoke(event)
             duration = time.monotonic() - began
-            self._metrics.records_invoked(self._name, len(batch))
             if result.outcome is Outcome.SUCCESS:
                 return Invocation(result, attempts, duration)
             self._metrics.records_failed_invoke(self._name, len(batch))
@@ -176,9 +179,12 @@ class BatchProcessor:
 
     def _count(self, verdict: Verdict, duration: float, size: int) -> None:
         """Count an invocation the function answered, by how its answer reads (a failed
-        invocation was counted when it failed)."""
+        invocation was counted when it failed): a partial batch response fails the whole
+        batch, and its listed items are counted apart."""
         if verdict.counted_as is None:
             return
         self._metrics.invocation(self._name, verdict.counted_as, duration, size)
         if verdict.failed_records:
             self._metrics.records_failed_invoke(self._name, verdict.failed_records)
+        if verdict.reported:
+            self._metrics.batch_item_failures(self._name, verdict.reported)

@@ -10,7 +10,18 @@ A batch is gathered until ``batch_size``, the batching window (from the first me
 start the next batch. Before the first message a receive long-polls; after it, it waits only
 for what is left of the window (:func:`poller.core.queue_rules.wait_seconds`). A failed
 receive is retried with backoff; a poller whose receives keep failing marks the mapping
-unreachable until one succeeds.
+unreachable until one succeeds. Every successful receive counts its messages as polled, an
+empty one 0 (as Lambda's ``PolledEventCount`` does).
+
+A message too large for any invocation (:func:`poller.core.batching.fits_alone`) is never
+invoked. With a redrive policy it is made visible again after
+``OVERSIZED_VISIBILITY_SECONDS``, so that SQS moves it to the dead-letter queue after
+``maxReceiveCount`` receives; on a FIFO queue the later messages of its group go back with it
+(:func:`poller.core.queue_rules.held_back`), so the group keeps its order. Without a redrive
+policy nothing would ever take it off the queue, so it is deleted, and the log line names it
+(its id and size, never its body). Either way it counts in ``records_oversized``. The queue's
+attributes are read when such a message comes (rare: SQS's 1 MiB messages fit in 6 MB), so a
+redrive policy added meanwhile is honoured.
 """
 
 from __future__ import annotations
@@ -21,15 +32,15 @@ from typing import TYPE_CHECKING
 import anyio
 import structlog
 
-from poller.core.batching import BatchBuilder
-from poller.core.queue_rules import wait_seconds
+from poller.core.batching import BatchBuilder, fits_alone
+from poller.core.queue_rules import held_back, wait_seconds
 from poller.errors import SourceError
 from poller.observability.metrics import Metrics
 from poller.queues.holding import Holding
 from poller.queues.ports import QueueApi
 from poller.queues.stopping import pause
 from poller.retry import READ_BACKOFF
-from poller.sources.sqs import MAX_WAIT_SECONDS, RECEIVE_LIMIT, SqsMessage
+from poller.sources.sqs import MAX_WAIT_SECONDS, RECEIVE_LIMIT, QueueInfo, SqsMessage
 
 if TYPE_CHECKING:
     from poller.config import SqsMapping
@@ -40,6 +51,10 @@ log = structlog.get_logger("poller.queues")
 #: mapping is reported down). SQS answers a passing error now and then; with READ_BACKOFF
 #: between them, three in a row mean seconds of errors, not one blip.
 UNREACHABLE_AFTER_FAILURES = 3
+#: The visibility timeout an oversized message (and, on a FIFO queue, the rest of its group)
+#: is given back with when the queue has a redrive policy: short, so that it reaches
+#: ``maxReceiveCount`` and the dead-letter queue in seconds, not visibility timeouts.
+OVERSIZED_VISIBILITY_SECONDS = 1
 
 
 class Gathering:
@@ -116,6 +131,7 @@ class Intake:
         pending, holding.carry = holding.carry, []
         deadline: float | None = None
         while True:
+            pending = await self._set_aside_oversized(pending, holding)
             holding.carry = gathering.take(pending)
             if gathering.full:
                 return gathering
@@ -128,13 +144,93 @@ class Intake:
             received = await self._receive(min(RECEIVE_LIMIT, gathering.room), wait)
             if received is None:  # shutdown
                 return gathering
+            self._metrics.records_polled(self._name, len(received))
             if not received and (deadline is None or wait == 0):
                 return gathering
             if received:
                 gathering.received(started)
                 holding.add(received, started)
-                self._metrics.records_polled(self._name, len(received))
             pending = received
+
+    async def _set_aside_oversized(
+        self, pending: list[SqsMessage], holding: Holding
+    ) -> list[SqsMessage]:
+        """``pending`` without the messages too large for any invocation (and, on a FIFO
+        queue with a redrive policy, without the later messages of their groups), which are
+        settled here: given back to reach the dead-letter queue, or deleted."""
+        oversized = [m for m in pending if not fits_alone(m, self._max_bytes)]
+        if not oversized:
+            return pending
+        info = await self._queue_info()
+        redrive = info is None or info.redrive_policy is not None
+        fifo = info.fifo if info is not None else self.mapping.is_fifo
+        ids = {m.message_id for m in oversized}
+        # On a FIFO queue the group's later messages wait with a message that goes back, so
+        # that SQS delivers the group again in order.
+        kept = held_back(pending, ids, fifo=fifo) if redrive else set()
+        behind = [m for i, m in enumerate(pending) if i in kept and m.message_id not in ids]
+        holding.release([*oversized, *behind])
+        self._metrics.records_oversized(self._name, len(oversized))
+        if redrive:
+            await self._give_back(oversized, behind, info)
+        else:
+            await self._delete(oversized)
+        gone = ids | {m.message_id for m in behind}
+        return [m for m in pending if m.message_id not in gone]
+
+    async def _queue_info(self) -> QueueInfo | None:
+        """The queue's attributes as of now; None when they cannot be read (then nothing is
+        deleted: the message is given back, as if the queue had a redrive policy)."""
+        try:
+            return await self._queue.open()
+        except SourceError as exc:
+            log.warning("queue.attributes_unreadable", error=str(exc))
+            return None
+
+    async def _give_back(
+        self,
+        oversized: list[SqsMessage],
+        behind: list[SqsMessage],
+        info: QueueInfo | None,
+    ) -> None:
+        """Make the oversized messages (and the group messages behind them) visible again
+        soon, so that the redrive policy moves each oversized one to its dead-letter queue."""
+        seconds = OVERSIZED_VISIBILITY_SECONDS
+        failures = await self._queue.change_visibility([(m, seconds) for m in oversized + behind])
+        refused = {f.message.message_id for f in failures}
+        policy = info.redrive_policy if info is not None else None
+        action = (
+            "returned: the redrive policy moves it to the dead-letter queue"
+            if policy is not None
+            else "returned: the queue's redrive policy could not be read"
+        )
+        for message in oversized:
+            log.error(
+                "messages.oversized",
+                message_id=message.message_id,
+                message_bytes=message.size,
+                max_bytes=self._max_bytes,
+                receive_count=message.receive_count,
+                max_receive_count=(policy or {}).get("maxReceiveCount"),
+                action=action,
+                held_back=len(behind),
+                visibility_changed=message.message_id not in refused,
+            )
+
+    async def _delete(self, oversized: list[SqsMessage]) -> None:
+        """Delete oversized messages: with no redrive policy nothing else would ever take them
+        off the queue. A refused delete leaves the message to come back and be deleted then."""
+        failures = await self._queue.delete(oversized)
+        refused = {f.message.message_id for f in failures}
+        for message in oversized:
+            log.error(
+                "messages.oversized",
+                message_id=message.message_id,
+                message_bytes=message.size,
+                max_bytes=self._max_bytes,
+                action="deleted: the queue has no redrive policy",
+                deleted=message.message_id not in refused,
+            )
 
     async def _receive(self, count: int, wait: int) -> list[SqsMessage] | None:
         """One ReceiveMessage, retried with backoff on errors; None once shutdown began.

@@ -89,7 +89,7 @@ class Settler:
                     wait_s=round(wait, 2),
                 )
                 await anyio.sleep(wait)
-        if deleted:
+        if messages:  # a delete SQS refused for good counts 0 (Lambda's DeletedEventCount)
             self._metrics.records_deleted(self._name, deleted)
         return deleted
 

@@ -10,7 +10,8 @@ checkpoints (see ``poller.streams.start``); on a restart before the first record
 reader starts at TRIM_HORIZON and skips records created before the second of that instant
 (``ApproximateCreationDateTime`` is rounded down to the second, so every change made after the
 instant is kept; a change made earlier in the same second is delivered too): at least once,
-never a silent skip.
+never a silent skip. DynamoDB Local rounds it down to the minute, so there the comparison is by
+the minute (:data:`DYNAMODB_LOCAL_CREATION_TIME_STEP`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 from poller.aws.lean import LeanCall
 from poller.aws.translate import source_call
+from poller.config.arns import is_dynamodb_local
 from poller.core.lineage import ShardInfo
 from poller.ports import Converter, PageConverter, RecordsPage, StartPosition
 from poller.types import StreamRecord
@@ -33,6 +35,8 @@ GET_RECORDS_LIMIT = 1000
 IDLE_POLL_INTERVAL = 0.25
 #: DynamoDB Streams keeps a record 24 hours (fixed).
 RETENTION_SECONDS = 24 * 3600.0
+#: DynamoDB Local rounds ``ApproximateCreationDateTime`` down to the minute (AWS: the second).
+DYNAMODB_LOCAL_CREATION_TIME_STEP = 60.0
 
 
 def make_ddb_record_factory(*, stream_arn: str, region: str) -> Converter:
@@ -77,6 +81,10 @@ class DynamoDBStreamApi:
         self._client = client
         self.stream_arn = stream_arn
         self._region = region
+        # A pinned start compares at the step the stream rounds creation times to, so no
+        # change made after it is skipped.
+        local = is_dynamodb_local(stream_arn)
+        self._creation_time_step = DYNAMODB_LOCAL_CREATION_TIME_STEP if local else 1.0
         #: GetRecords without botocore's per-call machinery (None: the client is used).
         self._lean = LeanCall.for_client(client, "GetRecords", RECORD_FIELDS)
 
@@ -140,11 +148,12 @@ class DynamoDBStreamApi:
 
     def converter(self, shard_id: str, start: StartPosition) -> PageConverter:
         """Lambda's DynamoDB event records; for a pinned start instant, only the changes made
-        from its second on."""
+        from its second (its minute on DynamoDB Local) on."""
         convert = make_ddb_record_factory(stream_arn=self.stream_arn, region=self._region)
         if start.type != "AT_TIMESTAMP" or start.timestamp is None:
             return lambda raws: [convert(r) for r in raws]
-        threshold = math.floor(start.timestamp)
+        step = self._creation_time_step
+        threshold = math.floor(start.timestamp / step) * step
 
         def since_start(raws: list[dict[str, Any]]) -> list[StreamRecord]:
             return [

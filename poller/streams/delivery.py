@@ -9,8 +9,9 @@ Data flow::
         -> settle (Checkpointer) | FailureRouter.give_up | the segment queue again
 
 Errors follow :mod:`poller.core.retry_policy`; a lane that retries blocks only itself. An
-infinite maximum record age is the stream's retention (``retention``). Each invocation is
-counted (:meth:`Delivery._count_invocation`) and logged in one line, with positions only,
+infinite maximum record age is the stream's retention (``retention``). Each invocation
+attempt counts its records as invoked at its start (:class:`Invoker`) and its outcome at its
+end (:meth:`Delivery._count_invocation`), and is logged in one line, with positions only,
 never record data. Shutdown abandons the wait between attempts; an invocation in progress
 finishes and its records are settled.
 """
@@ -36,7 +37,7 @@ from poller.core.retry_policy import (
     StreamRetryPolicy,
     first_segment,
 )
-from poller.observability.metrics import Metrics
+from poller.observability.metrics import Metrics, NullMetrics
 from poller.retry import Backoff
 from poller.streams.failures import FailureRouter, span
 from poller.streams.stopping import StopSignal
@@ -47,17 +48,33 @@ log = structlog.get_logger("poller.streams")
 
 
 class Invoker:
-    """Invokes the target, after the guard (lease self-fencing), and times the invocation."""
+    """Invokes the target, after the guard (lease self-fencing), and times the invocation.
 
-    def __init__(self, target: Target, guard: Callable[[], None] | None) -> None:
+    Every attempt that passes the guard counts its records as invoked at its start, as
+    Lambda's ``InvokedEventCount`` does: throttled and failed attempts too, so a retried
+    record counts again, and a record that failed was always counted as invoked first. A
+    window's final invocation carries no records and counts none."""
+
+    def __init__(
+        self,
+        target: Target,
+        guard: Callable[[], None] | None,
+        *,
+        metrics: Metrics | None = None,
+        mapping: str = "",
+    ) -> None:
         self._target = target
         #: Called before every invocation; raises to stop the shard.
         self._guard = guard
+        self._metrics: Metrics = metrics or NullMetrics()
+        self._mapping = mapping
 
     async def __call__(self, event: dict[str, Any]) -> tuple[InvokeResult, float]:
         """The result and how long the invocation took, in seconds."""
         if self._guard is not None:
             self._guard()
+        if records := len(event.get("Records", ())):
+            self._metrics.records_invoked(self._mapping, records)
         started = time.monotonic()
         result = await self._target.invoke(event)
         return result, time.monotonic() - started
@@ -167,22 +184,31 @@ class Delivery:
     def _count_invocation(
         self, segment: Segment, result: InvokeResult, judgement: Judgement, duration: float
     ) -> None:
-        """Lambda's event counts for one invocation (see ``poller.observability.metrics``).
+        """Lambda's event counts for one invocation, at its end (the :class:`Invoker` counted
+        its records as invoked at its start); see ``poller.observability.metrics``.
 
-        A malformed answer is a ``function_error`` (as AWS counts it, and as SQS does here);
-        ``partial_failure`` counts the records from the first reported one."""
+        Every attempt that did not succeed fails its whole segment, throttles and service
+        errors included; so does a partial batch response, whose listed items are counted
+        apart. A malformed answer is a ``function_error`` (as AWS counts it, and as SQS does
+        here)."""
         size, metrics, mapping = len(segment.records), self._metrics, self._mapping
-        reached_function = result.outcome not in (Outcome.THROTTLE, Outcome.SERVICE_ERROR)
-        if reached_function:
-            metrics.records_invoked(mapping, size)
         if judgement.outcome == "success":
             metrics.iterator_age(mapping, self._shard_id, _age_ms(segment.records[-1]))
-        elif judgement.outcome == "partial_failure":
-            settled = sum(len(a.records) for a in judgement.actions if isinstance(a, Settle))
-            metrics.records_failed_invoke(mapping, size - settled)
         else:
             metrics.records_failed_invoke(mapping, size)
+            if judgement.outcome == "partial_failure":
+                metrics.batch_item_failures(mapping, listed_items(result))
         metrics.invocation(mapping, judgement.outcome, duration, size)
+
+
+def listed_items(result: InvokeResult) -> int:
+    """The distinct items a partial batch response lists in ``batchItemFailures`` (the
+    retry policy has checked that it is a list of objects with an ``itemIdentifier``)."""
+    payload = result.payload
+    failures = payload.get("batchItemFailures") if isinstance(payload, dict) else None
+    if not isinstance(failures, list):
+        return 0
+    return len({item.get("itemIdentifier") for item in failures if isinstance(item, dict)})
 
 
 def _age_ms(record: StreamRecord) -> float:

@@ -3,17 +3,24 @@
 Data flow::
 
     Delivery --GiveUp(records, condition)--> FailureRouter.give_up
+    Lane --GiveUp(record too large, RecordSizeExceeded)--> FailureRouter.give_up
         -> failure_record(...) -> FailureDestination.send, repeated until it accepts
-           (or, without a destination: logged as ``records.dropped``)
+           (or, without a destination: logged as ``records.dropped``,
+            ``records.expired_by_retention`` or ``records.oversized``)
         -> settle(records) (the Checkpointer)
 
-Records that exhaust their retries or their maximum age are sent to the on-failure destination
-(retried until it accepts them) or, without one, logged and dropped, as AWS does; only then are
-they settled. A destination that refuses for a permanent reason (access denied, no such queue)
-is waited for too, never dropped: the lane stays blocked and says so once a minute per
-destination, however many shards it blocks (``destination.blocked`` at error level, the
-``destination_blocked`` gauge). Shutdown abandons the wait between sends: the records stay
-unsettled, to be re-delivered after the restart.
+Records that exhaust their retries or their maximum age, or that no invocation can carry, are
+sent to the on-failure destination (retried until it accepts them) or, without one, logged and
+dropped, as AWS does; only then are they settled. AWS's ``DroppedEventCount`` counts only the
+records given up for their maximum age or their retries: records past the stream's retention
+(an infinite maximum age) and oversized records are not counted as dropped; the oversized
+ones count in ``records_oversized`` whether sent or not.
+
+A destination that refuses for a permanent reason (access denied, no such queue) is waited for
+too, never dropped: the lane stays blocked and says so once a minute per destination, however
+many shards it blocks (``destination.blocked`` at error level, the ``destination_blocked``
+gauge). Shutdown abandons the wait between sends: the records stay unsettled, to be
+re-delivered after the restart.
 """
 
 from __future__ import annotations
@@ -110,18 +117,35 @@ class FailureRouter:
             "condition": action.condition,
             "invoke_count": action.invoke_count,
         }
+        if action.condition == "RecordSizeExceeded":
+            # Each record's event size: why no invocation could carry it.
+            fields["record_bytes"] = [r.size for r in action.records]
+        count = len(action.records)
         if routing.destination is None:
-            log.error("records.dropped", reason="no on-failure destination", **fields)
-            self._metrics.records_dropped(self._mapping, len(action.records))
+            self._drop(action, fields)
         else:
             if not await self._send(routing.destination, record, action.records):
                 return False
             log.warning(
                 "records.sent_to_destination", destination=routing.destination.arn, **fields
             )
-            self._metrics.records_sent_to_destination(self._mapping, len(action.records))
+            self._metrics.records_sent_to_destination(self._mapping, count)
+        if action.condition == "RecordSizeExceeded":
+            self._metrics.records_oversized(self._mapping, count)
         await self._settle(action.records)
         return True
+
+    def _drop(self, action: GiveUp, fields: dict[str, Any]) -> None:
+        """Records given up with no destination: logged (positions and sizes, never data);
+        counted as dropped only when AWS would (their maximum age or their retries)."""
+        reason = "no on-failure destination"
+        if action.condition == "RecordSizeExceeded":
+            log.error("records.oversized", reason=reason, **fields)
+        elif action.by_retention:
+            log.error("records.expired_by_retention", reason=reason, **fields)
+        else:
+            log.error("records.dropped", reason=reason, **fields)
+            self._metrics.records_dropped(self._mapping, len(action.records))
 
     async def _send(
         self,

@@ -4,6 +4,7 @@ Data flow::
 
     ShardProcessor --records (by partition-key hash)--> Lane.extend -> buffer
         Lane: BatchBuilder (count, 6 MB) + batching window -> batch --> deliver(batch, lane)
+        Lane: a record no invocation can carry --GiveUp(RecordSizeExceeded)--> give_up
         Lane --took records--> the processor reads on (backpressure)
 
 With ``parallelization_factor`` 1 there is one lane: one batch in flight per shard. With more,
@@ -13,6 +14,11 @@ next record would push the event past 6 MB, or when the batching window (from th
 first record) ends. With a window of 0 the batch holds what has been read so far, as Lambda
 does. With a tumbling window, a batch also stops at the window's boundary, is not held past
 the time the window closes, and an idle lane closes the window when it is due.
+
+A record too large for any invocation (over 6 MB as an event, a tumbling window's fields and
+state included) is never invoked: the builder sets it aside, and the lane gives it up at once
+(condition ``RecordSizeExceeded``) before it delivers any record behind it, so the shard's
+order holds and the checkpoint passes the record only once it is settled.
 
 A lane is handed what it needs (:class:`LaneWiring`: ``deliver``, a view of the tumbling
 window, the stop signal), never the processor.
@@ -30,6 +36,7 @@ from typing import Protocol
 import anyio
 
 from poller.core.batching import BatchBuilder
+from poller.core.retry_policy import GiveUp, oversized
 from poller.core.windows import Window, window_of
 from poller.streams.stopping import StopSignal
 from poller.types import StreamRecord
@@ -82,6 +89,9 @@ class LaneWiring:
     #: Whether the reader waits for records held to settle (the read budget): a batch is
     #: then sent as it is, since no more records come until one is.
     reads_blocked: Callable[[], bool] = lambda: False
+    #: Routes a give-up (the failure router); False when shutdown abandoned it. Without one,
+    #: a record too large for any invocation is delivered alone, to fail as the target says.
+    give_up: Callable[[GiveUp], Awaitable[bool]] | None = None
 
 
 class Lane:
@@ -149,11 +159,10 @@ class Lane:
         deadline: float | None = None
         wait_until: float | None
         while True:
-            if not builder.records and self.pending:
-                # The batch's first record is known now: its window sizes the event.
-                builder = windows.batch_builder(self.pending[0], wiring.batch_size)
-            at_boundary = self._fill(builder)
-            wiring.took_records()
+            taken = await self._take(builder)
+            if taken is None:
+                return []
+            builder, at_boundary = taken
             if self.pending and not (builder.is_full or at_boundary):
                 continue  # ``took_records`` handed this lane more records just now
             if (
@@ -175,6 +184,41 @@ class Lane:
                 wait_until = windows.close_deadline()  # None: no open window
             if not await self._wait_for_records(wait_until):
                 return []
+
+    async def _take(
+        self, builder: BatchBuilder[StreamRecord]
+    ) -> tuple[BatchBuilder[StreamRecord], bool] | None:
+        """Move buffered records into the batch, and give up at once those no invocation can
+        carry, before any record behind them is delivered: the shard's order holds.
+
+        Returns the builder (a new one when the batch's first record became known: its window
+        sizes the event) and whether the batch stopped at a window's boundary (:meth:`_fill`);
+        None when shutdown came during a give-up (the records not given up stay unsettled, to
+        be read again after a restart).
+        """
+        wiring = self._wiring
+        if not builder.records and self.pending:
+            builder = wiring.windows.batch_builder(self.pending[0], wiring.batch_size)
+        at_boundary = self._fill(builder)
+        wiring.took_records()
+        if builder.oversized:
+            for record in builder.oversized:
+                if not await self._give_up_oversized(record):
+                    return None
+            builder.oversized.clear()
+            if wiring.stop.is_set:
+                # Shutdown came while a give-up waited for its destination: the records behind
+                # it are not invoked now (they stay unsettled, to be read again).
+                return None
+        return builder, at_boundary
+
+    async def _give_up_oversized(self, record: StreamRecord) -> bool:
+        """One record too large for any invocation: its own failure record (or, with no
+        failure routing wired, delivered alone). False when shutdown abandoned it."""
+        wiring = self._wiring
+        if wiring.give_up is None:
+            return await wiring.deliver([record], self.index)
+        return await wiring.give_up(oversized(record))
 
     def _batch_deadline(self, first: StreamRecord) -> float:
         """When (monotonic) a batch starting at ``first`` is sent, full or not: the end of the
@@ -201,6 +245,10 @@ class Lane:
             if not builder.try_add(pending[0]):
                 return False
             pending.popleft()
+            if builder.oversized and not builder.records:
+                # Set aside, to be given up first; the next record may be in another window,
+                # whose state sizes its event: it starts a builder of its own.
+                return False
         return False
 
     async def _wait_for_records(self, deadline: float | None) -> bool:

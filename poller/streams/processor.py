@@ -11,15 +11,15 @@ Data flow for one shard (left: the objects; right: their module in ``poller.stre
       --give up--> FailureRouter              failures: on-failure destination, or dropped
       --settled records--> Checkpointer       checkpointer: Watermark -> CheckpointStore.put
 
-The processor is the intake: the reader hands it each chunk (``send``, called in the reader's
-own task: no task and no stream between them, which a shard would pay for in memory at
-thousands of shards). It tracks every record with the checkpointer (so the checkpoint cannot
-pass it until it settles), settles at once the records no filter matches, and hands the rest
-to the lanes by a stable hash of their partition key, a chunk at a time while the lanes'
-buffers hold less than a batch each; up to ``READ_AHEAD_CHUNKS`` chunks wait meanwhile, and
-the reader waits while they do (backpressure). The lanes run in the processor's task group, one
-task each. It owns the collaborators and wires them with narrow callables; none of them holds
-the processor:
+The processor is the intake: the reader (which counts what it polled) hands it each chunk
+(``send``, called in the reader's own task: no task and no stream between them, which a shard
+would pay for in memory at thousands of shards). It tracks every record with the checkpointer
+(so the checkpoint cannot pass it until it settles), settles at once the records no filter
+matches, and hands the rest to the lanes by a stable hash of their partition key, a chunk at a
+time while the lanes' buffers hold less than a batch each; up to ``READ_AHEAD_CHUNKS`` chunks
+wait meanwhile, and the reader waits while they do (backpressure). The lanes run in the
+processor's task group, one task each. It owns the collaborators and wires them with narrow
+callables; none of them holds the processor:
 
 * :mod:`~poller.streams.lanes`: buffers, batch cutting, the batching window;
 * :mod:`~poller.streams.delivery`: invocations and Lambda's error handling;
@@ -140,7 +140,7 @@ class ShardProcessor:
             window_state=opened.encoded,
             released=released,
         )
-        invoker = Invoker(target, guard)
+        invoker = Invoker(target, guard, metrics=self._metrics, mapping=mapping)
         self._windows = TumblingWindows(
             WindowSettings(
                 seconds=policy.tumbling_window_seconds,
@@ -159,7 +159,16 @@ class ShardProcessor:
             metrics=self._metrics,
             stop=self._stop,
         )
-        delivery = self._delivery(policy, routing, target, invoker, retention)
+        failures = FailureRouter(
+            mapping=mapping,
+            shard_id=shard_id,
+            routing=routing,
+            target=target,
+            metrics=self._metrics,
+            settle=self._checkpointer.settle,
+            stop=self._stop,
+        )
+        delivery = self._delivery(policy, failures, invoker, retention)
         wiring = LaneWiring(
             batch_size=policy.batch_size,
             window_seconds=policy.window_seconds,
@@ -170,29 +179,20 @@ class ShardProcessor:
             shard_ended=lambda: self._ended is not None,
             stop=self._stop,
             reads_blocked=lambda: self._reads_blocked,
+            give_up=failures.give_up,
         )
         self._lanes = [Lane(wiring, i) for i in range(policy.parallelization_factor)]
 
     def _delivery(
         self,
         policy: BatchPolicy,
-        routing: FailureRouting,
-        target: Target,
+        failures: FailureRouter,
         invoker: Invoker,
         retention: Callable[[], Awaitable[float | None]] | None,
     ) -> Delivery:
         retry = policy.retry
         if policy.tumbling_window_seconds > 0:
             retry = dataclasses.replace(retry, require_window_state=True)
-        failures = FailureRouter(
-            mapping=self.mapping,
-            shard_id=self.shard_id,
-            routing=routing,
-            target=target,
-            metrics=self._metrics,
-            settle=self._checkpointer.settle,
-            stop=self._stop,
-        )
         return Delivery(
             mapping=self.mapping,
             shard_id=self.shard_id,
@@ -271,7 +271,6 @@ class ShardProcessor:
             self._ended = chunk
             return
         self._checkpointer.track(chunk)
-        self._metrics.records_polled(self.mapping, len(chunk))
         kept = await self._filter(chunk)
         if kept:
             self._queued.append(kept)
@@ -296,7 +295,8 @@ class ShardProcessor:
 
     async def _filter(self, chunk: list[StreamRecord]) -> list[StreamRecord]:
         """Drop records no filter matches: settled at once, so the checkpoint moves past them
-        (Lambda: "the iterator advances past them"); they are counted as filtered out."""
+        (Lambda: "the iterator advances past them"); they are counted as filtered out, and a
+        chunk that every filter let through counts 0 (Lambda: "matching events emit 0")."""
         filters = self.policy.filters
         if filters is None:
             return chunk
@@ -304,8 +304,8 @@ class ShardProcessor:
         dropped: list[StreamRecord] = []
         for record in chunk:
             (kept if filters.matches(record.event_record) else dropped).append(record)
+        self._metrics.records_filtered(self.mapping, len(dropped))
         if dropped:
-            self._metrics.records_filtered(self.mapping, len(dropped))
             await self._checkpointer.settle(dropped)
         return kept
 

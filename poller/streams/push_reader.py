@@ -196,10 +196,11 @@ class PushShardReader(BaseShardReader):
         when it ended the shard."""
         raw = event.records
         self._report_page(RecordsPage(raw, None, event.millis_behind_latest, event.child_shard_ids))
+        chunk = await self._accept(raw) if raw else []
+        self._count_polled(chunk)  # an event without records is an empty read
+        if chunk:
+            await send.send(chunk)
         if raw:
-            chunk = await self._accept(raw)
-            if chunk:
-                await send.send(chunk)
             newest = self._api.arrival_of(raw[-1])
             self._metrics.push_latency(self._mapping, max(0.0, time.time() - newest))
         self._advance(event, raw)

@@ -27,8 +27,11 @@ contiguous), so when a shard resumes from a checkpoint and its first record is a
 the retention, a ``shard.possible_retention_gap`` warning says records were probably trimmed.
 
 What does not depend on how records are fetched (the position, the converter, the page
-report, the budget's charge, the retention warnings) is :class:`BaseShardReader`, shared with
-the enhanced fan-out reader (:mod:`poller.streams.push_reader`).
+report, the polled count, the budget's charge, the retention warnings) is
+:class:`BaseShardReader`, shared with the enhanced fan-out reader
+(:mod:`poller.streams.push_reader`). Every successful read reports its records as polled
+(Lambda's ``PolledEventCount``), the shard's first empty read 0; a failed read reports
+nothing.
 
 The adapter (:class:`StreamApi`) captures what differs between the services: the names of the
 calls and their arguments, the record shape, the poll rate, whether ``MillisBehindLatest``
@@ -90,6 +93,8 @@ class BaseShardReader:
         self._on_page = on_page
         self._metrics: Metrics = metrics or NullMetrics()
         self._mapping = mapping
+        #: An empty read has reported 0 polled (see :meth:`_count_polled`).
+        self._reported_empty = False
         #: The position whose records were trimmed, until the first record after the gap.
         self._gap_after: str | None = None
         #: Resuming from a checkpoint: the first record read is checked against the retention.
@@ -104,6 +109,17 @@ class BaseShardReader:
         #: The ``Limit`` of the latest read: a page shorter than it means caught up.
         self._limit = api.limit
         self._last_call = 0.0
+
+    def _count_polled(self, chunk: list[StreamRecord]) -> None:
+        """Lambda's PolledEventCount for one successful read: its records; 0 for the shard's
+        first empty read, so the series exists, flat, from the first good read of an idle
+        shard. Later empty reads report nothing: adding 0 again changes no series, and an
+        idle shard reads every second."""
+        if chunk:
+            self._metrics.records_polled(self._mapping, len(chunk))
+        elif not self._reported_empty:
+            self._reported_empty = True
+            self._metrics.records_polled(self._mapping, 0)
 
     def _report_page(self, page: RecordsPage) -> None:
         """Note what a read tells beside its records: the lag and, at the end, the children."""
@@ -199,6 +215,7 @@ class ShardReader(BaseShardReader):
                     continue
                 failures = 0
                 chunk = await self._take(page)
+                self._count_polled(chunk)
                 iterator, caught_up = page.next_iterator, self._caught_up(page)
                 # Not kept while the processor is busy: only the converted records are
                 # (and counted by the read budget), not the raw response as well.

@@ -40,6 +40,8 @@ MAPPING_KEYS = {
     "name",
     "source",
     "event_source_arn",
+    "event_source_mapping_arn",
+    "tags",
     "state",
     "error",
     "checkpoints_error",

@@ -143,7 +143,8 @@ async def test_a_partial_batch_response_deletes_all_but_the_reported_messages() 
     async with running(queue, target, metrics=metrics):
         await deleted(queue, "a", "c", "e")
         assert sorted(queue.in_flight()) == ["b", "d"]
-        assert metrics.count("records_failed_invoke", "orders") == 2
+        assert metrics.count("records_failed_invoke", "orders") == 5  # the whole batch
+        assert metrics.count("batch_item_failures", "orders") == 2
         assert metrics.calls_to("invocation", "orders")[0]["outcome"] == "partial_failure"
         queue.expire_visibility()
         await deleted(queue, "b", "d")

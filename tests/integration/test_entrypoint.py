@@ -50,6 +50,7 @@ from cfnlint.decode import cfn_yaml  # type: ignore[import-untyped]
 
 from poller.checkpoints.dynamodb.items import VIEW_ATTRIBUTES, VIEW_INDEX
 from poller.config import ShutdownSettings, load_settings
+from poller.config.models.service import DEFAULT_METRICS_PORT
 
 pytestmark = pytest.mark.slow
 
@@ -238,7 +239,7 @@ def test_dockerfile_contract_lines() -> None:
     assert exec_form(stage["CMD"].args) == ["run", "--config", IMAGE_CONFIG_PATH]
     assert stage["USER"].args == f"{IMAGE_UID}:{IMAGE_UID}"
     assert stage["STOPSIGNAL"].args == "SIGTERM"
-    assert stage["EXPOSE"].args == "9100"
+    assert stage["EXPOSE"].args == str(DEFAULT_METRICS_PORT)
     assert stage["VOLUME"].args == '["/var/lib/poller"]'
     env = " ".join(
         i.args for i in dockerfile_stages(DOCKERFILE.read_text())[-1] if i.keyword == "ENV"
@@ -248,7 +249,7 @@ def test_dockerfile_contract_lines() -> None:
     options, command = healthcheck()
     assert command[:2] == ["python", "-c"]
     assert "/healthz" in command[2]
-    assert "9100" in command[2]
+    assert f"'{DEFAULT_METRICS_PORT}'" in command[2]
     assert options["retries"] == "3"
     # urlopen gives up before Docker's own timeout kills the check.
     assert "timeout=4" in command[2]
@@ -662,10 +663,10 @@ def test_task_definition_stop_timeout_exceeds_the_drain_timeout() -> None:
 def test_task_definition_container_settings() -> None:
     definition = container()
     assert definition["essential"] is True
-    assert [m["containerPort"] for m in definition["portMappings"]] == [9100]
+    assert [m["containerPort"] for m in definition["portMappings"]] == [DEFAULT_METRICS_PORT]
     assert definition["logConfiguration"]["logDriver"] == "awslogs"
     assert definition["linuxParameters"]["initProcessEnabled"] is True
-    assert definition["dockerLabels"]["PROMETHEUS_EXPORTER_PORT"] == "9100"
+    assert definition["dockerLabels"]["PROMETHEUS_EXPORTER_PORT"] == str(DEFAULT_METRICS_PORT)
     assert definition["dockerLabels"]["PROMETHEUS_EXPORTER_PATH"] == "/metrics"
     assert "command" not in definition, "the image's CMD is the command"
     mounts = {m["containerPath"] for m in definition["mountPoints"]}
@@ -682,7 +683,7 @@ def test_ecs_config_is_valid_with_the_task_environment() -> None:
     settings = load_settings(ECS_CONFIG, environ=task_environment())
     assert settings.checkpoints.backend == "dynamodb"
     assert settings.checkpoints.table
-    assert settings.observability.port == 9100
+    assert settings.observability.port == DEFAULT_METRICS_PORT
 
 
 def test_service_keeps_capacity_during_rolling_restarts() -> None:

@@ -32,9 +32,9 @@ from tests.integration.stream_errors_harness import (
     run_until_checkpoint,
     stream_with,
 )
-from tests.integration.test_dynamodb_streams import make_table
 from tests.support import file_sink
 from tests.support.aws import ACCOUNT, REGION, aws_client, stream_arn, unique
+from tests.support.dynamodb_tables import Backend, make_table
 from tests.support.process import run_cli, write_config
 from tests.support.service import running
 from tests.support.service_config import service_config, stream_mapping
@@ -352,7 +352,7 @@ async def test_dynamodb_streams_redrive_reads_the_pointed_records_again(
     moto_url: str, tmp_path: Path, sink_env: dict[str, str]
 ) -> None:
     url, arn = await queue_destination(moto_url)
-    table, stream = await make_table(moto_url, "NEW_AND_OLD_IMAGES")
+    table, stream = await make_table(Backend.moto(moto_url), "NEW_AND_OLD_IMAGES")
     async with aws_client("dynamodb", moto_url) as ddb:
         for item in ("a", "poison", "b", "c"):
             await ddb.put_item(TableName=table, Item={"id": {"S": item}})

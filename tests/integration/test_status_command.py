@@ -20,7 +20,6 @@ from poller.checkpoints.sqlite import SqliteCheckpointStore
 from poller.config import parse_settings
 from poller.status import print_status
 from poller.types import SHARD_END, Checkpoint
-from tests.integration.test_dynamodb_streams import make_table
 from tests.support import recorder
 from tests.support.aws import (
     ACCOUNT,
@@ -32,6 +31,7 @@ from tests.support.aws import (
     stream_holding,
     unique,
 )
+from tests.support.dynamodb_tables import Backend, make_table
 from tests.support.fault_proxy import FaultProxy
 from tests.support.process import run_cli, write_config
 from tests.support.service import running
@@ -49,6 +49,8 @@ MAPPING_KEYS = {
     "name",
     "source",
     "event_source_arn",
+    "event_source_mapping_arn",
+    "tags",
     "state",
     "error",
     "checkpoints_error",
@@ -261,7 +263,7 @@ async def test_dynamodb_stream_iterator_age_behind_then_caught_up(
 ) -> None:
     """A DynamoDB stream: with no checkpoint (TRIM_HORIZON) the first change is unread and the
     age grows above 0; once the service has read everything, the age is 0."""
-    table, arn = await make_table(moto_url, "NEW_IMAGE")
+    table, arn = await make_table(Backend.moto(moto_url), "NEW_IMAGE")
     db = tmp_path / "c.db"
     async with aws_client("dynamodb", moto_url) as ddb:
         await ddb.put_item(TableName=table, Item={"id": {"S": "a"}})

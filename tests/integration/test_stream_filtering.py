@@ -11,10 +11,11 @@ import pytest
 
 from tests.integration.kinesis_harness import delivered, kinesis_settings
 from tests.integration.stream_errors_harness import checkpoint_of, stream_with
-from tests.integration.test_dynamodb_streams import ddb_settings, make_table, records
+from tests.integration.test_dynamodb_streams import ddb_settings, records
 from tests.support import recorder
 from tests.support.aws import aws_client, stream_arn, unique
 from tests.support.conformance import recorded
+from tests.support.dynamodb_tables import Backend, make_table
 from tests.support.service import running
 from tests.support.waiting import wait_until
 
@@ -70,7 +71,7 @@ def test_recorded_kinesis_filter_pattern_is_the_one_used() -> None:
 
 async def test_dynamodb_filter_on_event_name_and_keys(moto_url: str, tmp_path: Path) -> None:
     """Only INSERTs of keys starting with "a" pass; MODIFY/REMOVE and other keys are skipped."""
-    table, arn = await make_table(moto_url, "NEW_AND_OLD_IMAGES")
+    table, arn = await make_table(Backend.moto(moto_url), "NEW_AND_OLD_IMAGES")
     async with aws_client("dynamodb", moto_url) as ddb:
         for key in ("a1", "b1", "a2"):
             await ddb.put_item(TableName=table, Item={"id": {"S": key}, "v": {"N": "1"}})
@@ -81,7 +82,7 @@ async def test_dynamodb_filter_on_event_name_and_keys(moto_url: str, tmp_path: P
         "dynamodb": {"Keys": {"id": {"S": [{"prefix": "a"}]}}},
     }
     settings = ddb_settings(
-        moto_url,
+        Backend.moto(moto_url),
         arn,
         tmp_path / "c.db",
         filter_criteria={"filters": [{"pattern": json.dumps(pattern)}]},

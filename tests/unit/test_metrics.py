@@ -85,6 +85,8 @@ COUNT_HOOKS = [
     ("records_dropped", "poller_dropped_events_total"),
     ("records_sent_to_destination", "poller_on_failure_destination_delivered_events_total"),
     ("records_deleted", "poller_deleted_events_total"),
+    ("records_oversized", "poller_oversized_records_total"),
+    ("batch_item_failures", "poller_batch_item_failures_total"),
     ("visibility_extended", "poller_visibility_extensions_total"),
 ]
 
@@ -315,6 +317,7 @@ def test_lease_event_counts_by_event_with_every_event_present(
     [
         ("sqs_in_flight", "poller_sqs_in_flight_batches"),
         ("sqs_concurrency", "poller_sqs_concurrency"),
+        ("provisioned_pollers", "poller_provisioned_pollers"),
     ],
 )
 def test_sqs_gauges_hold_the_latest_value(metrics: PrometheusMetrics, hook: str, name: str) -> None:
@@ -331,6 +334,18 @@ def test_mapping_up_is_a_gauge_of_one_or_zero(metrics: PrometheusMetrics) -> Non
     assert value(metrics, "poller_mapping_up", mapping="orders") == 1.0
     metrics.mapping_up("orders", False)
     assert value(metrics, "poller_mapping_up", mapping="orders") == 0.0
+
+
+def test_mapping_info_is_one_with_the_identity_as_labels(metrics: PrometheusMetrics) -> None:
+    arn = "arn:aws:lambda:eu-west-1:123456789012:event-source-mapping:u-1"
+    diff = changed(metrics, lambda: metrics.mapping_info("orders", "u-1", arn, "kinesis", True))
+    labels = (
+        ("event_source_mapping_arn", arn),
+        ("mapping", "orders"),
+        ("source", "kinesis"),
+        ("uuid", "u-1"),
+    )
+    assert diff == {("poller_mapping_info", labels): 1.0}
 
 
 def test_destination_blocked_counts_blocked_batches(metrics: PrometheusMetrics) -> None:
@@ -418,6 +433,8 @@ def test_every_protocol_hook_is_covered_by_these_tests() -> None:
         "subscription_ended",
         "subscription_failed",
         "push_latency",
+        "provisioned_pollers",
+        "mapping_info",
     }
     assert covered == set(HOOK_PARAMETERS)
 

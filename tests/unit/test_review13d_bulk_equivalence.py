@@ -69,6 +69,7 @@ def test_fill_from_cuts_where_try_add_cuts(
     fast.fill_from(fast_pending)
     fill_by_try_add(slow, slow_pending)
     assert fast.records == slow.records
+    assert fast.oversized == slow.oversized
     assert fast.size_bytes == slow.size_bytes
     assert fast.is_full == slow.is_full
     assert list(fast_pending) == list(slow_pending)
@@ -84,13 +85,13 @@ def test_fill_from_exact_byte_limit_takes_the_whole_run() -> None:
     assert (len(builder.records), builder.size_bytes, builder.is_full) == (2, 35, False)
 
 
-def test_fill_from_accepts_an_oversized_first_record_alone() -> None:
+def test_fill_from_sets_an_oversized_first_record_aside() -> None:
     builder: BatchBuilder[Item] = BatchBuilder(10, max_bytes=20)
     pending = deque([Item(100), Item(1)])
     builder.fill_from(pending)
-    assert [r.size for r in builder.records] == [100]
-    assert builder.is_full
-    assert list(pending) == [Item(1)]
+    assert builder.oversized == [Item(100)]
+    assert builder.records == [Item(1)]
+    assert not pending
 
 
 # -- Watermark.advance ---------------------------------------------------------------------

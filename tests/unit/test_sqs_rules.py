@@ -99,13 +99,6 @@ def test_gathering_cuts_before_the_message_that_would_pass_the_byte_limit() -> N
     assert gathering.full
 
 
-def test_a_message_larger_than_the_limit_is_sent_alone() -> None:
-    gathering = Gathering(limit=10, max_bytes=50)
-    rest = gathering.take([message("huge", size=500), message("next")])
-    assert [m.message_id for m in gathering.messages] == ["huge"]
-    assert [m.message_id for m in rest] == ["next"]
-
-
 def test_gathering_below_both_limits_is_not_full() -> None:
     gathering = Gathering(limit=10, max_bytes=10_000)
     assert gathering.take([message("a")]) == []

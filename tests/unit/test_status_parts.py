@@ -126,6 +126,8 @@ def report(**fields: Any) -> dict[str, Any]:
         "name": "m",
         "source": "kinesis",
         "event_source_arn": ARN,
+        "event_source_mapping_arn": "arn:aws:lambda:us-east-1:123456789012:event-source-mapping:u",
+        "tags": {},
         "state": "up",
         "error": None,
         "checkpoints_error": None,

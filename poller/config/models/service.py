@@ -12,6 +12,7 @@ Each model declares its own defaults, so a file may leave any of these sections 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,6 +20,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from poller.config.arns import REGION
 from poller.config.models.base import Float, FrozenModel, HttpUrl, Int, lower, meta, upper
+from poller.config.models.mapping_base import check_tag_key
 from poller.config.wording import own_error, show, suggestion
 
 #: botocore service names that may have their own endpoint in ``aws.endpoints``.
@@ -193,6 +195,45 @@ class MemorySettings(FrozenModel):
         return max(1, int(self.read_budget_mib * 1024 * 1024))
 
 
+#: The most tag keys exported as metric labels: each adds a label to every mapping series.
+MAX_METRIC_TAG_LABELS = 5
+# Characters a Prometheus label name may not hold (it must match [a-zA-Z_][a-zA-Z0-9_]*).
+_NOT_IN_LABEL = re.compile(r"[^A-Za-z0-9_]")
+
+
+def tag_label_name(key: str) -> str:
+    """The metric label a tag key is exported as: ``tag_<key>``, every character outside
+    ``[A-Za-z0-9_]`` replaced by ``_``."""
+    return "tag_" + _NOT_IN_LABEL.sub("_", key)
+
+
+def _check_tag_labels(keys: list[str]) -> list[str]:
+    """Valid tag keys, each exported under a label name of its own."""
+    first: dict[str, str] = {}
+    for key in keys:
+        check_tag_key(key)
+        label = tag_label_name(key)
+        if first.get(label) == key:
+            raise own_error("tag_label_twice", "tag {key} is listed twice", key=show(key))
+        if label in first:
+            raise own_error(
+                "tag_label_collision",
+                "tags {first} and {key} would both be exported as label {label}; keep one, "
+                "or rename a tag",
+                first=show(first[label]),
+                key=show(key),
+                label=label,
+            )
+        first[label] = key
+    return keys
+
+
+#: The default port of /metrics, /healthz and /readyz: after the entries of Prometheus's default
+#: port allocations (9100, the old default, is node_exporter's). The Dockerfile and deploy/
+#: name it too; tests/unit/test_metrics_port.py keeps them equal.
+DEFAULT_METRICS_PORT = 10027
+
+
 class ObservabilitySettings(FrozenModel):
     """The HTTP endpoint for Prometheus metrics and health checks.
 
@@ -202,6 +243,8 @@ class ObservabilitySettings(FrozenModel):
         port: the port; 0 picks a free one (tests).
         liveness_timeout_seconds: ``/healthz`` fails once the event loop has not ticked for
             this long.
+        metric_tag_labels: mapping tag keys (at most 5) exported as labels ``tag_<key>`` on
+            every series labelled by ``mapping``, with the mapping's value ("" when unset).
     """
 
     enabled: bool = True
@@ -211,8 +254,17 @@ class ObservabilitySettings(FrozenModel):
         pattern=_HOST,
         json_schema_extra=meta(expected="a host name or IP address, such as 0.0.0.0 or ::"),
     )
-    port: Int = Field(default=9100, ge=0, le=65535)
+    port: Int = Field(default=DEFAULT_METRICS_PORT, ge=0, le=65535)
     liveness_timeout_seconds: Float = Field(default=10.0, gt=0, le=600)
+    # Tag values are constant per mapping, so these labels add no series, only columns.
+    metric_tag_labels: Annotated[list[str], AfterValidator(_check_tag_labels)] = Field(
+        default_factory=list, max_length=MAX_METRIC_TAG_LABELS
+    )
+
+    @property
+    def tag_label_names(self) -> dict[str, str]:
+        """Each of :attr:`metric_tag_labels` with its label name, in the configured order."""
+        return {key: tag_label_name(key) for key in self.metric_tag_labels}
 
 
 class LoggingSettings(FrozenModel):

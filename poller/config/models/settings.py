@@ -12,6 +12,10 @@ pydantic tagged union keyed by that service through a callable ``Discriminator``
 :class:`SqsMapping` (``sqs``); each has a ``source`` property with its tag. An ARN of a service
 with no model is rejected with AWS's ``Unrecognized event source.`` and the list of supported
 kinds.
+
+A DynamoDB Local stream (region ``ddblocal`` in its ARN) is served by no AWS endpoint and names
+no region to sign for: a configuration with one must name both, ``aws.endpoints.dynamodbstreams``
+(or ``aws.endpoint_url``) and ``aws.region``.
 """
 
 from __future__ import annotations
@@ -19,9 +23,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, TypeAlias
 
-from pydantic import Discriminator, Field, Tag, field_validator
+from pydantic import Discriminator, Field, Tag, ValidationInfo, field_validator
 
-from poller.config.arns import arn_service
+from poller.config.arns import DYNAMODB_LOCAL_REGION, arn_service, is_dynamodb_local
 from poller.config.models.base import FrozenModel
 from poller.config.models.service import (
     AwsSettings,
@@ -34,7 +38,7 @@ from poller.config.models.service import (
 )
 from poller.config.models.sqs import SqsMapping
 from poller.config.models.streams import DynamoDBStreamMapping, KinesisMapping
-from poller.config.wording import UNSUPPORTED_SOURCE, own_error
+from poller.config.wording import UNSUPPORTED_SOURCE, own_error, show
 
 
 def _event_source_kind(value: Any) -> str | None:
@@ -127,3 +131,52 @@ class Settings(FrozenModel):
                 )
             first[key] = index
         return mappings
+
+    @field_validator("mappings")
+    @classmethod
+    def _check_dynamodb_local_sources(
+        cls, mappings: list[AnyMapping], info: ValidationInfo
+    ) -> list[AnyMapping]:
+        """Refuse a DynamoDB Local stream unless ``aws`` says where DynamoDB Local listens
+        and which region to sign for (its ARN names neither), and in the embedded mode."""
+        aws, embedded = info.data.get("aws"), info.data.get("embedded")
+        if aws is None or embedded is None:
+            return mappings  # their own errors are reported already
+        for index, mapping in enumerate(mappings):
+            if is_dynamodb_local(mapping.event_source_arn):
+                _check_dynamodb_local(index, mapping.event_source_arn, aws, embedded)
+        return mappings
+
+
+def _check_dynamodb_local(
+    index: int, arn: str, aws: AwsSettings, embedded: EmbeddedSettings
+) -> None:
+    """The settings a DynamoDB Local stream needs; each error names the fields to set."""
+    where = {"index": index, "arn": show(arn), "local": DYNAMODB_LOCAL_REGION}
+    if embedded.enabled:
+        # The embedded mode points every client at its own moto, which holds no such stream.
+        raise own_error(
+            "dynamodb_local_embedded",
+            "mappings[{index}].event_source_arn {arn} is a DynamoDB Local stream, but "
+            "embedded.enabled sends every client to the embedded emulator; turn the embedded "
+            "mode off and set aws.endpoints.dynamodbstreams to DynamoDB Local's URL",
+            **where,
+        )
+    if aws.endpoint_for("dynamodbstreams") is None:
+        raise own_error(
+            "dynamodb_local_endpoint",
+            "mappings[{index}].event_source_arn {arn} is a DynamoDB Local stream (region "
+            "{local}), which AWS does not serve; set aws.endpoints.dynamodbstreams (or "
+            "aws.endpoint_url) to DynamoDB Local's URL, such as http://127.0.0.1:8000",
+            **where,
+        )
+    if "region" not in aws.model_fields_set:
+        # The default region would do for the request, but DynamoDB Local keeps a database
+        # per region: a silent default could read an empty one. So the user names it.
+        raise own_error(
+            "dynamodb_local_region",
+            "mappings[{index}].event_source_arn {arn} is a DynamoDB Local stream, whose ARN "
+            "names no region ({local}); set aws.region to the region its table was created "
+            "in (DynamoDB Local keeps a database per region unless started with -sharedDb)",
+            **where,
+        )

@@ -16,18 +16,15 @@ from __future__ import annotations
 import time
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
-from uuid import NAMESPACE_URL, uuid5
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, field_validator
 
 from poller.config.arns import CONSUMER_NAME, DYNAMODB_STREAM_ARN, IAM_ARN, KINESIS_ARN
-from poller.config.models.base import Float, FrozenModel, Int, lower, meta
+from poller.config.models.base import Float, FrozenModel, Int, meta
 from poller.config.models.destinations import DestinationConfig
 from poller.config.models.mapping_base import FunctionResponseType, MappingBase
 from poller.config.models.targets import TargetConfig
 from poller.config.wording import own_error, show
-
-_UUID = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 
 # MaximumRecordAgeInSeconds: -1 (no limit), or 60 to 604800; AWS refuses 0 to 59.
 _RECORD_AGE_MIN = 60
@@ -118,7 +115,6 @@ class _StreamMapping(MappingBase):
         tumbling_window_in_seconds: aggregate records in windows of this many seconds, with a
             state carried from one invocation to the next; 0 turns windows off (AWS
             TumblingWindowInSeconds). Not with a parallelization factor above 1.
-        uuid: the mapping's UUID, as AWS assigns one to each ESM; see :attr:`mapping_uuid`.
         target: where batches go.
     """
 
@@ -160,16 +156,6 @@ class _StreamMapping(MappingBase):
     tumbling_window_in_seconds: Int = Field(
         default=0, ge=0, le=900, json_schema_extra=meta(aws="TumblingWindowInSeconds")
     )
-    # The ESM UUID AWS would assign; None derives a stable one from name and stream ARN.
-    uuid: Annotated[str | None, AfterValidator(lower)] = Field(
-        default=None,
-        pattern=_UUID,
-        json_schema_extra=meta(
-            aws="UUID",
-            expected="a UUID: 32 hex digits in groups of 8-4-4-4-12 "
-            "(for example 14e0db71-5d35-4eb5-b481-8945cf9d10c2)",
-        ),
-    )
     target: TargetConfig
 
     @field_validator("tumbling_window_in_seconds")
@@ -198,17 +184,6 @@ class _StreamMapping(MappingBase):
         """The on-failure destination's ARN, or None when discarded batches are not reported."""
         config = self.destination_config
         return config.on_failure.destination_arn if config and config.on_failure else None
-
-    @property
-    def mapping_uuid(self) -> str:
-        """The configured :attr:`uuid`, else one derived from the name and the stream ARN.
-
-        The derived UUID is stable across restarts and differs between mappings; it stands
-        where AWS puts the ESM's UUID, e.g. in S3 failure-record keys ``aws/lambda/<uuid>/...``.
-        """
-        if self.uuid is not None:
-            return self.uuid
-        return str(uuid5(NAMESPACE_URL, f"poller:{self.name}:{self.event_source_arn}"))
 
     @property
     def identity_arn(self) -> str:
@@ -372,7 +347,8 @@ class DynamoDBStreamMapping(_StreamMapping):
         json_schema_extra=meta(
             aws="EventSourceArn",
             expected="arn:<partition>:dynamodb:<region>:<12-digit account>:table/<table>/"
-            "stream/<label> with partition aws, aws-cn or aws-us-gov",
+            "stream/<label> with partition aws, aws-cn or aws-us-gov; <region> may be "
+            "ddblocal, DynamoDB Local's",
         ),
     )
 

@@ -31,19 +31,23 @@ When no existing hook reports the event, also declare the hook in :class:`Metric
 from then on. :func:`~poller.observability.metrics.catalog.check_specs` refuses, at import, a
 row that names an unknown hook or parameter, and a hook that feeds no row.
 
-Event counts follow Lambda's ESM metric definitions (docs/aws-esm.md §4):
+Event counts follow Lambda's ESM metric definitions (docs/aws-esm.md §4.2; the exact rules,
+and where poller differs, are in the README's "Metric definitions"):
 
-* polled: records read from the source (``PolledEventCount``);
-* filtered out: records removed by filter criteria (``FilteredOutEventCount``);
-* invoked: records in invocations that ran, counted again on every retry
+* polled: records of each successful read, 0 for an empty one (``PolledEventCount``);
+* filtered out: records no filter matched, 0 when every record matched
+  (``FilteredOutEventCount``);
+* invoked: records of every invocation attempt, at its start, throttles and retries included
   (``InvokedEventCount``);
-* failed invoke: records of invocations that failed, plus records listed in a non-empty
-  ``batchItemFailures`` (``FailedInvokeEventCount``);
-* dropped: records given up without a destination, or whose destination delivery failed
-  (``DroppedEventCount``);
+* failed invoke: records of every attempt that did not succeed, at its end, and the whole
+  batch when the answer lists ``batchItemFailures`` (``FailedInvokeEventCount``); the listed
+  items count in ``batch_item_failures``;
+* dropped: stream records given up for their age or retries without a destination; not
+  retention expiry (``DroppedEventCount``);
 * sent to destination: records delivered to the on-failure destination
   (``OnFailureDestinationDeliveredEventCount``);
-* deleted: SQS messages deleted after processing (``DeletedEventCount``).
+* deleted: SQS messages deleted after processing, 0 for a refused delete
+  (``DeletedEventCount``).
 """
 
 from poller.observability.metrics.catalog import (

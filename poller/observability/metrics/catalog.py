@@ -120,29 +120,32 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
     # -- Lambda's ESM event counts ------------------------------------------------------------
     _events(
         "poller_polled_events_total",
-        "Records read from the source (Lambda PolledEventCount).",
+        "Records read from the source; an empty read adds 0 (Lambda PolledEventCount).",
         "records_polled",
     ),
     _events(
         "poller_filtered_out_events_total",
-        "Records removed by filter criteria (Lambda FilteredOutEventCount).",
+        "Records removed by filter criteria; 0 when every record matched "
+        "(Lambda FilteredOutEventCount).",
         "records_filtered",
     ),
     _events(
         "poller_invoked_events_total",
-        "Records in invocations that ran, again on every retry (Lambda InvokedEventCount).",
+        "Records of every invocation attempt, throttles and retries included, counted at "
+        "its start (Lambda InvokedEventCount).",
         "records_invoked",
     ),
     _events(
         "poller_failed_invoke_events_total",
-        "Records of failed invocations plus records listed in batchItemFailures "
+        "Records of invocation attempts that did not succeed, or whose answer listed "
+        "batchItemFailures (the whole batch), counted at their end "
         "(Lambda FailedInvokeEventCount).",
         "records_failed_invoke",
     ),
     _events(
         "poller_dropped_events_total",
-        "Records given up without a destination, or whose destination delivery failed "
-        "(Lambda DroppedEventCount).",
+        "Stream records given up for age or retries without a destination; not retention "
+        "expiry (Lambda DroppedEventCount).",
         "records_dropped",
     ),
     _events(
@@ -153,7 +156,8 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
     ),
     _events(
         "poller_deleted_events_total",
-        "SQS messages deleted after processing (Lambda DeletedEventCount).",
+        "SQS messages deleted after processing; a refused delete adds 0 "
+        "(Lambda DeletedEventCount).",
         "records_deleted",
     ),
     _events(
@@ -164,13 +168,15 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
     ),
     _events(
         "poller_batch_item_failures_total",
-        "Items listed in non-empty batchItemFailures responses.",
+        "Distinct items listed in non-empty batchItemFailures responses (the whole batch "
+        "counts in poller_failed_invoke_events_total).",
         "batch_item_failures",
     ),
     MetricSpec(
         "poller_destination_delivery_failures_total",
         Kind.COUNTER,
-        "Failed sends to the on-failure destination (Lambda DestinationDeliveryFailures).",
+        "Failed sends to the on-failure destination, one per attempt: the batch waits and "
+        "sends again (Lambda DestinationDeliveryFailures).",
         "destination_delivery_failed",
         labels=("mapping", "destination_type"),
     ),

@@ -70,31 +70,40 @@ class Metrics:
     # -- Lambda's event counts, per mapping ------------------------------------------------
     @hook
     def records_polled(self, mapping: str, count: int) -> None:
-        """Records read from the source; an empty poll reports 0."""
+        """Records of one successful read from the source (GetRecords, an enhanced fan-out
+        event, ReceiveMessage); an empty one reports 0 (a shard reader only its first: more
+        zeros change no series). A failed read reports nothing."""
 
     @hook
     def records_filtered(self, mapping: str, count: int) -> None:
-        """Records removed by filter criteria."""
+        """Records of one read (a chunk; an SQS batch) that no filter matched; 0 when the
+        mapping has filters and every record matched. Never called without filters."""
 
     @hook
     def records_invoked(self, mapping: str, count: int) -> None:
-        """Records in an invocation that ran, reported again on every retry."""
+        """Records of one invocation attempt, reported at its start: every attempt, retries,
+        throttles and service errors included."""
 
     @hook
     def records_failed_invoke(self, mapping: str, count: int) -> None:
-        """Records of a failed invocation, or listed in a non-empty ``batchItemFailures``."""
+        """Records of one invocation attempt that did not succeed, reported at its end: a
+        throttle, a service or function error, a timeout, a malformed answer, or an answer
+        listing at least one item in ``batchItemFailures`` (then the whole batch)."""
 
     @hook
     def records_dropped(self, mapping: str, count: int) -> None:
-        """Records given up without a destination, or whose destination delivery failed."""
+        """Stream records given up (maximum record age or retry attempts) without an
+        on-failure destination. Not records that outlived the stream's retention, and not
+        records sent to a destination (a failed send is retried, never dropped)."""
 
     @hook
     def records_sent_to_destination(self, mapping: str, count: int) -> None:
-        """Records delivered to the on-failure destination."""
+        """Stream records whose failure record the on-failure destination accepted."""
 
     @hook
     def records_deleted(self, mapping: str, count: int) -> None:
-        """SQS messages deleted after processing."""
+        """SQS messages of one delete (after processing or filtering) that SQS confirmed;
+        0 when it refused them all."""
 
     @hook
     def records_oversized(self, mapping: str, count: int) -> None:
@@ -103,11 +112,13 @@ class Metrics:
 
     @hook
     def batch_item_failures(self, mapping: str, count: int) -> None:
-        """Items listed in a function's non-empty ``batchItemFailures`` response."""
+        """The distinct items a function's non-empty ``batchItemFailures`` response listed
+        (the invocation's whole batch counts as failed in :meth:`records_failed_invoke`)."""
 
     @hook
     def destination_delivery_failed(self, mapping: str, destination_type: str) -> None:
-        """One send to the on-failure destination failed."""
+        """One send to the on-failure destination failed (once per attempt: the batch
+        waits and sends again)."""
 
     @hook
     def destination_blocked(self, mapping: str, blocked: bool) -> None:

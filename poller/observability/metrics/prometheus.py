@@ -5,6 +5,10 @@ the updates compiled from :data:`~poller.observability.metrics.catalog.METRICS` 
 (a cached labelled child and an increment, a set or an observation, once per batch);
 :mod:`poller.observability.server` renders the private registry at ``/metrics`` from its own
 thread, where Prometheus scrapes it.
+
+Series labelled by ``mapping`` may carry extra labels fixed per mapping (:class:`MappingLabels`:
+its tags, ``tag_<key>``). Configuration is static, so their names are set at construction and
+each call only appends the mapping's constant values to the label values its row picks.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import operator
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final, Generic, TypeVar
 
 import structlog
@@ -37,6 +42,32 @@ _Labels = tuple[Any, ...]
 _Step = Callable[[_Args], None]
 
 log = structlog.get_logger("poller.metrics")
+
+
+@dataclass(frozen=True)
+class MappingLabels:
+    """Labels added to every series that has a ``mapping`` label, with values fixed per
+    mapping (the mapping's tags named by ``observability.metric_tag_labels``).
+
+    Attributes:
+        names: the extra label names, appended after a series' own labels.
+        values: per mapping name, its values in ``names`` order; a mapping not listed gets
+            ``""`` for each.
+    """
+
+    names: tuple[str, ...] = ()
+    values: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for mapping, values in self.values.items():
+            if len(values) != len(self.names):
+                raise ValueError(
+                    f"mapping {mapping}: {len(values)} label values for {len(self.names)} names"
+                )
+
+    def of(self, mapping: str) -> tuple[str, ...]:
+        """The mapping's values, ``""`` for each when it has none."""
+        return self.values.get(mapping) or ("",) * len(self.names)
 
 
 class _Children(Generic[_M]):
@@ -73,8 +104,11 @@ class _ScrapeAge(Collector):
     read from the scrape thread: both go through a lock.
     """
 
-    def __init__(self, spec: MetricSpec, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, spec: MetricSpec, labels: tuple[str, ...], clock: Callable[[], float]
+    ) -> None:
         self._spec = spec
+        self._labels = labels
         self._clock = clock
         self._lock = threading.Lock()
         self._touched_at: dict[_Labels, float] = {}
@@ -103,7 +137,7 @@ class _ScrapeAge(Collector):
         yield family
 
     def _family(self) -> GaugeMetricFamily:
-        return GaugeMetricFamily(self._spec.name, self._spec.help, labels=self._spec.labels)
+        return GaugeMetricFamily(self._spec.name, self._spec.help, labels=self._labels)
 
 
 def _picker(hook: str, names: tuple[str, ...]) -> Callable[[_Args], _Labels]:
@@ -149,7 +183,8 @@ class PrometheusMetrics(Metrics):
     :mod:`poller.observability.server` exposes :meth:`render` at ``/metrics``.
 
     The series are the rows of :data:`~poller.observability.metrics.catalog.METRICS` (all
-    labelled by ``mapping``; per-shard ones also by ``shard``), followed by
+    labelled by ``mapping``; per-shard ones also by ``shard``; then by the names of
+    ``mapping_labels``), followed by
     ``poller_metrics_hook_errors_total{hook}``, ``poller_info{version}``,
     ``poller_start_time_seconds``, and the standard ``process_*``, ``python_info`` and
     ``python_gc_*`` series.
@@ -163,6 +198,8 @@ class PrometheusMetrics(Metrics):
         clock: wall-clock seconds; ages and the start time are read from it.
         process_metrics: also export the standard process, platform and GC collectors.
         specs: the table to export (tests give their own).
+        mapping_labels: extra labels of every series with a ``mapping`` label (the mapping's
+            tags); none by default.
     """
 
     def __init__(
@@ -172,9 +209,11 @@ class PrometheusMetrics(Metrics):
         clock: Callable[[], float] = time.time,
         process_metrics: bool = True,
         specs: Sequence[MetricSpec] = METRICS,
+        mapping_labels: MappingLabels = MappingLabels(),
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._clock = clock
+        self._mapping_labels = mapping_labels
         self._failed_hooks: set[str] = set()
         steps: defaultdict[str, list[_Step]] = defaultdict(list)
         for spec in specs:
@@ -208,30 +247,50 @@ class PrometheusMetrics(Metrics):
     # -- building ---------------------------------------------------------------------------
     def _add(self, spec: MetricSpec, steps: defaultdict[str, list[_Step]]) -> None:
         """Register the spec's series and append its update (and removal) to its hooks."""
-        labels = _picker(spec.hook, spec.labels)
+        names = self._label_names(spec)
+        labels = self._with_mapping_labels(spec, _picker(spec.hook, spec.labels))
         if spec.kind is Kind.AGE:
-            age = _ScrapeAge(spec, self._clock)
+            age = _ScrapeAge(spec, names, self._clock)
             self.registry.register(age)
             steps[spec.hook].append(lambda args: age.touch(labels(args)))
             forget: Callable[[_Labels], None] = age.forget
         else:
-            children = self._children(spec)
+            children = self._children(spec, names)
             steps[spec.hook].append(self._update(spec, children, labels))
             forget = children.remove
         if spec.forgotten_by is not None:
-            forgotten = _picker(spec.forgotten_by, spec.labels)
+            forgotten = self._with_mapping_labels(spec, _picker(spec.forgotten_by, spec.labels))
             steps[spec.forgotten_by].append(lambda args: forget(forgotten(args)))
 
-    def _children(self, spec: MetricSpec) -> _Children[Any]:
+    def _label_names(self, spec: MetricSpec) -> tuple[str, ...]:
+        """The spec's labels, then the mapping labels when the spec is labelled by mapping."""
+        if "mapping" not in spec.labels:
+            return spec.labels
+        return spec.labels + self._mapping_labels.names
+
+    def _with_mapping_labels(
+        self, spec: MetricSpec, pick: Callable[[_Args], _Labels]
+    ) -> Callable[[_Args], _Labels]:
+        """``pick``, followed by the mapping's fixed label values when the spec has some."""
+        extra = self._mapping_labels
+        if not extra.names or "mapping" not in spec.labels:
+            return pick  # the usual case costs nothing more
+        at = spec.labels.index("mapping")
+
+        def pick_with_mapping_labels(args: _Args) -> _Labels:
+            values = pick(args)
+            return values + extra.of(values[at])
+
+        return pick_with_mapping_labels
+
+    def _children(self, spec: MetricSpec, names: tuple[str, ...]) -> _Children[Any]:
         reg = self.registry
         if spec.kind is Kind.COUNTER:
-            return _Children(Counter(spec.name, spec.help, spec.labels, registry=reg))
+            return _Children(Counter(spec.name, spec.help, names, registry=reg))
         if spec.kind is Kind.HISTOGRAM:
-            metric = Histogram(
-                spec.name, spec.help, spec.labels, registry=reg, buckets=spec.buckets
-            )
+            metric = Histogram(spec.name, spec.help, names, registry=reg, buckets=spec.buckets)
             return _Children(metric)
-        return _Children(Gauge(spec.name, spec.help, spec.labels, registry=reg))
+        return _Children(Gauge(spec.name, spec.help, names, registry=reg))
 
     @staticmethod
     def _update(

@@ -1,0 +1,209 @@
+"""SQS messages too large for any invocation, and the empty poll's 0, on the real
+``SqsMappingRunner`` over the in-memory queue (issue 16, item 3 and §2.2 item 1).
+
+``max_bytes`` (the runner's seam) stands for Lambda's 6 MB. An oversized message is never
+invoked: with a redrive policy it goes back to the queue with a short visibility timeout (SQS
+then moves it to the dead-letter queue after ``maxReceiveCount``), on a FIFO queue with the
+rest of its group; without one it is deleted. Either way it is logged (id and size, never the
+body) and counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+import structlog
+
+from poller.config import SqsMapping
+from poller.errors import SourceError
+from poller.queues import SqsMappingRunner
+from poller.queues.intake import OVERSIZED_VISIBILITY_SECONDS
+from poller.retry import Backoff
+from poller.sources.sqs import QueueInfo
+from poller.testing import RecordingMetrics, RecordingTarget
+from tests.component.sqs_fakes import FakeQueue
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.anyio
+
+LIMIT = 5.0
+FAST_BACKOFF = Backoff(initial=0.005, maximum=0.02)
+#: Room for several small messages, not for one with a HUGE body.
+MAX_BYTES = 4_000
+HUGE = "H" * 6_000
+
+
+class NoRedriveQueue(FakeQueue):
+    """A queue without a dead-letter queue."""
+
+    async def open(self) -> QueueInfo:
+        info = await super().open()
+        return QueueInfo(info.url, info.visibility_timeout, None, info.fifo)
+
+
+class AttributesFailQueue(FakeQueue):
+    """A queue whose attributes can be read once (at start), then never again."""
+
+    opened = 0
+
+    async def open(self) -> QueueInfo:
+        self.opened += 1
+        if self.opened > 1:
+            raise SourceError("GetQueueAttributes: throttled")
+        return await super().open()
+
+
+def mapping(queue: FakeQueue) -> SqsMapping:
+    return SqsMapping.model_validate(
+        {
+            "name": "orders",
+            "event_source_arn": queue.arn,
+            "target": {"type": "python", "handler": "tests.support.sqs:handler"},
+            "scaling_config": {"maximum_concurrency": 2},
+            "function_response_types": ["ReportBatchItemFailures"],
+        }
+    )
+
+
+@asynccontextmanager
+async def running(
+    queue: FakeQueue, target: RecordingTarget, metrics: RecordingMetrics
+) -> AsyncIterator[None]:
+    stopping = anyio.Event()
+    runner = SqsMappingRunner(
+        mapping(queue),
+        queue=queue,
+        target=target,
+        stopping=stopping,
+        metrics=metrics,
+        max_bytes=MAX_BYTES,
+        backoff=FAST_BACKOFF,
+    )
+    with anyio.fail_after(LIMIT * 2):
+        async with anyio.create_task_group() as tg:
+            await tg.start(runner.run)
+            yield
+            stopping.set()
+
+
+def delivered(target: RecordingTarget) -> list[str]:
+    return [r["messageId"] for event in target.events for r in event["Records"]]
+
+
+def visibility_changes(queue: FakeQueue) -> set[tuple[str, int]]:
+    return {change for call in queue.visibility_calls for change in call}
+
+
+def oversized_counts(metrics: RecordingMetrics) -> list[int]:
+    return [call["count"] for call in metrics.calls_to("records_oversized", "orders")]
+
+
+async def until(condition: Any, what: str) -> None:
+    await wait_until(condition, LIMIT, what, 0.002)
+
+
+# -- with a redrive policy ----------------------------------------------------------------------
+
+
+async def test_an_oversized_message_goes_back_for_the_dead_letter_queue_never_invoked() -> None:
+    queue, target, metrics = FakeQueue(), RecordingTarget(), RecordingMetrics()
+    queue.send("a")
+    queue.send("huge", HUGE)
+    queue.send("b")
+    huge_bytes = queue.size_of("huge")
+    with structlog.testing.capture_logs() as logs:
+        async with running(queue, target, metrics):
+            await until(lambda: {"a", "b"} <= set(queue.deleted), "a and b deleted")
+            await until(lambda: oversized_counts(metrics), "the oversized message counted")
+    assert "huge" not in delivered(target)
+    assert "huge" not in queue.deleted
+    assert ("huge", OVERSIZED_VISIBILITY_SECONDS) in visibility_changes(queue)
+    assert oversized_counts(metrics)[0] == 1
+    line = next(e for e in logs if e["event"] == "messages.oversized")
+    assert (line["message_id"], line["message_bytes"]) == ("huge", huge_bytes)
+    assert line["max_bytes"] == MAX_BYTES
+    assert line["max_receive_count"] == 5
+    assert "dead-letter" in line["action"]
+    assert HUGE not in repr(logs)  # never the body
+
+
+async def test_on_a_fifo_queue_the_rest_of_its_group_goes_back_with_it() -> None:
+    queue, target, metrics = FakeQueue("orders.fifo"), RecordingTarget(), RecordingMetrics()
+    queue.send("x1", group="x")
+    queue.send("y1", group="y")
+    queue.send("xhuge", HUGE, group="x")
+    queue.send("x2", group="x")
+    queue.send("y2", group="y")
+    async with running(queue, target, metrics):
+        await until(lambda: {"x1", "y1", "y2"} <= set(queue.deleted), "the others deleted")
+        await until(
+            lambda: {("x2", OVERSIZED_VISIBILITY_SECONDS)} <= visibility_changes(queue),
+            "x2 given back",
+        )
+    assert "xhuge" not in delivered(target)
+    assert "x2" not in delivered(target)  # it comes after xhuge in its group
+    assert {("xhuge", 1), ("x2", 1)} <= visibility_changes(queue)
+    assert not {"xhuge", "x2"} & set(queue.deleted)
+
+
+async def test_unreadable_queue_attributes_give_the_message_back_never_delete_it() -> None:
+    queue, target, metrics = AttributesFailQueue(), RecordingTarget(), RecordingMetrics()
+    queue.send("huge", HUGE)
+    queue.send("a")
+    with structlog.testing.capture_logs() as logs:
+        async with running(queue, target, metrics):
+            await until(lambda: "a" in queue.deleted, "a deleted")
+            await until(lambda: ("huge", 1) in visibility_changes(queue), "huge given back")
+    assert "huge" not in queue.deleted
+    assert any(e["event"] == "queue.attributes_unreadable" for e in logs)
+
+
+# -- without one --------------------------------------------------------------------------------
+
+
+async def test_without_a_redrive_policy_an_oversized_message_is_deleted_and_logged() -> None:
+    queue, target, metrics = NoRedriveQueue(), RecordingTarget(), RecordingMetrics()
+    queue.send("a")
+    queue.send("huge", HUGE)
+    with structlog.testing.capture_logs() as logs:
+        async with running(queue, target, metrics):
+            await until(lambda: {"a", "huge"} <= set(queue.deleted), "both deleted")
+    assert delivered(target) == ["a"]
+    assert oversized_counts(metrics) == [1]
+    (line,) = [e for e in logs if e["event"] == "messages.oversized"]
+    assert line["message_id"] == "huge"
+    assert line["deleted"] is True
+    assert "no redrive policy" in line["action"]
+    assert HUGE not in repr(logs)
+
+
+async def test_without_a_redrive_policy_a_fifo_group_goes_on_after_its_oversized_message() -> None:
+    queue, target, metrics = NoRedriveQueue("orders.fifo"), RecordingTarget(), RecordingMetrics()
+    queue.send("x1", group="x")
+    queue.send("xhuge", HUGE, group="x")
+    queue.send("x2", group="x")
+    async with running(queue, target, metrics):
+        await until(lambda: {"x1", "xhuge", "x2"} <= set(queue.deleted), "all deleted")
+    assert delivered(target) == ["x1", "x2"]
+    assert oversized_counts(metrics) == [1]
+
+
+# -- the empty poll -----------------------------------------------------------------------------
+
+
+async def test_an_empty_receive_reports_zero_polled() -> None:
+    queue, target, metrics = FakeQueue(), RecordingTarget(), RecordingMetrics()
+    async with running(queue, target, metrics):
+        await until(lambda: queue.receives >= 2, "empty receives")
+        await until(
+            lambda: metrics.calls_to("records_polled", "orders"), "an empty poll counted"
+        )
+        queue.send("a")
+        await until(lambda: "a" in queue.deleted, "a deleted")
+    polled = [call["count"] for call in metrics.calls_to("records_polled", "orders")]
+    assert 0 in polled
+    assert sum(polled) == 1

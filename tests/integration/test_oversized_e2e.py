@@ -1,0 +1,221 @@
+"""Records larger than any invocation, end to end (issue 16, item 3).
+
+Kinesis: moto and ministack refuse a record over 1 MiB; kinesis-local accepts up to 10 MiB
+once the stream's ``MaxRecordSizeInKiB`` is raised (as Kinesis does since 2025), and returns it
+from GetRecords. So a 7 MiB record (about 9.3 MiB in the event, base64) is written to
+kinesis-local, between two small ones, and the service runs at Lambda's real 6 MB limit with
+an SQS on-failure destination on moto: the record is never invoked, its failure record
+(``RecordSizeExceeded``) reaches the queue, and the checkpoint passes it.
+
+SQS: real messages are at most 1 MiB and always fit, so the runner's ``max_bytes`` seam stands
+for the limit, on moto, with and without a redrive policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+
+from poller.aws.clients import ClientFactory
+from poller.config import SqsMapping, parse_settings
+from poller.queues import SqsMappingRunner
+from poller.retry import Backoff
+from poller.sources.sqs import SqsQueue
+from poller.testing import RecordingMetrics, RecordingTarget
+from tests.integration.stream_errors_harness import (
+    checkpoint_of,
+    make_queue,
+    wait_for_messages,
+)
+from tests.support import recorder
+from tests.support.aws import CREDENTIALS, REGION, aws_client, stream_arn, unique
+from tests.support.conformance import assert_matches, recorded_message
+from tests.support.kinesis_local import kinesis_local
+from tests.support.service import running
+from tests.support.service_config import service_config, stream_mapping
+from tests.support.sqs import Queue, create_queue, queue_depth, send_bodies
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.anyio
+
+#: Kinesis's largest record once the stream allows it (10 MiB), and the one written here.
+TEN_MIB_IN_KIB = 10 * 1024
+BIG = 7 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def kl_url() -> Iterator[str]:
+    with kinesis_local() as url:
+        yield url
+
+
+async def big_record_stream(kl_url: str, name: str) -> list[str]:
+    """A one-shard stream on kinesis-local holding a small record, a 7 MiB one and a small
+    one, same partition key; returns their sequence numbers."""
+    async with aws_client("kinesis", kl_url) as kinesis:
+        await kinesis.create_stream(
+            StreamName=name, ShardCount=1, MaxRecordSizeInKiB=TEN_MIB_IN_KIB
+        )
+
+        async def active() -> bool:
+            described = await kinesis.describe_stream_summary(StreamName=name)
+            return bool(described["StreamDescriptionSummary"]["StreamStatus"] == "ACTIVE")
+
+        await wait_until(active, 30, "the stream active")
+        written = []
+        for data in (b'{"n":1}', b"B" * BIG, b'{"n":3}'):
+            put = await kinesis.put_record(StreamName=name, Data=data, PartitionKey="k")
+            written.append(str(put["SequenceNumber"]))
+    return written
+
+
+@pytest.mark.slow
+async def test_a_kinesis_record_over_six_megabytes_goes_to_the_destination_never_invoked(
+    kl_url: str, moto_url: str, tmp_path: Path, recorded_streams: list[str]
+) -> None:
+    name = unique("oversized")
+    arn = stream_arn(name)
+    recorded_streams.append(arn)
+    small, big, after = await big_record_stream(kl_url, name)
+    queue_url, queue_arn = await make_queue(moto_url, unique("oversized-failures"))
+    db = tmp_path / "c.db"
+    mapping = stream_mapping(
+        "m",
+        arn,
+        "tests.support.recorder:record",
+        batch_size=10,
+        destination_config={"on_failure": {"destination_arn": queue_arn}},
+    )
+    settings = parse_settings(
+        service_config(
+            moto_url, mapping, checkpoints={"path": str(db)}, endpoints={"kinesis": kl_url}
+        )
+    )
+    async with running(settings):
+        await wait_until(lambda: checkpoint_of(db) == after, 120, "the shard settled")
+    delivered = [seq for _, seq in recorder.sequence_numbers(arn)]
+    assert delivered == [small, after]
+    (message,) = await wait_for_messages(moto_url, queue_url)
+    expected = recorded_message(
+        "esm-kinesis.json",
+        "test_kinesis_maximum_record_age_exceeded[expire-before-ingestion]",
+        "record_age_exceeded_payload",
+    )
+    expected["requestContext"] |= {
+        "condition": "RecordSizeExceeded",
+        "approximateInvokeCount": 0,
+        "functionArn": "python:tests.support.recorder:record",  # a Python target's name
+    }
+    assert_matches(message, expected)
+    info = message["KinesisBatchInfo"]
+    assert info["startSequenceNumber"] == info["endSequenceNumber"] == big
+    assert info["batchSize"] == 1
+    assert "responseContext" not in message
+
+
+# -- SQS on moto, through the max_bytes seam ----------------------------------------------------
+
+MAX_BYTES = 6_000
+HUGE = "H" * 8_000
+
+
+@asynccontextmanager
+async def runner_at_max_bytes(
+    sqs_url: str, arn: str, target: RecordingTarget, metrics: RecordingMetrics
+) -> AsyncIterator[None]:
+    """One ``SqsMappingRunner`` on moto, cutting at ``MAX_BYTES``, until the block ends."""
+    clients = ClientFactory(region=REGION, endpoint_url=sqs_url, credentials=CREDENTIALS)
+    try:
+        client = await clients.client("sqs")
+        queue = SqsQueue(receive_client=client, settle_client=client, queue_arn=arn, region=REGION)
+        mapping = SqsMapping.model_validate(
+            {
+                "name": "orders",
+                "event_source_arn": arn,
+                "target": {"type": "python", "handler": "tests.support.sqs:handler"},
+                "receive_wait_time_seconds": 1,
+            }
+        )
+        stopping = anyio.Event()
+        runner = SqsMappingRunner(
+            mapping,
+            queue=queue,
+            target=target,
+            stopping=stopping,
+            metrics=metrics,
+            max_bytes=MAX_BYTES,
+            backoff=Backoff(initial=0.01, maximum=0.05),
+        )
+        with anyio.fail_after(120):
+            async with anyio.create_task_group() as tg:
+                await tg.start(runner.run)
+                yield
+                stopping.set()
+    finally:
+        await clients.aclose()
+
+
+async def small_huge_small(sqs_url: str, *, redrive: bool) -> tuple[Queue, Queue | None]:
+    """A queue holding "small", HUGE, "small"; with ``redrive``, a dead-letter queue after 2
+    receives."""
+    name = unique("oversized")
+    async with aws_client("sqs", sqs_url) as sqs:
+        dlq = None
+        if redrive:
+            dlq = Queue(f"{name}-dlq", await create_queue(sqs, f"{name}-dlq"))
+        queue = Queue(
+            name,
+            await create_queue(sqs, name, dlq_arn=dlq.arn if dlq else None, max_receive_count=2),
+        )
+        await send_bodies(sqs, queue.url, ["small", HUGE, "small"])
+    return queue, dlq
+
+
+async def depth(sqs_url: str, queue: Queue) -> int:
+    async with aws_client("sqs", sqs_url) as sqs:
+        return sum(await queue_depth(sqs, queue.url))
+
+
+def bodies(target: RecordingTarget) -> list[str]:
+    return sorted(r["body"] for event in target.events for r in event["Records"])
+
+
+def oversized(metrics: RecordingMetrics) -> list[int]:
+    return [c["count"] for c in metrics.calls_to("records_oversized", "orders")]
+
+
+async def test_an_oversized_sqs_message_reaches_the_dead_letter_queue_never_invoked(
+    sqs_url: str,
+) -> None:
+    """Given back with a 1-second visibility each time, the message is received twice and
+    then moved by SQS (moto) to the dead-letter queue."""
+    queue, dlq = await small_huge_small(sqs_url, redrive=True)
+    assert dlq is not None
+    target, metrics = RecordingTarget(), RecordingMetrics()
+    async with runner_at_max_bytes(sqs_url, queue.arn, target, metrics):
+        await wait_until(lambda: _is(depth(sqs_url, dlq), 1), 60, "the message in the DLQ")
+        await wait_until(lambda: _is(depth(sqs_url, queue), 0), 60, "the queue empty")
+    assert bodies(target) == ["small", "small"]
+    assert sum(oversized(metrics)) == 2  # one per receive, up to maxReceiveCount
+    async with aws_client("sqs", sqs_url) as sqs:
+        (moved,) = (await sqs.receive_message(QueueUrl=dlq.url))["Messages"]
+    assert moved["Body"] == HUGE
+
+
+async def test_without_a_redrive_policy_an_oversized_sqs_message_is_deleted(
+    sqs_url: str,
+) -> None:
+    queue, _ = await small_huge_small(sqs_url, redrive=False)
+    target, metrics = RecordingTarget(), RecordingMetrics()
+    async with runner_at_max_bytes(sqs_url, queue.arn, target, metrics):
+        await wait_until(lambda: _is(depth(sqs_url, queue), 0), 60, "the queue empty")
+    assert bodies(target) == ["small", "small"]
+    assert oversized(metrics) == [1]
+
+
+async def _is(count: Awaitable[int], expected: int) -> bool:
+    return await count == expected
