@@ -112,14 +112,14 @@ def test_lineage_of_a_year_of_rollovers_is_iterative_and_linear() -> None:
     planned without recursion, in well under a second."""
     chain = [ShardInfo("s0", closed=True)]
     chain += [ShardInfo(f"s{i}", (f"s{i - 1}",), closed=True) for i in range(1, 100_000)]
-    started = time.perf_counter()
+    started = time.process_time()  # CPU time: CI's load stretches the wall clock
     plan = plan_shards(chain, {"s99999": PROGRESS})
     assert len(plan.finished) == 99_999
     assert plan.ready == ("s99999",)
     assert retired_checkpoints(chain[-1:], {"s99999": PROGRESS}, stored=chain[:-1]) == sorted(
         s.shard_id for s in chain[:-1]
     )
-    assert time.perf_counter() - started < 5
+    assert time.process_time() - started < 5
 
 
 def test_retire_finished_shard_that_aged_out() -> None:
