@@ -137,12 +137,14 @@ class FailureRouter:
 
     def _drop(self, action: GiveUp, fields: dict[str, Any]) -> None:
         """Records given up with no destination: logged (positions and sizes, never data);
-        counted as dropped only when AWS would (their maximum age or their retries)."""
+        counted as dropped only when AWS would (their maximum age or their retries), and
+        retention expiry in a series of its own (AWS counts it nowhere; an alert needs it)."""
         reason = "no on-failure destination"
         if action.condition == "RecordSizeExceeded":
             log.error("records.oversized", reason=reason, **fields)
         elif action.by_retention:
             log.error("records.expired_by_retention", reason=reason, **fields)
+            self._metrics.records_expired_by_retention(self._mapping, len(action.records))
         else:
             log.error("records.dropped", reason=reason, **fields)
             self._metrics.records_dropped(self._mapping, len(action.records))

@@ -303,7 +303,8 @@ async def test_a_give_up_for_the_streams_retention_is_not_counted_as_dropped(
     stopping: anyio.Event,
 ) -> None:
     """Infinite maximum age: a record tried once and older than the retention is given up;
-    AWS's DroppedEventCount leaves it out, so poller logs it apart and counts nothing."""
+    AWS's DroppedEventCount leaves it out, so poller logs it apart and counts it in a series of
+    its own."""
     metrics = RecordingMetrics()
     target = RecordingTarget(default=function_error())
     old = time.time() - 7_200
@@ -317,6 +318,7 @@ async def test_a_give_up_for_the_streams_retention_is_not_counted_as_dropped(
     assert len(target.events) == 1  # tried once, then past the retention
     assert amounts(metrics, "records_dropped") == []
     assert amounts(metrics, "records_oversized") == []
+    assert amounts(metrics, "records_expired_by_retention") == [1]
     (line,) = [e for e in logs if e["event"] == "records.expired_by_retention"]
     assert line["condition"] == "RecordAgeExceeded"
     assert not [e for e in logs if e["event"] == "records.dropped"]

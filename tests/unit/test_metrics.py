@@ -86,6 +86,7 @@ COUNT_HOOKS = [
     ("records_sent_to_destination", "poller_on_failure_destination_delivered_events_total"),
     ("records_deleted", "poller_deleted_events_total"),
     ("records_oversized", "poller_oversized_records_total"),
+    ("records_expired_by_retention", "poller_retention_expired_events_total"),
     ("batch_item_failures", "poller_batch_item_failures_total"),
     ("visibility_extended", "poller_visibility_extensions_total"),
 ]

@@ -167,6 +167,12 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         "records_oversized",
     ),
     _events(
+        "poller_retention_expired_events_total",
+        "Stream records given up without an on-failure destination because they outlived the "
+        "stream's retention (not in Lambda's DroppedEventCount, which excludes them).",
+        "records_expired_by_retention",
+    ),
+    _events(
         "poller_batch_item_failures_total",
         "Distinct items listed in non-empty batchItemFailures responses (the whole batch "
         "counts in poller_failed_invoke_events_total).",

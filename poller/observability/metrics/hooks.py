@@ -111,6 +111,11 @@ class Metrics:
         retried): sent to the on-failure destination, or dropped without one."""
 
     @hook
+    def records_expired_by_retention(self, mapping: str, count: int) -> None:
+        """Stream records given up without a destination because they outlived the stream's
+        retention (maximum record age -1): not dropped in AWS's sense, but lost all the same."""
+
+    @hook
     def batch_item_failures(self, mapping: str, count: int) -> None:
         """The distinct items a function's non-empty ``batchItemFailures`` response listed
         (the invocation's whole batch counts as failed in :meth:`records_failed_invoke`)."""
