@@ -1,9 +1,11 @@
 """Benchmark: an SQS mapping against a plain aiobotocore receive/delete loop, on the same queue.
 
-moto's server runs in its own process (so its CPU is charged to neither side), with the
-test-only SQS speed-up of ``tests/support/sqs.py`` applied: stock moto spends O(queue depth)
-per message and manages about 12 messages/s at 5,000 messages deep. The queue is filled with
-N messages of 100 bytes, then, in the same run:
+The emulator runs in its own process (so its CPU is charged to neither side): moto's server by
+default, with the test-only SQS speed-up of ``tests/support/sqs.py`` applied (stock moto spends
+O(queue depth) per message and manages about 12 messages/s at 5,000 messages deep), or
+ministack (``--emulator ministack``), which serves a message for a fraction of what either
+side spends on it, so there the clients' own cost sets the pace. The queue is filled with N
+messages of 100 bytes, then, in the same run:
 
 * raw loop: one process, ``--concurrency`` tasks each doing ReceiveMessage(10, all
   attributes) then DeleteMessageBatch, until N messages were deleted. Nothing else.
@@ -16,25 +18,32 @@ The raw loop measures itself from the moment its client is ready to its last del
 service is measured from its first invocation (so neither side pays for process start-up,
 imports or botocore's model loading; the service's first receive, one of hundreds, falls
 outside) until the queue is empty (nothing visible, nothing in flight: every message
-deleted), its CPU read from ``/proc`` at that moment (every thread). Printed: messages/s,
-CPU seconds per 10,000 messages and peak RSS of each side, and the service/raw ratios.
+deleted), its CPU read from ``/proc`` at that moment (every thread). Printed per round:
+messages/s, CPU microseconds per message and peak RSS of each side, the service/raw ratios,
+and the emulator's CPU per message over each side's whole run (busy near its wall time means
+the emulator set the pace). After the last round: the medians over the rounds of each side's
+CPU per message and of the ratio.
 
-Run: ``.venv/bin/python benchmarks/sqs_throughput.py [--messages 5000] [--rounds 1]``
+Run: ``.venv/bin/python benchmarks/sqs_throughput.py [--messages 5000] [--rounds 1]
+[--emulator moto|ministack]``
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +53,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from aiobotocore.config import AioConfig
 
 from benchmarks.harness import start_service
+from benchmarks.kinesis_throughput import emulator_pid, with_emulator_cpu
 from tests.support.aws import aws_client, moto_server_process
+from tests.support.ministack import ministack
 from tests.support.sqs import queue_arn, queue_depth, send_bodies
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -194,20 +205,51 @@ def run_service(
 # -- report ----------------------------------------------------------------------------------
 
 
-def report(raw: dict[str, Any], svc: dict[str, Any], messages: int) -> None:
+def report(raw: dict[str, Any], svc: dict[str, Any], messages: int) -> tuple[float, float]:
+    """Print one round; return (raw, service) CPU microseconds per message."""
     raw_rate, svc_rate = messages / raw["wall_s"], messages / svc["wall_s"]
-    raw_cpu, svc_cpu = raw["cpu_s"] / messages * 10_000, svc["cpu_s"] / messages * 10_000
+    raw_cpu, svc_cpu = raw["cpu_s"] / messages * 1e6, svc["cpu_s"] / messages * 1e6
     print(f"messages                   {messages}")
     for name, rate, cpu, rss in (
         ("raw loop", raw_rate, raw_cpu, raw["max_rss_mb"]),
         ("service", svc_rate, svc_cpu, svc["max_rss_mb"]),
     ):
         print(
-            f"{name:12} messages/s {rate:8.0f}   cpu per 10,000 messages {cpu:6.2f} s"
-            f"   peak RSS {rss:.0f} MB"
+            f"{name:12} messages/s {rate:8.0f}   cpu/message {cpu:6.1f} us   peak RSS {rss:.0f} MB"
         )
     print(f"throughput ratio (service/raw)     {svc_rate / raw_rate:.2f}")
-    print(f"cpu per message ratio (service/raw) {svc_cpu / raw_cpu:.2f}")
+    print(f"cpu per message ratio (service/raw) {svc_cpu / raw_cpu:.2f}   (goal <= 1.2)")
+    for name, run in (("raw loop", raw), ("service", svc)):
+        if run.get("emulator_cpu_s"):
+            print(
+                f"{name:12} emulator CPU {run['emulator_cpu_s']:6.1f} s"
+                f" = {run['emulator_cpu_s'] / messages * 1e6:5.1f} us/message"
+                " (its whole run, filling excluded)"
+            )
+    return raw_cpu, svc_cpu
+
+
+def report_medians(rounds: list[tuple[float, float]]) -> None:
+    """The medians over the rounds: each side's CPU per message, and the ratio (the median
+    of the rounds' ratios, each round's two sides having run in the same minute or two)."""
+    raw = statistics.median(r for r, _ in rounds)
+    svc = statistics.median(s for _, s in rounds)
+    ratio = statistics.median(s / r for r, s in rounds)
+    print(f"--- median of {len(rounds)} rounds")
+    print(f"raw loop     cpu/message {raw:6.1f} us")
+    print(f"service      cpu/message {svc:6.1f} us")
+    print(f"cpu per message ratio (service/raw) {ratio:.2f}   (goal <= 1.2)")
+
+
+@contextlib.contextmanager
+def emulator(name: str) -> Iterator[str]:
+    """The SQS emulator, in its own process: moto with the SQS speed-up, or ministack."""
+    if name == "ministack":
+        with ministack() as url:
+            yield url
+    else:
+        with moto_server_process(speed_up_sqs=True) as url:
+            yield url
 
 
 def main() -> None:
@@ -220,19 +262,35 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=5, help="raw tasks; service cap")
     parser.add_argument("--rounds", type=int, default=1, help="measure each side this many times")
+    parser.add_argument("--emulator", choices=("moto", "ministack"), default="moto")
     args = parser.parse_args()
-    with moto_server_process(speed_up_sqs=True) as url:
+    with emulator(args.emulator) as url:
         queue = f"bench-{os.getpid()}"
+        server = emulator_pid(url)
+        rounds: list[tuple[float, float]] = []
         with tempfile.TemporaryDirectory() as tmp:
             for round_no in range(1, args.rounds + 1):
                 started = time.monotonic()
                 queue_url = asyncio.run(fill_queue(url, queue, args.messages))
                 took = time.monotonic() - started
                 print(f"--- round {round_no}: sent {args.messages} messages in {took:.1f} s")
-                raw = run_raw(url, queue_url, args.messages, args.concurrency)
+                raw = with_emulator_cpu(
+                    server, run_raw, url, queue_url, args.messages, args.concurrency
+                )
                 asyncio.run(fill_queue(url, queue, args.messages))
-                svc = run_service(url, queue, queue_url, args.messages, args.concurrency, Path(tmp))
-                report(raw, svc, args.messages)
+                svc = with_emulator_cpu(
+                    server,
+                    run_service,
+                    url,
+                    queue,
+                    queue_url,
+                    args.messages,
+                    args.concurrency,
+                    Path(tmp),
+                )
+                rounds.append(report(raw, svc, args.messages))
+                sys.stdout.flush()
+        report_medians(rounds)
 
 
 if __name__ == "__main__":

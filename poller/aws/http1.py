@@ -159,7 +159,8 @@ def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
     if code < 200:
         raise UnsupportedAnswer(f"interim answer {code}")
     headers: dict[str, str] = {}
-    lowered = b"\r\n" + rest.lower()
+    original = b"\r\n" + rest
+    lowered = original.lower()  # bytes.lower() keeps every byte in place
     for name in _READ_HEADERS:
         key = b"\r\n" + name + b":"
         at = lowered.find(key)
@@ -169,15 +170,20 @@ def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
                 # full client refuses such an answer too.
                 raise UnsupportedAnswer("answer with a repeated Content-Length")
             end = lowered.find(b"\r\n", at + 2)
-            value = lowered[at + len(name) + 3 : end if end >= 0 else None]
+            source = original if name in _CASED_VALUES else lowered
+            value = source[at + len(name) + 3 : end if end >= 0 else None]
             headers[name.decode()] = value.strip().decode("latin-1")
     if version == b"HTTP/1.0 " and headers.get("connection") != "keep-alive":
         headers["connection"] = "close"
     return code, headers
 
 
-#: The answer headers this client reads (lower case); values are lower-cased too.
-_READ_HEADERS = (b"content-length", b"transfer-encoding", b"connection")
+#: The answer headers this client reads (lower case); values are lower-cased too, except
+#: those of :data:`_CASED_VALUES`.
+_READ_HEADERS = (b"content-length", b"transfer-encoding", b"connection", b"x-amzn-query-error")
+#: Headers whose value is kept as sent: a query-compatible service's (SQS) error code and
+#: fault, ``AWS.SimpleQueueService.NonExistentQueue;Sender``, which botocore reports as sent.
+_CASED_VALUES = frozenset({b"x-amzn-query-error"})
 
 
 def _content_length(text: str) -> int:

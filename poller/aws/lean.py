@@ -1,23 +1,35 @@
-"""The lean read path: GetRecords for Kinesis and DynamoDB Streams without botocore's per-call
-machinery, falling back to the full client for anything it does not know.
+"""The lean call path: GetRecords for Kinesis and DynamoDB Streams, and SQS's ReceiveMessage,
+DeleteMessageBatch and ChangeMessageVisibilityBatch, without botocore's per-call machinery,
+falling back to the full client for anything it does not know.
 
 An idle shard is polled once a second (Kinesis) or four times a second (DynamoDB Streams), and
 most of an empty poll's CPU went to botocore's handler chain (events, user agent, endpoint
-rules, parameter validation, the response shape walk), not to the request. :class:`LeanCall`
-sends the same request itself, keeping what matters from botocore:
+rules, parameter validation, the response shape walk), not to the request; an SQS mapping
+makes two or three such calls per batch of at most ten messages, and botocore's chain cost
+more than the rest of the batch's handling. :class:`LeanCall` sends the same request itself,
+keeping what matters from botocore:
 
 * the endpoint and signing context its endpoint rules resolve, once per distinct stream ARN;
 * its credentials, frozen per call (refreshable credentials keep refreshing), and its SigV4
   signer (``SigV4Auth.add_auth``) on every request;
 * its service model: the answer is projected on the operation's output shape, compiled once
-  (:mod:`poller.aws.shapes`), with the source clients' timestamp and blob parsers, so a page
-  equals what the client would return (without ``ResponseMetadata``).
+  (:mod:`poller.aws.shapes`), with the client's own timestamp and blob parsers (the source
+  clients', or botocore's defaults for SQS's clients), so a page equals what the client would
+  return (without ``ResponseMetadata``).
 
 The request goes out over a small keep-alive HTTP/1.1 client (:mod:`poller.aws.http1`). A
 known AWS error becomes the same ``SourceError`` the full path raises; a connection failure or
 timeout is ``SourceUnavailable``. Any other answer (not JSON, an unknown error code, a missing
 field, an HTTP shape the client does not read) is not guessed at: that one call is made again
-through the full client, and the fallback is counted and logged once at debug.
+through the full client, and the fallback is counted and logged once at debug. An error of a
+service that answers errors in its old query protocol's codes too (SQS: the
+``x-amzn-query-error`` header) takes the header's code as botocore does, where the HTTP
+client passes the header on (see :data:`QUERY_ERROR_HEADER`).
+
+A call whose answer hands something out (ReceiveMessage: its messages turn invisible) cannot
+be made twice for free: when such an answer arrived and could not be read, the lean path is
+switched off for that call for good (logged at warning), so that at most one answer's
+messages wait out their visibility timeout.
 
 ``POLLER_LEAN_READS=0`` in the environment turns the lean path off (every call goes through the
 full client).
@@ -25,6 +37,7 @@ full client).
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import ssl
@@ -38,6 +51,7 @@ import botocore
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.httpsession import get_cert_path
+from botocore.parsers import DEFAULT_TIMESTAMP_PARSER
 
 from poller.aws.clients import epoch_seconds, keep_base64
 from poller.aws.http1 import HttpPool, UnsupportedAnswer
@@ -58,6 +72,12 @@ COMMON_ERROR_CODES = frozenset(
         "ValidationException",
     }
 )
+#: The header in which query-compatible services (SQS) give an error's old query-protocol code
+#: and fault, ``Code;Sender``; botocore reports that code. The HTTP client returns only the
+#: headers it reads (:mod:`poller.aws.http1`): where this one is not among them, the JSON code
+#: stands (the shape's name, e.g. ``QueueDoesNotExist`` for ``AWS.SimpleQueueService.
+#: NonExistentQueue``; callers that test SQS codes accept both).
+QUERY_ERROR_HEADER = "x-amzn-query-error"
 #: Proxy settings botocore honours; the lean path does not speak to proxies.
 _PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
 #: Keep-alive connections by client and endpoint URL, shared by every lean call of a client.
@@ -83,6 +103,12 @@ def compile_output(shape: Any, *, null_free: bool = False) -> Parser:
     )
 
 
+def compile_botocore_output(shape: Any, *, null_free: bool = False) -> Parser:
+    """The parser of an operation's output as a client with botocore's default parsers reads
+    it: timestamps through ``parse_timestamp``, blobs decoded to bytes."""
+    return compile_shape(shape, DEFAULT_TIMESTAMP_PARSER, base64.b64decode, null_free=null_free)
+
+
 def _epoch_seconds(value: Any) -> float:
     """The source clients' timestamp parser (``epoch_seconds``), without a second call for
     the float that JSON answers carry."""
@@ -101,7 +127,15 @@ def lean_enabled(environ: Mapping[str, str] | None = None) -> bool:
 
 
 class Fallback(Exception):
-    """This call is made through the full client; the message says why."""
+    """This call is made through the full client; the message says why.
+
+    ``answered``: the service answered and may have acted on the request (an answer that
+    could not be read), as opposed to a call that never left or was refused.
+    """
+
+    def __init__(self, reason: str, *, answered: bool = False) -> None:
+        super().__init__(reason)
+        self.answered = answered
 
 
 class LeanCall:
@@ -111,24 +145,53 @@ class LeanCall:
     path can stand in for (another protocol or signer, a proxy, custom parsers, switched off).
 
     Args:
-        client: the aiobotocore source client (``ClientFactory.client(..., purpose="source")``).
+        client: the aiobotocore client: a source client (``ClientFactory.client(...,
+            purpose="source")``), or, with ``plain_parsers``, one with botocore's parsers.
         operation: the operation's name in the service model, e.g. ``GetRecords``.
-        required: per item of the output's list ``Records``, the keys that must be present.
+        required: per item of the output's list ``items``, the keys that must be present.
+        items: the output's list whose items ``required`` applies to; None for no check.
+        plain_parsers: the client reads answers with botocore's default parsers (with
+            :meth:`for_client`: it may, and the client's settings tell).
+        hands_out: the answer hands something out (see the module's doc): an answer that
+            could not be read switches the lean path off for this call.
+        any_error_code: a JSON error is answered with its code whatever the code (as botocore
+            does), not only the codes the model and :data:`COMMON_ERROR_CODES` list: a call
+            that must not be sent twice for an error (a retried delete counts its attempts).
     """
 
-    def __init__(self, client: Any, operation: str, required: frozenset[str]) -> None:
+    def __init__(
+        self,
+        client: Any,
+        operation: str,
+        required: frozenset[str],
+        *,
+        items: str | None = "Records",
+        plain_parsers: bool = False,
+        hands_out: bool = False,
+        any_error_code: bool = False,
+    ) -> None:
         self._client = client
         self._method = getattr(client, _snake(operation))
         model = client.meta.service_model
         self._operation = model.operation_model(operation)
-        self._parse = compile_output(self._operation.output_shape)
-        self._parse_null_free = compile_output(self._operation.output_shape, null_free=True)
+        compiler = compile_botocore_output if plain_parsers else compile_output
+        self._parse = compiler(self._operation.output_shape)
+        self._parse_null_free = compiler(self._operation.output_shape, null_free=True)
         modeled = {shape.name for shape in self._operation.error_shapes}
         self._known_errors = COMMON_ERROR_CODES | KNOWN_CODES | modeled
+        self._query_compatible = "awsQueryCompatible" in model.metadata
         self._required = required
+        self._items = items
+        self._hands_out = hands_out
+        self._any_error_code = any_error_code
+        #: False once an answer that handed something out could not be read.
+        self.enabled = True
         self._target = f"{model.metadata['targetPrefix']}.{operation}"
         content_type = f"application/x-amz-json-{model.metadata['jsonVersion']}"
-        self._headers = (("Content-Type", content_type), ("X-Amz-Target", self._target))
+        headers = [("Content-Type", content_type), ("X-Amz-Target", self._target)]
+        if self._query_compatible:  # botocore's serializer adds it for such services
+            headers.append(("x-amzn-query-mode", "true"))
+        self._headers = tuple(headers)
         config = client.meta.config
         self._timeouts = (float(config.connect_timeout), float(config.read_timeout))
         self._max_connections = int(config.max_pool_connections or 10)
@@ -138,33 +201,55 @@ class LeanCall:
         self._logged: set[str] = set()
 
     @classmethod
-    def for_client(cls, client: Any, operation: str, required: frozenset[str]) -> LeanCall | None:
-        """A lean call for ``client``, or None where only the full client will do."""
+    def for_client(
+        cls,
+        client: Any,
+        operation: str,
+        required: frozenset[str],
+        *,
+        items: str | None = "Records",
+        plain_parsers: bool = False,
+        hands_out: bool = False,
+        any_error_code: bool = False,
+    ) -> LeanCall | None:
+        """A lean call for ``client``, or None where only the full client will do.
+
+        The client must read answers with the source clients' parsers, or, when
+        ``plain_parsers`` is set, it may read them with botocore's defaults (no parser set
+        at all); the lean parse then uses the same ones as the client."""
         if not lean_enabled() or any(os.environ.get(name) for name in _PROXY_VARIABLES):
             return None
         try:
             model = client.meta.service_model
             # The parser settings the client's responses are read with (ClientFactory's
-            # source session): the lean path applies the same two, nothing else.
+            # source session, or botocore's defaults): the lean path applies the same.
             parsing = client._endpoint._response_parser_factory._defaults
             if (
                 model.protocol != "json"
                 or "targetPrefix" not in model.metadata
                 or client.meta.config.proxies
-                or parsing.get("timestamp_parser") is not epoch_seconds
-                or parsing.get("blob_parser") is not keep_base64
+                or not _parsers_known(parsing, plain=plain_parsers)
             ):
                 return None
-            return cls(client, operation, required)
+            return cls(
+                client,
+                operation,
+                required,
+                items=items,
+                plain_parsers=not parsing,
+                hands_out=hands_out,
+                any_error_code=any_error_code,
+            )
         except (Malformed, KeyError, AttributeError, TypeError, ValueError):
             return None
 
     async def call(self, params: dict[str, Any]) -> dict[str, Any]:
         """The operation's parsed output; raises ``SourceError`` as the full path does."""
-        try:
-            return await self._lean(params)
-        except Fallback as exc:
-            self._fell_back(str(exc))
+        if self.enabled:
+            try:
+                return await self._lean(params)
+            except Fallback as exc:
+                self._fell_back(str(exc), answered=exc.answered)
         async with source_call(self._operation.name):
             response: dict[str, Any] = await self._method(**params)
         response.pop("ResponseMetadata", None)
@@ -180,12 +265,12 @@ class LeanCall:
         try:
             answer = await route.pool.request(request)
         except UnsupportedAnswer as exc:
-            raise Fallback(f"HTTP answer not read by hand: {exc}") from exc
+            raise Fallback(f"HTTP answer not read by hand: {exc}", answered=True) from exc
         except (OSError, TimeoutError) as exc:  # ConnectionError is an OSError
             name = self._operation.name
             raise SourceUnavailable(f"{name} could not reach the service: {exc!r}") from exc
         if answer.status != 200:
-            raise self._error(answer.status, answer.body)
+            raise self._error(answer.status, answer.body, answer.headers)
         return self._page(answer.body)
 
     async def _route(self, params: dict[str, Any]) -> _Route:
@@ -261,12 +346,14 @@ class LeanCall:
         # need not look for them in every record (the search costs less than the looking).
         parse = self._parse if b"null" in body else self._parse_null_free
         try:
-            page = parse(_DECODE(body.decode()))
-            records = page["Records"]
-            if records:  # an idle poll's empty page has nothing to check
-                self._check_required(records)
+            # An empty body is botocore's empty output (its JSON parser reads it as {}).
+            page = parse(_DECODE(body.decode()) if body else {})
+            if self._items is not None:
+                records = page[self._items]
+                if records:  # an idle poll's empty page has nothing to check
+                    self._check_required(records)
         except (ValueError, UnicodeDecodeError, Malformed, KeyError, TypeError) as exc:
-            raise Fallback(f"answer not read by hand: {exc!r}") from exc
+            raise Fallback(f"answer not read by hand: {exc!r}", answered=True) from exc
         return dict(page)
 
     def _check_required(self, records: list[dict[str, Any]]) -> None:
@@ -274,9 +361,9 @@ class LeanCall:
         rather than record by record."""
         for key in self._required:
             if not all(map(dict.__contains__, records, repeat(key))):
-                raise Fallback("a record without a required field")
+                raise Fallback("a record without a required field", answered=True)
 
-    def _error(self, status: int, body: bytes) -> Exception:
+    def _error(self, status: int, body: bytes, headers: Mapping[str, str]) -> Exception:
         """The SourceError of a known AWS error, else a Fallback."""
         try:
             error = json.loads(body)
@@ -287,19 +374,50 @@ class LeanCall:
         if not isinstance(code, str) or not isinstance(message, str):
             return Fallback(f"HTTP {status} with an unexpected error body")
         code = code.split(":", 1)[0].rsplit("#", 1)[-1]
-        if code not in self._known_errors:
+        if code not in self._known_errors and not self._any_error_code:
             return Fallback(f"HTTP {status} with unknown error code {code}")
         response: Any = {"Error": {"Code": code, "Message": message}}
+        if self._query_compatible:
+            _query_error(response["Error"], headers.get(QUERY_ERROR_HEADER, ""))
         client_error = ClientError(response, self._operation.name)
         translated = translate_client_error(self._operation.name, client_error)
         translated.__cause__ = client_error
         return translated
 
-    def _fell_back(self, reason: str) -> None:
+    def _fell_back(self, reason: str, *, answered: bool) -> None:
         self.fallbacks += 1
+        if answered and self._hands_out:
+            self.enabled = False
+            log.warning(
+                "lean.switched_off",
+                operation=self._target,
+                reason=reason,
+                hint="what that answer handed out (messages) is delivered again once its "
+                "visibility timeout lapses; every later call goes through the full client",
+            )
+            return
         if reason not in self._logged and len(self._logged) < 100:
             self._logged.add(reason)
             log.debug("lean.fallback", operation=self._target, reason=reason)
+
+
+def _query_error(error: dict[str, str], header: str) -> None:
+    """Apply a query-compatible service's ``x-amzn-query-error: Code;Fault`` header to a
+    parsed error as botocore's JSON parser does: that code replaces the JSON one."""
+    parts = header.split(";")
+    if len(parts) == 2 and parts[0]:
+        error["QueryErrorCode"] = error["Code"]
+        error["Type"] = parts[1]
+        error["Code"] = parts[0]
+
+
+def _parsers_known(parsing: Mapping[str, Any], *, plain: bool) -> bool:
+    """Whether a client's parser settings are ones the lean path reproduces: the source
+    clients' two, or (``plain``) botocore's defaults, that is none set."""
+    timestamps, blobs = parsing.get("timestamp_parser"), parsing.get("blob_parser")
+    if timestamps is epoch_seconds and blobs is keep_base64:
+        return True
+    return plain and timestamps is None and blobs is None and not parsing
 
 
 def _tls_context() -> ssl.SSLContext:
