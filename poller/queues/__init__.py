@@ -44,6 +44,12 @@ Lambda's rules (docs/aws-esm.md §2.2, §2.3, §2.5; the pure ones are in
   second while batches come back full (Lambda adds 300 a minute), one fewer per empty long
   poll, failed batch or throttle, never fewer than two. An idle queue costs one long poll
   (20 seconds, ``receive_wait_time_seconds``) per poller at a time and nothing else.
+* **Provisioned mode** (``provisioned_poller_config``): a poller is one receive loop with up to
+  ten batches in flight and at most ten receives a second; their number starts at
+  ``minimum_pollers`` and grows by up to 1,000 concurrency a minute (100 pollers) while
+  batches come back full or the backlog (ApproximateNumberOfMessages, read every 5 s) stays,
+  up to ``maximum_pollers``; it sheds one a second after 30 idle seconds, never below the
+  minimum (:mod:`poller.core.scaling`).
 
 Beyond Lambda: the visibility heartbeat, so that a function running longer than the
 visibility timeout is never delivered twice at once; ``visibility_timeout_on_failure``; and

@@ -33,6 +33,7 @@ from poller.config.models.service import (
 from poller.config.models.settings import AnyMapping, MappingConfig, Settings
 from poller.config.models.sqs import (
     SQS_DEFAULT_MAXIMUM_CONCURRENCY,
+    ProvisionedPollerConfig,
     ScalingConfig,
     SqsMapping,
     VisibilityBackoff,
@@ -66,6 +67,7 @@ __all__ = [
     "MappingConfig",
     "ObservabilitySettings",
     "OnFailureDestination",
+    "ProvisionedPollerConfig",
     "PythonTargetConfig",
     "ScalingConfig",
     "ServiceName",

@@ -13,9 +13,9 @@ says why they mean nothing for a queue.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import AfterValidator, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
 from poller.config.arns import SQS_SOURCE_ARN
 from poller.config.models.base import FrozenModel, Int, meta
@@ -35,6 +35,40 @@ class ScalingConfig(FrozenModel):
     maximum_concurrency: Int | None = Field(
         default=None, ge=2, le=1000, json_schema_extra=meta(aws="MaximumConcurrency")
     )
+
+
+class ProvisionedPollerConfig(FrozenModel):
+    """Provisioned mode: how many event pollers an SQS mapping runs (AWS ProvisionedPollerConfig).
+
+    A poller is one receive loop with up to ten batches in flight and at most ten receives a
+    second; between the bounds the runner scales on backlog and batches in flight, by up to
+    1,000 concurrency (100 pollers) a minute. ``{}`` gives both defaults.
+
+    Attributes:
+        minimum_pollers: pollers that always run, even on an idle queue (AWS MinimumPollers).
+        maximum_pollers: the most pollers (AWS MaximumPollers).
+    """
+
+    minimum_pollers: Int = Field(
+        default=2, ge=2, le=200, json_schema_extra=meta(aws="MinimumPollers")
+    )
+    maximum_pollers: Int = Field(
+        default=200, ge=2, le=10000, json_schema_extra=meta(aws="MaximumPollers")
+    )
+
+    @field_validator("maximum_pollers")
+    @classmethod
+    def _check_order(cls, value: int, info: ValidationInfo) -> int:
+        minimum = info.data.get("minimum_pollers")
+        if minimum is not None and value < minimum:
+            raise own_error(
+                "pollers_order",
+                "{value} is less than minimum_pollers ({minimum}); allowed {minimum} to 10000 "
+                "(AWS MaximumPollers)",
+                value=value,
+                minimum=minimum,
+            )
+        return value
 
 
 class VisibilityBackoff(FrozenModel):
@@ -122,6 +156,9 @@ class SqsMapping(MappingBase):
         maximum_batching_window_in_seconds: how long to gather messages, from the first
             message of a batch.
         scaling_config: the cap on batches in flight (AWS ScalingConfig).
+        provisioned_poller_config: provisioned mode, a range of event pollers instead of the
+            default scaling (AWS ProvisionedPollerConfig); not with
+            ``scaling_config.maximum_concurrency``.
         function_response_types: ``[ReportBatchItemFailures]`` keeps only the messages a
             response lists in the queue and deletes the rest (AWS FunctionResponseTypes).
         visibility_timeout_on_failure: beyond Lambda: after a failure, make messages visible
@@ -153,6 +190,9 @@ class SqsMapping(MappingBase):
     )
     scaling_config: ScalingConfig | None = Field(
         default=None, json_schema_extra=meta(aws="ScalingConfig")
+    )
+    provisioned_poller_config: ProvisionedPollerConfig | None = Field(
+        default=None, json_schema_extra=meta(aws="ProvisionedPollerConfig")
     )
     function_response_types: list[FunctionResponseType] = Field(
         default_factory=list, max_length=1, json_schema_extra=meta(aws="FunctionResponseTypes")
@@ -199,6 +239,22 @@ class SqsMapping(MappingBase):
                 rule=_SQS_WINDOW_RULE,
             )
         return value
+
+    @model_validator(mode="after")
+    def _check_one_scaling_mode(self) -> Self:
+        """Provisioned mode and a concurrency cap are two scaling modes; AWS refuses them
+        together (its exact message is not recorded anywhere we hold, so this one is ours)."""
+        capped = self.scaling_config is not None and (
+            self.scaling_config.maximum_concurrency is not None
+        )
+        if capped and self.provisioned_poller_config is not None:
+            raise own_error(
+                "sqs_scaling_modes",
+                "provisioned_poller_config and scaling_config.maximum_concurrency are both set; "
+                "they are two scaling modes and AWS refuses them together: remove one (in "
+                "provisioned mode, maximum_pollers bounds the concurrency)",
+            )
+        return self
 
     @property
     def source(self) -> Literal["sqs"]:

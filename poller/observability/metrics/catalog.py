@@ -385,7 +385,7 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
     MetricSpec(
         "poller_sqs_concurrency",
         Kind.GAUGE,
-        "SQS pollers currently running.",
+        "SQS batch slots running now: one per poller, ten per provisioned poller.",
         "sqs_concurrency",
         value="pollers",
     ),

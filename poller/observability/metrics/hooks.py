@@ -223,7 +223,8 @@ class Metrics:
 
     @hook
     def sqs_concurrency(self, mapping: str, pollers: int) -> None:
-        """The number of SQS pollers running now."""
+        """The SQS batch slots running now: one per poller in the default mode, ten per
+        provisioned poller (each keeps up to ten batches in flight)."""
 
     @hook
     def provisioned_pollers(self, mapping: str, pollers: int) -> None:
