@@ -161,6 +161,18 @@ class Intake:
         oversized = [m for m in pending if not fits_alone(m, self._max_bytes)]
         if not oversized:
             return pending
+        # Filters first, as for any message (and as the stream engine does): one that no
+        # filter matches is deleted unseen and counted as filtered, whatever its size.
+        unwanted = self._filtered_out(oversized)
+        if unwanted:
+            holding.release(unwanted)
+            self._metrics.records_filtered(self._name, len(unwanted))
+            await self._delete_filtered(unwanted)
+            dropped = {m.message_id for m in unwanted}
+            pending = [m for m in pending if m.message_id not in dropped]
+            oversized = [m for m in oversized if m.message_id not in dropped]
+            if not oversized:
+                return pending
         info = await self._queue_info()
         redrive = info is None or info.redrive_policy is not None
         fifo = info.fifo if info is not None else self.mapping.is_fifo
@@ -170,13 +182,37 @@ class Intake:
         kept = held_back(pending, ids, fifo=fifo) if redrive else set()
         behind = [m for i, m in enumerate(pending) if i in kept and m.message_id not in ids]
         holding.release([*oversized, *behind])
-        self._metrics.records_oversized(self._name, len(oversized))
+        self._metrics.records_oversized(self._name, self._last_receives(oversized, info))
         if redrive:
             await self._give_back(oversized, behind, info)
         else:
             await self._delete(oversized)
         gone = ids | {m.message_id for m in behind}
         return [m for m in pending if m.message_id not in gone]
+
+    def _filtered_out(self, messages: list[SqsMessage]) -> list[SqsMessage]:
+        filters = self.mapping.filters
+        if filters is None:
+            return []
+        return [m for m in messages if not filters.matches(m.event_record)]
+
+    async def _delete_filtered(self, messages: list[SqsMessage]) -> None:
+        failures = await self._queue.delete(messages)
+        if failures:
+            log.warning("messages.filtered_delete_refused", count=len(failures))
+
+    @staticmethod
+    def _last_receives(oversized: list[SqsMessage], info: QueueInfo | None) -> int:
+        """How many of ``oversized`` leave the queue with this receive: all without a redrive
+        policy (deleted); with one, those SQS moves to the dead-letter queue on their next
+        receive. A message given back counts once, not once per receive."""
+        policy = info.redrive_policy if info is not None else None
+        if info is None:
+            return 0  # given back with no known policy: counted when it finally leaves
+        if policy is None:
+            return len(oversized)
+        limit = int(policy.get("maxReceiveCount", 1))
+        return sum(1 for m in oversized if m.receive_count >= limit)
 
     async def _queue_info(self) -> QueueInfo | None:
         """The queue's attributes as of now; None when they cannot be read (then nothing is

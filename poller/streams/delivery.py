@@ -36,6 +36,7 @@ from poller.core.retry_policy import (
     Split,
     StreamRetryPolicy,
     first_segment,
+    oversized,
 )
 from poller.observability.metrics import Metrics, NullMetrics
 from poller.retry import Backoff
@@ -129,7 +130,12 @@ class Delivery:
                 return False
             if segment is None:
                 continue
-            segment = self._windows.fit(segment, queue)
+            segment, too_large = self._windows.fit(segment, queue)
+            if too_large:
+                # The window's state grew since the batch was cut: no invocation can carry it.
+                if not await self._failures.give_up(oversized(segment.records[0])):
+                    return False
+                continue
             result, duration = await self._invoke(self._windows.event(segment.records))
             judgement = retry_policy.judge(segment, result)
             self._count_invocation(segment, result, judgement, duration)

@@ -83,8 +83,12 @@ class FailureRouter:
         metrics: Metrics,
         settle: Callable[[Sequence[StreamRecord]], Awaitable[None]],
         stop: StopSignal,
+        guard: Callable[[], None] | None = None,
     ) -> None:
         self._mapping = mapping
+        #: The lease's self-fencing check (as before an invocation): raises once the lease is
+        #: gone, so a replica that lost the shard neither sends nor drops its records.
+        self._guard = guard
         self._shard_id = shard_id
         self._routing = routing
         #: Only its ``function_arn``, which the failure record names.
@@ -96,6 +100,7 @@ class FailureRouter:
     async def give_up(self, action: GiveUp) -> bool:
         """Route records that failed for good, then settle them. False when shutdown abandoned
         the wait for the destination (the records stay unsettled, to be re-delivered)."""
+        self._fence()
         last = action.last_result if action.condition == "RetryAttemptsExhausted" else None
         request_id = (action.last_result.request_id if action.last_result else "") or str(
             uuid.uuid4()
@@ -135,6 +140,10 @@ class FailureRouter:
         await self._settle(action.records)
         return True
 
+    def _fence(self) -> None:
+        if self._guard is not None:
+            self._guard()
+
     def _drop(self, action: GiveUp, fields: dict[str, Any]) -> None:
         """Records given up with no destination: logged (positions and sizes, never data);
         counted as dropped only when AWS would (their maximum age or their retries), and
@@ -165,6 +174,7 @@ class FailureRouter:
             # Not poller.retry.retrying: a permanent refusal is waited out too (never raised),
             # each refusal is alerted on, and shutdown abandons the wait with False.
             while not blocked.delivered:
+                self._fence()
                 try:
                     await destination.send(
                         record,

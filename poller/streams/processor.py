@@ -167,6 +167,7 @@ class ShardProcessor:
             metrics=self._metrics,
             settle=self._checkpointer.settle,
             stop=self._stop,
+            guard=guard,
         )
         delivery = self._delivery(policy, failures, invoker, retention)
         wiring = LaneWiring(

@@ -178,21 +178,30 @@ class TumblingWindows:
             log.debug("window.opened", window=window.as_event())
         return True
 
-    def fit(self, segment: Segment, queue: deque[Segment]) -> Segment:
+    def fit(self, segment: Segment, queue: deque[Segment]) -> tuple[Segment, bool]:
         """Keep a windowed event within the payload limit. The batch was cut for the state it
         had then; a retry after a partial failure carries the state the function returned,
-        which may be larger. Records that no longer fit go back to the front of the queue."""
-        if self._open.window is None or len(segment.records) < 2:
-            return segment
+        which may be larger. Records that no longer fit go back to the front of the queue.
+
+        Returns the segment to invoke, and True when it is one record that no invocation of
+        the window can carry any more (the caller gives it up, never invokes it)."""
+        if self._open.window is None:
+            return segment, False
         builder = self.batch_builder(segment.records[0], len(segment.records))
-        for record in segment.records:
+        builder.try_add(segment.records[0])
+        if builder.oversized:
+            rest = segment.records[1:]
+            if rest:
+                queue.appendleft(dataclasses.replace(segment, records=rest))
+            return dataclasses.replace(segment, records=segment.records[:1]), True
+        for record in segment.records[1:]:
             if not builder.try_add(record):
                 break
         kept = len(builder.records)
         if kept == len(segment.records):
-            return segment
+            return segment, False
         queue.appendleft(dataclasses.replace(segment, records=segment.records[kept:]))
-        return dataclasses.replace(segment, records=segment.records[:kept])
+        return dataclasses.replace(segment, records=segment.records[:kept]), False
 
     def event(self, records: Sequence[StreamRecord]) -> dict[str, Any]:
         """The event for ``records``: plain, or with the open window and its state."""
