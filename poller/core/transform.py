@@ -17,8 +17,9 @@ A placeholder is a JSONPath into the record (``$``, ``.name`` with letters, digi
 ``_`` and ``/``, ``[n]``; no ``*``) or one of Pipes' reserved variables. Paths see the SQS
 ``body`` and the Kinesis ``data`` decoded (base64, UTF-8, JSON) as Pipes does; a payload that is
 not JSON stays as it came, so a path into it is missing. A missing path is ``null`` where a
-JSON value goes and ``""`` in text. Rendering never raises for any record: every failure of
-decoding is "not JSON", and a value that cannot be written as text is missing.
+JSON value goes and ``""`` in text. Rendering raises for no record but one whose output would
+pass any payload's size (:class:`RenderTooLarge`): every failure of decoding is "not JSON",
+and a value that cannot be written as text is missing.
 """
 
 from __future__ import annotations
@@ -33,10 +34,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
+from poller.core.batching import MAX_PAYLOAD_BYTES
+
 #: The longest template (EventBridge's limit on an InputTemplate).
 MAX_TEMPLATE_CHARS: Final = 8192
 #: The most placeholders in one template (EventBridge's limit on input variables).
 MAX_PLACEHOLDERS: Final = 100
+#: The most JSON characters a template may build for one record: no payload can carry more.
+MAX_TEXT_CHARS: Final = MAX_PAYLOAD_BYTES
 #: The deepest nesting of a template's JSON; deeper templates are refused at load.
 MAX_TEMPLATE_DEPTH: Final = 64
 #: The deepest nesting of a decoded body or data; deeper payloads count as not JSON, so that
@@ -60,7 +65,7 @@ VARIABLES: Final = (
 #: The variable that is a JSON value, never text (Pipes: "only as the value of a JSON field").
 EVENT_JSON: Final = "aws.pipes.event.json"
 
-_STEP = re.compile(r"\.([A-Za-z0-9_/-]+)|\[([0-9]+)\]")
+_STEP = re.compile(r"\.([A-Za-z0-9_/-]+)|\[([0-9]{1,9})\]")
 #: Marks a placeholder inside the template's JSON while it is parsed (NUL is refused in
 #: templates, so a mark cannot be forged): ``\x00<index>\x00``.
 _MARK = re.compile("\x00([0-9]+)\x00")
@@ -181,6 +186,10 @@ def decode_record(record: Any) -> tuple[Any, bool]:
     return record, True
 
 
+#: One encoder for every value written as text (json.dumps with arguments builds one per call).
+_COMPACT: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def _as_text(value: Any) -> str:
     """A value written into text: a string as it is, anything else as compact JSON, and a
     missing value (or one JSON cannot write) as ""."""
@@ -189,7 +198,7 @@ def _as_text(value: Any) -> str:
     if value is MISSING:
         return ""
     try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return _COMPACT.encode(value)
     except (TypeError, ValueError, RecursionError):
         return ""
 
@@ -197,15 +206,39 @@ def _as_text(value: Any) -> str:
 # --- One record's values ---------------------------------------------------------------------
 
 
+class RenderTooLarge(ValueError):
+    """A record's output grew past :data:`MAX_TEXT_CHARS` characters (a template that repeats
+    a large value); raised as soon as it does, before more is built."""
+
+
 class _Scope:
     """What placeholders read for one record; the payload is decoded at most once."""
 
-    __slots__ = ("_decoded", "record", "variables")
+    __slots__ = ("_decoded", "_sizes", "chars", "record", "variables")
 
     def __init__(self, record: Any, variables: PipeVariables) -> None:
         self.record = record
         self.variables = variables
         self._decoded: tuple[Any, bool] | None = None
+        #: A lower bound of the rendered JSON's length: what the references put in it.
+        self.chars = 0
+        self._sizes: dict[int, int] = {}  # by id: a value placed many times is measured once
+
+    def count(self, value: Any) -> None:
+        """Count a value placed in the output (a string's quotes included, escapes not)."""
+        if isinstance(value, str):
+            self.count_chars(len(value) + 2)
+        elif isinstance(value, dict | list):
+            size = self._sizes.get(id(value))
+            if size is None:
+                size = self._sizes[id(value)] = len(_as_text(value))
+            self.count_chars(size)
+
+    def count_chars(self, chars: int) -> None:
+        """Count characters of the output; past any payload's size, stop rendering."""
+        self.chars += chars
+        if self.chars > MAX_TEXT_CHARS:  # stop before building more: no payload can carry it
+            raise RenderTooLarge(f"a record of more than {MAX_TEXT_CHARS} characters")
 
     def decoded(self) -> tuple[Any, bool]:
         if self._decoded is None:
@@ -298,8 +331,10 @@ def _parse_path(body: str) -> tuple[str | int, ...] | str:
             rest = body[position:]
             if rest.startswith((".*", "[*]")):
                 return "the * wildcard is not supported; name the field or index"
+            shown = body if len(body) <= 60 else body[:57] + "..."
             return (
-                f"bad path {body!r} at {rest[:20]!r}: use .name (letters, digits, - _ /) or [index]"
+                f"bad path {shown!r} at {rest[:20]!r}: use .name (letters, digits, - _ /) or "
+                "[index] (at most 9 digits)"
             )
         name, index = match.groups()
         steps.append(int(index) if index is not None else name)
@@ -370,7 +405,37 @@ class _Text:
     parts: tuple[str | _Reference, ...]
 
     def render(self, scope: _Scope) -> str:
-        return "".join(p if isinstance(p, str) else _as_text(p.read(scope)) for p in self.parts)
+        pieces: list[str] = []
+        for part in self.parts:
+            piece = part if isinstance(part, str) else _text_of(part, scope)
+            # Counted as each piece is made: a hundred copies of a large value stop at the
+            # limit instead of being built (and joined) first.
+            scope.count_chars(len(piece))
+            pieces.append(piece)
+        scope.count_chars(2)  # the quotes
+        return "".join(pieces)
+
+
+#: The paths whose value is the whole payload (Pipes decodes these two fields).
+_PAYLOADS: Final = (("body",), ("kinesis", "data"))
+
+
+def _text_of(reference: _Reference, scope: _Scope) -> str:
+    """A reference written as text. A payload that is a bare JSON number is written as it
+    was sent: parsing it only lets a path look inside, and a number has no inside ("1.10"
+    stays "1.10", not 1.1)."""
+    value = reference.read(scope)
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if number and isinstance(reference, _Path) and reference.steps in _PAYLOADS:
+        return _payload_text(scope.record, reference.steps)
+    return _as_text(value)
+
+
+def _payload_text(record: dict[str, Any], steps: tuple[str | int, ...]) -> str:
+    """The payload's JSON text as sent (decoding succeeded, so every step below holds)."""
+    raw = record["body"] if steps == ("body",) else base64.b64decode(record["kinesis"]["data"])
+    text = raw if isinstance(raw, str) else raw.decode("utf-8")
+    return text.strip(" \t\n\r")
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,6 +446,7 @@ class _Value:
 
     def render(self, scope: _Scope) -> Any:
         value = self.reference.read(scope)
+        scope.count(value)
         return None if value is MISSING else value
 
 
@@ -459,8 +525,9 @@ def _check_json_shape(text: str, placeholders: list[_Placeholder]) -> Any:
     """Refuse what no record could fill into valid JSON; return the template parsed with
     its placeholders as marks.
 
-    First each placeholder is replaced by filler of its own length (``0`` and spaces for a
-    value, ``x`` in a string), so a JSON error's offset is the template's own column.
+    First each placeholder is replaced by filler of its own length (``[]`` and spaces for a
+    value, so that no number runs into it; ``x`` in a string), so a JSON error's offset is
+    the template's own column.
     """
     for placeholder in placeholders:
         if not placeholder.in_string and text[placeholder.end :].lstrip().startswith(":"):
@@ -468,7 +535,7 @@ def _check_json_shape(text: str, placeholders: list[_Placeholder]) -> Any:
         _no_event_json_in_text(text, placeholder)
     size = [p.end - p.start for p in placeholders]
     filler = _filled(
-        text, placeholders, lambda i: ("x" if placeholders[i].in_string else "0").ljust(size[i])
+        text, placeholders, lambda i: ("x" if placeholders[i].in_string else "[]").ljust(size[i])
     )
     too_deep = TemplateError(f"the template nests deeper than {MAX_TEMPLATE_DEPTH} levels")
     try:
@@ -519,9 +586,19 @@ class Template:
         self._root = root
 
     def render(self, record: Any, variables: PipeVariables) -> Any:
-        """The value the target receives for ``record``: a JSON value, never an exception
-        for any record (a missing path is null, or "" in text)."""
-        return _render(self._root, _Scope(record, variables))
+        """The value the target receives for ``record``: a JSON value (a missing path is
+        null, or "" in text).
+
+        Raises:
+            RenderTooLarge: a text would be longer than any payload (the only exception).
+        """
+        return self.render_sized(record, variables)[0]
+
+    def render_sized(self, record: Any, variables: PipeVariables) -> tuple[Any, int]:
+        """:meth:`render`, and a lower bound of the value's length as JSON (what its
+        placeholders put in it, each distinct value measured once), without encoding it."""
+        scope = _Scope(record, variables)
+        return _render(self._root, scope), scope.chars
 
 
 def compile_template(text: str) -> Template:

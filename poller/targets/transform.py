@@ -28,7 +28,14 @@ from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 
-from poller.core.transform import BatchShape, PipeVariables, Template, ingestion_time
+from poller.core.batching import MAX_PAYLOAD_BYTES
+from poller.core.transform import (
+    BatchShape,
+    PipeVariables,
+    RenderTooLarge,
+    Template,
+    ingestion_time,
+)
 from poller.types import InvokeResult, Outcome
 
 if TYPE_CHECKING:
@@ -77,11 +84,20 @@ class TransformingTarget:
         records = event.get("Records") or []
         variables = replace(self._variables, ingestion_time=ingestion_time(self._clock()))
         rendered: list[Any] = []
+        # The engines cut batches at the payload limit; a template must not multiply one past
+        # it (a hundred copies of a 1 MB body). Sizes are JSON characters, a lower bound of
+        # the bytes sent, so a batch refused here could never have been delivered.
+        room = MAX_PAYLOAD_BYTES
         for position, record in enumerate(records, start=1):
             try:
-                rendered.append(self._template.render(record, variables))
+                value, chars = self._template.render_sized(record, variables)
             except Exception as exc:  # noqa: BLE001 - reported as the batch's function error
                 return self._failed(position, len(records), exc)
+            room -= chars
+            if room < 0:
+                too_large = RenderTooLarge(f"the transformed batch passes {MAX_PAYLOAD_BYTES}")
+                return self._failed(position, len(records), too_large)
+            rendered.append(value)
         payload: Any = {**event, "Records": rendered} if self._shape == "records" else rendered
         # The HTTP and Python targets never look inside the event: they serialize or copy it,
         # so a bare array goes through the Lambda-shaped signature unchanged.

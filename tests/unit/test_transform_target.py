@@ -112,11 +112,11 @@ class Exploding(Template):
         super().__init__("<$>", None)
         self.calls = 0
 
-    def render(self, record: Any, variables: PipeVariables) -> Any:
+    def render_sized(self, record: Any, variables: PipeVariables) -> tuple[Any, int]:
         self.calls += 1
         if self.calls == 2:
             raise RuntimeError(f"cannot render {record}")
-        return record
+        return record, 0
 
 
 async def test_a_render_error_is_a_function_error_naming_the_position_not_the_data() -> None:
@@ -254,14 +254,14 @@ def test_config_refuses_a_bad_template_naming_the_field() -> None:
     assert "target.batch_shape: unknown field" in str(caught.value)
 
 
-async def test_a_bare_array_with_a_tumbling_window_is_refused_at_start() -> None:
+def windowed_settings(batch_shape: str) -> Any:
     target = {
         "type": "python",
         "handler": "tests.unit.test_transform_target:echo",
         "input_template": "<$.kinesis.data>",
-        "batch_shape": "array",
+        "batch_shape": batch_shape,
     }
-    settings = parse_settings(
+    return parse_settings(
         {
             "mappings": [
                 {
@@ -274,11 +274,14 @@ async def test_a_bare_array_with_a_tumbling_window_is_refused_at_start() -> None
             ]
         }
     )
-    mapping = settings.mappings[0]
+
+
+async def test_a_bare_array_with_a_tumbling_window_is_refused_at_load() -> None:
+    """Refused by the config itself, so ``poller validate`` says what ``poller run`` would."""
     with pytest.raises(ConfigError) as caught:
-        await build(mapping.target, mapping)
+        windowed_settings("array")
     assert "batch_shape: array drops the tumbling window's state" in str(caught.value)
     # The records shape keeps the window's fields, so it is allowed.
-    records_shape = mapping.target.model_copy(update={"batch_shape": "records"})
-    built = await build(records_shape, mapping)
+    mapping = windowed_settings("records").mappings[0]
+    built = await build(mapping.target, mapping)
     await built.aclose()

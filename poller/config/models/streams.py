@@ -15,9 +15,16 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, date, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from poller.config.arns import CONSUMER_NAME, DYNAMODB_STREAM_ARN, IAM_ARN, KINESIS_ARN
 from poller.config.models.base import Float, FrozenModel, Int, meta
@@ -173,6 +180,17 @@ class _StreamMapping(MappingBase):
                 factor=factor,
             )
         return value
+
+    @model_validator(mode="after")
+    def _check_window_shape(self) -> Self:
+        """A bare array cannot carry a window's state: aggregation would silently reset."""
+        if self.tumbling_window_in_seconds and getattr(self.target, "batch_shape", "") == "array":
+            raise own_error(
+                "window_batch_shape",
+                "target.batch_shape: array drops the tumbling window's state and window "
+                "fields; use batch_shape: records with tumbling_window_in_seconds",
+            )
+        return self
 
     @property
     def report_batch_item_failures(self) -> bool:

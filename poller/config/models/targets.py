@@ -61,6 +61,16 @@ InputTemplate = Annotated[
 BatchShapeField = Annotated[BatchShape, Field(default="records")]
 
 
+def _shape_needs_template(input_template: str | None, batch_shape: BatchShape) -> None:
+    """Refuse ``batch_shape: array`` without a template: nothing would apply it."""
+    if batch_shape == "array" and input_template is None:
+        raise own_error(
+            "batch_shape_without_template",
+            "batch_shape: array applies only with an input_template; add one (<$> sends "
+            "each record as it is) or remove batch_shape",
+        )
+
+
 class LambdaTargetConfig(FrozenModel):
     """Deliver batches by invoking an AWS Lambda function.
 
@@ -120,6 +130,11 @@ class HttpTargetConfig(FrozenModel):
     timeout_seconds: Float = Field(default=30.0, gt=0, le=900)
     input_template: InputTemplate = None
     batch_shape: BatchShapeField = "records"
+
+    @model_validator(mode="after")
+    def _check_batch_shape(self) -> HttpTargetConfig:
+        _shape_needs_template(self.input_template, self.batch_shape)
+        return self
 
     # What no HTTP request can carry is refused here, in one line, rather than failing every
     # invocation. Messages name headers but never quote their values, which may be secrets.
@@ -231,6 +246,11 @@ class PythonTargetConfig(FrozenModel):
     timeout_seconds: Float = Field(default=60.0, gt=0, le=900)
     input_template: InputTemplate = None
     batch_shape: BatchShapeField = "records"
+
+    @model_validator(mode="after")
+    def _check_batch_shape(self) -> PythonTargetConfig:
+        _shape_needs_template(self.input_template, self.batch_shape)
+        return self
 
 
 #: Where a mapping delivers its batches, chosen by ``type``.

@@ -1,0 +1,114 @@
+"""A hostile review of input templates end to end: an SQS mapping posts transformed messages
+to a local HTTP endpoint, which answers with a partial batch response built from the
+transformed records.
+
+What the first end-to-end tests left open: SQS message attributes reached by a template, the
+HTTP target (not the Python one) with a bare array, and an ``itemIdentifier`` taken from the
+transformed payload over HTTP settling the original message while the others are deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from tests.support.http_server import ThreadedServer
+from tests.support.service import running
+from tests.support.sqs import NewQueue, eventually, queue_depth, send_bodies, sqs_settings
+
+pytestmark = pytest.mark.anyio
+
+
+class FailingOnce:
+    """A local HTTP endpoint of bare arrays: reports the ``id`` of the item whose ``order`` is
+    1 the first time it sees it, and records every body."""
+
+    def __init__(self) -> None:
+        self.bodies: list[Any] = []
+        self.url = ""
+        self._lock = threading.Lock()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        with self._lock:
+            first_time = not any(i["order"] == 1 for b in self.bodies for i in b)
+            self.bodies.append(body)
+        failed = [i["id"] for i in body if i["order"] == 1 and first_time]
+        return web.json_response({"batchItemFailures": [{"itemIdentifier": i} for i in failed]})
+
+    def items(self) -> list[Any]:
+        with self._lock:
+            return [item for body in self.bodies for item in body]
+
+    def _app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/orders", self._handle)
+        return app
+
+    def __enter__(self) -> FailingOnce:
+        self._server = ThreadedServer(self._app, name="transform-review-endpoint").start()
+        self.url = f"{self._server.url}/orders"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.stop()
+
+
+@pytest.fixture
+def endpoint() -> Iterator[FailingOnce]:
+    with FailingOnce() as ep:
+        yield ep
+
+
+async def test_sqs_to_http_with_attributes_and_a_partial_response_from_transformed_ids(
+    sqs: Any, sqs_url: str, new_queue: NewQueue, tmp_path: Path, endpoint: FailingOnce
+) -> None:
+    queue = await new_queue("tplrev")
+    attributes = {"tenant-id": {"DataType": "String", "StringValue": "t-7"}}
+    ids = await send_bodies(
+        sqs,
+        queue.url,
+        (json.dumps({"order": i, "note": f'say "hi" <{i}>'}) for i in range(3)),
+        MessageAttributes=attributes,
+    )
+    settings = sqs_settings(
+        endpoint_url=sqs_url,
+        queue=queue.name,
+        db=tmp_path / "c.db",
+        batch_size=10,
+        maximum_batching_window_in_seconds=1,
+        function_response_types=["ReportBatchItemFailures"],
+        visibility_timeout_on_failure={"base_seconds": 1, "max_seconds": 1},
+        target={
+            "type": "http",
+            "url": endpoint.url,
+            "timeout_seconds": 5,
+            "input_template": (
+                '{"id": <$.messageId>, "order": <$.body.order>, "note": "<$.body.note>",'
+                ' "tenant": <$.messageAttributes.tenant-id.stringValue>,'
+                ' "count": "<$.attributes.ApproximateReceiveCount>"}'
+            ),
+            "batch_shape": "array",
+        },
+    )
+
+    async def settled() -> bool:
+        orders = sorted(item["order"] for item in endpoint.items())
+        return orders == [0, 1, 1, 2] and await queue_depth(sqs, queue.url) == (0, 0)
+
+    async with running(settings):
+        await eventually(settled, 60, "three messages delivered, one of them twice, all deleted")
+    items = endpoint.items()
+    assert {item["id"]: item["order"] for item in items} == {ids[i]: i for i in range(3)}
+    assert {item["note"] for item in items} == {f'say "hi" <{i}>' for i in range(3)}
+    assert {item["tenant"] for item in items} == {"t-7"}
+    # The retry carried the reported message alone, rendered again (a second receive).
+    assert endpoint.bodies[-1] == [
+        {"id": ids[1], "order": 1, "note": 'say "hi" <1>', "tenant": "t-7", "count": "2"}
+    ]
