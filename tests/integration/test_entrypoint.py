@@ -51,6 +51,7 @@ from cfnlint.decode import cfn_yaml  # type: ignore[import-untyped]
 from poller.checkpoints.dynamodb.items import VIEW_ATTRIBUTES, VIEW_INDEX
 from poller.config import ShutdownSettings, load_settings
 from poller.config.models.service import DEFAULT_METRICS_PORT
+from poller.observability.metrics.catalog import METRICS, Kind
 
 pytestmark = pytest.mark.slow
 
@@ -70,32 +71,10 @@ COMPOSE = DEPLOY / "docker-compose.yml"
 IMAGE_CONFIG_PATH = "/etc/poller/poller.yaml"
 IMAGE_UID = "10001"
 
-#: The metrics poller exports (all with a ``mapping`` label). Histograms add _bucket/_sum/_count.
-POLLER_METRICS = {
-    "poller_polled_events_total",
-    "poller_filtered_out_events_total",
-    "poller_invoked_events_total",
-    "poller_failed_invoke_events_total",
-    "poller_dropped_events_total",
-    "poller_on_failure_destination_delivered_events_total",
-    "poller_deleted_events_total",
-    "poller_destination_delivery_failures_total",
-    "poller_invocations_total",
-    "poller_invocation_duration_seconds",
-    "poller_batch_size",
-    "poller_retries_total",
-    "poller_iterator_age_milliseconds",
-    "poller_millis_behind_latest",
-    "poller_checkpoint_writes_total",
-    "poller_checkpoint_failures_total",
-    "poller_checkpoint_age_seconds",
-    "poller_leases_held",
-    "poller_lease_events_total",
-    "poller_sqs_in_flight_batches",
-    "poller_sqs_concurrency",
-    "poller_visibility_extensions_total",
-}
-HISTOGRAMS = {"poller_invocation_duration_seconds", "poller_batch_size"}
+#: The series poller's hooks feed, from the metric table itself, so that a new metric is known
+#: here the moment it is declared. Histograms add _bucket/_sum/_count.
+POLLER_METRICS = frozenset(spec.name for spec in METRICS)
+HISTOGRAMS = frozenset(spec.name for spec in METRICS if spec.kind is Kind.HISTOGRAM)
 #: Series that are not poller's: Prometheus's own, and the CloudWatch exporter's queue depth.
 OTHER_METRICS = {"up", "aws_sqs_approximate_number_of_messages_visible_average"}
 
