@@ -12,6 +12,7 @@ tables); numbers are right-aligned.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -78,7 +79,7 @@ def _sources(reports: Sequence[dict[str, Any]]) -> str:
 
 def identity_line(report: dict[str, Any]) -> str:
     """``  <event source mapping ARN>  tags: k=v, k=v`` (``tags: -`` when there are none)."""
-    tags = ", ".join(f"{key}={value}" for key, value in report["tags"].items()) or "-"
+    tags = ", ".join(f"{_tag_text(k)}={_tag_text(v)}" for k, v in report["tags"].items()) or "-"
     return f"  {report['event_source_mapping_arn']}  tags: {tags}"
 
 
@@ -146,3 +147,13 @@ def _errors(reports: Sequence[dict[str, Any]]) -> list[str]:
             if row["iterator_error"]
         )
     return lines
+
+
+def _tag_text(text: str) -> str:
+    """A tag key or value as written, or JSON-quoted (line separators escaped) when it holds
+    ``=``, a separator other than the space, or edge spaces that would make the line ambiguous."""
+    plain = text.isprintable() and "=" not in text and text == text.strip() and text != ""
+    if plain:
+        return text
+    quoted = json.dumps(text, ensure_ascii=False)
+    return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in quoted)

@@ -34,6 +34,8 @@ CONSUMER_NAME = "^[A-Za-z0-9_.-]{1,128}$"
 IAM_ARN = f"^arn:{PARTITION}:iam::[0-9]{{12}}:.+$"
 #: The region DynamoDB Local puts in its ARNs (and in the events' ``awsRegion``).
 DYNAMODB_LOCAL_REGION = "ddblocal"
+#: DynamoDB Local rounds ``ApproximateCreationDateTime`` down to the minute (AWS: the second).
+DYNAMODB_LOCAL_CREATION_TIME_STEP = 60.0
 DYNAMODB_STREAM_ARN = (
     f"^arn:{PARTITION}:dynamodb:(?:{REGION}|{DYNAMODB_LOCAL_REGION}):[0-9]{{12}}:"
     "table/[A-Za-z0-9_.-]{3,255}/stream/[A-Za-z0-9_.:-]{1,128}$"

@@ -88,12 +88,22 @@ def _mapping_override_loc(var: str, rest: list[str], data: dict[str, Any]) -> Lo
     for boundary in range(len(rest) - 1, 0, -1):  # a name may itself contain "__"
         name = "__".join(rest[:boundary])
         if name in names:
-            return ("mappings", names.index(name), *(s.lower() for s in rest[boundary:]))
+            return ("mappings", names.index(name), *_field_segments(rest[boundary:]))
     known = cut(", ".join(show(n) for n in names if n), 500) or "none"
     hint = suggestion(rest[0], [n for n in names if n])
     raise ConfigError(
         [f"{var}: no mapping is named {rest[0]!r} (names match exactly); mappings: {known}{hint}"]
     )
+
+
+def _field_segments(segments: list[str]) -> list[str]:
+    """Field names are case-insensitive, but a tag key (the segment after ``tags``) keeps its
+    case: AWS's tag keys are case-sensitive."""
+    lowered: list[str] = []
+    for segment in segments:
+        keep = bool(lowered) and lowered[-1] == "tags"
+        lowered.append(segment if keep else segment.lower())
+    return lowered
 
 
 def _mapping_names(data: dict[str, Any]) -> list[str | None]:

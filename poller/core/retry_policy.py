@@ -136,6 +136,10 @@ class StreamRetryPolicy:
     bisect_on_function_error: bool = False
     report_batch_item_failures: bool = False
     require_window_state: bool = False
+    #: How much later than its reported creation time a record may have been made: 0 on AWS
+    #: (whole seconds), 60 on DynamoDB Local (whole minutes). Ages are judged from the latest
+    #: such instant, so that no record is given up before it is truly too old.
+    arrival_uncertainty_seconds: float = 0.0
 
     def expire(
         self, segment: Segment, now: float, retention_seconds: float | None = None
@@ -156,7 +160,7 @@ class StreamRetryPolicy:
             if retention_seconds is None or untried:
                 return None, segment
             max_age = retention_seconds
-        oldest_allowed = now - max_age
+        oldest_allowed = now - max_age - self.arrival_uncertainty_seconds
         cut = 0
         for record in segment.records:
             if record.arrival_timestamp >= oldest_allowed:

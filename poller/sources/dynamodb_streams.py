@@ -22,7 +22,7 @@ from typing import Any
 
 from poller.aws.lean import LeanCall
 from poller.aws.translate import source_call
-from poller.config.arns import is_dynamodb_local
+from poller.config.arns import DYNAMODB_LOCAL_CREATION_TIME_STEP, is_dynamodb_local
 from poller.core.lineage import ShardInfo
 from poller.ports import Converter, PageConverter, RecordsPage, StartPosition
 from poller.types import StreamRecord
@@ -35,8 +35,6 @@ GET_RECORDS_LIMIT = 1000
 IDLE_POLL_INTERVAL = 0.25
 #: DynamoDB Streams keeps a record 24 hours (fixed).
 RETENTION_SECONDS = 24 * 3600.0
-#: DynamoDB Local rounds ``ApproximateCreationDateTime`` down to the minute (AWS: the second).
-DYNAMODB_LOCAL_CREATION_TIME_STEP = 60.0
 
 
 def make_ddb_record_factory(*, stream_arn: str, region: str) -> Converter:

@@ -59,6 +59,7 @@ import structlog
 from anyio.abc import TaskGroup
 
 from poller.checkpoints.sqlite import RewoundMeanwhile
+from poller.config.arns import DYNAMODB_LOCAL_CREATION_TIME_STEP, is_dynamodb_local
 from poller.core.failure_record import SourceKind
 from poller.core.retry_policy import StreamRetryPolicy
 from poller.destinations import FailureDestination
@@ -376,8 +377,15 @@ def batch_policy(mapping: StreamMapping) -> BatchPolicy:
             maximum_record_age_seconds=mapping.maximum_record_age_in_seconds,
             bisect_on_function_error=mapping.bisect_batch_on_function_error,
             report_batch_item_failures=mapping.report_batch_item_failures,
+            arrival_uncertainty_seconds=_creation_time_uncertainty(mapping),
         ),
     )
+
+
+def _creation_time_uncertainty(mapping: StreamMapping) -> float:
+    """How much later than its reported creation time a change may have been made."""
+    local = is_dynamodb_local(mapping.event_source_arn)
+    return DYNAMODB_LOCAL_CREATION_TIME_STEP if local else 0.0
 
 
 def _contains(exc: BaseException, kind: type[BaseException]) -> bool:

@@ -109,6 +109,26 @@ class Settings(FrozenModel):
 
     @field_validator("mappings")
     @classmethod
+    def _check_unique_uuids(cls, mappings: list[AnyMapping]) -> list[AnyMapping]:
+        """Refuse two mappings with one UUID: AWS never gives two mappings one, and the event
+        source mapping ARN and the S3 failure-record keys (aws/lambda/<uuid>/) derive from it."""
+        first: dict[str, int] = {}
+        for index, mapping in enumerate(mappings):
+            uuid = mapping.mapping_uuid
+            if uuid in first:
+                raise own_error(
+                    "duplicate_uuid",
+                    "uuid {uuid} is used by mappings[{first}] and mappings[{index}]; "
+                    "mapping UUIDs must be unique",
+                    uuid=uuid,
+                    first=first[uuid],
+                    index=index,
+                )
+            first[uuid] = index
+        return mappings
+
+    @field_validator("mappings")
+    @classmethod
     def _check_one_mapping_per_consumer(cls, mappings: list[AnyMapping]) -> list[AnyMapping]:
         """Refuse two enabled mappings reading through one enhanced fan-out consumer: a
         consumer has one subscription per shard, so each would keep taking the other's over
