@@ -14,20 +14,24 @@ unreachable until one succeeds. Every successful receive counts its messages as 
 empty one 0 (as Lambda's ``PolledEventCount`` does).
 
 A message too large for any invocation (:func:`poller.core.batching.fits_alone`) is never
-invoked. With a redrive policy it is made visible again after
+invoked. On a FIFO queue with a redrive policy poller moves it to the dead-letter queue itself
+(``send_copy``, then delete), and the later messages of its group go on in this batch: left
+to the redrive policy it would hold its group back, and SQS would move the group's healthy
+messages with it. If the copy cannot be sent, it goes back as on a standard queue, with the
+later messages of its group (:func:`poller.core.queue_rules.held_back`), so the group keeps its
+order. On a standard queue with a redrive policy it is made visible again after
 ``OVERSIZED_VISIBILITY_SECONDS``, so that SQS moves it to the dead-letter queue after
-``maxReceiveCount`` receives; on a FIFO queue the later messages of its group go back with it
-(:func:`poller.core.queue_rules.held_back`), so the group keeps its order. Without a redrive
-policy nothing would ever take it off the queue, so it is deleted, and the log line names it
-(its id and size, never its body). Either way it counts in ``records_oversized``. The queue's
-attributes are read when such a message comes (rare: SQS's 1 MiB messages fit in 6 MB), so a
-redrive policy added meanwhile is honoured.
+``maxReceiveCount`` receives. Without a redrive policy nothing would ever take it off the
+queue, so it is deleted. The log line names it (its id and size, never its body). It counts
+once in ``records_oversized``: when moved or deleted, or on the receive after which SQS moves
+it. The queue's attributes are read when such a message comes (rare: SQS's 1 MiB messages fit
+in 6 MB), so a redrive policy added meanwhile is honoured.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
@@ -51,9 +55,10 @@ log = structlog.get_logger("poller.queues")
 #: mapping is reported down). SQS answers a passing error now and then; with READ_BACKOFF
 #: between them, three in a row mean seconds of errors, not one blip.
 UNREACHABLE_AFTER_FAILURES = 3
-#: The visibility timeout an oversized message (and, on a FIFO queue, the rest of its group)
-#: is given back with when the queue has a redrive policy: short, so that it reaches
-#: ``maxReceiveCount`` and the dead-letter queue in seconds, not visibility timeouts.
+#: The visibility timeout an oversized message (and, on a FIFO queue where it could not be
+#: moved, the rest of its group) is given back with when the queue has a redrive policy:
+#: short, so that it reaches ``maxReceiveCount`` and the dead-letter queue in seconds, not
+#: visibility timeouts.
 OVERSIZED_VISIBILITY_SECONDS = 1
 
 
@@ -90,6 +95,11 @@ class Gathering:
 def _wait_seconds(deadline: float | None, window: int, long_poll: int) -> int | None:
     """WaitTimeSeconds for the next receive, as of now (see :func:`wait_seconds`)."""
     return wait_seconds(deadline, window, long_poll, now=time.monotonic())
+
+
+def _without(messages: list[SqsMessage], dropped: list[SqsMessage]) -> list[SqsMessage]:
+    ids = {m.message_id for m in dropped}
+    return [m for m in messages if m.message_id not in ids]
 
 
 class Intake:
@@ -156,8 +166,8 @@ class Intake:
         self, pending: list[SqsMessage], holding: Holding
     ) -> list[SqsMessage]:
         """``pending`` without the messages too large for any invocation (and, on a FIFO
-        queue with a redrive policy, without the later messages of their groups), which are
-        settled here: given back to reach the dead-letter queue, or deleted."""
+        queue with a redrive policy, without the later messages of those that go back), which
+        are settled here: moved to the dead-letter queue, given back to reach it, or deleted."""
         oversized = [m for m in pending if not fits_alone(m, self._max_bytes)]
         if not oversized:
             return pending
@@ -168,12 +178,19 @@ class Intake:
             holding.release(unwanted)
             self._metrics.records_filtered(self._name, len(unwanted))
             await self._delete_filtered(unwanted)
-            dropped = {m.message_id for m in unwanted}
-            pending = [m for m in pending if m.message_id not in dropped]
-            oversized = [m for m in oversized if m.message_id not in dropped]
+            pending = _without(pending, unwanted)
+            oversized = _without(oversized, unwanted)
             if not oversized:
                 return pending
         info = await self._queue_info()
+        reasons: dict[str, str] = {}
+        if info is not None and info.fifo and info.redrive_policy is not None:
+            # The heartbeat must not extend a message being moved (nor one given back below).
+            holding.release(oversized)
+            moved, reasons = await self._move_to_dead_letter_queue(oversized, info.redrive_policy)
+            pending, oversized = _without(pending, moved), _without(oversized, moved)
+            if not oversized:
+                return pending
         redrive = info is None or info.redrive_policy is not None
         fifo = info.fifo if info is not None else self.mapping.is_fifo
         ids = {m.message_id for m in oversized}
@@ -184,11 +201,62 @@ class Intake:
         holding.release([*oversized, *behind])
         self._metrics.records_oversized(self._name, self._last_receives(oversized, info))
         if redrive:
-            await self._give_back(oversized, behind, info)
+            await self._give_back(oversized, behind, info, reasons)
         else:
             await self._delete(oversized)
         gone = ids | {m.message_id for m in behind}
         return [m for m in pending if m.message_id not in gone]
+
+    async def _move_to_dead_letter_queue(
+        self, oversized: list[SqsMessage], policy: dict[str, Any]
+    ) -> tuple[list[SqsMessage], dict[str, str]]:
+        """Move oversized FIFO messages to the dead-letter queue (a copy sent, then the
+        original deleted), in order; return those moved, and why each other one was not.
+
+        Left to the redrive policy, the message would hold its group back until
+        ``maxReceiveCount``, and SQS would move the group's healthy messages with it. Once a
+        message of a group is not moved, the group's later ones are not tried either: they
+        go back with it, in order.
+        """
+        target = policy.get("deadLetterTargetArn")
+        moved: list[SqsMessage] = []
+        reasons: dict[str, str] = {}
+        stopped: dict[str | None, str] = {}  # group -> why its first message was not moved
+        for message in oversized:
+            reason = stopped.get(message.group_id) or await self._move(message, target)
+            if reason is None:
+                moved.append(message)
+                continue
+            reasons[message.message_id] = reason
+            stopped.setdefault(message.group_id, f"an earlier message of its group: {reason}")
+        if moved:
+            self._metrics.records_oversized(self._name, len(moved))
+        return moved, reasons
+
+    async def _move(self, message: SqsMessage, target: object) -> str | None:
+        """Send a copy of ``message`` to ``target`` and delete it; None once done, else why
+        not. Never deletes a message whose copy was not sent; a lost reply to an applied send
+        means a duplicate in the dead-letter queue at worst (its deduplication id is the
+        message id, so a retry within 5 minutes is stored once)."""
+        if not isinstance(target, str):
+            return "the redrive policy names no dead-letter queue"
+        try:
+            await self._queue.send_copy(message, target)
+        except SourceError as exc:
+            return f"sending to the dead-letter queue failed: {exc}"
+        failures = await self._queue.delete([message])
+        if failures:
+            return f"sent to the dead-letter queue, but the delete was refused: {failures[0].code}"
+        log.error(
+            "messages.oversized",
+            message_id=message.message_id,
+            message_bytes=message.size,
+            max_bytes=self._max_bytes,
+            receive_count=message.receive_count,
+            action="moved to the dead-letter queue by poller",
+            dead_letter_queue=target,
+        )
+        return None
 
     def _filtered_out(self, messages: list[SqsMessage]) -> list[SqsMessage]:
         filters = self.mapping.filters
@@ -228,9 +296,11 @@ class Intake:
         oversized: list[SqsMessage],
         behind: list[SqsMessage],
         info: QueueInfo | None,
+        not_moved: dict[str, str],
     ) -> None:
         """Make the oversized messages (and the group messages behind them) visible again
-        soon, so that the redrive policy moves each oversized one to its dead-letter queue."""
+        soon, so that the redrive policy moves each oversized one to its dead-letter queue.
+        ``not_moved`` says why poller did not move a FIFO message there itself."""
         seconds = OVERSIZED_VISIBILITY_SECONDS
         failures = await self._queue.change_visibility([(m, seconds) for m in oversized + behind])
         refused = {f.message.message_id for f in failures}
@@ -241,6 +311,7 @@ class Intake:
             else "returned: the queue's redrive policy could not be read"
         )
         for message in oversized:
+            why = not_moved.get(message.message_id)
             log.error(
                 "messages.oversized",
                 message_id=message.message_id,
@@ -248,7 +319,7 @@ class Intake:
                 max_bytes=self._max_bytes,
                 receive_count=message.receive_count,
                 max_receive_count=(policy or {}).get("maxReceiveCount"),
-                action=action,
+                action=action if why is None else f"{action} (not moved by poller: {why})",
                 held_back=len(behind),
                 visibility_changed=message.message_id not in refused,
             )

@@ -3,6 +3,7 @@
 Data flow::
 
     intake --receive()--> [SqsMessage, ...] --> batch --> settle --delete() / change_visibility()
+    intake (an oversized FIFO message) --send_copy()--> the dead-letter queue, then delete()
     heartbeat --change_visibility()--> the queue                      runner --open()--> QueueInfo
     runner (provisioned mode) --backlog()--> ApproximateNumberOfMessages, every few seconds
 
@@ -26,7 +27,7 @@ from poller.sources.sqs import EntryFailure, QueueInfo, SqsMessage
 
 
 class QueueApi(Protocol):
-    """The calls of one queue. ``open`` and ``receive`` raise
+    """The calls of one queue. ``open``, ``receive`` and ``send_copy`` raise
     :class:`~poller.errors.SourceError`; ``delete`` and ``change_visibility`` never raise for
     a failed call, they return its entries as :class:`EntryFailure` values."""
 
@@ -51,6 +52,12 @@ class QueueApi(Protocol):
         self, changes: Sequence[tuple[SqsMessage, int]]
     ) -> list[EntryFailure]:
         """Set each message's visibility timeout (seconds from now); return what failed."""
+        ...
+
+    async def send_copy(self, message: SqsMessage, queue_arn: str) -> None:
+        """Send a copy of ``message`` (body, message attributes; on a FIFO queue its group,
+        deduplicated by its message id) to the queue ``queue_arn``. Raises
+        :class:`~poller.errors.SourceError` when it was not sent."""
         ...
 
 
@@ -94,3 +101,6 @@ class PacedQueue:
         self, changes: Sequence[tuple[SqsMessage, int]]
     ) -> list[EntryFailure]:
         return await self._queue.change_visibility(changes)
+
+    async def send_copy(self, message: SqsMessage, queue_arn: str) -> None:
+        await self._queue.send_copy(message, queue_arn)

@@ -9,9 +9,11 @@ Where it sits::
 reads the attributes the runner needs (visibility timeout, redrive policy, FIFO) once at start,
 long-polls with ``ReceiveMessage`` (at most 10 messages and 20 seconds per call, asking for
 every system and message attribute), and settles messages with ``DeleteMessageBatch`` and
-``ChangeMessageVisibilityBatch`` in chunks of ten, a few chunks at a time. Entry-level failures
-of the batch calls come back as :class:`EntryFailure` values, and so do the entries of a batch
-call that failed as a whole (code :data:`CALL_FAILED`); ``open`` and ``receive`` raise a
+``ChangeMessageVisibilityBatch`` in chunks of ten, a few chunks at a time. ``send_copy`` puts
+a copy of a message in another queue (SendMessage), for an oversized FIFO message that poller
+moves to the dead-letter queue itself. Entry-level failures of the batch calls come back as
+:class:`EntryFailure` values, and so do the entries of a batch call that failed as a whole
+(code :data:`CALL_FAILED`); ``open``, ``receive`` and ``send_copy`` raise a
 :class:`~poller.errors.SourceError` (``poller.aws.translate``). Nothing here retries: the runner
 owns every retry and backoff.
 
@@ -21,7 +23,7 @@ whose ``size`` is the bytes it adds to the compact UTF-8 JSON event, so the runn
 at 6 MB exactly. Bodies are passed through untouched and never logged.
 
 Two clients are used, so that long polls can never starve settlement: ``receive_client`` (a
-connection per poller) and ``settle_client`` (deletes and visibility changes). Neither retries
+connection per poller) and ``settle_client`` (every other call). Neither retries
 in botocore. :func:`receive_client_config` and :data:`SETTLE_CLIENT_CONFIG` are their settings.
 The three per-batch calls go through the lean call path (:mod:`poller.aws.lean`): the same
 request, signed with the clients' credentials, and an answer equal to botocore's parse, for a
@@ -203,6 +205,34 @@ def _base64_text(value: str | bytes) -> str:
     return value if isinstance(value, str) else base64.b64encode(value).decode("ascii")
 
 
+def copy_params(message: SqsMessage) -> dict[str, Any]:
+    """SendMessage's parameters for a copy of ``message``: its body and message attributes
+    (back from Lambda's form; SQS accepts no list values, and a received message has none),
+    and on a FIFO queue its group, with its message id as the deduplication id, so that a
+    copy sent twice (a lost reply, then a retry) is stored once within SQS's 5 minutes."""
+    record = message.event_record
+    params: dict[str, Any] = {"MessageBody": record["body"]}
+    attributes = {
+        name: _sqs_attribute(value) for name, value in (record["messageAttributes"] or {}).items()
+    }
+    if attributes:
+        params["MessageAttributes"] = attributes
+    if message.group_id is not None:
+        params["MessageGroupId"] = message.group_id
+        params["MessageDeduplicationId"] = message.message_id
+    return params
+
+
+def _sqs_attribute(value: dict[str, Any]) -> dict[str, Any]:
+    """One message attribute in SQS's form, from Lambda's (see :func:`_message_attributes`)."""
+    shaped: dict[str, Any] = {"DataType": value["dataType"]}
+    if "stringValue" in value:
+        shaped["StringValue"] = value["stringValue"]
+    if "binaryValue" in value:
+        shaped["BinaryValue"] = base64.b64decode(value["binaryValue"])
+    return shaped
+
+
 #: Compact JSON with the characters as they are (``encode_event``'s form), its encoder built once.
 _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 #: The record's string fields other than the two MD5s (which may be null).
@@ -306,6 +336,8 @@ class SqsQueue:
         self._account = parts[4]
         self._convert = make_message_factory(queue_arn=queue_arn, region=region)
         self._url: str | None = None
+        #: The URLs of the queues :meth:`send_copy` sent to, by ARN.
+        self._urls: dict[str, str] = {}
         # None where the lean path cannot stand in for the client (see LeanCall.for_client).
         self._lean_receive = _lean(receive_client, "ReceiveMessage", hands_out=True)
         self._lean_delete = _lean(settle_client, "DeleteMessageBatch")
@@ -338,6 +370,23 @@ class SqsQueue:
             redrive_policy=json.loads(policy) if policy else None,
             fifo=str(attributes.get("FifoQueue", "false")).lower() == "true",
         )
+
+    async def send_copy(self, message: SqsMessage, queue_arn: str) -> None:
+        """Send a copy of ``message`` to the queue ``queue_arn`` (its URL is looked up once):
+        SendMessage with :func:`copy_params`. Raises :class:`SourceError` when the URL cannot
+        be found or the send fails."""
+        url = self._urls.get(queue_arn)
+        if url is None:
+            parts = queue_arn.split(":")
+            if len(parts) != 6:
+                raise SourceError(f"not an SQS queue ARN: {queue_arn!r}")
+            async with source_call("GetQueueUrl"):
+                found = await self._settle.get_queue_url(
+                    QueueName=parts[5], QueueOwnerAWSAccountId=parts[4]
+                )
+            url = self._urls[queue_arn] = str(found["QueueUrl"])
+        async with source_call("SendMessage"):
+            await self._settle.send_message(QueueUrl=url, **copy_params(message))
 
     async def backlog(self) -> int | None:
         """The queue's visible messages (``ApproximateNumberOfMessages``, approximate as SQS

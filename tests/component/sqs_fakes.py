@@ -3,7 +3,8 @@
 Data flow::
 
     test --send()--> FakeQueue <--receive() / delete() / change_visibility()-- SqsMappingRunner
-    test <--deleted, in_flight(), visibility_calls-- FakeQueue
+                               <--send_copy() (an oversized FIFO message to the DLQ)--
+    test <--deleted, in_flight(), visibility_calls, copies, dead_letters-- FakeQueue
 
 It keeps SQS's rules that the runner relies on: a received message is invisible for the
 visibility timeout (or until a visibility change says otherwise) and then delivered again with
@@ -26,7 +27,14 @@ from dataclasses import dataclass
 import anyio
 import anyio.lowlevel
 
-from poller.sources.sqs import EntryFailure, QueueInfo, SqsMessage, make_message_factory
+from poller.errors import SourceError
+from poller.sources.sqs import (
+    EntryFailure,
+    QueueInfo,
+    SqsMessage,
+    copy_params,
+    make_message_factory,
+)
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -34,6 +42,10 @@ ACCOUNT = "123456789012"
 
 def queue_arn(name: str) -> str:
     return f"arn:aws:sqs:{REGION}:{ACCOUNT}:{name}"
+
+
+#: The dead-letter queue of every FakeQueue's redrive policy.
+DEAD_LETTER_ARN = queue_arn("dlq")
 
 
 @dataclass
@@ -61,6 +73,7 @@ class FakeQueue:
         deleted: the message ids deleted, in order.
         visibility_calls: every ``change_visibility`` call, as ``[(message id, seconds)]``.
         receives: how many receive calls were made.
+        copies, dead_letters: what ``send_copy`` sent (see ``__init__``).
     """
 
     def __init__(
@@ -81,6 +94,12 @@ class FakeQueue:
         self.deleted: list[str] = []
         self.visibility_calls: list[list[tuple[str, int]]] = []
         self.receives = 0
+        #: What ``send_copy`` sent, as ``(queue ARN, SendMessage parameters)``.
+        self.copies: list[tuple[str, dict[str, object]]] = []
+        #: The ids of the messages ``send_copy`` sent to the dead-letter queue ``open`` names.
+        self.dead_letters: list[str] = []
+        #: When set, ``send_copy`` fails with this text (no permission, no such queue, ...).
+        self.refuse_copies: str | None = None
 
     # -- the test's side --------------------------------------------------------------------
 
@@ -119,7 +138,7 @@ class FakeQueue:
         return QueueInfo(
             url=f"memory://{self.name}",
             visibility_timeout=self.visibility_timeout,
-            redrive_policy={"deadLetterTargetArn": queue_arn("dlq"), "maxReceiveCount": 5},
+            redrive_policy={"deadLetterTargetArn": DEAD_LETTER_ARN, "maxReceiveCount": 5},
             fifo=self.fifo,
         )
 
@@ -161,6 +180,23 @@ class FakeQueue:
             self._arrived = anyio.Event()
         await anyio.lowlevel.checkpoint()
         return failures
+
+    async def send_copy(self, message: SqsMessage, queue_arn: str) -> None:
+        """Record the SendMessage the adapter would make; a FIFO queue stores a deduplication
+        id once, as SQS does within its 5 minutes."""
+        await anyio.lowlevel.checkpoint()
+        if self.refuse_copies is not None:
+            raise SourceError(self.refuse_copies)
+        params = copy_params(message)
+        dedup = params.get("MessageDeduplicationId")
+        if dedup is not None and any(
+            arn == queue_arn and sent.get("MessageDeduplicationId") == dedup
+            for arn, sent in self.copies
+        ):
+            return
+        self.copies.append((queue_arn, params))
+        if queue_arn == DEAD_LETTER_ARN:
+            self.dead_letters.append(message.message_id)
 
     # -- inside -------------------------------------------------------------------------------
 

@@ -8,7 +8,8 @@ an SQS on-failure destination on moto: the record is never invoked, its failure 
 (``RecordSizeExceeded``) reaches the queue, and the checkpoint passes it.
 
 SQS: real messages are at most 1 MiB and always fit, so the runner's ``max_bytes`` seam stands
-for the limit, on moto, with and without a redrive policy.
+for the limit, on moto, with and without a redrive policy, and on a FIFO queue (which poller
+moves to its dead-letter queue itself).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from tests.support.conformance import assert_matches, recorded_message
 from tests.support.kinesis_local import kinesis_local
 from tests.support.service import running
 from tests.support.service_config import service_config, stream_mapping
-from tests.support.sqs import Queue, create_queue, queue_depth, send_bodies
+from tests.support.sqs import Queue, create_queue, queue_depth, send_bodies, send_entries
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -215,6 +216,58 @@ async def test_without_a_redrive_policy_an_oversized_sqs_message_is_deleted(
         await wait_until(lambda: _is(depth(sqs_url, queue), 0), 60, "the queue empty")
     assert bodies(target) == ["small", "small"]
     assert oversized(metrics) == [1]
+
+
+#: Message attributes of every SQS type, as SendMessage takes them.
+ATTRIBUTES = {
+    "colour": {"DataType": "String", "StringValue": "blue"},
+    "weight": {"DataType": "Number", "StringValue": "12.5"},
+    "blob": {"DataType": "Binary", "BinaryValue": b"\x00\x01binary"},
+}
+
+
+async def test_on_a_fifo_queue_poller_moves_the_message_to_the_dlq_and_the_group_goes_on(
+    sqs_url: str,
+) -> None:
+    """Group g holds a1, HUGE (with message attributes), a2, a3; maxReceiveCount 2. poller
+    sends HUGE to the FIFO dead-letter queue itself (same body, attributes and group; its
+    message id as deduplication id), deletes it, and invokes a1, a2, a3 in order, none of
+    them held back (and so none moved by SQS with it)."""
+    name = unique("ovfifo")
+    async with aws_client("sqs", sqs_url) as sqs:
+        dlq = Queue(f"{name}-dlq.fifo", await create_queue(sqs, f"{name}-dlq.fifo"))
+        queue = Queue(
+            f"{name}.fifo",
+            await create_queue(sqs, f"{name}.fifo", dlq_arn=dlq.arn, max_receive_count=2),
+        )
+        entries: list[dict[str, object]] = [{"MessageBody": b} for b in ["a1", HUGE, "a2", "a3"]]
+        entries[1]["MessageAttributes"] = ATTRIBUTES
+        ids = await send_entries(
+            sqs,
+            queue.url,
+            (
+                {**e, "MessageGroupId": "g", "MessageDeduplicationId": str(i)}
+                for i, e in enumerate(entries)
+            ),
+        )
+    target, metrics = RecordingTarget(), RecordingMetrics()
+    async with runner_at_max_bytes(sqs_url, queue.arn, target, metrics):
+        await wait_until(lambda: _is(depth(sqs_url, queue), 0), 60, "the queue empty")
+    assert [r["body"] for event in target.events for r in event["Records"]] == ["a1", "a2", "a3"]
+    assert oversized(metrics) == [1]
+    async with aws_client("sqs", sqs_url) as sqs:
+        (moved,) = (
+            await sqs.receive_message(
+                QueueUrl=dlq.url,
+                MaxNumberOfMessages=10,
+                MessageAttributeNames=["All"],
+                MessageSystemAttributeNames=["All"],
+            )
+        )["Messages"]
+    assert moved["Body"] == HUGE
+    assert moved["MessageAttributes"] == ATTRIBUTES
+    assert moved["Attributes"]["MessageGroupId"] == "g"
+    assert moved["Attributes"]["MessageDeduplicationId"] == ids[1]
 
 
 async def _is(count: Awaitable[int], expected: int) -> bool:
