@@ -615,7 +615,8 @@ SUPPORTED = (
     "stream/<name>/consumer/<consumer>:<creation epoch>, with partition aws, aws-cn or "
     "aws-us-gov), dynamodb (arn:<partition>:"
     "dynamodb:<region>:<12-digit account>:table/<table>/stream/<label> with partition aws, "
-    "aws-cn or aws-us-gov; <region> may be ddblocal, DynamoDB Local's), sqs (arn:<partition>:sqs:<region>:<12-digit account>:<queue> with "
+    "aws-cn or aws-us-gov; <region> may be ddblocal, DynamoDB Local's), sqs (arn:<partition>:"
+    "sqs:<region>:<12-digit account>:<queue> with "
     "partition aws, aws-cn or aws-us-gov (a FIFO queue's name ends in .fifo))"
 )
 SNS_SOURCE = "arn:aws:sns:us-east-1:123456789012:orders"
