@@ -38,6 +38,7 @@ full client).
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import ssl
@@ -365,6 +366,10 @@ class LeanCall:
 
     def _error(self, status: int, body: bytes, headers: Mapping[str, str]) -> Exception:
         """The SourceError of a known AWS error, else a Fallback."""
+        if self._any_error_code and (plain := _plain_error(status, body)) is not None:
+            # not a JSON error (a load balancer's or proxy's page, or nothing): read as
+            # botocore reads it, since such a call must not be sent a second time for an error
+            return self._client_error(*plain)
         try:
             error = json.loads(body)
             code = error["__type"]
@@ -379,6 +384,11 @@ class LeanCall:
         response: Any = {"Error": {"Code": code, "Message": message}}
         if self._query_compatible:
             _query_error(response["Error"], headers.get(QUERY_ERROR_HEADER, ""))
+        return self._client_error(code, message, response)
+
+    def _client_error(self, code: str, message: str, response: Any = None) -> Exception:
+        """The SourceError the full path raises for this error."""
+        response = response or {"Error": {"Code": code, "Message": message}}
         client_error = ClientError(response, self._operation.name)
         translated = translate_client_error(self._operation.name, client_error)
         translated.__cause__ = client_error
@@ -399,6 +409,26 @@ class LeanCall:
         if reason not in self._logged and len(self._logged) < 100:
             self._logged.add(reason)
             log.debug("lean.fallback", operation=self._target, reason=reason)
+
+
+def _plain_error(status: int, body: bytes) -> tuple[str, str] | None:
+    """botocore's code and message for an error answer whose body is not a JSON object (its
+    generic error for a 5xx page or none, else the status as code and the text as message);
+    None for a JSON object, which the caller reads."""
+    page = body.strip()
+    if status >= 500 and (not page or page.startswith(b"<html>")):
+        return str(status), http.client.responses.get(status, "")
+    if not page:
+        return str(status), ""
+    try:
+        if isinstance(json.loads(body), dict):
+            return None
+    except (ValueError, UnicodeDecodeError):
+        pass
+    try:
+        return str(status), body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _query_error(error: dict[str, str], header: str) -> None:

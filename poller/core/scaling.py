@@ -25,6 +25,7 @@ concurrency a minute, between ``minimum_pollers`` and ``maximum_pollers``. Here:
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 #: Batches one poller keeps in flight at most (AWS: ten concurrent invokes per poller).
@@ -79,6 +80,8 @@ class ProvisionedScaler:
         self._credit = 0.0
         self._last = now
         self._idle_since: float | None = None
+        #: (when, how many) of the pollers added in the last minute
+        self._added: deque[tuple[float, int]] = deque()
 
     @property
     def capacity(self) -> int:
@@ -91,7 +94,7 @@ class ProvisionedScaler:
         self._last = now
         if self._busy(load):
             self._idle_since = None
-            self._grow(elapsed)
+            self._grow(elapsed, now)
             return self.pollers
         self._credit = 0.0  # growth is earned only while busy: no burst after a lull
         if not self._idle(load):
@@ -117,14 +120,21 @@ class ProvisionedScaler:
         fewer = (self.pollers - 1) * BATCHES_PER_POLLER
         return quiet and load.full == 0 and load.in_flight < IDLE_SHARE * fewer
 
-    def _grow(self, elapsed: float) -> None:
+    def _grow(self, elapsed: float, now: float) -> None:
         if self.pollers >= self.maximum:
             self._credit = 0.0
             return
+        while self._added and self._added[0][0] <= now - 60.0:
+            self._added.popleft()
+        # the credit of a long gap between ticks is spent at one tick: the minute's adds
+        # before it must still leave room under the minute's limit
+        room = int(POLLERS_PER_SECOND * 60) - sum(n for _, n in self._added)
         self._credit += POLLERS_PER_SECOND * elapsed
-        added = min(int(self._credit), self.maximum - self.pollers)
+        added = max(0, min(int(self._credit), self.maximum - self.pollers, room))
         self.pollers += added
-        self._credit -= added
+        self._credit = min(self._credit - added, 1.0)
+        if added:
+            self._added.append((now, added))
 
 
 class ReceivePace:

@@ -77,9 +77,10 @@ class PacedQueue:
     """``queue`` for one provisioned poller: its receives keep :class:`ReceivePace` (at most
     ten a second, AWS's per-poller poll rate); every other call passes straight through."""
 
-    def __init__(self, queue: QueueApi) -> None:
+    def __init__(self, queue: QueueApi, stopping: anyio.Event | None = None) -> None:
         self._queue = queue
         self._pace = ReceivePace(now=time.monotonic())
+        self._stopping = stopping or anyio.Event()
 
     @property
     def name(self) -> str:
@@ -91,7 +92,10 @@ class PacedQueue:
     async def receive(self, max_messages: int, wait_seconds: int) -> list[SqsMessage]:
         delay = self._pace.wait(now=time.monotonic())
         if delay > 0:
-            await anyio.sleep(delay)
+            with anyio.move_on_after(delay):
+                await self._stopping.wait()
+        if self._stopping.is_set():
+            return []  # shutdown began during the wait: no receive starts after it
         return await self._queue.receive(max_messages, wait_seconds)
 
     async def delete(self, messages: Sequence[SqsMessage]) -> list[EntryFailure]:

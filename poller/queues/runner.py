@@ -301,6 +301,14 @@ class SqsMappingRunner:
                 self._spawn_provisioned(tg)
 
     async def _backlog_loop(self, probe: BacklogProbe) -> None:
+        """Read the backlog every few seconds until shutdown, which cancels a read under way
+        (it hands nothing out, and may hang for the client's read timeout)."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._read_backlog, probe)
+            await self._stopping.wait()
+            tg.cancel_scope.cancel()
+
+    async def _read_backlog(self, probe: BacklogProbe) -> None:
         """Read the backlog every few seconds; a failed read keeps the last value."""
         while True:
             try:
@@ -339,7 +347,7 @@ class SqsMappingRunner:
         :data:`BATCHES_PER_POLLER` batches in flight; returns once they have all settled."""
         intake = Intake(
             self.mapping,
-            queue=PacedQueue(self._queue),
+            queue=PacedQueue(self._queue, self._stopping),
             stopping=self._stopping,
             metrics=self._metrics,
             max_bytes=self._max_bytes,
@@ -347,6 +355,7 @@ class SqsMappingRunner:
         self._intakes.add(intake)
         slots = anyio.Semaphore(BATCHES_PER_POLLER)
         failures = [0]  # failed batches in a row, shared with the batch tasks
+        crash: Exception | None = None
         try:
             async with anyio.create_task_group() as batches:
                 while not self._stopping.is_set() or holding.carry:
@@ -355,7 +364,14 @@ class SqsMappingRunner:
                     if failures[0]:
                         await pause(self._stopping, self._backoff.delay(failures[0]))
                     await slots.acquire()
-                    gathering = await self._gather(intake, holding, slots)
+                    try:
+                        gathering = await self._gather(intake, holding, slots)
+                    except Exception as exc:  # noqa: BLE001 (raised again below)
+                        # the batches already handed to the function finish and settle
+                        # (leaving the task group cancels them otherwise); then the poller
+                        # restarts
+                        crash = exc
+                        break
                     if gathering is None:
                         continue
                     if self._info.fifo and holding.carry:
@@ -366,6 +382,8 @@ class SqsMappingRunner:
                         batches.start_soon(self._run_batch, gathering, holding, slots, failures)
         finally:
             self._intakes.discard(intake)
+        if crash is not None:
+            raise crash
 
     async def _gather(
         self, intake: Intake, holding: Holding, slots: anyio.Semaphore
