@@ -108,6 +108,8 @@ REQUIRED_ACTIONS = {
         "sqs:GetQueueAttributes",
         "sqs:GetQueueUrl",
     },
+    # Oversized messages of a FIFO queue with a redrive policy, moved by poller (send_copy).
+    "SourceSqsDeadLetterMove": {"sqs:SendMessage", "sqs:GetQueueUrl"},
     "TargetLambdaInvoke": {"lambda:InvokeFunction"},
     "OnFailureDestinationSqs": {"sqs:SendMessage", "sqs:GetQueueUrl"},
     "OnFailureDestinationSns": {"sns:Publish"},
