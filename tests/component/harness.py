@@ -3,7 +3,9 @@
 Two ways in:
 
 * :func:`make_processor` and :func:`feeding` drive one ``ShardProcessor`` through a memory
-  object stream of chunks, as the reader would, with no reader, runner or clock but its own;
+  object stream of chunks, as the reader would, with no reader, runner or clock but its own
+  (:func:`fed_until`: one chunk, until a condition holds; :func:`fed_to_the_end`: one chunk,
+  then the shard's end);
 * :func:`make_runner` and :func:`running` run a ``StreamMappingRunner`` over a
   ``FakeStreamApi``. Every runner of this tier is built by :func:`make_runner` alone, so a
   change of the runner's constructor is one edit here;
@@ -16,7 +18,7 @@ regression fails by name in seconds, never hangs the tier.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -24,8 +26,11 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from poller.config import KinesisMapping, parse_settings
+from poller.core.batching import MAX_PAYLOAD_BYTES
+from poller.core.filtering import FilterSet
 from poller.core.retry_policy import StreamRetryPolicy
-from poller.observability.metrics import Metrics, NullMetrics
+from poller.destinations import FailureDestination
+from poller.observability.metrics import Metrics, NullMetrics, RecordingMetrics
 from poller.ports import StartPosition
 from poller.retry import Backoff
 from poller.streams import BatchPolicy, FailureRouting, ShardProcessor, StreamMappingRunner
@@ -35,6 +40,7 @@ from poller.streams.supervisor import ShardSupervisor
 from poller.testing import STREAM_ARN, FakeStreamApi, MemoryCheckpointStore, Put
 from poller.types import Checkpoint, CheckpointStore, Chunk, ShardEnd, StreamRecord, Target
 from tests.support.service_config import service_config, stream_mapping
+from tests.support.waiting import wait_until
 
 MAPPING = "orders"
 SHARD = "shardId-000000000000"
@@ -69,6 +75,33 @@ def written(store: MemoryCheckpointStore, shard_id: str = SHARD) -> list[Checkpo
     return [c for m, s, c in store.writes if (m, s) == (MAPPING, shard_id)]
 
 
+# -- the on-failure destination ----------------------------------------------------------------
+
+
+class KeepingDestination:
+    """An on-failure destination that keeps what it accepts in :attr:`sent`; subclasses make
+    :meth:`accept` refuse (raise) or wait."""
+
+    arn = "arn:aws:sqs:us-east-1:123456789012:failures"
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    async def accept(self, record: dict[str, Any]) -> None:
+        """Called for each send before the record is kept."""
+
+    async def send(
+        self,
+        record: dict[str, Any],
+        *,
+        records: Sequence[StreamRecord],
+        mapping_uuid: str,
+        shard_id: str,
+    ) -> None:
+        await self.accept(record)
+        self.sent.append(record)
+
+
 # -- one shard processor ----------------------------------------------------------------------
 
 
@@ -83,14 +116,21 @@ def make_processor(
     retry: StreamRetryPolicy | None = None,
     guard: Callable[[], None] | None = None,
     metrics: Metrics | None = None,
+    max_bytes: int = MAX_PAYLOAD_BYTES,
+    filters: FilterSet | None = None,
+    destination: FailureDestination | None = None,
+    retention: Callable[[], Awaitable[float | None]] | None = None,
 ) -> ShardProcessor:
-    """A processor of :data:`SHARD` with a zero batching window and millisecond retries."""
+    """A processor of :data:`SHARD` with a zero batching window and millisecond retries;
+    ``max_bytes`` stands for Lambda's payload limit, ``destination`` is the on-failure one."""
     policy = BatchPolicy(
         batch_size=batch_size,
         window_seconds=0.0,
+        max_bytes=max_bytes,
         backoff=FAST_BACKOFF,
         parallelization_factor=parallelization_factor,
         retry=retry or StreamRetryPolicy(),
+        filters=filters,
         tumbling_window_seconds=tumbling_window_seconds,
     )
     return ShardProcessor(
@@ -99,11 +139,25 @@ def make_processor(
         target=target,
         store=store,
         policy=policy,
-        routing=FailureRouting(kind="kinesis", stream_arn=STREAM_ARN, mapping_uuid="uuid"),
+        routing=FailureRouting(
+            kind="kinesis", stream_arn=STREAM_ARN, mapping_uuid="uuid", destination=destination
+        ),
         stopping=stopping,
         metrics=metrics,
         guard=guard,
+        retention=retention,
     )
+
+
+def checkpointed(store: MemoryCheckpointStore) -> str | None:
+    """The sequence number :data:`SHARD` is checkpointed at, if any."""
+    checkpoint = store.checkpoints.get((MAPPING, SHARD))
+    return None if checkpoint is None else checkpoint.sequence_number
+
+
+def amounts(metrics: RecordingMetrics, hook: str) -> list[int]:
+    """The counts of every call of ``hook`` for :data:`MAPPING`, in order."""
+    return [call["count"] for call in metrics.calls_to(hook, MAPPING)]
 
 
 class Feed:
@@ -163,6 +217,32 @@ async def feeding(processor: ShardProcessor, stopping: anyio.Event) -> AsyncIter
         yield feed
         await feed.finished()
         tg.cancel_scope.cancel()
+
+
+async def fed_until(
+    processor: ShardProcessor,
+    stopping: anyio.Event,
+    chunk: list[StreamRecord],
+    condition: Callable[[], Any],
+    what: str,
+) -> Feed:
+    """Feed ``chunk`` to ``processor``, wait (bounded) until ``condition`` holds, then stop
+    it and wait for it to return; the feed, for what it saw."""
+    async with feeding(processor, stopping) as feed:
+        await feed.send(chunk)
+        await wait_until(condition, LIMIT, what)
+        feed.stop()
+    return feed
+
+
+async def fed_to_the_end(
+    processor: ShardProcessor, stopping: anyio.Event, chunk: list[StreamRecord]
+) -> Feed:
+    """Feed ``chunk`` to ``processor`` and end the (closed) shard; the feed, once it returned."""
+    async with feeding(processor, stopping) as feed:
+        await feed.send(chunk)
+        await feed.end()
+    return feed
 
 
 # -- the mapping runner -----------------------------------------------------------------------

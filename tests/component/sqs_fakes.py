@@ -15,19 +15,29 @@ Messages are converted with the SQS adapter's own converter, so event records an
 the production ones. Time passes for real (the runner reads ``time.monotonic``), but a test
 can end every visibility timeout at once with :meth:`FakeQueue.expire_visibility`, and a long
 poll lasts at most ``poll_seconds``, so that shutdown is quick.
+
+:func:`fake_mapping` and :func:`runner_running` run the real ``SqsMappingRunner`` on such a
+queue for the length of a block; :func:`python_target_running` does so with a handler in a
+real ``PythonTarget``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import anyio.lowlevel
 
+from poller.config import SqsMapping
 from poller.errors import SourceError
+from poller.queues import SqsMappingRunner
+from poller.queues.ports import QueueApi
+from poller.retry import Backoff
 from poller.sources.sqs import (
     EntryFailure,
     QueueInfo,
@@ -35,6 +45,8 @@ from poller.sources.sqs import (
     copy_params,
     make_message_factory,
 )
+from poller.targets.python import PythonTarget
+from poller.types import Target
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -249,3 +261,57 @@ def _refused(message: SqsMessage) -> EntryFailure:
         text=f"The receipt handle of {message.message_id} is not valid",
         sender_fault=True,
     )
+
+
+# -- the runner over a fake queue ---------------------------------------------------------------
+
+#: After a failed batch, milliseconds instead of production's half a second.
+FAST_BACKOFF = Backoff(initial=0.005, maximum=0.02)
+#: A mapping's fields for at most two batches in flight.
+TWO_AT_A_TIME: dict[str, Any] = {"scaling_config": {"maximum_concurrency": 2}}
+
+
+def fake_mapping(queue: FakeQueue, **fields: Any) -> SqsMapping:
+    """The mapping "orders" on ``queue`` with ReportBatchItemFailures, plus ``fields`` (its
+    target names the test handler, but the tests hand the runner their own)."""
+    return SqsMapping.model_validate(
+        {
+            "name": "orders",
+            "event_source_arn": queue.arn,
+            "target": {"type": "python", "handler": "tests.support.sqs:handler"},
+            "function_response_types": ["ReportBatchItemFailures"],
+            **fields,
+        }
+    )
+
+
+@asynccontextmanager
+async def runner_running(
+    mapping: SqsMapping, queue: QueueApi, target: Target, *, limit: float, **runner_options: Any
+) -> AsyncIterator[None]:
+    """The real ``SqsMappingRunner`` (with :data:`FAST_BACKOFF` unless ``runner_options``
+    say otherwise) until the block ends, then shut down; all within ``limit`` seconds."""
+    runner_options.setdefault("backoff", FAST_BACKOFF)
+    stopping = anyio.Event()
+    runner = SqsMappingRunner(
+        mapping, queue=queue, target=target, stopping=stopping, **runner_options
+    )
+    with anyio.fail_after(limit):
+        async with anyio.create_task_group() as tg:
+            await tg.start(runner.run)
+            yield
+            stopping.set()
+
+
+@asynccontextmanager
+async def python_target_running(
+    queue: FakeQueue, handler: Callable[..., Any], *, limit: float
+) -> AsyncIterator[None]:
+    """:func:`runner_running` on ``queue`` with ``handler`` in a real ``PythonTarget``, closed
+    when the block ends."""
+    target = PythonTarget(handler, timeout_seconds=30)
+    try:
+        async with runner_running(fake_mapping(queue), queue, target, limit=limit):
+            yield
+    finally:
+        await target.aclose()

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import base64
 import threading
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio
@@ -21,14 +21,11 @@ import anyio.lowlevel
 import pytest
 
 from poller.batch import aprocess_batch, process_batch
-from poller.config import SqsMapping
-from poller.queues import SqsMappingRunner
-from poller.retry import Backoff
 from poller.targets.python import PythonTarget
 from poller.testing import FakeStreamApi, MemoryCheckpointStore, Put, kpl_aggregate
 from poller.types import SHARD_END, Checkpoint
 from tests.component.harness import MAPPING, SHARD, make_runner, mapping_config, running
-from tests.component.sqs_fakes import FakeQueue
+from tests.component.sqs_fakes import FakeQueue, python_target_running
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -84,6 +81,34 @@ def kinesis_position(record: dict[str, Any]) -> str:
     return str(kinesis["sequenceNumber"]) + ("" if sub is None else f":{sub}")
 
 
+async def read_to_the_end(
+    api: FakeStreamApi,
+    store: MemoryCheckpointStore,
+    stopping: anyio.Event,
+    handler: Callable[[dict[str, Any], Any], Any],
+    **fields: Any,
+) -> None:
+    """Run a mapping with ReportBatchItemFailures (batches of up to 10, sent at once, and
+    ``fields``) and ``handler`` in a Python target until the shard is read to its end."""
+    mapping = mapping_config(
+        batch_size=10,
+        maximum_batching_window_in_seconds=0,
+        function_response_types=["ReportBatchItemFailures"],
+        **fields,
+    )
+    target = PythonTarget(handler, timeout_seconds=30)
+    runner = make_runner(mapping, api=api, target=target, store=store, stopping=stopping)
+    try:
+        async with running(runner, stopping):
+            await wait_until(
+                lambda: store.checkpoints.get((MAPPING, SHARD)) == Checkpoint(SHARD_END),
+                LIMIT,
+                "the shard read to its end",
+            )
+    finally:
+        await target.aclose()
+
+
 async def test_kinesis_stops_at_the_failure_checkpoints_before_it_and_retries_from_it(
     store: MemoryCheckpointStore, stopping: anyio.Event
 ) -> None:
@@ -97,22 +122,7 @@ async def test_kinesis_stops_at_the_failure_checkpoints_before_it_and_retries_fr
     ]
     api.close_shard(SHARD)
     seen = Seen()
-    target = PythonTarget(failing_first_time(seen, kinesis_data, {"c"}), timeout_seconds=30)
-    mapping = mapping_config(
-        batch_size=10,
-        maximum_batching_window_in_seconds=0,
-        function_response_types=["ReportBatchItemFailures"],
-    )
-    runner = make_runner(mapping, api=api, target=target, store=store, stopping=stopping)
-    try:
-        async with running(runner, stopping):
-            await wait_until(
-                lambda: store.checkpoints.get((MAPPING, SHARD)) == Checkpoint(SHARD_END),
-                LIMIT,
-                "the shard read to its end",
-            )
-    finally:
-        await target.aclose()
+    await read_to_the_end(api, store, stopping, failing_first_time(seen, kinesis_data, {"c"}))
     assert seen.calls == ["a", "b", "c", "c", "d", "e"]
     checkpoints = [c.sequence_number for m, s, c in store.writes if (m, s) == (MAPPING, SHARD)]
     assert checkpoints[0] == sequences[1]  # before c, the first failure
@@ -132,23 +142,8 @@ async def test_a_kpl_user_record_failure_resumes_inside_the_aggregate(
     api.add_page(SHARD, [Put("k3", b"p")])
     api.close_shard(SHARD)
     seen = Seen()
-    target = PythonTarget(failing_first_time(seen, kinesis_data, {"u1"}), timeout_seconds=30)
-    mapping = mapping_config(
-        batch_size=10,
-        maximum_batching_window_in_seconds=0,
-        deaggregate_records=True,
-        function_response_types=["ReportBatchItemFailures"],
-    )
-    runner = make_runner(mapping, api=api, target=target, store=store, stopping=stopping)
-    try:
-        async with running(runner, stopping):
-            await wait_until(
-                lambda: store.checkpoints.get((MAPPING, SHARD)) == Checkpoint(SHARD_END),
-                LIMIT,
-                "the shard read to its end",
-            )
-    finally:
-        await target.aclose()
+    handler = failing_first_time(seen, kinesis_data, {"u1"})
+    await read_to_the_end(api, store, stopping, handler, deaggregate_records=True)
     assert seen.calls[:2] == ["u0", "u1"]
     assert seen.calls[2:] == ["u1", "u2", "p"]
     first = next(c for m, s, c in store.writes if (m, s) == (MAPPING, SHARD))
@@ -158,34 +153,12 @@ async def test_a_kpl_user_record_failure_resumes_inside_the_aggregate(
 # -- SQS --------------------------------------------------------------------------------------
 
 
-#: After a failed batch, milliseconds instead of production's half a second.
-FAST_BACKOFF = Backoff(initial=0.005, maximum=0.02)
-
-
-@asynccontextmanager
-async def queue_running(queue: FakeQueue, handler: Callable[..., Any]) -> AsyncIterator[None]:
-    """An SQS runner on ``queue`` with ``handler`` in a Python target, until the block ends."""
-    config = SqsMapping.model_validate(
-        {
-            "name": "orders",
-            "event_source_arn": queue.arn,
-            "target": {"type": "python", "handler": "tests.support.sqs:handler"},
-            "function_response_types": ["ReportBatchItemFailures"],
-        }
-    )
-    target = PythonTarget(handler, timeout_seconds=30)
-    stopping = anyio.Event()
-    runner = SqsMappingRunner(
-        config, queue=queue, target=target, stopping=stopping, backoff=FAST_BACKOFF
-    )
-    try:
-        with anyio.fail_after(LIMIT * 2):
-            async with anyio.create_task_group() as tg:
-                await tg.start(runner.run)
-                yield
-                stopping.set()
-    finally:
-        await target.aclose()
+def queue_running(
+    queue: FakeQueue, handler: Callable[..., Any]
+) -> AbstractAsyncContextManager[None]:
+    """An SQS runner with ReportBatchItemFailures on ``queue``, ``handler`` in a Python
+    target, until the block ends."""
+    return python_target_running(queue, handler, limit=LIMIT * 2)
 
 
 def message_id(record: dict[str, Any]) -> str:

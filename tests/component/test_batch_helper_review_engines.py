@@ -10,8 +10,8 @@ deletes messages nobody handled.
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio
@@ -19,45 +19,21 @@ import anyio.lowlevel
 import pytest
 
 from poller.batch import process_batch
-from poller.config import SqsMapping
-from poller.queues import SqsMappingRunner
-from poller.retry import Backoff
-from poller.targets.python import PythonTarget
-from tests.component.sqs_fakes import FakeQueue
+from tests.component.sqs_fakes import FakeQueue, python_target_running
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 
 #: Generous: the handler runs in worker threads on a shared, loaded machine.
 LIMIT = 30.0
-FAST_BACKOFF = Backoff(initial=0.005, maximum=0.02)
 
 
-@asynccontextmanager
-async def queue_running(queue: FakeQueue, handler: Callable[..., Any]) -> AsyncIterator[None]:
+def queue_running(
+    queue: FakeQueue, handler: Callable[..., Any]
+) -> AbstractAsyncContextManager[None]:
     """An SQS runner with ReportBatchItemFailures on ``queue``, ``handler`` in a Python
     target, until the block ends."""
-    config = SqsMapping.model_validate(
-        {
-            "name": "orders",
-            "event_source_arn": queue.arn,
-            "target": {"type": "python", "handler": "tests.support.sqs:handler"},
-            "function_response_types": ["ReportBatchItemFailures"],
-        }
-    )
-    target = PythonTarget(handler, timeout_seconds=30)
-    stopping = anyio.Event()
-    runner = SqsMappingRunner(
-        config, queue=queue, target=target, stopping=stopping, backoff=FAST_BACKOFF
-    )
-    try:
-        with anyio.fail_after(LIMIT * 2):
-            async with anyio.create_task_group() as tg:
-                await tg.start(runner.run)
-                yield
-                stopping.set()
-    finally:
-        await target.aclose()
+    return python_target_running(queue, handler, limit=LIMIT * 2)
 
 
 class Invocations:

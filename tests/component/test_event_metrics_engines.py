@@ -14,21 +14,18 @@ delivery failure.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio
 import pytest
 
-from poller.config import SqsMapping
 from poller.core.filtering import compile_filters
 from poller.core.retry_policy import StreamRetryPolicy
 from poller.errors import DestinationError
-from poller.queues import SqsMappingRunner
-from poller.streams import BatchPolicy, FailureRouting, ShardProcessor
+from poller.streams import ShardProcessor
 from poller.testing import (
-    STREAM_ARN,
     FakeStreamApi,
     MemoryCheckpointStore,
     RecordingMetrics,
@@ -39,18 +36,21 @@ from poller.testing import (
 )
 from poller.types import InvokeResult, Outcome, StreamRecord
 from tests.component.harness import (
-    FAST_BACKOFF,
     LIMIT,
     MAPPING,
     SHARD,
+    KeepingDestination,
+    amounts,
+    fed_until,
     feeding,
+    make_processor,
     make_runner,
     mapping_config,
     puts,
     records,
     running,
 )
-from tests.component.sqs_fakes import FakeQueue
+from tests.component.sqs_fakes import TWO_AT_A_TIME, FakeQueue, fake_mapping, runner_running
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -62,31 +62,32 @@ def counted(metrics: RecordingMetrics, hook: str) -> int:
     return metrics.count(hook, MAPPING)
 
 
-def amounts(metrics: RecordingMetrics, hook: str) -> list[int]:
-    return [call["count"] for call in metrics.calls_to(hook, MAPPING)]
+def noting(
+    metrics: RecordingMetrics, seen: list[tuple[int, int]], then: InvokeResult
+) -> Callable[[dict[str, Any]], InvokeResult]:
+    """An answer of ``then`` that first notes in ``seen`` what was counted while the
+    invocation ran (invoked at its start, failed at its end): (invoked, failed)."""
+
+    def respond(event: dict[str, Any]) -> InvokeResult:
+        seen.append(
+            (counted(metrics, "records_invoked"), counted(metrics, "records_failed_invoke"))
+        )
+        return then
+
+    return respond
 
 
-class Accepting:
+class Accepting(KeepingDestination):
     """An on-failure destination that refuses the first ``refusals`` sends, then accepts."""
 
-    arn = "arn:aws:sqs:us-east-1:123456789012:failures"
-
     def __init__(self, refusals: int = 0) -> None:
+        super().__init__()
         self.refusals = refusals
-        self.sent: list[dict[str, Any]] = []
 
-    async def send(
-        self,
-        record: dict[str, Any],
-        *,
-        records: Sequence[StreamRecord],
-        mapping_uuid: str,
-        shard_id: str,
-    ) -> None:
+    async def accept(self, record: dict[str, Any]) -> None:
         if self.refusals:
             self.refusals -= 1
             raise DestinationError("throttled by the queue")
-        self.sent.append(record)
 
 
 def processor(
@@ -100,24 +101,14 @@ def processor(
     destination: Accepting | None = None,
 ) -> ShardProcessor:
     """A processor of one shard: batches of up to 10 sent at once, millisecond retries."""
-    policy = BatchPolicy(
-        batch_size=10,
-        window_seconds=0.0,
-        backoff=FAST_BACKOFF,
-        retry=retry or StreamRetryPolicy(),
-        filters=None if filters is None else compile_filters([filters], source="kinesis"),
-    )
-    return ShardProcessor(
-        mapping=MAPPING,
-        shard_id=SHARD,
+    return make_processor(
         target=target,
         store=store,
-        policy=policy,
-        routing=FailureRouting(
-            kind="kinesis", stream_arn=STREAM_ARN, mapping_uuid="uuid", destination=destination
-        ),
         stopping=stopping,
         metrics=metrics,
+        retry=retry,
+        filters=None if filters is None else compile_filters([filters], source="kinesis"),
+        destination=destination,
     )
 
 
@@ -157,22 +148,14 @@ async def test_streams_a_throttle_then_a_success_is_invoked_twice_and_failed_onc
 ) -> None:
     chunk = records(api, puts("a", "b", "c"))
     seen: list[tuple[int, int]] = []
-
-    def answer(then: InvokeResult) -> Any:
-        def respond(event: dict[str, Any]) -> InvokeResult:
-            # What was counted while the invocation ran: invoked at its start, failed at its end.
-            seen.append(
-                (counted(metrics, "records_invoked"), counted(metrics, "records_failed_invoke"))
-            )
-            return then
-
-        return respond
-
-    target.script(answer(THROTTLED), answer(success()))
-    async with feeding(processor(target, store, stopping, metrics), stopping) as feed:
-        await feed.send(chunk)
-        await wait_until(lambda: settled_all(store, chunk), LIMIT, "the batch settled")
-        feed.stop()
+    target.script(noting(metrics, seen, THROTTLED), noting(metrics, seen, success()))
+    await fed_until(
+        processor(target, store, stopping, metrics),
+        stopping,
+        chunk,
+        lambda: settled_all(store, chunk),
+        "the batch settled",
+    )
     assert seen == [(3, 0), (6, 3)]
     assert (counted(metrics, "records_invoked"), counted(metrics, "records_failed_invoke")) == (
         6,
@@ -191,10 +174,13 @@ async def test_streams_a_partial_response_listing_one_of_ten_fails_ten_and_lists
     chunk = records(api, puts(*"abcdefghij"))
     target.script(partial_failure(chunk[4].position))
     retry = StreamRetryPolicy(report_batch_item_failures=True)
-    async with feeding(processor(target, store, stopping, metrics, retry=retry), stopping) as feed:
-        await feed.send(chunk)
-        await wait_until(lambda: settled_all(store, chunk), LIMIT, "the batch settled")
-        feed.stop()
+    await fed_until(
+        processor(target, store, stopping, metrics, retry=retry),
+        stopping,
+        chunk,
+        lambda: settled_all(store, chunk),
+        "the batch settled",
+    )
     assert amounts(metrics, "records_failed_invoke") == [10]
     assert amounts(metrics, "batch_item_failures") == [1]
     # The first attempt had ten records; the retry, from the listed record on, six.
@@ -228,10 +214,13 @@ async def test_streams_without_filters_report_no_filtered_series(
     metrics: RecordingMetrics,
 ) -> None:
     chunk = records(api, puts("a", "b"))
-    async with feeding(processor(target, store, stopping, metrics), stopping) as feed:
-        await feed.send(chunk)
-        await wait_until(lambda: settled_all(store, chunk), LIMIT, "the batch settled")
-        feed.stop()
+    await fed_until(
+        processor(target, store, stopping, metrics),
+        stopping,
+        chunk,
+        lambda: settled_all(store, chunk),
+        "the batch settled",
+    )
     assert metrics.calls_to("records_filtered") == []
 
 
@@ -245,10 +234,13 @@ async def test_streams_records_given_up_without_a_destination_are_dropped(
     chunk = records(api, puts("a", "b"))
     target.script(function_error())
     retry = StreamRetryPolicy(maximum_retry_attempts=0)
-    async with feeding(processor(target, store, stopping, metrics, retry=retry), stopping) as feed:
-        await feed.send(chunk)
-        await wait_until(lambda: settled_all(store, chunk), LIMIT, "given up and settled")
-        feed.stop()
+    await fed_until(
+        processor(target, store, stopping, metrics, retry=retry),
+        stopping,
+        chunk,
+        lambda: settled_all(store, chunk),
+        "given up and settled",
+    )
     assert (
         counted(metrics, "records_dropped"),
         counted(metrics, "records_sent_to_destination"),
@@ -272,10 +264,7 @@ async def test_streams_records_sent_to_a_destination_are_not_dropped_and_refusal
     destination = Accepting(refusals=1)
     retry = StreamRetryPolicy(maximum_retry_attempts=0)
     proc = processor(target, store, stopping, metrics, retry=retry, destination=destination)
-    async with feeding(proc, stopping) as feed:
-        await feed.send(chunk)
-        await wait_until(lambda: settled_all(store, chunk), LIMIT, "sent and settled")
-        feed.stop()
+    await fed_until(proc, stopping, chunk, lambda: settled_all(store, chunk), "sent and settled")
     assert len(destination.sent) == 1
     assert counted(metrics, "records_sent_to_destination") == 2
     assert counted(metrics, "records_dropped") == 0
@@ -287,37 +276,11 @@ async def test_streams_records_sent_to_a_destination_are_not_dropped_and_refusal
 # -- SQS ----------------------------------------------------------------------------------------
 
 
-def sqs_mapping(queue: FakeQueue, **fields: Any) -> SqsMapping:
-    return SqsMapping.model_validate(
-        {
-            "name": MAPPING,
-            "event_source_arn": queue.arn,
-            "target": {"type": "python", "handler": "tests.support.sqs:handler"},
-            "scaling_config": {"maximum_concurrency": 2},
-            "function_response_types": ["ReportBatchItemFailures"],
-            **fields,
-        }
-    )
-
-
-@asynccontextmanager
-async def sqs_running(
+def sqs_running(
     queue: FakeQueue, target: RecordingTarget, metrics: RecordingMetrics, **fields: Any
-) -> AsyncIterator[None]:
-    stopping = anyio.Event()
-    runner = SqsMappingRunner(
-        sqs_mapping(queue, **fields),
-        queue=queue,
-        target=target,
-        stopping=stopping,
-        metrics=metrics,
-        backoff=FAST_BACKOFF,
-    )
-    with anyio.fail_after(LIMIT):
-        async with anyio.create_task_group() as tg:
-            await tg.start(runner.run)
-            yield
-            stopping.set()
+) -> AbstractAsyncContextManager[None]:
+    mapping = fake_mapping(queue, **TWO_AT_A_TIME, **fields)
+    return runner_running(mapping, queue, target, limit=LIMIT, metrics=metrics)
 
 
 async def all_deleted(queue: FakeQueue, *message_ids: str) -> None:
@@ -331,17 +294,7 @@ async def test_sqs_a_throttle_then_a_success_is_invoked_twice_and_failed_once() 
     for message_id in "abc":
         queue.send(message_id)
     seen: list[tuple[int, int]] = []
-
-    def answer(then: InvokeResult) -> Any:
-        def respond(event: dict[str, Any]) -> InvokeResult:
-            seen.append(
-                (counted(metrics, "records_invoked"), counted(metrics, "records_failed_invoke"))
-            )
-            return then
-
-        return respond
-
-    target.script(answer(THROTTLED), answer(success()))
+    target.script(noting(metrics, seen, THROTTLED), noting(metrics, seen, success()))
     async with sqs_running(queue, target, metrics):
         await all_deleted(queue, *"abc")
     assert seen == [(3, 0), (6, 3)]

@@ -11,19 +11,16 @@ way it is logged (id and size, never the body) and counted once.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-import anyio
 import pytest
 import structlog
 
 from poller.config import SqsMapping
 from poller.errors import SourceError
-from poller.queues import SqsMappingRunner
 from poller.queues.intake import OVERSIZED_VISIBILITY_SECONDS
-from poller.retry import Backoff
 from poller.sources.sqs import (
     EntryFailure,
     QueueInfo,
@@ -32,13 +29,19 @@ from poller.sources.sqs import (
     make_message_factory,
 )
 from poller.testing import RecordingMetrics, RecordingTarget
-from tests.component.sqs_fakes import DEAD_LETTER_ARN, FakeQueue, queue_arn
+from tests.component.sqs_fakes import (
+    DEAD_LETTER_ARN,
+    TWO_AT_A_TIME,
+    FakeQueue,
+    fake_mapping,
+    queue_arn,
+    runner_running,
+)
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 
 LIMIT = 5.0
-FAST_BACKOFF = Backoff(initial=0.005, maximum=0.02)
 #: Room for several small messages, not for one with a HUGE body.
 MAX_BYTES = 4_000
 HUGE = "H" * 6_000
@@ -65,36 +68,15 @@ class AttributesFailQueue(FakeQueue):
 
 
 def mapping(queue: FakeQueue) -> SqsMapping:
-    return SqsMapping.model_validate(
-        {
-            "name": "orders",
-            "event_source_arn": queue.arn,
-            "target": {"type": "python", "handler": "tests.support.sqs:handler"},
-            "scaling_config": {"maximum_concurrency": 2},
-            "function_response_types": ["ReportBatchItemFailures"],
-        }
-    )
+    return fake_mapping(queue, **TWO_AT_A_TIME)
 
 
-@asynccontextmanager
-async def running(
+def running(
     queue: FakeQueue, target: RecordingTarget, metrics: RecordingMetrics
-) -> AsyncIterator[None]:
-    stopping = anyio.Event()
-    runner = SqsMappingRunner(
-        mapping(queue),
-        queue=queue,
-        target=target,
-        stopping=stopping,
-        metrics=metrics,
-        max_bytes=MAX_BYTES,
-        backoff=FAST_BACKOFF,
+) -> AbstractAsyncContextManager[None]:
+    return runner_running(
+        mapping(queue), queue, target, limit=LIMIT * 2, metrics=metrics, max_bytes=MAX_BYTES
     )
-    with anyio.fail_after(LIMIT * 2):
-        async with anyio.create_task_group() as tg:
-            await tg.start(runner.run)
-            yield
-            stopping.set()
 
 
 def delivered(target: RecordingTarget) -> list[str]:

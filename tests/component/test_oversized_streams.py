@@ -9,7 +9,6 @@ in shard order, and the checkpoint passes it only once that is done.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import anyio
@@ -17,7 +16,7 @@ import pytest
 import structlog
 
 from poller.core.retry_policy import StreamRetryPolicy
-from poller.streams import BatchPolicy, FailureRouting, ShardProcessor
+from poller.streams import ShardProcessor
 from poller.testing import (
     STREAM_ARN,
     FakeStreamApi,
@@ -30,11 +29,14 @@ from poller.testing import (
 )
 from poller.types import Checkpoint, StreamRecord
 from tests.component.harness import (
-    FAST_BACKOFF,
     LIMIT,
-    MAPPING,
     SHARD,
+    KeepingDestination,
+    amounts,
+    checkpointed,
+    fed_until,
     feeding,
+    make_processor,
     positions,
     puts,
     records,
@@ -49,31 +51,21 @@ MAX_BYTES = 3_000
 BIG = b"B" * 4_000
 
 
-class Destination:
+class Destination(KeepingDestination):
     """An on-failure destination that keeps what it accepts; closed (waiting, as a destination
     that does not answer) until ``opened`` is set."""
 
-    arn = "arn:aws:sqs:us-east-1:123456789012:failures"
-
     def __init__(self, *, opened: bool = True) -> None:
+        super().__init__()
         self.opened = anyio.Event()
         if opened:
             self.opened.set()
-        self.sent: list[dict[str, Any]] = []
         self.waiting = 0
 
-    async def send(
-        self,
-        record: dict[str, Any],
-        *,
-        records: Sequence[StreamRecord],
-        mapping_uuid: str,
-        shard_id: str,
-    ) -> None:
+    async def accept(self, record: dict[str, Any]) -> None:
         self.waiting += 1
         await self.opened.wait()
         self.waiting -= 1
-        self.sent.append(record)
 
 
 def processor(
@@ -92,36 +84,17 @@ def processor(
     async def retention_seconds() -> float | None:
         return retention
 
-    policy = BatchPolicy(
-        batch_size=10,
-        window_seconds=0.0,
-        max_bytes=MAX_BYTES,
-        backoff=FAST_BACKOFF,
-        retry=retry or StreamRetryPolicy(),
-        tumbling_window_seconds=tumbling_window_seconds,
-    )
-    return ShardProcessor(
-        mapping=MAPPING,
-        shard_id=SHARD,
+    return make_processor(
         target=target,
         store=store,
-        policy=policy,
-        routing=FailureRouting(
-            kind="kinesis", stream_arn=STREAM_ARN, mapping_uuid="uuid", destination=destination
-        ),
         stopping=stopping,
         metrics=metrics,
+        max_bytes=MAX_BYTES,
+        destination=destination,
+        retry=retry,
         retention=retention_seconds,
+        tumbling_window_seconds=tumbling_window_seconds,
     )
-
-
-def amounts(metrics: RecordingMetrics, hook: str) -> list[int]:
-    return [call["count"] for call in metrics.calls_to(hook, MAPPING)]
-
-
-def checkpointed(store: MemoryCheckpointStore) -> str | None:
-    checkpoint = store.checkpoints.get((MAPPING, SHARD))
-    return None if checkpoint is None else checkpoint.sequence_number
 
 
 def mixed(api: FakeStreamApi) -> list[StreamRecord]:
@@ -221,10 +194,9 @@ async def test_the_destination_gets_a_failure_record_saying_why(
     destination = Destination()
     _, x, _, c = chunk = mixed(api)
     proc = processor(target, store, stopping, metrics, destination=destination)
-    async with feeding(proc, stopping) as feed:
-        await feed.send(chunk)
-        await wait_until(lambda: checkpointed(store) == c.sequence_number, LIMIT, "settled")
-        feed.stop()
+    await fed_until(
+        proc, stopping, chunk, lambda: checkpointed(store) == c.sequence_number, "settled"
+    )
     (sent,) = destination.sent
     assert sent["requestContext"]["condition"] == "RecordSizeExceeded"
     assert sent["requestContext"]["approximateInvokeCount"] == 0
@@ -248,10 +220,9 @@ async def test_consecutive_oversized_records_each_get_their_own_failure_record(
     destination = Destination()
     chunk = records(api, [*puts("x", "y", data=BIG), *puts("a")])
     proc = processor(target, store, stopping, metrics, destination=destination)
-    async with feeding(proc, stopping) as feed:
-        await feed.send(chunk)
-        await wait_until(lambda: checkpointed(store) == chunk[2].sequence_number, LIMIT, "done")
-        feed.stop()
+    await fed_until(
+        proc, stopping, chunk, lambda: checkpointed(store) == chunk[2].sequence_number, "done"
+    )
     started = [s["KinesisBatchInfo"]["startSequenceNumber"] for s in destination.sent]
     assert started == [chunk[0].sequence_number, chunk[1].sequence_number]
     assert [event_positions(e) for e in target.events] == [positions(chunk[2:])]
@@ -283,10 +254,9 @@ async def test_a_tumbling_windows_state_can_make_a_record_oversized(
     proc = processor(
         target, store, stopping, metrics, destination=destination, tumbling_window_seconds=3_600
     )
-    async with feeding(proc, stopping) as feed:
-        await feed.send(chunk)
-        await wait_until(lambda: checkpointed(store) == b.sequence_number, LIMIT, "settled")
-        feed.stop()
+    await fed_until(
+        proc, stopping, chunk, lambda: checkpointed(store) == b.sequence_number, "settled"
+    )
     assert [event_positions(e) for e in target.events] == [positions([a]), positions([b])]
     assert target.events[1]["state"] == state
     (sent,) = destination.sent

@@ -7,26 +7,21 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-import anyio
 import pytest
 
 from poller.config import SqsMapping
-from poller.queues import SqsMappingRunner
-from poller.retry import Backoff
 from poller.sources.sqs import SqsMessage
 from poller.testing import RecordingMetrics, RecordingTarget
-from tests.component.sqs_fakes import FakeQueue
+from tests.component.sqs_fakes import TWO_AT_A_TIME, FakeQueue, fake_mapping, runner_running
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 
 #: Long enough for a few 1 s visibility timeouts (the oversized give-back) on a loaded host.
 LIMIT = 20.0
-FAST_BACKOFF = Backoff(initial=0.005, maximum=0.02)
 MAX_BYTES = 4_000
 HUGE = "H" * 6_000
 #: The fake's redrive policy says 5 (``FakeQueue.open``).
@@ -50,37 +45,20 @@ class RedriveQueue(FakeQueue):
 
 
 def mapping(queue: FakeQueue, **fields: Any) -> SqsMapping:
-    return SqsMapping.model_validate(
-        {
-            "name": "orders",
-            "event_source_arn": queue.arn,
-            "target": {"type": "python", "handler": "tests.support.sqs:handler"},
-            "scaling_config": {"maximum_concurrency": 2},
-            "function_response_types": ["ReportBatchItemFailures"],
-            **fields,
-        }
-    )
+    return fake_mapping(queue, **TWO_AT_A_TIME, **fields)
 
 
-@asynccontextmanager
-async def running(
+def running(
     queue: FakeQueue, target: RecordingTarget, metrics: RecordingMetrics, **fields: Any
-) -> AsyncIterator[None]:
-    stopping = anyio.Event()
-    runner = SqsMappingRunner(
+) -> AbstractAsyncContextManager[None]:
+    return runner_running(
         mapping(queue, **fields),
-        queue=queue,
-        target=target,
-        stopping=stopping,
+        queue,
+        target,
+        limit=LIMIT * 2,
         metrics=metrics,
         max_bytes=MAX_BYTES,
-        backoff=FAST_BACKOFF,
     )
-    with anyio.fail_after(LIMIT * 2):
-        async with anyio.create_task_group() as tg:
-            await tg.start(runner.run)
-            yield
-            stopping.set()
 
 
 def delivered(target: RecordingTarget) -> list[str]:

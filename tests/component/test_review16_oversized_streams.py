@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import anyio
@@ -19,9 +18,8 @@ import structlog
 
 from poller.core.retry_policy import StreamRetryPolicy
 from poller.errors import DestinationError, LeaseLost
-from poller.streams import BatchPolicy, FailureRouting, ShardProcessor
+from poller.streams import ShardProcessor
 from poller.testing import (
-    STREAM_ARN,
     FakeStreamApi,
     MemoryCheckpointStore,
     RecordingMetrics,
@@ -32,13 +30,16 @@ from poller.testing import (
     partial_failure,
     success,
 )
-from poller.types import InvokeResult, StreamRecord
+from poller.types import InvokeResult
 from tests.component.harness import (
-    FAST_BACKOFF,
     LIMIT,
     MAPPING,
     SHARD,
+    KeepingDestination,
+    checkpointed,
+    fed_until,
     feeding,
+    make_processor,
     puts,
     records,
     written,
@@ -61,34 +62,25 @@ def processor(
     stopping: anyio.Event,
     metrics: RecordingMetrics,
     *,
-    retry: StreamRetryPolicy,
+    retry: StreamRetryPolicy | None = None,
     tumbling_window_seconds: int = 0,
     parallelization_factor: int = 1,
+    destination: KeepingDestination | None = None,
+    guard: Lease | None = None,
 ) -> ShardProcessor:
-    policy = BatchPolicy(
-        batch_size=10,
-        window_seconds=0.0,
+    """A processor of :data:`SHARD` that cuts at :data:`MAX_BYTES`."""
+    return make_processor(
+        target=target,
+        store=store,
+        stopping=stopping,
+        metrics=metrics,
         max_bytes=MAX_BYTES,
-        backoff=FAST_BACKOFF,
         retry=retry,
         tumbling_window_seconds=tumbling_window_seconds,
         parallelization_factor=parallelization_factor,
+        destination=destination,
+        guard=guard,
     )
-    return ShardProcessor(
-        mapping=MAPPING,
-        shard_id=SHARD,
-        target=target,
-        store=store,
-        policy=policy,
-        routing=FailureRouting(kind="kinesis", stream_arn=STREAM_ARN, mapping_uuid="uuid"),
-        stopping=stopping,
-        metrics=metrics,
-    )
-
-
-def checkpointed(store: MemoryCheckpointStore) -> str | None:
-    checkpoint = store.checkpoints.get((MAPPING, SHARD))
-    return None if checkpoint is None else checkpoint.sequence_number
 
 
 async def test_a_windowed_retry_after_the_state_grew_never_sends_an_event_over_the_limit(
@@ -108,10 +100,9 @@ async def test_a_windowed_retry_after_the_state_grew_never_sends_an_event_over_t
     target.script(partial_failure(x.sequence_number, state=state))
     retry = StreamRetryPolicy(maximum_retry_attempts=2, report_batch_item_failures=True)
     proc = processor(target, store, stopping, metrics, retry=retry, tumbling_window_seconds=3_600)
-    async with feeding(proc, stopping) as feed:
-        await feed.send(chunk)
-        await wait_until(lambda: checkpointed(store) == x.sequence_number, LIMIT, "settled")
-        feed.stop()
+    await fed_until(
+        proc, stopping, chunk, lambda: checkpointed(store) == x.sequence_number, "settled"
+    )
     assert event_positions(target.events[0]) == [a.position, x.position]
     assert event_bytes(target.events[0]) <= MAX_BYTES  # the first cut was right
     over = [event_bytes(e) for e in target.events if event_bytes(e) > MAX_BYTES]
@@ -133,10 +124,9 @@ async def test_an_oversized_user_record_inside_a_kpl_aggregate_is_given_up_alone
     first, big, last, after = chunk
     assert big.size > MAX_BYTES > first.size + last.size + after.size
     proc = processor(target, store, stopping, metrics, retry=StreamRetryPolicy())
-    async with feeding(proc, stopping) as feed:
-        await feed.send(chunk)
-        await wait_until(lambda: checkpointed(store) == after.sequence_number, LIMIT, "all")
-        feed.stop()
+    await fed_until(
+        proc, stopping, chunk, lambda: checkpointed(store) == after.sequence_number, "all"
+    )
     invoked = [p for e in target.events for p in event_positions(e)]
     assert invoked == [first.position, last.position, after.position]
     assert all(event_bytes(e) <= MAX_BYTES for e in target.events)
@@ -156,25 +146,6 @@ class Lease:
             raise LeaseLost(f"lease of {SHARD} taken by replica-b")
 
 
-class Destination:
-    """An on-failure destination that keeps what it accepts."""
-
-    arn = "arn:aws:sqs:us-east-1:123456789012:failures"
-
-    def __init__(self) -> None:
-        self.sent: list[dict[str, Any]] = []
-
-    async def send(
-        self,
-        record: dict[str, Any],
-        *,
-        records: Sequence[StreamRecord],
-        mapping_uuid: str,
-        shard_id: str,
-    ) -> None:
-        self.sent.append(record)
-
-
 async def test_a_replica_that_lost_its_lease_does_not_give_up_the_oversized_record(
     api: FakeStreamApi, store: MemoryCheckpointStore, stopping: anyio.Event
 ) -> None:
@@ -184,7 +155,7 @@ async def test_a_replica_that_lost_its_lease_does_not_give_up_the_oversized_reco
     (so the destination gets it twice, once from each replica) and settles it, because the
     oversized give-up never calls the guard."""
     lease = Lease()
-    destination = Destination()
+    destination = KeepingDestination()
 
     def lose_the_lease(event: dict[str, Any]) -> InvokeResult:
         lease.lost = True
@@ -193,21 +164,8 @@ async def test_a_replica_that_lost_its_lease_does_not_give_up_the_oversized_reco
     target = RecordingTarget()
     target.script(lose_the_lease)
     a, _, _ = chunk = records(api, [*puts("a"), *puts("x", data=b"B" * 4_000), *puts("b")])
-    policy = BatchPolicy(
-        batch_size=10, window_seconds=0.0, max_bytes=MAX_BYTES, backoff=FAST_BACKOFF
-    )
-    proc = ShardProcessor(
-        mapping=MAPPING,
-        shard_id=SHARD,
-        target=target,
-        store=store,
-        policy=policy,
-        routing=FailureRouting(
-            kind="kinesis", stream_arn=STREAM_ARN, mapping_uuid="uuid", destination=destination
-        ),
-        stopping=stopping,
-        metrics=RecordingMetrics(),
-        guard=lease,
+    proc = processor(
+        target, store, stopping, RecordingMetrics(), destination=destination, guard=lease
     )
     async with feeding(proc, stopping) as feed:
         await feed.send(chunk)
@@ -330,17 +288,16 @@ async def test_a_windowed_retry_of_several_records_gives_up_a_head_that_no_longe
     target.script(partial_failure(x.sequence_number, state=state))
     retry = StreamRetryPolicy(maximum_retry_attempts=2, report_batch_item_failures=True)
     proc = processor(target, store, stopping, metrics, retry=retry, tumbling_window_seconds=3_600)
-    async with feeding(proc, stopping) as feed:
-        await feed.send(chunk)
-        await wait_until(lambda: checkpointed(store) == y.sequence_number, LIMIT, "settled")
-        feed.stop()
+    await fed_until(
+        proc, stopping, chunk, lambda: checkpointed(store) == y.sequence_number, "settled"
+    )
     assert event_positions(target.events[0]) == [a.position, x.position, y.position]
     over = [event_bytes(e) for e in target.events if event_bytes(e) > MAX_BYTES]
     assert over == [], f"events over {MAX_BYTES} bytes were invoked: {over}"
     assert [c["count"] for c in metrics.calls_to("records_oversized", MAPPING)] == [1]
 
 
-class OutageDestination(Destination):
+class OutageDestination(KeepingDestination):
     """Refuses every send (a destination outage) until ``up``; counts the refusals."""
 
     def __init__(self) -> None:
@@ -348,18 +305,10 @@ class OutageDestination(Destination):
         self.up = False
         self.refusals = 0
 
-    async def send(
-        self,
-        record: dict[str, Any],
-        *,
-        records: Sequence[StreamRecord],
-        mapping_uuid: str,
-        shard_id: str,
-    ) -> None:
+    async def accept(self, record: dict[str, Any]) -> None:
         if not self.up:
             self.refusals += 1
             raise DestinationError("SendMessage: ServiceUnavailable")
-        self.sent.append(record)
 
 
 async def test_a_lease_lost_while_the_destination_is_down_stops_the_oversized_give_up(
@@ -371,21 +320,8 @@ async def test_a_lease_lost_while_the_destination_is_down_stops_the_oversized_gi
     invocation would be. Here the send loop never checks the lease: the record goes twice."""
     lease, destination = Lease(), OutageDestination()
     (x,) = chunk = records(api, puts("x", data=b"B" * 4_000))
-    policy = BatchPolicy(
-        batch_size=10, window_seconds=0.0, max_bytes=MAX_BYTES, backoff=FAST_BACKOFF
-    )
-    proc = ShardProcessor(
-        mapping=MAPPING,
-        shard_id=SHARD,
-        target=RecordingTarget(),
-        store=store,
-        policy=policy,
-        routing=FailureRouting(
-            kind="kinesis", stream_arn=STREAM_ARN, mapping_uuid="uuid", destination=destination
-        ),
-        stopping=stopping,
-        metrics=RecordingMetrics(),
-        guard=lease,
+    proc = processor(
+        RecordingTarget(), store, stopping, RecordingMetrics(), destination=destination, guard=lease
     )
     async with feeding(proc, stopping) as feed:
         await feed.send(chunk)

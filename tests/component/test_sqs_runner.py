@@ -9,8 +9,7 @@ scripts, then asserts on what the queue saw: deletes, visibility changes, redeli
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio
@@ -18,58 +17,32 @@ import pytest
 
 from poller.config import SqsMapping
 from poller.core.batching import ENVELOPE_BYTES, MAX_PAYLOAD_BYTES
-from poller.queues import SqsMappingRunner
-from poller.retry import Backoff
 from poller.testing import RecordingMetrics, RecordingTarget, Slow, partial_failure, success
-from tests.component.sqs_fakes import FakeQueue
+from tests.component.sqs_fakes import TWO_AT_A_TIME, FakeQueue, fake_mapping, runner_running
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 
 #: The longest any single wait of these tests may take before the test fails.
 LIMIT = 5.0
-#: After a failed batch, milliseconds instead of production's half a second.
-FAST_BACKOFF = Backoff(initial=0.005, maximum=0.02)
 
 
 def mapping(queue: FakeQueue, **fields: Any) -> SqsMapping:
-    return SqsMapping.model_validate(
-        {
-            "name": "orders",
-            "event_source_arn": queue.arn,
-            "target": {"type": "python", "handler": "tests.support.sqs:handler"},
-            "scaling_config": {"maximum_concurrency": 2},
-            "function_response_types": ["ReportBatchItemFailures"],
-            **fields,
-        }
-    )
+    return fake_mapping(queue, **TWO_AT_A_TIME, **fields)
 
 
-@asynccontextmanager
-async def running(
+def running(
     queue: FakeQueue,
     target: RecordingTarget,
     *,
     metrics: RecordingMetrics | None = None,
     max_bytes: int = MAX_PAYLOAD_BYTES,
     **fields: Any,
-) -> AsyncIterator[None]:
+) -> AbstractAsyncContextManager[None]:
     """Run a runner for ``queue`` until the block ends, then shut it down (bounded)."""
-    stopping = anyio.Event()
-    runner = SqsMappingRunner(
-        mapping(queue, **fields),
-        queue=queue,
-        target=target,
-        stopping=stopping,
-        metrics=metrics,
-        max_bytes=max_bytes,
-        backoff=FAST_BACKOFF,
+    return runner_running(
+        mapping(queue, **fields), queue, target, limit=LIMIT, metrics=metrics, max_bytes=max_bytes
     )
-    with anyio.fail_after(LIMIT):
-        async with anyio.create_task_group() as tg:
-            await tg.start(runner.run)
-            yield
-            stopping.set()
 
 
 def delivered(target: RecordingTarget) -> list[list[str]]:

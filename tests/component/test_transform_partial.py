@@ -15,11 +15,8 @@ from typing import Any, cast
 import anyio
 import pytest
 
-from poller.config import SqsMapping
 from poller.core.retry_policy import StreamRetryPolicy
 from poller.core.transform import PipeVariables, compile_template
-from poller.queues import SqsMappingRunner
-from poller.retry import Backoff
 from poller.targets.transform import TransformingTarget
 from poller.testing import (
     FakeStreamApi,
@@ -30,8 +27,15 @@ from poller.testing import (
     success,
 )
 from poller.types import SHARD_END, Checkpoint, InvokeResult
-from tests.component.harness import LIMIT, feeding, make_processor, positions, records, written
-from tests.component.sqs_fakes import FakeQueue
+from tests.component.harness import (
+    LIMIT,
+    fed_to_the_end,
+    make_processor,
+    positions,
+    records,
+    written,
+)
+from tests.component.sqs_fakes import FakeQueue, fake_mapping, runner_running
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -67,30 +71,11 @@ async def test_sqs_ids_reported_from_transformed_records_settle_the_originals() 
         shape="records",
         variables=VARIABLES,
     )
-    mapping = SqsMapping.model_validate(
-        {
-            "name": "orders",
-            "event_source_arn": queue.arn,
-            "target": {"type": "python", "handler": "tests.support.sqs:handler"},
-            "function_response_types": ["ReportBatchItemFailures"],
-        }
-    )
-    stopping = anyio.Event()
-    runner = SqsMappingRunner(
-        mapping,
-        queue=queue,
-        target=target,
-        stopping=stopping,
-        backoff=Backoff(initial=0.005, maximum=0.02),
-    )
-    with anyio.fail_after(LIMIT):
-        async with anyio.create_task_group() as tg:
-            await tg.start(runner.run)
-            await wait_until(lambda: set(queue.deleted) == {"a", "c"}, LIMIT, "a, c deleted", 0.002)
-            assert sorted(queue.in_flight()) == ["b", "d"]
-            queue.expire_visibility()
-            await wait_until(lambda: len(queue.deleted) == 4, LIMIT, "all deleted", 0.002)
-            stopping.set()
+    async with runner_running(fake_mapping(queue), queue, target, limit=LIMIT):
+        await wait_until(lambda: set(queue.deleted) == {"a", "c"}, LIMIT, "a, c deleted", 0.002)
+        assert sorted(queue.in_flight()) == ["b", "d"]
+        queue.expire_visibility()
+        await wait_until(lambda: len(queue.deleted) == 4, LIMIT, "all deleted", 0.002)
     first = inner.events[0]["Records"]
     assert first == [
         {"id": "a", "order": 0, "retry": False},
@@ -127,9 +112,7 @@ async def test_kinesis_sequence_numbers_reported_from_a_bare_array_checkpoint_th
         stopping=stopping,
         retry=StreamRetryPolicy(report_batch_item_failures=True),
     )
-    async with feeding(processor, stopping) as feed:
-        await feed.send(chunk)
-        await feed.end()
+    await fed_to_the_end(processor, stopping, chunk)
     sequence = positions(chunk)
     # The handler got bare arrays of transformed records: all four, then from the failed one.
     arrays = [cast("list[dict[str, Any]]", event) for event in inner.events]

@@ -17,11 +17,8 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
-from poller.config import SqsMapping
 from poller.core.retry_policy import StreamRetryPolicy
 from poller.core.transform import PipeVariables, Template, compile_template
-from poller.queues import SqsMappingRunner
-from poller.retry import Backoff
 from poller.targets.transform import TransformingTarget
 from poller.testing import (
     FakeStreamApi,
@@ -34,8 +31,16 @@ from poller.testing import (
     success,
 )
 from poller.types import SHARD_END, Checkpoint, InvokeResult
-from tests.component.harness import LIMIT, feeding, make_processor, positions, records, written
-from tests.component.sqs_fakes import FakeQueue
+from tests.component.harness import (
+    LIMIT,
+    fed_to_the_end,
+    feeding,
+    make_processor,
+    positions,
+    records,
+    written,
+)
+from tests.component.sqs_fakes import FakeQueue, fake_mapping, runner_running
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -76,9 +81,7 @@ async def test_bisection_splits_the_original_batch_and_renders_each_half_again(
         stopping=stopping,
         retry=StreamRetryPolicy(maximum_retry_attempts=1, bisect_on_function_error=True),
     )
-    async with feeding(processor, stopping) as feed:
-        await feed.send(chunk)
-        await feed.end()
+    await fed_to_the_end(processor, stopping, chunk)
     sequence = positions(chunk)
     seen = [[r["seq"] for r in items(e)] for e in inner.events]
     # Every invocation is a run of the original records in order, rendered from them.
@@ -162,9 +165,7 @@ async def test_a_kpl_user_record_reported_as_seq_colon_sub_from_the_template_set
         stopping=stopping,
         retry=StreamRetryPolicy(report_batch_item_failures=True),
     )
-    async with feeding(processor, stopping) as feed:
-        await feed.send(chunk)
-        await feed.end()
+    await fed_to_the_end(processor, stopping, chunk)
     assert reported == [positions(chunk)[1]]
     assert [[r["data"]["n"] for r in items(e)] for e in inner.events] == [[0, 1, 2, 9], [1, 2, 9]]
     assert written(store)[-1] == Checkpoint(sequence_number=SHARD_END)
@@ -204,30 +205,13 @@ async def test_a_failed_render_returns_the_sqs_batch_to_the_queue_and_logs_no_re
     target = TransformingTarget(
         inner, cast("Template", template), shape="records", variables=VARIABLES
     )
-    mapping = SqsMapping.model_validate(
-        {
-            "name": "review",
-            "event_source_arn": queue.arn,
-            "target": {"type": "python", "handler": "tests.support.sqs:handler"},
-            "function_response_types": ["ReportBatchItemFailures"],
-        }
-    )
-    stopping = anyio.Event()
-    runner = SqsMappingRunner(
-        mapping,
-        queue=queue,
-        target=target,
-        stopping=stopping,
-        backoff=Backoff(initial=0.005, maximum=0.02),
-    )
-    with capture_logs() as logs, anyio.fail_after(LIMIT * 2):
-        async with anyio.create_task_group() as tg:
-            await tg.start(runner.run)
+    mapping = fake_mapping(queue, name="review")
+    with capture_logs() as logs:
+        async with runner_running(mapping, queue, target, limit=LIMIT * 2):
             await wait_until(lambda: template.renders >= 2, LIMIT, "a render failed", 0.002)
             await wait_until(lambda: sorted(queue.in_flight()) == ["a", "b"], LIMIT, "held", 0.002)
             queue.expire_visibility()
             await wait_until(lambda: template.renders >= 4, LIMIT, "tried again", 0.002)
-            stopping.set()
     # Nothing was delivered nor deleted: both messages stay in the queue to be retried.
     assert inner.events == []
     assert queue.deleted == []

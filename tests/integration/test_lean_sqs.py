@@ -14,7 +14,6 @@ import base64
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 
@@ -23,25 +22,23 @@ from poller.aws.lean import LeanCall
 from poller.aws.translate import error_code, source_call
 from poller.errors import SourceError
 from poller.sources import sqs as sqs_source
-from tests.support.aws import CREDENTIALS, REGION, unique
-from tests.support.http_server import ThreadedServer
+from tests.support.aws import REGION, unique
+from tests.support.http_server import ForwardingProxy, clients_through
 from tests.support.sqs import NewQueue, send_entries
 
 pytestmark = pytest.mark.anyio
 
-#: Answer headers the clients read (botocore: the query-compatible error code).
-KEPT_HEADERS = ("Content-Type", "x-amzn-query-error", "x-amzn-RequestId")
 #: A message body no ASCII-only path would survive: quotes, escapes, controls SQS allows,
 #: characters of 2, 3 and 4 UTF-8 bytes, the text "null", and a JSON-looking payload.
 HOSTILE_BODY = 'say "hi"\\n\t\r\n é € 😀 \u2028 null {"a": [1, null]} </script>'
 
 
-class Recorder:
+class Recorder(ForwardingProxy):
     """Forwards every request to moto; keeps the last answer; answers the next request with
     it instead while ``replay`` is set."""
 
     def __init__(self, upstream: str) -> None:
-        self.upstream = upstream
+        super().__init__(upstream)
         self.replay = False
         self.last: tuple[int, dict[str, str], bytes] | None = None
         self.user_agents: list[str] = []
@@ -57,34 +54,16 @@ class Recorder:
         if self.replay and self.last is not None:
             status, headers, data = self.last
             return web.Response(status=status, body=data, headers=headers)
-        forwarded = {
-            k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")
-        }
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(self.upstream + "/", data=body, headers=forwarded) as upstream,
-        ):
-            data = await upstream.read()
-            headers = {k: upstream.headers[k] for k in KEPT_HEADERS if k in upstream.headers}
-            self.last = (upstream.status, headers, data)
-            return web.Response(status=upstream.status, body=data, headers=headers)
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        return app
+        status, headers, data = self.last = await self.forward(request, body)
+        return web.Response(status=status, body=data, headers=headers)
 
 
 @pytest.fixture
 async def through(sqs_url: str) -> AsyncIterator[tuple[Recorder, ClientFactory]]:
     """The recorder in front of the SQS tests' moto, and the service's client factory on it."""
     recorder = Recorder(sqs_url)
-    with ThreadedServer(recorder.app) as server:
-        factory = ClientFactory(region=REGION, endpoint_url=server.url, credentials=CREDENTIALS)
-        try:
-            yield recorder, factory
-        finally:
-            await factory.aclose()
+    async with clients_through(recorder) as factory:
+        yield recorder, factory
 
 
 async def settle_client(factory: ClientFactory) -> Any:

@@ -14,18 +14,14 @@ moves to its dead-letter queue itself).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
-import anyio
 import pytest
 
-from poller.aws.clients import ClientFactory
-from poller.config import SqsMapping, parse_settings
-from poller.queues import SqsMappingRunner
+from poller.config import parse_settings
 from poller.retry import Backoff
-from poller.sources.sqs import SqsQueue
 from poller.testing import RecordingMetrics, RecordingTarget
 from tests.integration.stream_errors_harness import (
     checkpoint_of,
@@ -33,12 +29,20 @@ from tests.integration.stream_errors_harness import (
     wait_for_messages,
 )
 from tests.support import recorder
-from tests.support.aws import CREDENTIALS, REGION, aws_client, stream_arn, unique
+from tests.support.aws import aws_client, stream_arn, unique
 from tests.support.conformance import assert_matches, recorded_message
 from tests.support.kinesis_local import kinesis_local
 from tests.support.service import running
 from tests.support.service_config import service_config, stream_mapping
-from tests.support.sqs import Queue, create_queue, queue_depth, send_bodies, send_entries
+from tests.support.sqs import (
+    Queue,
+    create_queue,
+    fifo_with_dlq,
+    runner_on_endpoint,
+    send_bodies,
+    send_entries,
+    total_depth,
+)
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -121,43 +125,17 @@ async def test_a_kinesis_record_over_six_megabytes_goes_to_the_destination_never
 # -- SQS on moto, through the max_bytes seam ----------------------------------------------------
 
 MAX_BYTES = 6_000
+FAST = Backoff(initial=0.01, maximum=0.05)
 HUGE = "H" * 8_000
 
 
-@asynccontextmanager
-async def runner_at_max_bytes(
+def runner_at_max_bytes(
     sqs_url: str, arn: str, target: RecordingTarget, metrics: RecordingMetrics
-) -> AsyncIterator[None]:
+) -> AbstractAsyncContextManager[None]:
     """One ``SqsMappingRunner`` on moto, cutting at ``MAX_BYTES``, until the block ends."""
-    clients = ClientFactory(region=REGION, endpoint_url=sqs_url, credentials=CREDENTIALS)
-    try:
-        client = await clients.client("sqs")
-        queue = SqsQueue(receive_client=client, settle_client=client, queue_arn=arn, region=REGION)
-        mapping = SqsMapping.model_validate(
-            {
-                "name": "orders",
-                "event_source_arn": arn,
-                "target": {"type": "python", "handler": "tests.support.sqs:handler"},
-                "receive_wait_time_seconds": 1,
-            }
-        )
-        stopping = anyio.Event()
-        runner = SqsMappingRunner(
-            mapping,
-            queue=queue,
-            target=target,
-            stopping=stopping,
-            metrics=metrics,
-            max_bytes=MAX_BYTES,
-            backoff=Backoff(initial=0.01, maximum=0.05),
-        )
-        with anyio.fail_after(120):
-            async with anyio.create_task_group() as tg:
-                await tg.start(runner.run)
-                yield
-                stopping.set()
-    finally:
-        await clients.aclose()
+    return runner_on_endpoint(
+        sqs_url, arn, target=target, metrics=metrics, max_bytes=MAX_BYTES, backoff=FAST
+    )
 
 
 async def small_huge_small(sqs_url: str, *, redrive: bool) -> tuple[Queue, Queue | None]:
@@ -174,11 +152,6 @@ async def small_huge_small(sqs_url: str, *, redrive: bool) -> tuple[Queue, Queue
         )
         await send_bodies(sqs, queue.url, ["small", HUGE, "small"])
     return queue, dlq
-
-
-async def depth(sqs_url: str, queue: Queue) -> int:
-    async with aws_client("sqs", sqs_url) as sqs:
-        return sum(await queue_depth(sqs, queue.url))
 
 
 def bodies(target: RecordingTarget) -> list[str]:
@@ -198,8 +171,8 @@ async def test_an_oversized_sqs_message_reaches_the_dead_letter_queue_never_invo
     assert dlq is not None
     target, metrics = RecordingTarget(), RecordingMetrics()
     async with runner_at_max_bytes(sqs_url, queue.arn, target, metrics):
-        await wait_until(lambda: _is(depth(sqs_url, dlq), 1), 60, "the message in the DLQ")
-        await wait_until(lambda: _is(depth(sqs_url, queue), 0), 60, "the queue empty")
+        await wait_until(lambda: _is(total_depth(sqs_url, dlq), 1), 60, "the message in the DLQ")
+        await wait_until(lambda: _is(total_depth(sqs_url, queue), 0), 60, "the queue empty")
     assert bodies(target) == ["small", "small"]
     assert sum(oversized(metrics)) == 1  # once, on the receive after which SQS moves it
     async with aws_client("sqs", sqs_url) as sqs:
@@ -213,7 +186,7 @@ async def test_without_a_redrive_policy_an_oversized_sqs_message_is_deleted(
     queue, _ = await small_huge_small(sqs_url, redrive=False)
     target, metrics = RecordingTarget(), RecordingMetrics()
     async with runner_at_max_bytes(sqs_url, queue.arn, target, metrics):
-        await wait_until(lambda: _is(depth(sqs_url, queue), 0), 60, "the queue empty")
+        await wait_until(lambda: _is(total_depth(sqs_url, queue), 0), 60, "the queue empty")
     assert bodies(target) == ["small", "small"]
     assert oversized(metrics) == [1]
 
@@ -235,11 +208,7 @@ async def test_on_a_fifo_queue_poller_moves_the_message_to_the_dlq_and_the_group
     them held back (and so none moved by SQS with it)."""
     name = unique("ovfifo")
     async with aws_client("sqs", sqs_url) as sqs:
-        dlq = Queue(f"{name}-dlq.fifo", await create_queue(sqs, f"{name}-dlq.fifo"))
-        queue = Queue(
-            f"{name}.fifo",
-            await create_queue(sqs, f"{name}.fifo", dlq_arn=dlq.arn, max_receive_count=2),
-        )
+        queue, dlq = await fifo_with_dlq(sqs, name)
         entries: list[dict[str, object]] = [{"MessageBody": b} for b in ["a1", HUGE, "a2", "a3"]]
         entries[1]["MessageAttributes"] = ATTRIBUTES
         ids = await send_entries(
@@ -252,7 +221,7 @@ async def test_on_a_fifo_queue_poller_moves_the_message_to_the_dlq_and_the_group
         )
     target, metrics = RecordingTarget(), RecordingMetrics()
     async with runner_at_max_bytes(sqs_url, queue.arn, target, metrics):
-        await wait_until(lambda: _is(depth(sqs_url, queue), 0), 60, "the queue empty")
+        await wait_until(lambda: _is(total_depth(sqs_url, queue), 0), 60, "the queue empty")
     assert [r["body"] for event in target.events for r in event["Records"]] == ["a1", "a2", "a3"]
     assert oversized(metrics) == [1]
     async with aws_client("sqs", sqs_url) as sqs:

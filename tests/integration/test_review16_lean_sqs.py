@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 
@@ -18,26 +17,24 @@ from poller.aws.clients import ClientFactory
 from poller.aws.translate import error_code, source_call
 from poller.errors import SourceError
 from tests.integration.test_lean_sqs import lean_for, receive_client
-from tests.support.aws import CREDENTIALS, REGION
-from tests.support.http_server import ThreadedServer
+from tests.support.aws import CREDENTIALS
+from tests.support.http_server import ForwardingProxy, clients_through
 from tests.support.sqs import NewQueue, send_entries
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 
-#: Answer headers passed back from moto.
-KEPT_HEADERS = ("Content-Type", "x-amzn-query-error", "x-amzn-RequestId")
 JSON = "application/x-amz-json-1.0"
 
 
-class FaultingProxy:
+class FaultingProxy(ForwardingProxy):
     """Forwards every request to moto. ``mode`` spoils the next answers of ReceiveMessage:
     ``"cut"`` sends half of moto's body as if whole (a garbled answer), ``"reset"`` announces
     the whole body, sends half and drops the connection. ``canned`` answers requests without
     forwarding them. ``requests`` counts what reached the proxy."""
 
     def __init__(self, upstream: str) -> None:
-        self.upstream = upstream
+        super().__init__(upstream)
         self.mode: str | None = None
         self.spoiled = 0
         self.canned: list[tuple[int, dict[str, str], bytes]] = []
@@ -51,16 +48,7 @@ class FaultingProxy:
         if self.canned:
             status, headers, canned = self.canned.pop(0)
             return web.Response(status=status, body=canned, headers=headers)
-        forwarded = {
-            k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")
-        }
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(self.upstream + "/", data=body, headers=forwarded) as upstream,
-        ):
-            data = await upstream.read()
-            headers = {k: upstream.headers[k] for k in KEPT_HEADERS if k in upstream.headers}
-            status = upstream.status
+        status, headers, data = await self.forward(request, body)
         receive = request.headers.get("X-Amz-Target", "").endswith("ReceiveMessage")
         if self.mode is None or not receive or b'"Messages"' not in data:
             return web.Response(status=status, body=data, headers=headers)
@@ -76,21 +64,12 @@ class FaultingProxy:
         request.transport.close()
         return response
 
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        return app
-
 
 @pytest.fixture
 async def proxied(sqs_url: str) -> AsyncIterator[tuple[FaultingProxy, ClientFactory]]:
     proxy = FaultingProxy(sqs_url)
-    with ThreadedServer(proxy.app) as server:
-        factory = ClientFactory(region=REGION, endpoint_url=server.url, credentials=CREDENTIALS)
-        try:
-            yield proxy, factory
-        finally:
-            await factory.aclose()
+    async with clients_through(proxy) as factory:
+        yield proxy, factory
 
 
 async def everything_comes_back(sqs: Any, url: str, bodies: set[str]) -> list[dict[str, Any]]:
@@ -207,16 +186,12 @@ async def test_a_session_token_is_sent_and_signed_on_every_lean_call(
     await send_entries(sqs, queue.url, [{"MessageBody": "t"}])
     proxy = FaultingProxy(sqs_url)
     credentials = {**CREDENTIALS, "aws_session_token": "session-token-review16"}
-    with ThreadedServer(proxy.app) as server:
-        factory = ClientFactory(region=REGION, endpoint_url=server.url, credentials=credentials)
-        try:
-            client = await receive_client(factory)
-            lean = lean_for(client, "ReceiveMessage")
-            page = await lean.call(
-                {"QueueUrl": queue.url, "MaxNumberOfMessages": 10, "WaitTimeSeconds": 0}
-            )
-        finally:
-            await factory.aclose()
+    async with clients_through(proxy, credentials) as factory:
+        client = await receive_client(factory)
+        lean = lean_for(client, "ReceiveMessage")
+        page = await lean.call(
+            {"QueueUrl": queue.url, "MaxNumberOfMessages": 10, "WaitTimeSeconds": 0}
+        )
     assert [m["Body"] for m in page["Messages"]] == ["t"]
     assert lean.fallbacks == 0
     [sent] = proxy.headers

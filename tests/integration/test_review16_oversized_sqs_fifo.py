@@ -8,67 +8,17 @@ dead-letter queue.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
-import anyio
 import pytest
 
-from poller.aws.clients import ClientFactory
-from poller.config import SqsMapping
-from poller.queues import SqsMappingRunner
-from poller.retry import Backoff
-from poller.sources.sqs import SqsQueue
 from poller.testing import RecordingMetrics, RecordingTarget
-from tests.support.aws import CREDENTIALS, REGION, aws_client, unique
-from tests.support.sqs import Queue, create_queue, queue_depth, send_entries
+from tests.integration.test_oversized_e2e import HUGE, runner_at_max_bytes
+from tests.support.aws import aws_client, unique
+from tests.support.sqs import fifo_with_dlq, send_entries, total_depth
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
-
-MAX_BYTES = 6_000
-HUGE = "H" * 8_000
-
-
-@asynccontextmanager
-async def runner_at_max_bytes(
-    sqs_url: str, arn: str, target: RecordingTarget, metrics: RecordingMetrics
-) -> AsyncIterator[None]:
-    clients = ClientFactory(region=REGION, endpoint_url=sqs_url, credentials=CREDENTIALS)
-    try:
-        client = await clients.client("sqs")
-        queue = SqsQueue(receive_client=client, settle_client=client, queue_arn=arn, region=REGION)
-        mapping = SqsMapping.model_validate(
-            {
-                "name": "orders",
-                "event_source_arn": arn,
-                "target": {"type": "python", "handler": "tests.support.sqs:handler"},
-                "receive_wait_time_seconds": 1,
-            }
-        )
-        stopping = anyio.Event()
-        runner = SqsMappingRunner(
-            mapping,
-            queue=queue,
-            target=target,
-            stopping=stopping,
-            metrics=metrics,
-            max_bytes=MAX_BYTES,
-            backoff=Backoff(initial=0.01, maximum=0.05),
-        )
-        with anyio.fail_after(120):
-            async with anyio.create_task_group() as tg:
-                await tg.start(runner.run)
-                yield
-                stopping.set()
-    finally:
-        await clients.aclose()
-
-
-async def depth(sqs_url: str, queue: Queue) -> int:
-    async with aws_client("sqs", sqs_url) as sqs:
-        return sum(await queue_depth(sqs, queue.url))
 
 
 async def is_(count: Any, expected: int) -> bool:
@@ -84,11 +34,7 @@ async def test_a_healthy_fifo_message_behind_an_oversized_one_is_invoked_not_dea
     never invoked. It should reach the function once HUGE is gone."""
     name = unique("ovf")
     async with aws_client("sqs", sqs_url) as sqs:
-        dlq = Queue(f"{name}-dlq.fifo", await create_queue(sqs, f"{name}-dlq.fifo"))
-        queue = Queue(
-            f"{name}.fifo",
-            await create_queue(sqs, f"{name}.fifo", dlq_arn=dlq.arn, max_receive_count=2),
-        )
+        queue, dlq = await fifo_with_dlq(sqs, name)
         await send_entries(
             sqs,
             queue.url,
@@ -99,7 +45,7 @@ async def test_a_healthy_fifo_message_behind_an_oversized_one_is_invoked_not_dea
         )
     target, metrics = RecordingTarget(), RecordingMetrics()
     async with runner_at_max_bytes(sqs_url, queue.arn, target, metrics):
-        await wait_until(lambda: is_(depth(sqs_url, queue), 0), 60, "the queue empty")
+        await wait_until(lambda: is_(total_depth(sqs_url, queue), 0), 60, "the queue empty")
     async with aws_client("sqs", sqs_url) as sqs:
         moved = (await sqs.receive_message(QueueUrl=dlq.url, MaxNumberOfMessages=10)).get(
             "Messages", []

@@ -16,41 +16,29 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from tests.integration.kinesis_harness import kinesis_settings
 from tests.integration.stream_errors_harness import stream_with
 from tests.support.aws import unique
-from tests.support.http_server import ThreadedServer
+from tests.support.http_server import JsonEndpoint
 from tests.support.service import run_until, running
-from tests.support.sqs import NewQueue, eventually, queue_depth, send_bodies, sqs_settings
+from tests.support.sqs import (
+    REPORTED_BACK_IN_A_SECOND,
+    NewQueue,
+    eventually,
+    queue_depth,
+    send_bodies,
+    sqs_settings,
+)
 
 pytestmark = pytest.mark.anyio
 
 
-class Endpoint:
+class Endpoint(JsonEndpoint):
     """A local HTTP endpoint that records every JSON body and answers 200 {}."""
 
     def __init__(self) -> None:
-        self.bodies: list[Any] = []
-        self.url = ""
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        self.bodies.append(await request.json())
-        return web.json_response({})
-
-    def _app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_post("/orders", self._handle)
-        return app
-
-    def __enter__(self) -> Endpoint:
-        self._server = ThreadedServer(self._app, name="transform-endpoint").start()
-        self.url = f"{self._server.url}/orders"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.stop()
+        super().__init__(name="transform-endpoint")
 
 
 @pytest.fixture
@@ -116,11 +104,7 @@ async def test_python_target_gets_a_bare_array_and_partial_responses_map_back(
         endpoint_url=sqs_url,
         queue=queue.name,
         db=tmp_path / "c.db",
-        batch_size=10,
-        maximum_batching_window_in_seconds=1,
-        function_response_types=["ReportBatchItemFailures"],
-        # The reported message comes back after 1 s, not the queue's 30-second timeout.
-        visibility_timeout_on_failure={"base_seconds": 1, "max_seconds": 1},
+        **REPORTED_BACK_IN_A_SECOND,
         target={
             "type": "python",
             "handler": "tests.integration.test_transform_e2e:collect",

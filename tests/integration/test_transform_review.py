@@ -10,54 +10,37 @@ transformed payload over HTTP settling the original message while the others are
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
-from tests.support.http_server import ThreadedServer
+from tests.support.http_server import JsonEndpoint
 from tests.support.service import running
-from tests.support.sqs import NewQueue, eventually, queue_depth, send_bodies, sqs_settings
+from tests.support.sqs import (
+    REPORTED_BACK_IN_A_SECOND,
+    NewQueue,
+    eventually,
+    queue_depth,
+    send_bodies,
+    sqs_settings,
+)
 
 pytestmark = pytest.mark.anyio
 
 
-class FailingOnce:
+class FailingOnce(JsonEndpoint):
     """A local HTTP endpoint of bare arrays: reports the ``id`` of the item whose ``order`` is
     1 the first time it sees it, and records every body."""
 
     def __init__(self) -> None:
-        self.bodies: list[Any] = []
-        self.url = ""
-        self._lock = threading.Lock()
+        super().__init__(name="transform-review-endpoint")
 
-    async def _handle(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        with self._lock:
-            first_time = not any(i["order"] == 1 for b in self.bodies for i in b)
-            self.bodies.append(body)
+    def answer(self, body: Any) -> Any:
+        first_time = not any(i["order"] == 1 for b in self.bodies for i in b)
         failed = [i["id"] for i in body if i["order"] == 1 and first_time]
-        return web.json_response({"batchItemFailures": [{"itemIdentifier": i} for i in failed]})
-
-    def items(self) -> list[Any]:
-        with self._lock:
-            return [item for body in self.bodies for item in body]
-
-    def _app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_post("/orders", self._handle)
-        return app
-
-    def __enter__(self) -> FailingOnce:
-        self._server = ThreadedServer(self._app, name="transform-review-endpoint").start()
-        self.url = f"{self._server.url}/orders"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.stop()
+        return {"batchItemFailures": [{"itemIdentifier": i} for i in failed]}
 
 
 @pytest.fixture
@@ -81,10 +64,7 @@ async def test_sqs_to_http_with_attributes_and_a_partial_response_from_transform
         endpoint_url=sqs_url,
         queue=queue.name,
         db=tmp_path / "c.db",
-        batch_size=10,
-        maximum_batching_window_in_seconds=1,
-        function_response_types=["ReportBatchItemFailures"],
-        visibility_timeout_on_failure={"base_seconds": 1, "max_seconds": 1},
+        **REPORTED_BACK_IN_A_SECOND,
         target={
             "type": "http",
             "url": endpoint.url,

@@ -26,8 +26,9 @@ functional SQS behaviour it relies on (send, receive, delete, redrive) does not 
 
 The rest: queue helpers (create, send, depth, receive, wait until drained), :func:`sqs_settings`
 for a service with one SQS mapping, :func:`mapping_runner` for one mapping's runner without the
-service, :func:`handler`, the Python target that records every invocation and runs a per-queue
-behaviour, and :func:`sink_handler` for service subprocess tests.
+service (:func:`runner_on_endpoint`: the same with its own client), :func:`handler`, the Python
+target that records every invocation and runs a per-queue behaviour, and :func:`sink_handler`
+for service subprocess tests.
 """
 
 from __future__ import annotations
@@ -47,13 +48,14 @@ from typing import Any
 
 import anyio
 
+from poller.aws.clients import ClientFactory
 from poller.config import Settings, SqsMapping, parse_settings
 from poller.observability.metrics import RecordingMetrics
 from poller.queues import SqsMappingRunner
 from poller.sources.sqs import SqsQueue
 from poller.targets.python import PythonTarget
 from poller.types import Target
-from tests.support.aws import ACCOUNT, REGION, chunked, moto_server
+from tests.support.aws import ACCOUNT, CREDENTIALS, REGION, aws_client, chunked, moto_server
 from tests.support.service_config import service_config
 from tests.support.waiting import wait_until
 
@@ -334,6 +336,22 @@ async def send_bodies(sqs: Any, url: str, bodies: Iterable[str], **extra: Any) -
     return await send_entries(sqs, url, ({"MessageBody": b, **extra} for b in bodies))
 
 
+async def fifo_with_dlq(sqs: Any, name: str) -> tuple[Queue, Queue]:
+    """A FIFO queue and its FIFO dead-letter queue (after 2 receives), named after ``name``."""
+    dlq = Queue(f"{name}-dlq.fifo", await create_queue(sqs, f"{name}-dlq.fifo"))
+    queue = Queue(
+        f"{name}.fifo",
+        await create_queue(sqs, f"{name}.fifo", dlq_arn=dlq.arn, max_receive_count=2),
+    )
+    return queue, dlq
+
+
+async def total_depth(sqs_url: str, queue: Queue) -> int:
+    """Visible plus in-flight messages of ``queue`` at ``sqs_url``."""
+    async with aws_client("sqs", sqs_url) as sqs:
+        return sum(await queue_depth(sqs, queue.url))
+
+
 async def queue_depth(sqs: Any, url: str) -> tuple[int, int]:
     """(visible, in flight) messages of a queue."""
     response = await sqs.get_queue_attributes(
@@ -400,6 +418,16 @@ def sqs_mapping(
     }
 
 
+#: Mapping fields for partial batch responses: batches of up to 10 gathered for a second, and
+#: reported messages back after 1 s (not the queue's 30-second visibility timeout).
+REPORTED_BACK_IN_A_SECOND: dict[str, Any] = {
+    "batch_size": 10,
+    "maximum_batching_window_in_seconds": 1,
+    "function_response_types": ["ReportBatchItemFailures"],
+    "visibility_timeout_on_failure": {"base_seconds": 1, "max_seconds": 1},
+}
+
+
 def sqs_settings(
     *,
     endpoint_url: str,
@@ -429,10 +457,11 @@ async def mapping_runner(
     settle: Any,
     target: Target | None = None,
     metrics: RecordingMetrics | None = None,
+    **runner_options: Any,
 ) -> AsyncIterator[None]:
     """One mapping's :class:`SqsMappingRunner` alone (no service around it; 1-second long
     polls), receiving and settling through the given clients, until the block ends. The
-    target is :func:`handler` unless one is given."""
+    target is :func:`handler` unless one is given; ``runner_options`` go to the runner."""
     config = SqsMapping.model_validate(
         {
             "target": {"type": "python", "handler": "tests.support.sqs:handler"},
@@ -451,7 +480,7 @@ async def mapping_runner(
     )
     stopping = anyio.Event()
     runner = SqsMappingRunner(
-        config, queue=queue, target=target, stopping=stopping, metrics=metrics
+        config, queue=queue, target=target, stopping=stopping, metrics=metrics, **runner_options
     )
     try:
         async with anyio.create_task_group() as tg:
@@ -461,6 +490,34 @@ async def mapping_runner(
     finally:
         if own_target:
             await target.aclose()
+
+
+@contextlib.asynccontextmanager
+async def runner_on_endpoint(
+    sqs_url: str,
+    arn: str,
+    *,
+    target: Target,
+    metrics: RecordingMetrics,
+    **runner_options: Any,
+) -> AsyncIterator[None]:
+    """:func:`mapping_runner` for the mapping "orders" on the queue ``arn`` at ``sqs_url``,
+    with its own client, failing after 120 seconds (so a stuck runner cannot hang the test)."""
+    clients = ClientFactory(region=REGION, endpoint_url=sqs_url, credentials=CREDENTIALS)
+    try:
+        client = await clients.client("sqs")
+        with anyio.fail_after(120):
+            async with mapping_runner(
+                {"name": "orders", "event_source_arn": arn},
+                receive=client,
+                settle=client,
+                target=target,
+                metrics=metrics,
+                **runner_options,
+            ):
+                yield
+    finally:
+        await clients.aclose()
 
 
 @dataclass(frozen=True, slots=True)
