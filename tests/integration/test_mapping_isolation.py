@@ -192,9 +192,11 @@ async def test_poller_status_shows_which_mapping_cannot_reach_its_source(
     await print_status(parse_settings(config))
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["MAPPING", "SOURCE", "STATE", "ERROR"]
-    states = {line.split()[0]: line.split()[2] for line in lines[1:4]}
+    # Each mapping's row is followed by an indented line with its ARN and tags.
+    rows = [line for line in lines[1:] if line and not line.startswith(" ")][:3]
+    states = {row.split()[0]: row.split()[2] for row in rows}
     assert states == {"absent": "down", "present": "up", "jobs": "up"}
-    assert "ResourceNotFoundException" in lines[1]
+    assert "ResourceNotFoundException" in rows[0]
 
 
 async def test_poller_status_does_not_wait_on_a_source_that_does_not_answer(
