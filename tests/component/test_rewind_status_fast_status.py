@@ -27,6 +27,7 @@ from poller.config import Settings, load_settings
 from poller.errors import SourceError
 from poller.testing import FakeStreamApi, Put
 from poller.types import SHARD_END, Checkpoint
+from tests.support.status_keys import FAILURE_KEYS, MAPPING_KEYS, SHARD_KEYS
 
 MAPPING, DISABLED = "orders", "archive"
 STREAM_ARN = "arn:aws:kinesis:us-east-1:123456789012:stream/orders"
@@ -35,36 +36,6 @@ TOPIC_ARN = "arn:aws:sns:us-east-1:123456789012:failures"
 CAUGHT_UP, BEHIND, ENDED = "shardId-000000000000", "shardId-000000000001", "shardId-000000000002"
 #: How long ago the unread records of BEHIND arrived.
 BEHIND_SECONDS = 300.0
-
-MAPPING_KEYS = {
-    "name",
-    "source",
-    "event_source_arn",
-    "event_source_mapping_arn",
-    "tags",
-    "state",
-    "error",
-    "checkpoints_error",
-    "failures_waiting",
-    "shards",
-}
-FAILURE_KEYS = {"destination", "kind", "count", "in_flight", "capped", "note", "error"}
-SHARD_KEYS = {
-    "shard_id",
-    "owner",
-    "pending_owner",
-    "checkpoint",
-    "checkpoint_age_seconds",
-    "finished",
-    "closed",
-    "iterator_age_seconds",
-    "millis_behind_latest",
-    "unread_record_age_seconds",
-    "iterator_error",
-    "counter",
-    "owner_switches",
-    "parent_ids",
-}
 
 
 def mapping(name: str, arn: str, **fields: Any) -> dict[str, Any]:

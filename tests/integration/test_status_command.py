@@ -37,43 +37,13 @@ from tests.support.process import run_cli, write_config
 from tests.support.service import running
 from tests.support.service_config import service_config, stream_mapping
 from tests.support.sqs import create_queue
+from tests.support.status_keys import FAILURE_KEYS, MAPPING_KEYS, SHARD_KEYS
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 
 HANDLER = "tests.support.recorder:record"
 SHARD0, SHARD1 = "shardId-000000000000", "shardId-000000000001"
-
-#: The documented keys of the JSON document (poller/status.py).
-MAPPING_KEYS = {
-    "name",
-    "source",
-    "event_source_arn",
-    "event_source_mapping_arn",
-    "tags",
-    "state",
-    "error",
-    "checkpoints_error",
-    "failures_waiting",
-    "shards",
-}
-FAILURE_KEYS = {"destination", "kind", "count", "in_flight", "capped", "note", "error"}
-SHARD_KEYS = {
-    "shard_id",
-    "owner",
-    "pending_owner",
-    "checkpoint",
-    "checkpoint_age_seconds",
-    "finished",
-    "closed",
-    "iterator_age_seconds",
-    "millis_behind_latest",
-    "unread_record_age_seconds",
-    "iterator_error",
-    "counter",
-    "owner_switches",
-    "parent_ids",
-}
 
 
 async def status_of(config: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> tuple[int, Any]:
