@@ -46,10 +46,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import start_service
+from benchmarks.sqs_throughput import wait_empty
 from tests.support.aws import aws_client
 from tests.support.ministack import ministack
 from tests.support.process import free_port
-from tests.support.sqs import queue_arn, queue_depth
+from tests.support.sqs import queue_arn
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 #: Seconds the 100-ms handler sleeps per batch.
@@ -118,27 +119,9 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def wait_empty(url: str, queue_url: str, proc: Any, seen: Path) -> float:
-    """Wait until the handler saw every message, then until the queue is empty; return the
-    wall clock (time.time()) of that moment."""
-    deadline = time.monotonic() + 1800
-
-    def check() -> None:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("the service stopped or timed out before emptying the queue")
-
-    while not seen.exists():
-        check()
-        time.sleep(0.02)
-
-    async def poll() -> float:
-        async with aws_client("sqs", url) as sqs:
-            while sum(await queue_depth(sqs, queue_url)):
-                check()
-                await asyncio.sleep(0.02)
-            return time.time()
-
-    return asyncio.run(poll())
+def wait_drained(url: str, queue_url: str, proc: Any, seen: Path) -> float:
+    """:func:`benchmarks.sqs_throughput.wait_empty`, with room for a 50,000-message drain."""
+    return wait_empty(url, queue_url, proc, seen, timeout=1800)
 
 
 # -- the service's gauges over time -----------------------------------------------------------
@@ -210,7 +193,7 @@ def run_case(url: str, mode: str, handler: str, messages: int, workdir: Path) ->
     scraper = Scraper(port)
     scraper.start()
     try:
-        emptied_at = wait_empty(url, queue_url, proc, Path(f"{start}.seen"))
+        emptied_at = wait_drained(url, queue_url, proc, Path(f"{start}.seen"))
         cpu = process_cpu(proc.pid)
     finally:
         scraper.stop()

@@ -150,11 +150,13 @@ def process_peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
-def wait_empty(url: str, queue_url: str, proc: subprocess.Popen[bytes], seen: Path) -> float:
+def wait_empty(
+    url: str, queue_url: str, proc: subprocess.Popen[bytes], seen: Path, timeout: float = 900
+) -> float:
     """Wait until the handler has seen every message (a file appears: polling the queue all
     along would load moto during the service's run only), then until the queue is empty
     (the last deletes are done). Return the wall clock (time.time()) of that moment."""
-    deadline = time.monotonic() + 900
+    deadline = time.monotonic() + timeout
 
     def check() -> None:
         if proc.poll() is not None or time.monotonic() > deadline:
