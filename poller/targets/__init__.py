@@ -149,16 +149,7 @@ def _transformed(
         return inner  # Lambda targets take no template (as the issue scopes it)
     if config.input_template is None:
         return inner
-    windowed = getattr(env.mapping_config, "tumbling_window_in_seconds", 0)
-    if config.batch_shape == "array" and windowed:
-        # A bare array cannot carry the window's state, so aggregation would silently reset.
-        raise ConfigError(
-            [
-                f"mappings ({env.mapping}).target.batch_shape: array drops the tumbling "
-                "window's state and window fields; use batch_shape: records with "
-                "tumbling_window_in_seconds"
-            ]
-        )
+    # A bare array with a tumbling window is refused by the mapping's config (streams.py).
     return TransformingTarget(
         inner,
         compile_template(config.input_template),
