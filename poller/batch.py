@@ -130,10 +130,13 @@ def process_batch(
         except Exception as exc:  # noqa: BLE001 - a failed record is a result, not an error
             batch.failed(item, exc)
             continue
-        if inspect.isawaitable(result):
+        if inspect.isawaitable(result) or inspect.isgenerator(result):
             _discard(result)
-            # Never awaited, the record was not handled: succeeding it would lose it.
-            raise TypeError("handle returned an awaitable: use aprocess_batch for async handles")
+            # Never awaited or iterated, the record was not handled: succeeding it would lose it.
+            raise TypeError(
+                "handle returned an awaitable or a generator: its body never ran (use "
+                "aprocess_batch for async handles; a handle must not be a generator function)"
+            )
     return batch.response()
 
 

@@ -42,6 +42,9 @@ BUSY_SHARE = 0.8
 IDLE_SHARE = 0.5
 #: Seconds of idleness in a row before the mapping sheds pollers.
 IDLE_SECONDS = 30.0
+#: The longest time one tick may count toward growth: ticks come every second, a late one
+#: still earns its time, but minutes of waiting (a slow start, a stalled loop) earn no burst.
+MAX_TICK_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,14 +93,16 @@ class ProvisionedScaler:
 
     def tick(self, load: Load, *, now: float) -> int:
         """Decide from what happened since the last tick; return how many pollers to run."""
-        elapsed = max(0.0, now - self._last)
+        # Capped: a start that waited minutes for its queue, or a stalled loop, earns no
+        # burst; the pace stays about 1.67 pollers a second.
+        elapsed = min(max(0.0, now - self._last), MAX_TICK_SECONDS)
         self._last = now
         if self._busy(load):
             self._idle_since = None
             self._grow(elapsed, now)
             return self.pollers
         self._credit = 0.0  # growth is earned only while busy: no burst after a lull
-        if not self._idle(load):
+        if load.failures or not self._idle(load):  # a failing batch never sheds a poller
             self._idle_since = None
         elif self._idle_since is None:
             self._idle_since = now

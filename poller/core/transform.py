@@ -118,12 +118,22 @@ def ingestion_time(epoch_seconds: float) -> str:
 def _finite_float(text: str) -> float:
     number = float(text)
     if not math.isfinite(number):  # 1e999: JSON has no infinity
-        raise ValueError(text)
+        raise ValueError(f"{text} is not a JSON number")
     return number
 
 
 def _no_constant(text: str) -> Any:
-    raise ValueError(text)  # NaN, Infinity: Python reads them, JSON does not have them
+    # NaN, Infinity: Python reads them, JSON does not have them.
+    raise ValueError(f"{text} is not a JSON value")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose keys are all different (a key twice would drop one of its values)."""
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        twice = next(key for key in keys if keys.count(key) > 1)
+        raise ValueError(f"the key {twice!r} appears twice in one object")
+    return dict(pairs)
 
 
 #: One decoder for every payload: ``json.loads`` with hooks would build a new one per call.
@@ -539,10 +549,18 @@ def _check_json_shape(text: str, placeholders: list[_Placeholder]) -> Any:
     )
     too_deep = TemplateError(f"the template nests deeper than {MAX_TEMPLATE_DEPTH} levels")
     try:
-        json.loads(filler)
+        # Strict: NaN, Infinity and 1e999 are not JSON, and a key twice drops a value.
+        json.loads(
+            filler,
+            parse_float=_finite_float,
+            parse_constant=_no_constant,
+            object_pairs_hook=_unique_keys,
+        )
     except json.JSONDecodeError as exc:
         problem = f"the template is not valid JSON once filled in: {exc.msg}"
         raise _error(text, exc.pos, problem) from None
+    except ValueError as exc:
+        raise TemplateError(f"the template is not valid JSON once filled in: {exc}") from None
     except RecursionError:
         raise too_deep from None
     # A mark is a JSON string (a value) or the inside of one (text): \u0000<index>\u0000.
