@@ -66,10 +66,13 @@ from poller.config.limits import (
 from poller.config.loading import load_settings, parse_settings
 from poller.config.models import (
     AWS_SERVICES,
+    DEFAULT_CONTROL_PORT,
     SQS_DEFAULT_MAXIMUM_CONCURRENCY,
     AnyMapping,
     AwsSettings,
     CheckpointSettings,
+    ControlApiSettings,
+    ControlCredentials,
     DestinationConfig,
     DynamoDBStreamMapping,
     EmbeddedSettings,
@@ -96,6 +99,7 @@ from poller.config.models import (
     TargetConfig,
     TrafficSettings,
     VisibilityBackoff,
+    is_loopback,
 )
 from poller.config.models.base import HttpUrl
 from poller.config.overrides import ENV_PREFIX
@@ -104,6 +108,7 @@ from poller.config.redaction import REDACTED, redacted_settings
 
 __all__ = [
     "AWS_SERVICES",
+    "DEFAULT_CONTROL_PORT",
     "ENV_PREFIX",
     "MAX_CONFIG_BYTES",
     "MAX_EXPANDED_CHARS",
@@ -114,6 +119,8 @@ __all__ = [
     "AnyMapping",
     "AwsSettings",
     "CheckpointSettings",
+    "ControlApiSettings",
+    "ControlCredentials",
     "DestinationConfig",
     "DynamoDBStreamMapping",
     "EmbeddedSettings",
@@ -142,6 +149,7 @@ __all__ = [
     "TargetConfig",
     "TrafficSettings",
     "VisibilityBackoff",
+    "is_loopback",
     "load_settings",
     "parse_settings",
     "redacted_settings",

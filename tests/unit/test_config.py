@@ -590,11 +590,14 @@ def test_duplicate_mapping_names_name_the_duplicate(tmp_path: Path) -> None:
 
 def test_at_least_one_mapping(tmp_path: Path) -> None:
     assert dict_problems(tmp_path, {"mappings": []}) == [
-        "mappings: [] has 0 items; allowed at least 1"
+        "mappings: no mapping is configured; give at least one, or turn on control_api "
+        "(enabled: true) to create mappings through the API"
     ]
     assert dict_problems(tmp_path, {"aws": {"region": "us-east-1"}}) == [
-        "mappings: required field is missing"
+        "mappings: no mapping is configured; give at least one, or turn on control_api "
+        "(enabled: true) to create mappings through the API"
     ]
+    assert load_dict(tmp_path, {"control_api": {"enabled": True}}).mappings == []
 
 
 def test_unknown_field_suggests_the_close_name(tmp_path: Path) -> None:
@@ -1125,7 +1128,7 @@ def test_duplicate_yaml_key_is_an_error(tmp_path: Path) -> None:
 def test_top_level_must_be_a_mapping(tmp_path: Path, text: str, got: str) -> None:
     assert yaml_problems(tmp_path, text) == [
         "the top level must be a mapping of sections (aws, embedded, checkpoints, shutdown, "
-        f"memory, logging, observability, mappings); got {got}"
+        f"memory, logging, observability, control_api, mappings); got {got}"
     ]
 
 

@@ -15,6 +15,12 @@ wording live beside them in :mod:`poller.config`. The shared pieces are in
 
 from __future__ import annotations
 
+from poller.config.models.control import (
+    DEFAULT_CONTROL_PORT,
+    ControlApiSettings,
+    ControlCredentials,
+    is_loopback,
+)
 from poller.config.models.destinations import DestinationConfig, OnFailureDestination
 from poller.config.models.mapping_base import FilterCriteria, FilterPattern, FunctionResponseType
 from poller.config.models.service import (
@@ -48,10 +54,13 @@ from poller.config.models.targets import (
 
 __all__ = [
     "AWS_SERVICES",
+    "DEFAULT_CONTROL_PORT",
     "SQS_DEFAULT_MAXIMUM_CONCURRENCY",
     "AnyMapping",
     "AwsSettings",
     "CheckpointSettings",
+    "ControlApiSettings",
+    "ControlCredentials",
     "DestinationConfig",
     "DynamoDBStreamMapping",
     "EmbeddedSettings",
@@ -78,4 +87,5 @@ __all__ = [
     "TargetConfig",
     "TrafficSettings",
     "VisibilityBackoff",
+    "is_loopback",
 ]

@@ -27,6 +27,7 @@ from pydantic import Discriminator, Field, Tag, ValidationInfo, field_validator
 
 from poller.config.arns import DYNAMODB_LOCAL_REGION, arn_service, is_dynamodb_local
 from poller.config.models.base import FrozenModel
+from poller.config.models.control import ControlApiSettings
 from poller.config.models.service import (
     AwsSettings,
     CheckpointSettings,
@@ -77,7 +78,9 @@ class Settings(FrozenModel):
         memory: the read budget of stream mappings.
         logging: log level and format.
         observability: the metrics and health endpoint.
-        mappings: the event source mappings to run; at least one, names unique.
+        control_api: the Lambda-compatible API that manages mappings at run time.
+        mappings: the event source mappings to run; names unique. At least one, unless the
+            control API is on (mappings then come through it too).
     """
 
     aws: AwsSettings = AwsSettings()
@@ -87,7 +90,23 @@ class Settings(FrozenModel):
     memory: MemorySettings = MemorySettings()
     logging: LoggingSettings = LoggingSettings()
     observability: ObservabilitySettings = ObservabilitySettings()
-    mappings: list[MappingConfig] = Field(min_length=1)
+    control_api: ControlApiSettings = ControlApiSettings()
+    mappings: list[MappingConfig] = Field(default_factory=list, validate_default=True)
+
+    @field_validator("mappings")
+    @classmethod
+    def _some_mapping_or_the_api(
+        cls, mappings: list[AnyMapping], info: ValidationInfo
+    ) -> list[AnyMapping]:
+        """A service with nothing to run and no way to be given something is a mistake."""
+        control_api = info.data.get("control_api")
+        if not mappings and (control_api is None or not control_api.enabled):
+            raise own_error(
+                "no_mappings",
+                "no mapping is configured; give at least one, or turn on control_api "
+                "(enabled: true) to create mappings through the API",
+            )
+        return mappings
 
     @field_validator("mappings")
     @classmethod
