@@ -99,8 +99,9 @@ class Settings(FrozenModel):
         cls, mappings: list[AnyMapping], info: ValidationInfo
     ) -> list[AnyMapping]:
         """A service with nothing to run and no way to be given something is a mistake."""
-        control_api = info.data.get("control_api")
-        if not mappings and (control_api is None or not control_api.enabled):
+        if "control_api" not in info.data:
+            return mappings  # its own error is reported already, and it decides this one
+        if not mappings and not info.data["control_api"].enabled:
             raise own_error(
                 "no_mappings",
                 "no mapping is configured; give at least one, or turn on control_api "
