@@ -115,6 +115,9 @@ CREATE TABLE IF NOT EXISTS services (
 );
 """
 
+#: The tables keyed by mapping: what :meth:`SqliteCheckpointStore.forget_mapping` empties.
+_MAPPING_TABLES = ("checkpoints", "mapping_starts", "rewinds", "services")
+
 
 def _migrate(conn: sqlite3.Connection) -> None:
     """Add columns that newer versions store, to a database an older version created."""
@@ -169,6 +172,29 @@ class SqliteCheckpointStore:
                     raise CheckpointError(f"checkpoint database {self.path}: {exc}") from exc
 
         return await anyio.to_thread.run_sync(locked)
+
+    async def query(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``fn`` on the store's connection, under its lock, in a worker thread: for
+        readers that share this database (the control API's mapping store). An SQLite error
+        becomes CheckpointError naming the file."""
+        return await self._run(fn)
+
+    async def run_in_transaction(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Like :meth:`query`, inside one write transaction (taken at once): all of ``fn``'s
+        writes or none. An exception from ``fn`` rolls back and propagates unchanged."""
+        return await self._run(lambda c: _in_transaction(c, lambda: fn(c)))
+
+    async def forget_mapping(self, mapping: str) -> None:
+        """Remove every row of ``mapping`` from every table (a deleted mapping: its name is a
+        UUID no new mapping gets). One transaction; removing nothing is fine."""
+        for key in [key for key in self._run_marks if key[0] == mapping]:
+            del self._run_marks[key]
+
+        def forget(c: sqlite3.Connection) -> None:
+            for table in _MAPPING_TABLES:
+                c.execute(f"DELETE FROM {table} WHERE mapping = ?", (mapping,))  # noqa: S608
+
+        await self.run_in_transaction(forget)
 
     async def get(self, mapping: str, shard_id: str) -> Checkpoint | None:
         """The shard's checkpoint, or None."""

@@ -139,7 +139,7 @@ class MappingStore(Protocol):
         """Read the record, apply ``change``, write it if nobody wrote it meanwhile (retried
         on contention); the store sets ``written`` to the new head. Returns the record as
         stored after the call (unchanged if ``change`` returned None), or None if no record
-        has this UUID."""
+        has this UUID. Raises PairTaken if the new record's ``pair_key`` is another's."""
         ...
 
     async def finalize_delete(self, uuid: str, revision: int) -> bool:

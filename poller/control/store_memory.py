@@ -64,6 +64,10 @@ class MemoryMappingStore:
         new = change(current, self._head + 1)
         if new is None:
             return current
+        if new.pair_key != current.pair_key:
+            for existing in self._records.values():
+                if existing.uuid != uuid and existing.pair_key == new.pair_key:
+                    raise PairTaken(existing.uuid)
         self._head += 1
         stored = replace(new, written=self._head)
         self._records[uuid] = stored

@@ -6,10 +6,15 @@ the item as DynamoDB held it), and anything else that goes wrong becomes a retri
 :class:`~poller.errors.CheckpointError` naming the table and the call. Beyond the client's own
 few quick retries nothing here retries: the caller's loop (renewals, balance cycles, the
 checkpointer) tries again on its own schedule.
+
+The control API's mapping store (:mod:`poller.control.store_dynamodb`) shares the table and
+these calls, plus two of its own: :meth:`TableCalls.transact_write` (a refused transaction is a
+:class:`Transaction` that is not ``ok``) and :meth:`TableCalls.batch_read`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import aiohttp
@@ -20,6 +25,11 @@ from poller.checkpoints.dynamodb.items import Lease, _n, _names, _s, lease_from_
 from poller.errors import CheckpointError, LeaseLost
 
 _CONDITION_FAILED = "ConditionalCheckFailedException"
+_TRANSACTION_CANCELED = "TransactionCanceledException"
+#: Cancellation reasons that are an answer, not a failure: a condition was false, or another
+#: transaction was writing one of the items (contention: the caller re-reads and tries again).
+#: ``None`` is the reason given for the items that were fine.
+REFUSALS = frozenset({"ConditionalCheckFailed", "TransactionConflict"})
 
 
 class _Write(NamedTuple):
@@ -27,6 +37,14 @@ class _Write(NamedTuple):
 
     ok: bool
     item: dict[str, Any] | None
+
+
+class Transaction(NamedTuple):
+    """The result of one TransactWriteItems: applied, or refused with one reason per item
+    (``None`` for the items whose condition held)."""
+
+    ok: bool
+    reasons: tuple[str, ...] = ()
 
 
 class TableCalls:
@@ -124,6 +142,53 @@ class TableCalls:
             raise self.error(call, exc) from exc
         return _Write(True, response.get("Attributes"))
 
+    async def transact_write(
+        self, call: str, actions: Sequence[dict[str, Any]], *, token: str | None = None
+    ) -> Transaction:
+        """One TransactWriteItems of ``actions`` (``{"Put": {...}}``, ``{"Update": {...}}``,
+        ``{"Delete": {...}}``, ``{"ConditionCheck": {...}}``, each without ``TableName``) on
+        this table: all of them or none.
+
+        A transaction cancelled only because a condition was false or another transaction
+        held an item comes back as a refusal (``ok`` False, with the reasons); any other
+        failure raises CheckpointError. ``token`` is the ``ClientRequestToken``: DynamoDB
+        answers a retry of the same request (the SDK's, after a lost answer) with success
+        instead of applying it twice, for 10 minutes.
+        """
+        items = [
+            {kind: {**body, "TableName": self.table} for kind, body in action.items()}
+            for action in actions
+        ]
+        params: dict[str, Any] = {"TransactItems": items}
+        if token is not None:
+            params["ClientRequestToken"] = token
+        try:
+            await self.client.transact_write_items(**params)
+        except ClientError as exc:
+            reasons = _cancellation_reasons(exc)
+            if reasons is not None and is_refusal(reasons):
+                return Transaction(False, reasons)
+            raise self.error(call, exc) from exc
+        except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise self.error(call, exc) from exc
+        return Transaction(True)
+
+    async def batch_read(
+        self, call: str, keys: Sequence[str]
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """One consistent BatchGetItem of up to 100 lease keys: (the items found, in no
+        particular order; the keys DynamoDB left unprocessed, to ask again)."""
+        request = {
+            self.table: {"Keys": [{"leaseKey": _s(k)} for k in keys], "ConsistentRead": True}
+        }
+        try:
+            response = await self.client.batch_get_item(RequestItems=request)
+        except (ClientError, BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise self.error(call, exc) from exc
+        items: list[dict[str, Any]] = response.get("Responses", {}).get(self.table, [])
+        unprocessed = response.get("UnprocessedKeys", {}).get(self.table, {}).get("Keys", [])
+        return items, [str(key["leaseKey"]["S"]) for key in unprocessed]
+
     async def fenced_update(
         self,
         call: str,
@@ -155,6 +220,20 @@ class TableCalls:
     def lost(self, call: str, lease: Lease, owner: str, write: _Write) -> LeaseLost:
         """The LeaseLost of a refused fenced ``call`` (see :func:`lease_lost`)."""
         return lease_lost(self.table, call, lease, owner, write.item)
+
+
+def _cancellation_reasons(exc: ClientError) -> tuple[str, ...] | None:
+    """The per-item reason codes of a cancelled transaction, or None for any other error."""
+    if error_code(exc) != _TRANSACTION_CANCELED:
+        return None
+    reasons = exc.response.get("CancellationReasons") or []
+    return tuple(str(reason.get("Code") or "None") for reason in reasons)
+
+
+def is_refusal(reasons: Sequence[str]) -> bool:
+    """Whether a transaction cancelled for ``reasons`` was refused (a false condition or
+    contention on some item, and nothing else wrong), rather than failed."""
+    return bool(REFUSALS.intersection(reasons)) and set(reasons) <= REFUSALS | {"None"}
 
 
 def lease_lost(

@@ -71,6 +71,12 @@ class DynamoDBLeaseTable(LeaseView, MemberItem):
         self._calls = TableCalls(client, table)
         self.has_view_index: bool | None = None
 
+    @property
+    def calls(self) -> TableCalls:
+        """This table's requests, for the items that live beside the leases (the control
+        API's mapping records, :mod:`poller.control.store_dynamodb`)."""
+        return self._calls
+
     async def ensure_table(self, *, create: bool = True) -> None:
         """Make sure the table exists and is ACTIVE, creating it, or adding its view index to
         an older table, when allowed (see :func:`.schema.ensure_table`).
