@@ -796,7 +796,8 @@ INVALID_FILES = [
     pytest.param(
         "aws:\n  endpoints:\n    kinesiss: http://localhost:4566\n" + MAPPING_YAML,
         "aws.endpoints.kinesiss: 'kinesiss' is not a service name poller uses; allowed kinesis, "
-        "dynamodb, dynamodbstreams, sqs, sns, s3, lambda, sts; did you mean 'kinesis'?",
+        "dynamodb, dynamodbstreams, sqs, sns, s3, lambda, sts, secretsmanager; "
+        "did you mean 'kinesis'?",
         id="endpoint-service-name",
     ),
     pytest.param(

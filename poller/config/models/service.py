@@ -24,7 +24,17 @@ from poller.config.models.mapping_base import check_tag_key
 from poller.config.wording import own_error, show, suggestion
 
 #: botocore service names that may have their own endpoint in ``aws.endpoints``.
-AWS_SERVICES = ("kinesis", "dynamodb", "dynamodbstreams", "sqs", "sns", "s3", "lambda", "sts")
+AWS_SERVICES = (
+    "kinesis",
+    "dynamodb",
+    "dynamodbstreams",
+    "sqs",
+    "sns",
+    "s3",
+    "lambda",
+    "sts",
+    "secretsmanager",
+)
 
 # A name or address to bind: no spaces or control characters (a NUL made the bind raise).
 _HOST = r"^[^\s\x00-\x1f\x7f]+$"
