@@ -115,6 +115,7 @@ REQUIRED_ACTIONS = {
     "OnFailureDestinationSns": {"sns:Publish"},
     "OnFailureDestinationS3": {"s3:PutObject"},
     "LeaseTable": {
+        "dynamodb:BatchGetItem",
         "dynamodb:CreateTable",
         "dynamodb:DescribeTable",
         "dynamodb:GetItem",
@@ -124,6 +125,7 @@ REQUIRED_ACTIONS = {
         "dynamodb:Scan",
         "dynamodb:Query",
     },
+    "ControlApiSecret": {"secretsmanager:GetSecretValue"},
 }
 
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-[^}]*)?\}")
