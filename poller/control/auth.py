@@ -255,7 +255,7 @@ def authenticate(
     if not authorization:
         raise forbidden("MissingAuthenticationTokenException", "Missing Authentication Token")
     credential, signed_headers, signature = _parse_authorization(authorization)
-    access_key, scope_region, service = _parse_scope(credential)
+    access_key, scope_date, scope_region, service = _parse_scope(credential)
     secret = resolver.secret_for(access_key)
     if secret is None:
         raise forbidden(
@@ -271,6 +271,12 @@ def authenticate(
             "InvalidSignatureException", "Credential should be scoped to a valid region. "
         )
     amz_date = _checked_date(request, time.time() if now is None else now)
+    if scope_date != amz_date[:8]:
+        raise forbidden(
+            "InvalidSignatureException",
+            f"Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date "
+            f"from HTTP: '{scope_date}' != '{amz_date[:8]}', from '{amz_date}'.",
+        )
     expected = _signature(request, access_key, secret, region, amz_date, signed_headers)
     if not hmac.compare_digest(expected, signature):
         raise forbidden("InvalidSignatureException", _MISMATCH)
@@ -294,10 +300,16 @@ def _parse_authorization(header: str) -> tuple[str, list[str], str]:
             "IncompleteSignatureException", " ".join(missing) + f" Authorization={header}"
         )
     signed = fields["SignedHeaders"].lower().split(";")
+    if "host" not in signed:
+        # Else the signature binds no endpoint: one made for another server would do here.
+        raise forbidden(
+            "InvalidSignatureException",
+            "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.",
+        )
     return fields["Credential"], signed, fields["Signature"]
 
 
-def _parse_scope(credential: str) -> tuple[str, str, str]:
+def _parse_scope(credential: str) -> tuple[str, str, str, str]:
     parts = credential.split("/")
     if len(parts) != 5 or parts[4] != "aws4_request" or not parts[0]:
         raise forbidden(
@@ -305,7 +317,7 @@ def _parse_scope(credential: str) -> tuple[str, str, str]:
             f"Credential should be of the form <access key>/<date>/<region>/<service>/"
             f"aws4_request, got '{credential}'",
         )
-    return parts[0], parts[2], parts[3]
+    return parts[0], parts[1], parts[2], parts[3]
 
 
 def _checked_date(request: RequestToVerify, now: float) -> str:
@@ -356,10 +368,11 @@ def _signature(
     ):
         raise forbidden("InvalidSignatureException", _MISMATCH)
     headers: dict[str, Any] = {name: request.headers[name] for name in signed_headers}
-    host = request.headers.get("host", "localhost")
+    # The URL's host is a constant: the signed Host header is verified among the headers, and
+    # a Host value spliced into the URL ("h/other/path#") could change the path botocore reads.
     rebuilt = AWSRequest(
         method=request.method,
-        url=f"http://{host}{request.target}",
+        url=f"http://localhost{request.target}",
         headers=headers,
         data=request.body,
     )

@@ -22,6 +22,7 @@ reported in the same frame as ``Member must be of type <type>``, poller's own wo
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from collections.abc import Callable, Mapping
@@ -68,6 +69,14 @@ def check_request(body: Mapping[str, Any], shape: str) -> Checked:
     checked = Checked()
     checked.known = _structure(body, _shapes()[shape], "", "", checked)
     return checked
+
+
+def check_list(values: list[Any], shape: str, member: str) -> list[str]:
+    """Coral's lines for a list bound to the query (``tagKeys`` of UntagResource), which
+    :func:`check_request` does not see: its length, then its items' constraints."""
+    checked = Checked()
+    _list(values, _shapes()[shape], member, "", checked)
+    return checked.problems
 
 
 def coral_message(problems: list[str]) -> str:
@@ -175,13 +184,26 @@ def _is_whole(value: Any) -> bool:
     return _is_number(value) and (isinstance(value, int) or float(value).is_integer())
 
 
+#: The epoch seconds a timestamp may be: years 1 to 9999, what a datetime holds. botocore
+#: cannot send a time outside them (a Kinesis AT_TIMESTAMP start of -1e300 would fail every
+#: GetShardIterator of the running mapping), and Java's Date would not parse them either.
+_TIMESTAMP_RANGE = (-62_135_596_800, 253_402_300_799)
+
+
+def _is_timestamp(value: Any) -> bool:
+    """A number of epoch seconds in _TIMESTAMP_RANGE. (Infinity and NaN pass here: the
+    models refuse them, with their own words.)"""
+    low, high = _TIMESTAMP_RANGE
+    return _is_number(value) and (not math.isfinite(value) or low <= value <= high)
+
+
 #: What JSON value each shape type takes; a type not listed here takes any value.
 _TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {
     "string": lambda value: isinstance(value, str),
     "integer": _is_whole,
     "long": _is_whole,
     "boolean": lambda value: isinstance(value, bool),
-    "timestamp": _is_number,
+    "timestamp": _is_timestamp,
     "double": _is_number,
     "float": _is_number,
     "structure": lambda value: isinstance(value, dict),

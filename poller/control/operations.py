@@ -36,6 +36,7 @@ from poller.control.errors import (
     not_found,
     validation,
 )
+from poller.control.model_rules import check_list, coral_message
 from poller.control.state import mapping_state
 from poller.control.store import (
     Desired,
@@ -62,6 +63,13 @@ RESOURCE_ARN_PATTERN = (
 )
 _RESOURCE_ARN = re.compile(RESOURCE_ARN_PATTERN)
 _MAPPING_ARN_TAIL = re.compile(r":event-source-mapping:([0-9a-fA-F-]{36})$")
+#: Every mapping's UUID has this form (the API's are uuid4, the file's are checked by its
+#: models); any other path parameter is a 404 before the store is asked, so a key the store
+#: cannot hold (DynamoDB refuses keys over 2 KiB) is no store error, which SDKs would retry.
+_UUID_FORM = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+#: What Java's Integer.parseInt takes: a sign, then digits (any script's, as Java's).
+_INTEGER = re.compile(r"[+-]?\d{1,20}")
 
 #: ListEventSourceMappings: at most this many mappings per page, whatever MaxItems says.
 PAGE_LIMIT = 100
@@ -104,7 +112,7 @@ async def create_mapping(ctx: ControlContext, body: Any) -> Answer:
 
 async def get_mapping(ctx: ControlContext, uuid: str) -> Answer:
     """GetEventSourceMapping: 200, or 404."""
-    uuid = uuid.lower()
+    uuid = _checked_uuid(uuid)
     record = await ctx.store.get(uuid)
     if record is not None:
         return 200, await _render(ctx, record)
@@ -144,7 +152,7 @@ async def update_mapping(ctx: ControlContext, uuid: str, body: Any) -> Answer:
     fields change with it, as AWS's does. An update that changes nothing writes nothing (a
     retried call is harmless) and answers the current state.
     """
-    uuid = uuid.lower()
+    uuid = _checked_uuid(uuid)
     _refuse_file_mapping(ctx, uuid)
     # A new FunctionName may map a function that another mapping maps to this source already.
     taken = await _pairs_taken(ctx) if isinstance(body, dict) and "FunctionName" in body else {}
@@ -197,7 +205,7 @@ async def update_mapping(ctx: ControlContext, uuid: str, body: Any) -> Answer:
 async def delete_mapping(ctx: ControlContext, uuid: str) -> Answer:
     """DeleteEventSourceMapping: 202 in ``Deleting``. A repeated delete writes nothing and
     answers the same."""
-    uuid = uuid.lower()
+    uuid = _checked_uuid(uuid)
     _refuse_file_mapping(ctx, uuid)
     wrote = False
 
@@ -238,6 +246,9 @@ async def untag_resource(ctx: ControlContext, resource: str, keys: Sequence[str]
             "1 validation error detected: Value null at 'tagKeys' failed to satisfy "
             "constraint: Member must not be null"
         )
+    problems = check_list(list(keys), "TagKeyList", "tagKeys")
+    if problems:
+        raise validation(coral_message(problems))
     gone = set(keys)
     await _change_tags(
         ctx, resource, uuid, lambda tags: {k: v for k, v in tags.items() if k not in gone}
@@ -250,9 +261,11 @@ async def list_tags(ctx: ControlContext, resource: str) -> Answer:
     uuid = _mapping_uuid_of(resource)
     record = await ctx.store.get(uuid)
     if record is not None:
+        _check_resource_names(ctx, resource, record.request["EventSourceArn"], uuid)
         return 200, {"Tags": dict(record.tags)}
     mapping = _file_mapping(ctx, uuid)
     if mapping is not None:
+        _check_resource_names(ctx, resource, mapping.event_source_arn, uuid)
         return 200, {"Tags": dict(mapping.tags)}
     raise _mapping_arn_not_found(resource)
 
@@ -280,6 +293,14 @@ async def _all_rendered(ctx: ControlContext) -> list[dict[str, Any]]:
         if m.mapping_uuid not in records
     ]
     return sorted(rendered, key=lambda item: str(item["UUID"]))
+
+
+def _checked_uuid(uuid: str) -> str:
+    """The path's UUID, lower-cased; 404 when no mapping can have it."""
+    uuid = uuid.lower()
+    if not _UUID_FORM.fullmatch(uuid):
+        raise not_found()
+    return uuid
 
 
 def _file_mapping(ctx: ControlContext, uuid: str) -> AnyMapping | None:
@@ -367,13 +388,13 @@ def _max_items(given: str | None) -> int:
     if given is None:
         return PAGE_LIMIT
     low, high = _MAX_ITEMS_RANGE
-    try:
-        value = int(given)
-    except ValueError:
+    # Python's int() also takes "1_0" and " 5 "; Java's parseInt neither.
+    if not _INTEGER.fullmatch(given):
         raise validation(
             f"1 validation error detected: Value '{given}' at 'maxItems' failed to satisfy "
             "constraint: Member must be an integer"
-        ) from None
+        )
+    value = int(given)
     if value < low:
         raise validation(
             f"1 validation error detected: Value '{value}' at 'maxItems' failed to satisfy "
@@ -401,6 +422,15 @@ def _mapping_uuid_of(resource: str) -> str:
             f"Resource not found: {resource}; poller's control API tags only event source mappings."
         )
     return found.group(1).lower()
+
+
+def _check_resource_names(ctx: ControlContext, resource: str, source_arn: str, uuid: str) -> None:
+    """404 unless ``resource`` is the mapping's own ARN (its UUID in any case): an ARN of
+    another partition, region or account names another mapping, even with this UUID."""
+    own = shapes.mapping_arn(source_arn, uuid, ctx.region)
+    prefix, _, given_uuid = resource.rpartition(":")
+    if f"{prefix}:{given_uuid.lower()}" != own:
+        raise _mapping_arn_not_found(resource)
 
 
 def _mapping_arn_not_found(resource: str) -> ApiError:
@@ -441,6 +471,7 @@ async def _change_tags(
 
     def change(current: MappingRecord, revision: int) -> MappingRecord | None:
         del revision  # tags are no configuration change
+        _check_resource_names(ctx, resource, current.request["EventSourceArn"], uuid)
         tags = edit(dict(current.tags))
         if tags == dict(current.tags):
             return None

@@ -52,6 +52,9 @@ SHUTDOWN_GRACE_SECONDS = 5.0
 MAX_IN_FLIGHT = 64
 #: An authentication failure is logged at most once per access key and code in this window.
 AUTH_LOG_WINDOW_SECONDS = 60.0
+#: How many (code, access key) pairs that window remembers: the keys come from unauthenticated
+#: requests, so without a bound a client inventing a new key per request grows memory forever.
+AUTH_LOG_MEMORY = 4096
 
 _MAPPINGS = "/2015-03-31/event-source-mappings"
 _TAGS = "/2017-03-31/tags/"
@@ -92,6 +95,30 @@ def route(method: str, raw_path: str) -> _Route:
     raise ApiError(404, "UnknownOperationException", f"Unknown operation: {method} {raw_path}")
 
 
+class OncePerWindow:
+    """Which keys were seen within ``window`` seconds, remembering at most ``capacity`` of
+    them (the oldest are forgotten first)."""
+
+    def __init__(self, window: float, capacity: int) -> None:
+        self._window = window
+        self._capacity = capacity
+        self._seen: dict[Any, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def first(self, key: Any, now: float) -> bool:
+        """Whether ``key`` was not seen within the window before ``now`` (and remember it)."""
+        last = self._seen.pop(key, None)
+        if last is not None and now - last < self._window:
+            self._seen[key] = last
+            return False
+        while len(self._seen) >= self._capacity:
+            del self._seen[next(iter(self._seen))]
+        self._seen[key] = now
+        return True
+
+
 @dataclass(slots=True)
 class _Seen:
     """What a request turned out to be, as far as it got: for the audit log."""
@@ -106,7 +133,7 @@ class ControlApp:
     def __init__(self, ctx: ControlContext, credentials: CredentialResolver | None) -> None:
         self.ctx = ctx
         self.credentials = credentials if ctx.settings.auth == "sigv4" else None
-        self._auth_logged: dict[tuple[str, str | None], float] = {}
+        self._auth_logged = OncePerWindow(AUTH_LOG_WINDOW_SECONDS, AUTH_LOG_MEMORY)
         #: Set when the server stops: requests still arriving get 503 (SDKs retry it).
         self.closing = False
         self._in_flight = 0
@@ -200,11 +227,8 @@ class ControlApp:
         if exc.status != 403:
             return
         key = access_key_of(request.headers.get("Authorization")) or caller
-        now = time.monotonic()
-        last = self._auth_logged.get((exc.code, key))
-        if last is not None and now - last < AUTH_LOG_WINDOW_SECONDS:
+        if not self._auth_logged.first((exc.code, key), time.monotonic()):
             return
-        self._auth_logged[(exc.code, key)] = now
         log.warning(
             "control.auth_refused", code=exc.code, access_key_id=key, source_ip=request.remote
         )

@@ -18,6 +18,12 @@ from typing import Any
 
 from poller.control.errors import ApiError, invalid_parameter
 
+#: How deeply a body may nest arrays and objects. AWS's request shapes nest four levels
+#: (``DestinationConfig.OnFailure.Destination``, ``FilterCriteria.Filters[].Pattern``); deeper
+#: bodies are refused before anything walks them recursively (Coral's message text): a few
+#: hundred levels raise RecursionError there (about a thousand in the parser itself), which
+#: would be a 500 with a traceback as deep as the body.
+MAX_DEPTH = 32
 #: A UUID as markers carry it (any case; compared lower-cased).
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -29,14 +35,38 @@ def invalid_content(message: str) -> ApiError:
 
 def parse_body(raw: bytes) -> Any:
     """The request's JSON (None for an empty body); 400 InvalidRequestContentException for
-    bytes that are not UTF-8 or not JSON, and for JSON's non-finite extensions."""
+    bytes that are not UTF-8 or not JSON, for JSON's non-finite extensions, and for arrays
+    and objects nested deeper than MAX_DEPTH."""
     if not raw.strip():
         return None
     try:
         text = raw.decode("utf-8")
-        return json.loads(text, parse_constant=_refuse_constant)
-    except (UnicodeDecodeError, ValueError) as exc:
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise invalid_content(f"Could not parse request body into json: {_reason(exc)}") from None
+    if _depth(value) > MAX_DEPTH:
+        raise invalid_content(
+            "Could not parse request body into json: arrays and objects are nested deeper "
+            f"than {MAX_DEPTH} levels"
+        )
+    return value
+
+
+def _depth(value: Any) -> int:
+    """How deeply ``value`` nests arrays and objects (a scalar is 0), walked without
+    recursion."""
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        children = (
+            item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        )
+        if children is None:
+            continue
+        deepest = max(deepest, depth + 1)
+        pending.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def _refuse_constant(name: str) -> Any:
@@ -46,6 +76,8 @@ def _refuse_constant(name: str) -> Any:
 def _reason(exc: Exception) -> str:
     if isinstance(exc, UnicodeDecodeError):
         return "the body is not UTF-8"
+    if isinstance(exc, RecursionError):
+        return f"arrays and objects are nested deeper than {MAX_DEPTH} levels"
     return str(exc).splitlines()[0]
 
 
