@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, Protocol
 
 #: What the user asked the mapping to be.
@@ -34,6 +34,11 @@ Change = Literal["create", "update", "enable", "disable", "delete"]
 
 #: How many times a store retries a mutation that lost a race before giving up.
 MAX_WRITE_ATTEMPTS = 8
+#: An ack not renewed for this long is forgotten by the store: its replica stopped without
+#: saying so (a crash, a killed task). Every start is a new replica identity, so such acks
+#: would pile up for good (in the lease table, in one item of at most 400 KB, until every ack
+#: is refused). Far beyond any liveness window (:mod:`poller.control.state`): no state changes.
+ACK_RETENTION_SECONDS = 24 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,15 +79,33 @@ class MappingRecord:
     last_processing_result: str | None = None
 
     def to_json(self) -> str:
-        """The record as compact JSON, for backends that store it as one value."""
+        """The record as compact JSON, for backends that store it as one value.
+
+        Non-ASCII text stays UTF-8, not ``\\uXXXX`` escapes: a letter outside the BMP (AWS
+        accepts them in tags and filter patterns) takes 4 bytes instead of 12, which keeps a
+        record at AWS's limits (50 tags, 5 filters of 4096 characters) within DynamoDB's
+        400 KB item. Only text holding a lone surrogate, which UTF-8 cannot carry, is escaped.
+        """
         data = asdict(self)
         data["request"], data["tags"] = dict(self.request), dict(self.tags)
-        return json.dumps(data, separators=(",", ":"), sort_keys=True)
+        text = json.dumps(data, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            return json.dumps(data, separators=(",", ":"), sort_keys=True)
+        return text
 
     @classmethod
     def from_json(cls, text: str) -> MappingRecord:
-        """A record from :meth:`to_json`'s output."""
-        return cls(**json.loads(text))
+        """A record from :meth:`to_json`'s output. Fields this version does not know (a newer
+        version's, during a rolling upgrade) are left out, so that older replicas still read
+        the store; new fields have defaults, so that newer replicas read older records."""
+        data = json.loads(text)
+        return cls(**{name: data[name] for name in _RECORD_FIELDS if name in data})
+
+
+#: The fields a stored record may set (see :meth:`MappingRecord.from_json`).
+_RECORD_FIELDS = tuple(field.name for field in fields(MappingRecord))
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,11 +176,12 @@ class MappingStore(Protocol):
         ...
 
     async def ack(self, replica: str, applied: int) -> None:
-        """Say that ``replica`` applied head revision ``applied``, now (also its heartbeat)."""
+        """Say that ``replica`` applied head revision ``applied``, now (also its heartbeat).
+        Meanwhile the store forgets acks older than ``ACK_RETENTION_SECONDS``."""
         ...
 
     async def acks(self) -> dict[str, ReplicaAck]:
-        """Every replica's last ack."""
+        """Every replica's last ack, but those older than ``ACK_RETENTION_SECONDS``."""
         ...
 
     async def forget_replica(self, replica: str) -> None:
@@ -167,6 +191,11 @@ class MappingStore(Protocol):
     async def aclose(self) -> None:
         """Release what the store holds (not a shared client or connection)."""
         ...
+
+
+def fresh_acks(acks: Mapping[str, ReplicaAck], now: float) -> dict[str, ReplicaAck]:
+    """The acks renewed within ``ACK_RETENTION_SECONDS`` of ``now`` (epoch seconds)."""
+    return {r: ack for r, ack in acks.items() if now - ack.beat_at <= ACK_RETENTION_SECONDS}
 
 
 def pair_key(function_arn: str, event_source_arn: str) -> str:
@@ -181,6 +210,7 @@ def tags_only(record: MappingRecord, tags: Mapping[str, str]) -> MappingRecord:
 
 
 __all__ = [
+    "ACK_RETENTION_SECONDS",
     "MAX_WRITE_ATTEMPTS",
     "Change",
     "ChangeFn",
@@ -190,6 +220,7 @@ __all__ = [
     "PairTaken",
     "ReplicaAck",
     "TooManyMappings",
+    "fresh_acks",
     "pair_key",
     "tags_only",
 ]

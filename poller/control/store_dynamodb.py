@@ -17,8 +17,9 @@ name, which starts with a letter or digit)::
                                                    what creates check the pair and the limit
                                                    on, and what ``records`` reads first
     __esm__#<uuid>        esmOf S, esmRecord S (the record's JSON), revision N, written N,
-                          desired S, writeId S, lastProcessingResult S (apart from the JSON:
-                          written without a condition on ``written``, merged on read)
+                          desired S, writeId S, recentWrites L (the latest writes' tokens),
+                          lastProcessingResult S (apart from the JSON: written without a
+                          condition on ``written``, merged on read)
     __esm__#__replicas__  esmReplicas M            replica -> {applied N, beat N}
 
 Every mutation is one TransactWriteItems: the record (put on ``attribute_not_exists``, updated
@@ -35,6 +36,7 @@ later) the refused retry is recognised as this writer's own write and not applie
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 import uuid as uuids
@@ -46,12 +48,14 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from poller.control.store import (
+    ACK_RETENTION_SECONDS,
     MAX_WRITE_ATTEMPTS,
     ChangeFn,
     MappingRecord,
     PairTaken,
     ReplicaAck,
     TooManyMappings,
+    fresh_acks,
 )
 from poller.errors import CheckpointError
 from poller.retry import Backoff
@@ -63,8 +67,16 @@ PREFIX = "__esm__#"
 HEAD_KEY = f"{PREFIX}__head__"
 REGISTRY_KEY = f"{PREFIX}__registry__"
 REPLICAS_KEY = f"{PREFIX}__replicas__"
+#: How many of its latest writes' tokens a record item keeps (``recentWrites``), so that a
+#: writer whose answer was lost recognises its write though others wrote the record since.
+RECENT_WRITES = 8
 #: BatchGetItem's limit of keys per call.
 BATCH_GET_KEYS = 100
+#: How often a store looks for acks to forget (before its first ack, then at most this often).
+ACK_PRUNE_SECONDS = 3600.0
+#: How many acks one UpdateItem forgets (its expressions stay within DynamoDB's 4 KB: short
+#: placeholders, ``#m.#r99.#b = :b99 AND`` is 22 characters).
+ACK_PRUNE_BATCH = 100
 #: Between attempts of a refused mutation, and of a batch read's unprocessed keys.
 CONTENTION_BACKOFF = Backoff(initial=0.02, maximum=0.5, jitter=0.5)
 
@@ -107,6 +119,7 @@ def record_item(record: MappingRecord, token: str) -> Item:
         "written": _n(record.written),
         "desired": _s(record.desired),
         "writeId": _s(token),
+        "recentWrites": {"L": [_s(token)]},
     }
     if record.last_processing_result is not None:
         item["lastProcessingResult"] = _s(record.last_processing_result)
@@ -118,6 +131,16 @@ def record_from_item(item: Mapping[str, Any]) -> MappingRecord:
     record = MappingRecord.from_json(item["esmRecord"]["S"])
     result = item.get("lastProcessingResult")
     return record if result is None else replace(record, last_processing_result=result["S"])
+
+
+def recent_writes(item: Mapping[str, Any] | None) -> list[str]:
+    """The tokens of the latest writes of a record item, newest first (its ``writeId`` alone
+    for an item without the list)."""
+    if item is None:
+        return []
+    if "recentWrites" in item:
+        return [str(token["S"]) for token in item["recentWrites"]["L"]]
+    return [str(item["writeId"]["S"])] if "writeId" in item else []
 
 
 def registry_entry(record: MappingRecord) -> Item:
@@ -152,6 +175,29 @@ def acks_from_item(item: Mapping[str, Any] | None) -> dict[str, ReplicaAck]:
         )
         for replica, ack in item.get("esmReplicas", {}).get("M", {}).items()
     }
+
+
+def stale_beats(item: Mapping[str, Any] | None, now: float) -> dict[str, Item]:
+    """replica -> its ``beat`` value as stored, for the acks in the replicas item older than
+    ``ACK_RETENTION_SECONDS`` at ``now``."""
+    if item is None:
+        return {}
+    return {
+        replica: ack["M"]["beat"]
+        for replica, ack in item.get("esmReplicas", {}).get("M", {}).items()
+        if now - float(Decimal(ack["M"]["beat"]["N"])) > ACK_RETENTION_SECONDS
+    }
+
+
+def forget_acks_update(beats: Mapping[str, Item]) -> tuple[str, str, Item, dict[str, str]]:
+    """(update, condition, values, names) removing the acks ``beats`` names, each only while
+    its beat is the one read (a replica back meanwhile keeps its ack)."""
+    names = {"#m": "esmReplicas", "#b": "beat"}
+    names.update({f"#r{i}": replica for i, replica in enumerate(beats)})
+    values = {f":b{i}": beat for i, beat in enumerate(beats.values())}
+    update = "REMOVE " + ", ".join(f"#m.#r{i}" for i in range(len(beats)))
+    condition = " AND ".join(f"#m.#r{i}.#b = :b{i}" for i in range(len(beats)))
+    return update, condition, values, names
 
 
 def ack_value(applied: int, beat_at: float) -> Item:
@@ -217,26 +263,33 @@ def record_put(record: MappingRecord, token: str) -> Item:
     }
 
 
-def record_update(current: MappingRecord, new: MappingRecord, token: str) -> Item:
+def record_update(
+    current: MappingRecord, new: MappingRecord, token: str, earlier: Sequence[str] = ()
+) -> Item:
     """Rewrite a record read at ``current.written``, only if nobody wrote it since. The
     processing result is written only when the change made it differ from what was read
     (otherwise a concurrent :meth:`~DynamoDBMappingStore.set_processing_result` would be
-    undone)."""
+    undone). ``earlier``: the tokens of the record's latest writes, as read (kept after
+    ``token``, up to ``RECENT_WRITES``)."""
     sets = [
         "#esmRecord = :record",
         "#revision = :revision",
         "#written = :written",
         "#desired = :desired",
         "#writeId = :token",
+        "#recentWrites = :recent",
     ]
     names = {f"#{name}": name for name in ("esmRecord", "revision", "written", "desired")}
     names["#writeId"] = "writeId"
+    names["#recentWrites"] = "recentWrites"
+    recent = [token, *earlier][:RECENT_WRITES]
     values = {
         ":record": _s(new.to_json()),
         ":revision": _n(new.revision),
         ":written": _n(new.written),
         ":desired": _s(new.desired),
         ":token": _s(token),
+        ":recent": {"L": [_s(t) for t in recent]},
         ":read": _n(current.written),
     }
     expression = ""
@@ -292,6 +345,8 @@ class DynamoDBMappingStore:
         self._calls = calls
         self._clock = clock
         self._backoff = backoff
+        #: When (monotonic) this store last looked for acks to forget; None: never.
+        self._pruned_at: float | None = None
 
     @property
     def table(self) -> str:
@@ -326,8 +381,10 @@ class DynamoDBMappingStore:
         return None if item is None else record_from_item(item)
 
     async def acks(self) -> dict[str, ReplicaAck]:
-        """Every replica's last ack (one consistent GetItem)."""
-        return acks_from_item(await self._read("mapping acks", REPLICAS_KEY))
+        """Every replica's last ack, but those too old (one consistent GetItem)."""
+        return fresh_acks(
+            acks_from_item(await self._read("mapping acks", REPLICAS_KEY)), self._clock()
+        )
 
     # -- mutations ------------------------------------------------------------------------
 
@@ -362,9 +419,10 @@ class DynamoDBMappingStore:
         (one transaction); retried on contention. Raises PairTaken when the change moves the
         record to a function and source another record has."""
         for attempt in range(1, MAX_WRITE_ATTEMPTS + 1):
-            current = await self.get(uuid)
-            if current is None:
+            item = await self._read("mapping record", record_key(uuid))
+            if item is None:
                 return None
+            current = record_from_item(item)
             head = await self.head()
             new = change(current, head + 1)
             if new is None:
@@ -375,7 +433,7 @@ class DynamoDBMappingStore:
             token = str(uuids.uuid4())
             stored = replace(new, written=head + 1)
             actions = [
-                record_update(current, stored, token),
+                record_update(current, stored, token, recent_writes(item)),
                 head_update(head, head + 1, token),
                 registry_set(head + 1, uuid, registry_entry(stored)),
             ]
@@ -386,10 +444,19 @@ class DynamoDBMappingStore:
 
     async def finalize_delete(self, uuid: str, revision: int) -> bool:
         """Remove a deleted record still at ``revision`` with its registry entry, moving the
-        head (one transaction); retried while only other mappings' writes get in the way."""
+        head (one transaction); retried while only other mappings' writes get in the way.
+
+        A record gone after this call's transaction was refused was finalized at ``revision``
+        (only a finalize removes records, and a deleted record's revision no longer moves):
+        by this call, whose answer was lost while another write moved the head past its
+        token, or by a replica racing it. Either way True, so that the caller removes the
+        checkpoints (idempotent): False would leave them behind for good."""
+        refused = False
         for attempt in range(1, MAX_WRITE_ATTEMPTS + 1):
             current = await self.get(uuid)
-            if current is None or current.revision != revision or current.desired != "Deleted":
+            if current is None:
+                return refused
+            if current.revision != revision or current.desired != "Deleted":
                 return False
             head = await self.head()
             token = str(uuids.uuid4())
@@ -400,6 +467,7 @@ class DynamoDBMappingStore:
             ]
             if await self._transact("finalize_delete", actions, token, None):
                 return True
+            refused = True
             await self._back_off(attempt)
         raise self._contended("finalize_delete", uuid)
 
@@ -417,8 +485,17 @@ class DynamoDBMappingStore:
 
     async def ack(self, replica: str, applied: int) -> None:
         """Set ``replica``'s entry (``SET esmReplicas.#replica``); a nested path needs the map,
-        so the first ack of a table puts the item, and a put that lost that race updates."""
-        value = ack_value(applied, self._clock())
+        so the first ack of a table puts the item, and a put that lost that race updates.
+        Before its first ack, then at most every ``ACK_PRUNE_SECONDS``, the store forgets the
+        acks too old first (so that an item full of crashed replicas' acks takes this one)."""
+        now = self._clock()
+        if self._pruned_at is None or time.monotonic() - self._pruned_at >= ACK_PRUNE_SECONDS:
+            # Housekeeping: its failure must never be what keeps the ack from landing (an
+            # outage fails the ack below anyway; the next look is in ACK_PRUNE_SECONDS).
+            with contextlib.suppress(CheckpointError):
+                await self._forget_stale_acks(now)
+            self._pruned_at = time.monotonic()
+        value = ack_value(applied, now)
         for attempt in range(2):
             write = await self._calls.update(
                 "UpdateItem (mapping ack)",
@@ -454,6 +531,25 @@ class DynamoDBMappingStore:
     async def aclose(self) -> None:
         """Nothing of its own: the client is the service's."""
 
+    async def _forget_stale_acks(self, now: float) -> None:
+        """Remove the acks older than ``ACK_RETENTION_SECONDS``, ``ACK_PRUNE_BATCH`` an
+        UpdateItem; a batch refused (one of its replicas acked meanwhile) waits for the next
+        look."""
+        beats = stale_beats(await self._read("mapping acks", REPLICAS_KEY), now)
+        replicas = sorted(beats)
+        for start in range(0, len(replicas), ACK_PRUNE_BATCH):
+            batch = {r: beats[r] for r in replicas[start : start + ACK_PRUNE_BATCH]}
+            update, condition, values, names = forget_acks_update(batch)
+            await self._calls.update(
+                "UpdateItem (mapping forget stale acks)",
+                REPLICAS_KEY,
+                update=update,
+                condition=condition,
+                values=values,
+                names=names,
+                return_new=False,
+            )
+
     # -- helpers --------------------------------------------------------------------------
 
     async def _read(self, what: str, key: str) -> Item | None:
@@ -463,8 +559,9 @@ class DynamoDBMappingStore:
         self, what: str, actions: Sequence[Item], token: str, uuid: str | None
     ) -> bool:
         """Send one mutation; whether it applied. A refusal is checked against the token:
-        the record (``uuid``) or, for a removal, the head carrying it means this very write
-        applied and only its answer was lost (the SDK's retry was the one refused)."""
+        the record (``uuid``: among its latest writes, as others may have written it since)
+        or, for a removal, the head carrying it means this very write applied and only its
+        answer was lost (the SDK's retry was the one refused)."""
         result = await self._calls.transact_write(
             f"TransactWriteItems (mapping {what})", actions, token=token
         )
@@ -473,7 +570,9 @@ class DynamoDBMappingStore:
         item = await self._read(
             "mapping write check", HEAD_KEY if uuid is None else record_key(uuid)
         )
-        return item is not None and item.get("writeId") == _s(token)
+        if uuid is None:
+            return item is not None and item.get("writeId") == _s(token)
+        return token in recent_writes(item)
 
     async def _pair_free(self, record: MappingRecord, head: int) -> bool:
         """Whether ``record``'s new pair is free, judged on the registry at ``head`` (False:

@@ -18,6 +18,7 @@ from poller.control.store import (
     PairTaken,
     ReplicaAck,
     TooManyMappings,
+    fresh_acks,
 )
 
 
@@ -89,12 +90,14 @@ class MemoryMappingStore:
             self._records[uuid] = replace(current, last_processing_result=result)
 
     async def ack(self, replica: str, applied: int) -> None:
-        """``replica`` applied ``applied``, now."""
-        self._acks[replica] = ReplicaAck(applied=applied, beat_at=self._clock())
+        """``replica`` applied ``applied``, now; acks too old are forgotten."""
+        now = self._clock()
+        self._acks = fresh_acks(self._acks, now)
+        self._acks[replica] = ReplicaAck(applied=applied, beat_at=now)
 
     async def acks(self) -> dict[str, ReplicaAck]:
-        """Every replica's last ack."""
-        return dict(self._acks)
+        """Every replica's last ack, but those too old."""
+        return fresh_acks(self._acks, self._clock())
 
     async def forget_replica(self, replica: str) -> None:
         """Drop ``replica``'s ack."""

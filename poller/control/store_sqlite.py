@@ -29,6 +29,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, TypeVar
 
 from poller.control.store import (
+    ACK_RETENTION_SECONDS,
     ChangeFn,
     MappingRecord,
     PairTaken,
@@ -183,22 +184,28 @@ class SqliteMappingStore:
         )
 
     async def ack(self, replica: str, applied: int) -> None:
-        """``replica`` applied ``applied``, now."""
+        """``replica`` applied ``applied``, now; acks too old are forgotten (one transaction)."""
         now = self._clock()
-        await self._query(
-            "ack",
-            lambda c: c.execute(
+
+        def ack(c: sqlite3.Connection) -> None:
+            c.execute("DELETE FROM esm_acks WHERE beat_at < ?", (now - ACK_RETENTION_SECONDS,))
+            c.execute(
                 "INSERT INTO esm_acks (replica, applied, beat_at) VALUES (?, ?, ?)"
                 " ON CONFLICT (replica) DO UPDATE SET applied = excluded.applied,"
                 " beat_at = excluded.beat_at",
                 (replica, applied, now),
-            ),
-        )
+            )
+
+        await self._transaction("ack", ack)
 
     async def acks(self) -> dict[str, ReplicaAck]:
-        """Every replica's last ack."""
+        """Every replica's last ack, but those too old."""
+        oldest = self._clock() - ACK_RETENTION_SECONDS
         rows = await self._query(
-            "acks", lambda c: c.execute("SELECT replica, applied, beat_at FROM esm_acks").fetchall()
+            "acks",
+            lambda c: c.execute(
+                "SELECT replica, applied, beat_at FROM esm_acks WHERE beat_at >= ?", (oldest,)
+            ).fetchall(),
         )
         return {str(r[0]): ReplicaAck(applied=int(r[1]), beat_at=float(r[2])) for r in rows}
 
