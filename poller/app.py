@@ -17,10 +17,23 @@ Shutdown is one named procedure, :meth:`Service.request_stop`, triggered by SIGT
 4. close: targets, the checkpoint backend, AWS clients, then the embedded emulator, each step
    shielded from the drain's cancellation but bounded by :data:`CLOSE_STEP_SECONDS`.
 
+With ``control_api.enabled`` the mapping store is opened beside the checkpoints, the API is
+served (:func:`poller.control.server.serve_control_api`), and its server is the first thing to
+stop: a stop request closes it before intake stops, and a clean stop then removes this
+replica's ack from the store, so that no mapping's state waits for a replica that is gone.
+
+Which mappings run is :mod:`poller.reconcile`'s business: the file's enabled mappings start
+with the service (a target that does not build stops start-up, as before), and mappings
+created, changed or deleted at run time (the control API, ``SIGHUP``) are drained and
+restarted by it, each under the same supervisor as below. ``SIGHUP`` reloads the file given
+as ``config_path``: its mappings apply at once; a change of any other section is logged as
+needing a restart.
+
 Stopping, one signal for the service: :attr:`Service.stopping` (an event, set once by
 :meth:`Service.request_stop`) means "take nothing new, drain, then close". Every mapping runner
-gets it as its own stop signal, and every start-up wait (the lease table, a runner not started
-yet) is abandoned on it. The drain deadline is not a signal but a cancellation of the work
+has a stop event of its own, set when the service stops (or when :mod:`poller.reconcile`
+drains that one mapping for a change), and every start-up wait (the lease table, a runner not
+started yet) is abandoned on it. The drain deadline is not a signal but a cancellation of the work
 scope; a forced stop (``request_stop(force=True)``, the second signal) only moves that
 deadline to now.
 
@@ -43,12 +56,14 @@ after :data:`MAPPING_START_GRACE_SECONDS` with the ones still down listed
 
 from __future__ import annotations
 
+import functools
 import gc
 import resource
 import signal
 import time
 from contextlib import AsyncExitStack
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
@@ -56,19 +71,31 @@ from anyio.abc import TaskStatus
 
 from poller.aws.clients import ClientFactory
 from poller.aws.embedded import EMBEDDED_CREDENTIALS, EmbeddedAws
-from poller.checkpoints import Checkpoints, open_checkpoints
-from poller.config import AnyMapping, Settings
-from poller.errors import PollerError
+from poller.checkpoints import Checkpoints, SharedCheckpoints, open_checkpoints
+from poller.config import AnyMapping, Settings, load_settings
+from poller.control.context import ControlContext
+from poller.errors import ConfigError, PollerError
 from poller.leases import replica_identity
-from poller.mappings import Runner, build_mapping_target, build_runner, run_sample_traffic
+from poller.mappings import (
+    ProcessingResults,
+    Runner,
+    build_mapping_target,
+    build_runner,
+    run_sample_traffic,
+)
 from poller.observability.metrics import Metrics, NullMetrics, PrometheusMetrics
 from poller.observability.metrics.prometheus import MappingLabels
 from poller.observability.server import HealthState, serve_observability
 from poller.readiness import MappingReadiness
+from poller.reconcile import MappingHooks, MappingSet, Reconciler, StoreLink
 from poller.retry import Backoff
 from poller.streams.budget import ReadBudget
 from poller.streams.ownership import takeover_grace
 from poller.types import Target
+
+if TYPE_CHECKING:
+    from poller.control.auth import CredentialResolver
+    from poller.control.store import MappingStore
 
 __all__ = ["Service", "mapping_labels", "takeover_grace"]
 
@@ -147,13 +174,26 @@ class Service:
         *,
         start_grace: float = MAPPING_START_GRACE_SECONDS,
         own_process: bool = False,
+        config_path: str | Path | None = None,
     ) -> None:
         """``own_process``: the process is the service (``poller run``), so process-wide
         settings are ours to tune (:func:`tune_gc`); not when a test or an embedding program
-        runs the service in its own process."""
+        runs the service in its own process. ``config_path``: the file ``settings`` came from,
+        read again on ``SIGHUP`` (without it ``SIGHUP`` is ignored)."""
         self.settings = settings
         self._own_process = own_process
+        self._config_path = config_path
         self.stopping = anyio.Event()
+        #: The file's mappings now (a SIGHUP may have reloaded them; the rest of ``settings``
+        #: stays as the service started with it).
+        self.file_mappings: list[AnyMapping] = list(settings.mappings)
+        #: Each running mapping's own stop event, by name (see :meth:`_supervise_mapping`).
+        self._mapping_stops: dict[str, anyio.Event] = {}
+        self._reconciler: Reconciler | None = None
+        #: The control API's SigV4 keys (``auth: sigv4``), re-read on SIGHUP.
+        self._credentials: CredentialResolver | None = None
+        #: The control API's URL once it listens (``control_api.enabled``).
+        self.control_url: str | None = None
         #: Moves the drain deadline to now (a forced stop); not a stop signal of its own.
         self._force = anyio.Event()
         self._prometheus = (
@@ -223,12 +263,13 @@ class Service:
                 if checkpoints is None:  # stopped while the lease table did not answer
                     return
                 stack.push_async_callback(self._close_step, "checkpoint_store", checkpoints.aclose)
-                targets = await self._build_targets(clients, stack)
+                store = await self._open_mapping_store(checkpoints, stack)
+                targets = await self._build_targets(clients)
                 if self._own_process:
                     tune_gc()
                 self.health.mark_clients_connected()
                 self.health.expect_mappings([mapping.name for mapping, _ in targets])
-                await self._run_tasks(clients, checkpoints, targets)
+                await self._run_tasks(clients, checkpoints, targets, store)
         finally:
             if embedded is not None:
                 embedded.stop()
@@ -244,16 +285,35 @@ class Service:
             arn = mapping.event_source_mapping_arn(region)
             self.metrics.mapping_info(mapping.name, mapping.mapping_uuid, arn, mapping.source, True)
 
-    async def _build_targets(
-        self, clients: ClientFactory, stack: AsyncExitStack
-    ) -> list[tuple[AnyMapping, Target]]:
-        """Each enabled mapping with its target, closed when the service closes."""
+    async def _open_mapping_store(
+        self, checkpoints: Checkpoints, stack: AsyncExitStack
+    ) -> MappingStore | None:
+        """The control API's mapping store, beside the checkpoints; None with the API off."""
+        if not self.settings.control_api.enabled:
+            return None
+        # Imported only with the API on: a file-only service starts as fast as before.
+        from poller.control.backends import open_mapping_store
+
+        store = await open_mapping_store(checkpoints)
+        stack.push_async_callback(self._close_step, "mapping_store", store.aclose)
+        return store
+
+    async def _build_targets(self, clients: ClientFactory) -> list[tuple[AnyMapping, Target]]:
+        """Each enabled mapping of the file with its target (the mapping set closes them).
+        A target that does not build stops start-up: the ones built are closed first."""
         built: list[tuple[AnyMapping, Target]] = []
-        for mapping in self._enabled_mappings():
-            target = await build_mapping_target(mapping, clients=clients, metrics=self.metrics)
-            stack.push_async_callback(self._close_step, f"target {mapping.name}", target.aclose)
-            built.append((mapping, target))
+        try:
+            for mapping in self._enabled_mappings():
+                target = await self._build_target(mapping, clients)
+                built.append((mapping, target))
+        except BaseException:
+            for mapping, target in reversed(built):
+                await self._close_step(f"target {mapping.name}", target.aclose)
+            raise
         return built
+
+    async def _build_target(self, mapping: AnyMapping, clients: ClientFactory) -> Target:
+        return await build_mapping_target(mapping, clients=clients, metrics=self.metrics)
 
     async def _build_runner(
         self, mapping: AnyMapping, clients: ClientFactory, checkpoints: Checkpoints, target: Target
@@ -265,54 +325,192 @@ class Service:
             settings=self.settings,
             clients=clients,
             checkpoints=checkpoints,
-            stopping=self.stopping,
-            metrics=self.metrics,
+            stopping=self._stop_of(mapping),
+            metrics=self._runner_metrics(mapping),
             budget=self.read_budget,
         )
+
+    def _runner_metrics(self, mapping: AnyMapping) -> Metrics:
+        """The metrics a run reports to: with the control API on, a stream mapping's are
+        teed so that its invocations' outcomes make its ``LastProcessingResult``."""
+        reconciler = self._reconciler
+        if reconciler is None or not reconciler.has_store or mapping.source == "sqs":
+            return self.metrics
+        return ProcessingResults(self.metrics, reconciler.results.note)
+
+    def _stop_of(self, mapping: AnyMapping) -> anyio.Event:
+        """The stop event of ``mapping``'s current run: its drain signal."""
+        return self._mapping_stops.get(mapping.name, self.stopping)
 
     async def _run_tasks(
         self,
         clients: ClientFactory,
         checkpoints: Checkpoints,
         targets: list[tuple[AnyMapping, Target]],
+        store: MappingStore | None = None,
     ) -> None:
-        async with anyio.create_task_group() as root:
-            async with anyio.create_task_group() as work:
-                root.start_soon(
-                    self._enforce_drain_deadline, work.cancel_scope, name="drain deadline"
-                )
-                for mapping, target in targets:
-                    work.start_soon(
-                        self._supervise_mapping,
-                        mapping,
-                        clients,
-                        checkpoints,
-                        target,
-                        name=f"mapping {mapping.name}",
+        mappings = MappingSet(
+            self._mapping_hooks(clients, checkpoints),
+            targets,
+            stopping=self.stopping,
+            drain_timeout=self.settings.shutdown.drain_timeout_seconds,
+        )
+        try:
+            link = None if store is None else await self._store_link(store, checkpoints)
+            reconciler = Reconciler(mappings, self.file_mappings, stopping=self.stopping, link=link)
+            self._reconciler = reconciler
+            async with anyio.create_task_group() as root:
+                async with anyio.create_task_group() as work:
+                    root.start_soon(
+                        self._enforce_drain_deadline, work.cancel_scope, name="drain deadline"
                     )
-                embedded = self.settings.embedded
-                if embedded.enabled and embedded.traffic.enabled:
-                    await work.start(run_sample_traffic, self.settings, clients, self.stopping)
-                await self._readiness.finish_start_up()
-            log.info("shutdown.drained")
-            root.cancel_scope.cancel()
+                    await work.start(mappings.run, name="mapping set")
+                    if link is not None:
+                        self._credentials = self._credential_resolver(clients)
+                        await root.start(self._serve_control, self._control_context(link))
+                    # The desired set is read before the service is ready (API mappings too).
+                    await work.start(reconciler.run, name="reconciler")
+                    embedded = self.settings.embedded
+                    if embedded.enabled and embedded.traffic.enabled:
+                        await work.start(run_sample_traffic, self.settings, clients, self.stopping)
+                    await self._readiness.finish_start_up()
+                log.info("shutdown.drained")
+                root.cancel_scope.cancel()
+        finally:
+            self._reconciler = None
+            await mappings.close_targets()
+        if link is not None:
+            await self._close_step("replica_ack", lambda: _forget_replica(link))
+
+    def _mapping_hooks(self, clients: ClientFactory, checkpoints: Checkpoints) -> MappingHooks:
+        """How the mapping set builds, supervises, closes and reports a mapping."""
+
+        async def supervise(mapping: AnyMapping, target: Target, stop: anyio.Event) -> None:
+            await self._supervise_mapping(mapping, clients, checkpoints, target, stop=stop)
+
+        async def close(name: str, target: Target) -> None:
+            await self._close_step(f"target {name}", target.aclose)
+
+        def failed(mapping: AnyMapping, reason: str) -> None:
+            if self._reconciler is not None:
+                self._reconciler.results.problem(mapping.name, reason)
+            self._mapping_started(mapping)
+            self._readiness.mark_down(mapping.name, reason=reason)
+
+        return MappingHooks(
+            build_target=lambda mapping: self._build_target(mapping, clients),
+            supervise=supervise,
+            close_target=close,
+            started=self._mapping_started,
+            removed=self._mapping_removed,
+            failed=failed,
+        )
+
+    def _mapping_started(self, mapping: AnyMapping) -> None:
+        self._readiness.add(mapping.name)
+        self._export_identity(mapping)
+
+    def _mapping_removed(self, mapping: AnyMapping) -> None:
+        self._readiness.remove(mapping.name)
+        if self._prometheus is not None:  # its series go too (poller_mapping_info included)
+            self._prometheus.forget_mapping(mapping.name)
+
+    def _export_identity(self, mapping: AnyMapping) -> None:
+        """``poller_mapping_info`` for a mapping started at run time (as at start-up)."""
+        arn = mapping.event_source_mapping_arn(self.settings.aws.region)
+        self.metrics.mapping_info(mapping.name, mapping.mapping_uuid, arn, mapping.source, True)
+
+    async def _store_link(self, store: MappingStore, checkpoints: Checkpoints) -> StoreLink:
+        """The reconciler's view of the control API: the store, and who this replica is."""
+        control = self.settings.control_api
+        region = control.region or self.settings.aws.region
+        if isinstance(checkpoints, SharedCheckpoints):
+            replica = checkpoints.replica
+        else:
+            replica = self.settings.checkpoints.replica_id or await replica_identity()
+
+        from poller.control.cleanup import forget_checkpoints
+        from poller.control.shapes import to_mapping
+
+        async def forget(mapping: str) -> None:
+            await forget_checkpoints(checkpoints, mapping)
+
+        return StoreLink(
+            store=store,
+            settings=control,
+            region=region,
+            replica=replica,
+            to_mapping=lambda record: to_mapping(record, settings=control, region=region),
+            forget=forget,
+        )
+
+    def _credential_resolver(self, clients: ClientFactory) -> CredentialResolver | None:
+        """The key pairs ``auth: sigv4`` accepts (environment variables, Secrets Manager
+        secrets read through ``clients``); None with ``auth: none``."""
+        control = self.settings.control_api
+        if control.auth != "sigv4":
+            return None
+        from poller.control.auth import CredentialResolver
+
+        return CredentialResolver(control, clients=clients)
+
+    def _control_context(self, link: StoreLink) -> ControlContext:
+        return ControlContext(
+            settings=link.settings,
+            region=link.region,
+            store=link.store,
+            file_mappings=lambda: tuple(self.file_mappings),
+            changed=self._wake_reconciler,
+            clock=link.clock,
+        )
+
+    def _wake_reconciler(self) -> None:
+        if self._reconciler is not None:
+            self._reconciler.wake()
+
+    async def _serve_control(
+        self, ctx: ControlContext, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve the control API until a stop is requested: the first thing to close, so
+        that no change is accepted while mappings drain."""
+        from poller.control.server import serve_control_api
+
+        serve = functools.partial(serve_control_api, ctx, credentials=self._credentials)
+        async with anyio.create_task_group() as tg:
+            server = await tg.start(serve, name="control api")
+            self.control_url = server.url
+            log.info("control_api.listening", url=server.url)
+            task_status.started()
+            await self.stopping.wait()
+            tg.cancel_scope.cancel()
+        log.info("control_api.stopped")
 
     async def _supervise_mapping(
-        self, mapping: AnyMapping, clients: ClientFactory, checkpoints: Checkpoints, target: Target
+        self,
+        mapping: AnyMapping,
+        clients: ClientFactory,
+        checkpoints: Checkpoints,
+        target: Target,
+        *,
+        stop: anyio.Event | None = None,
     ) -> None:
-        """Run one mapping until shutdown, restarting it with backoff whenever its runner
-        fails; the other mappings never notice."""
+        """Run one mapping until ``stop`` (default: the service's stop), restarting it with
+        backoff whenever its runner fails; the other mappings never notice."""
         # Not ``poller.retry.retrying``: a supervisor, not a call. It restarts on anything a
         # run ends with (a bug included), resets its backoff after a healthy run, and reports
         # the mapping down meanwhile.
         name = mapping.name
+        stop = stop or self.stopping
+        self._mapping_stops[name] = stop  # the runners built for it drain on it
         self.metrics.mapping_up(name, False)
         failures = 0
         with structlog.contextvars.bound_contextvars(mapping=name):
-            while not self.stopping.is_set():
+            while not stop.is_set():
                 began = time.monotonic()
-                ran, error = await self._run_mapping_once(mapping, clients, checkpoints, target)
-                if self.stopping.is_set():
+                ran, error = await self._run_mapping_once(
+                    mapping, clients, checkpoints, target, stop=stop
+                )
+                if stop.is_set():
                     if error is not None:  # its drain did not finish: what it held is unsettled
                         log.error("mapping.crashed", mapping=name, error=error, restart_in_s=None)
                     return
@@ -328,10 +526,16 @@ class Service:
                     restart_in_s=round(wait, 2),
                 )
                 with anyio.move_on_after(wait):
-                    await self.stopping.wait()
+                    await stop.wait()
 
     async def _run_mapping_once(
-        self, mapping: AnyMapping, clients: ClientFactory, checkpoints: Checkpoints, target: Target
+        self,
+        mapping: AnyMapping,
+        clients: ClientFactory,
+        checkpoints: Checkpoints,
+        target: Target,
+        *,
+        stop: anyio.Event | None = None,
     ) -> tuple[bool, str | None]:
         """One run of a mapping: whether its runner started, and the error that ended it
         (None if it returned).
@@ -342,7 +546,9 @@ class Service:
         started = anyio.Event()
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._abandon_start_on_stop, started, tg.cancel_scope)
+                tg.start_soon(
+                    self._abandon_start_on_stop, started, tg.cancel_scope, stop or self.stopping
+                )
                 runner = await self._build_runner(mapping, clients, checkpoints, target)
                 await tg.start(
                     self._run_runner, runner, tg.cancel_scope, name=f"runner {mapping.name}"
@@ -372,27 +578,86 @@ class Service:
         await runner.run(task_status=task_status)
         run_scope.cancel()
 
-    async def _abandon_start_on_stop(self, started: anyio.Event, scope: anyio.CancelScope) -> None:
+    async def _abandon_start_on_stop(
+        self, started: anyio.Event, scope: anyio.CancelScope, stop: anyio.Event
+    ) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_cancel_when_set, started, tg.cancel_scope)
-            tg.start_soon(_cancel_when_set, self.stopping, tg.cancel_scope)
+            tg.start_soon(_cancel_when_set, stop, tg.cancel_scope)
         if not started.is_set():
             scope.cancel()
 
     async def _signal_loop(self) -> None:
         """SIGTERM/SIGINT start the shutdown; a second one, a second or more later, forces it.
+        SIGHUP reloads the configuration file (:meth:`reload_config`).
 
         Repeats within a second count as the same request: supervisors such as ``timeout``
         signal both the process and its group, which delivers one request twice.
         """
         first_at: float | None = None
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                now = time.monotonic()
-                force = first_at is not None and now - first_at >= SIGNAL_REPEAT_SECONDS
-                first_at = first_at if first_at is not None else now
-                log.info("signal.received", signal=signal.Signals(signum).name, forced=force)
-                self.request_stop(force=force)
+        # A reload runs beside the loop (it reads a file, maybe a secret), so that a SIGTERM
+        # is never kept waiting by it; reloads run one at a time, in order.
+        one_at_a_time = anyio.Lock()
+
+        async def reload() -> None:
+            async with one_at_a_time:
+                await self.reload_config()
+
+        async with anyio.create_task_group() as reloads:
+            with anyio.open_signal_receiver(
+                signal.SIGTERM, signal.SIGINT, signal.SIGHUP
+            ) as signals:
+                async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        log.info("signal.received", signal="SIGHUP")
+                        reloads.start_soon(reload, name="config reload")
+                        continue
+                    now = time.monotonic()
+                    force = first_at is not None and now - first_at >= SIGNAL_REPEAT_SECONDS
+                    first_at = first_at if first_at is not None else now
+                    log.info("signal.received", signal=signal.Signals(signum).name, forced=force)
+                    self.request_stop(force=force)
+
+    async def reload_config(self) -> bool:
+        """Read the configuration file again and apply its mappings (drained and restarted
+        as changes through the API are); whether it applied. An invalid file changes nothing
+        (``config.reload_failed``); a change to any other section is only logged
+        (``config.reload_needs_restart``), since it needs a restart."""
+        if self._config_path is None:
+            log.warning("config.reload_unavailable", reason="the service was given no file")
+            return False
+        try:
+            new = await anyio.to_thread.run_sync(load_settings, self._config_path)
+        except ConfigError as exc:
+            log.error(  # noqa: TRY400 - the problems are the message; no traceback
+                "config.reload_failed", path=str(self._config_path), problems=exc.problems
+            )
+            return False
+        others = _sections_needing_restart(self.settings, new)
+        if others:
+            log.warning(
+                "config.reload_needs_restart",
+                sections=others,
+                hint="only mappings apply without a restart; the rest stays as started",
+            )
+        await self._reload_credentials(new)
+        self.file_mappings = list(new.mappings)
+        if self._reconciler is not None:
+            self._reconciler.replace_file_mappings(self.file_mappings)
+        log.info("config.reloaded", mappings=[m.name for m in new.mappings])
+        return True
+
+    async def _reload_credentials(self, new: Settings) -> None:
+        """The control API's SigV4 keys, read again from the reloaded file's sources; a
+        source that cannot be read keeps the keys the API has."""
+        if self._credentials is None or new.control_api.auth != "sigv4":
+            return
+        try:
+            await self._credentials.reload(new.control_api)
+        except ConfigError as exc:
+            log.error(  # noqa: TRY400 - the problems are the message; no traceback
+                "config.reload_failed", path=str(self._config_path), problems=exc.problems
+            )
 
     async def _enforce_drain_deadline(self, work_scope: anyio.CancelScope) -> None:
         await self.stopping.wait()
@@ -435,6 +700,24 @@ def _client_factory(settings: Settings, embedded_url: str | None) -> ClientFacto
             region=aws.region, endpoint_url=embedded_url, credentials=EMBEDDED_CREDENTIALS
         )
     return ClientFactory(region=aws.region, endpoint_url=aws.endpoint_url, endpoints=aws.endpoints)
+
+
+def _sections_needing_restart(running: Settings, new: Settings) -> list[str]:
+    """The sections of ``new`` that differ from ``running`` and a reload cannot apply: all
+    but ``mappings`` and the control API's credentials."""
+    changed = []
+    for name in type(new).model_fields:
+        before, after = getattr(running, name), getattr(new, name)
+        if name == "control_api":
+            after = after.model_copy(update={"credentials": before.credentials})
+        if name != "mappings" and after != before:
+            changed.append(name)
+    return changed
+
+
+async def _forget_replica(link: StoreLink) -> None:
+    """Remove this replica's ack at a clean stop: the API's states stop waiting for it."""
+    await link.store.forget_replica(link.replica)
 
 
 async def _cancel_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None:

@@ -3,11 +3,14 @@ commands of :mod:`poller.operations` (``redrive``, ``replay``, ``rewind``).
 
 The CLI is the only place that turns user errors into exit codes: configuration problems are
 printed as one line per bad field, without a traceback, and exit with status 2. A clean
-shutdown after SIGTERM or SIGINT exits 0.
+shutdown after SIGTERM or SIGINT exits 0. ``run`` gives the service its file's path, read
+again on SIGHUP (:meth:`poller.app.Service.reload_config`).
 
 ``validate`` checks what ``run`` would refuse at start-up without touching AWS: the file, and
-(unless ``--config-only``) on this host that each Python handler imports, that the SQLite
-checkpoint file can be created or written, and that the observability address can be bound.
+(unless ``--config-only``) on this host that each Python handler imports (those of
+``control_api.functions`` too), that the SQLite checkpoint file can be created or written, and
+that the observability and control API addresses can be bound. A file with no mapping is valid
+when the control API is on.
 It cannot check AWS resources, credentials or permissions, and says so.
 """
 
@@ -100,10 +103,17 @@ def _validate(path: str, print_config: bool, config_only: bool = False) -> int:
             )
     if print_config:
         print(json.dumps(redacted_settings(settings), indent=2))  # noqa: T201 - CLI output
-    names = ", ".join(m.name for m in settings.mappings)
-    print(f"{path}: valid ({len(settings.mappings)} mapping(s): {names})")  # noqa: T201 - CLI output
+    print(f"{path}: valid ({_mappings_summary(settings)})")  # noqa: T201 - CLI output
     print(NOT_CHECKED)  # noqa: T201 - CLI output
     return EXIT_OK
+
+
+def _mappings_summary(settings: Settings) -> str:
+    """The mappings ``validate`` found, or why none is fine (the control API is on)."""
+    if not settings.mappings:
+        return "0 mappings: they are created through the control API"
+    names = ", ".join(m.name for m in settings.mappings)
+    return f"{len(settings.mappings)} mapping(s): {names}"
 
 
 def host_problems(settings: Settings) -> list[str]:
@@ -112,6 +122,7 @@ def host_problems(settings: Settings) -> list[str]:
         *_handler_problems(settings),
         *_checkpoint_problems(settings.checkpoints),
         *_address_problems(settings.observability),
+        *_control_api_problems(settings),
     ]
 
 
@@ -129,6 +140,26 @@ def _handler_problems(settings: Settings) -> list[str]:
             if problem:
                 where = f"mappings[{index}] ({mapping.name[:80]}).target.handler"
                 problems.append(_one_line(f"{where}: {problem}"))
+    return problems
+
+
+def _control_api_problems(settings: Settings) -> list[str]:
+    """With the control API on: the Python handlers its ``functions`` name must import, and
+    its address must be free, as for the mappings' handlers and the observability address."""
+    control = settings.control_api
+    if not control.enabled:
+        return []
+    problems = []
+    for name, target in control.functions.items():
+        if isinstance(target, PythonTargetConfig):
+            problem = _import_problem(target.handler, HANDLER_IMPORT_SECONDS)
+            if problem:
+                problems.append(_one_line(f"control_api.functions.{name}.handler: {problem}"))
+    problem = _bind_problem(control.host, control.port)
+    if problem:
+        problems.append(
+            f"control_api: {problem}; free the port or set control_api.host/control_api.port"
+        )
     return problems
 
 
@@ -202,7 +233,16 @@ def _address_problems(observability: ObservabilitySettings) -> list[str]:
     host only). The server uses SO_REUSEADDR, so the check does too."""
     if not observability.enabled:
         return []
-    host, port = observability.host, observability.port
+    problem = _bind_problem(observability.host, observability.port)
+    if problem:
+        return [
+            f"observability: {problem}; free the port or set observability.host/observability.port"
+        ]
+    return []
+
+
+def _bind_problem(host: str, port: int) -> str | None:
+    """Why ``host``:``port`` cannot be listened on now, or None."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         with socket.socket(family, socket.SOCK_STREAM) as probe:
@@ -212,11 +252,8 @@ def _address_problems(observability: ObservabilitySettings) -> list[str]:
         written = repr(host)[1:-1]  # escaped, so the problem stays on one line
         shown = f"[{written}]:{port}" if ":" in host else f"{written}:{port}"
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-        return [
-            f"observability: cannot listen on {shown}: {reason}; free the port or "
-            "set observability.host/observability.port"
-        ]
-    return []
+        return f"cannot listen on {shown}: {reason}"
+    return None
 
 
 def _status(path: str, as_json: bool) -> int:
@@ -248,7 +285,7 @@ def _run(path: str) -> int:
     # process-wide, so it is thrown here, where the process is the service.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     try:
-        anyio.run(Service(settings, own_process=True).run)
+        anyio.run(Service(settings, own_process=True, config_path=path).run)
     except BaseExceptionGroup as group:
         # An error of ours raised inside the task groups (a taken port, a missing lease table,
         # no credentials) arrives wrapped; show it as one clear line, not a traceback.

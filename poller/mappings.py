@@ -15,12 +15,20 @@ Data flow (called by the composition root, :mod:`poller.app`)::
 Nothing here runs anything: a runner is built afresh for every run of a mapping (a crashed
 runner's state is dropped), and the service supervises it.
 
+A stream mapping created through the control API reports to a :class:`ProcessingResults` tee:
+every hook goes on to the service's metrics, and each invocation's outcome is also noted for
+the mapping's ``LastProcessingResult`` (written to the store by :mod:`poller.reconcile`, off
+the invoke path).
+
 Every client here is in the region of the mapping's source ARN, except for a DynamoDB Local
 stream (region ``ddblocal``): its clients and its target take ``aws.region`` (the client
 factory's), while the ARN itself still goes verbatim into every request, checkpoint and event.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
@@ -44,6 +52,24 @@ from poller.targets import build_target
 from poller.types import Target
 
 Runner = StreamMappingRunner | SqsMappingRunner
+
+
+class ProcessingResults(Metrics):
+    """A tee of a runner's metrics: every hook goes on to ``inner`` unchanged, and each
+    invocation's outcome (``success``, ``function_error``...) also goes to
+    ``note(mapping, outcome)``, which must only record it (it runs on the invoke path)."""
+
+    def __init__(self, inner: Metrics, note: Callable[[str, str], None]) -> None:
+        self._inner = inner
+        self._note = note
+
+    def _report(self, hook: str, args: tuple[Any, ...]) -> None:
+        self._inner._report(hook, args)
+        if hook == "invocation":
+            self._note(args[0], args[1])
+
+    def _wrong_call(self, hook: str, error: TypeError) -> None:
+        self._inner._wrong_call(hook, error)
 
 
 async def build_mapping_target(

@@ -10,6 +10,11 @@ Data flow (one :class:`MappingReadiness` per service, fed by its mapping supervi
                             mapping.down log lines (each said once per change)
     start-up           --finish_start_up--> ``ready``: every mapping up, or the start grace
                          over with the ones still down reported (they keep retrying)
+    poller.reconcile   --add / remove--> the mappings expected (started or gone at run time)
+
+A mapping added once the service is ready is reported up or down as any other, but never
+makes the service not ready again: ``/readyz`` keeps its start-up verdict, so a mapping
+created through the control API cannot take a replica out of its load balancer.
 
 A running mapping is reported down only once its source (or the lease table) has not answered
 for :data:`MAPPING_DOWN_AFTER_SECONDS`: one failed call that the next attempt repairs is not an
@@ -48,7 +53,7 @@ class MappingReadiness:
         start_grace: float,
         stopping: anyio.Event,
     ) -> None:
-        self._names = names
+        self._names = list(names)
         self._health = health
         self._metrics = metrics
         self._start_grace = start_grace
@@ -101,6 +106,28 @@ class MappingReadiness:
             with anyio.move_on_after(REACHABILITY_CHECK_SECONDS):
                 await self._stopping.wait()
 
+    def add(self, name: str) -> None:
+        """Expect ``name`` too (a mapping started at run time). A mapping expected already
+        is starting again (after a change): its new run reports it up anew."""
+        if name in self._names:
+            self._up.discard(name)
+            return
+        self._names.append(name)
+        if not self.ready.is_set() and self._all_up.is_set():
+            self._all_up = anyio.Event()  # start-up waits for this one too
+        self._health.expect_mappings(self._names)
+
+    def remove(self, name: str) -> None:
+        """Stop expecting ``name`` (a mapping disabled, deleted or renamed)."""
+        if name not in self._names:
+            return
+        self._names.remove(name)
+        self._up.discard(name)
+        self._reported_down.discard(name)
+        self._health.mark_mapping_down(name)
+        self._health.expect_mappings(self._names)
+        self._check_all_up()
+
     def mark_up(self, name: str) -> None:
         if name in self._up:
             return
@@ -109,7 +136,10 @@ class MappingReadiness:
         self._health.mark_mapping_started(name)
         self._metrics.mapping_up(name, True)
         log.info("mapping.up", mapping=name)
-        if len(self._up) == len(self._names):
+        self._check_all_up()
+
+    def _check_all_up(self) -> None:
+        if set(self._names) <= self._up:
             self._all_up.set()
 
     def mark_down(self, name: str, *, reason: str) -> None:

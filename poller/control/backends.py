@@ -39,7 +39,7 @@ async def open_mapping_store(checkpoints: Checkpoints) -> MappingStore:
     if isinstance(checkpoints, SharedCheckpoints):
         table = checkpoints.table
         if isinstance(table, DynamoDBLeaseTable):
-            return DynamoDBMappingStore(table.calls)
+            return DynamoDBMappingStore(table.table_calls)
         return _memory_store_of(table)  # the in-memory twin of the lease table (tests)
     if isinstance(checkpoints.store, SqliteCheckpointStore):
         return await SqliteMappingStore(checkpoints.store).open()

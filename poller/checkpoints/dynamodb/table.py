@@ -72,7 +72,7 @@ class DynamoDBLeaseTable(LeaseView, MemberItem):
         self.has_view_index: bool | None = None
 
     @property
-    def calls(self) -> TableCalls:
+    def table_calls(self) -> TableCalls:
         """This table's requests, for the items that live beside the leases (the control
         API's mapping records, :mod:`poller.control.store_dynamodb`)."""
         return self._calls

@@ -90,6 +90,10 @@ class _Children(Generic[_M]):
     def __contains__(self, values: _Labels) -> bool:
         return values in self._children
 
+    def label_sets(self) -> list[_Labels]:
+        """The label values of every series made so far."""
+        return list(self._children)
+
     def remove(self, values: _Labels) -> None:
         """Forget the series with these label values; a no-op when there is none."""
         self._children.pop(values, None)
@@ -121,6 +125,11 @@ class _ScrapeAge(Collector):
     def forget(self, values: _Labels) -> None:
         with self._lock:
             self._touched_at.pop(values, None)
+
+    def label_sets(self) -> list[_Labels]:
+        """The label values of every series touched and not forgotten."""
+        with self._lock:
+            return list(self._touched_at)
 
     def describe(self) -> Iterable[Metric]:
         """Declare the name to the registry without computing values."""
@@ -215,6 +224,10 @@ class PrometheusMetrics(Metrics):
         self._clock = clock
         self._mapping_labels = mapping_labels
         self._failed_hooks: set[str] = set()
+        #: Per series labelled by mapping: where its mapping label is, and its series.
+        self._by_mapping: list[
+            tuple[int, Callable[[_Labels], None], Callable[[], list[_Labels]]]
+        ] = []
         steps: defaultdict[str, list[_Step]] = defaultdict(list)
         for spec in specs:
             self._add(spec, steps)
@@ -224,6 +237,14 @@ class PrometheusMetrics(Metrics):
     def render(self) -> bytes:
         """The registry in the Prometheus text format (content type ``CONTENT_TYPE_LATEST``)."""
         return generate_latest(self.registry)
+
+    def forget_mapping(self, mapping: str) -> None:
+        """Drop every series of ``mapping`` (a mapping deleted at run time), so that a
+        mapping that is gone does not linger on dashboards with its last values."""
+        for at, forget, label_sets in self._by_mapping:
+            for values in label_sets():
+                if values[at] == mapping:
+                    forget(values)
 
     def _report(self, hook: str, args: _Args) -> None:
         """Run the hook's updates; a failure is counted, never raised (a metric must never
@@ -254,10 +275,14 @@ class PrometheusMetrics(Metrics):
             self.registry.register(age)
             steps[spec.hook].append(lambda args: age.touch(labels(args)))
             forget: Callable[[_Labels], None] = age.forget
+            made: Callable[[], list[_Labels]] = age.label_sets
         else:
             children = self._children(spec, names)
             steps[spec.hook].append(self._update(spec, children, labels))
             forget = children.remove
+            made = children.label_sets
+        if "mapping" in spec.labels:
+            self._by_mapping.append((spec.labels.index("mapping"), forget, made))
         if spec.forgotten_by is not None:
             forgotten = self._with_mapping_labels(spec, _picker(spec.forgotten_by, spec.labels))
             steps[spec.forgotten_by].append(lambda args: forget(forgotten(args)))
