@@ -113,12 +113,14 @@ async def create_mapping(ctx: ControlContext, body: Any) -> Answer:
 async def get_mapping(ctx: ControlContext, uuid: str) -> Answer:
     """GetEventSourceMapping: 200, or 404."""
     uuid = _checked_uuid(uuid)
-    record = await ctx.store.get(uuid)
-    if record is not None:
-        return 200, await _render(ctx, record)
+    # The file's mapping first: with a record of the same UUID it is the file's that runs
+    # (poller.reconcile), so it is the one to show.
     mapping = _file_mapping(ctx, uuid)
     if mapping is not None:
         return 200, shapes.render_file_mapping(mapping, region=ctx.region)
+    record = await ctx.store.get(uuid)
+    if record is not None:
+        return 200, await _render(ctx, record)
     raise not_found()
 
 
@@ -283,15 +285,15 @@ async def _all_rendered(ctx: ControlContext) -> list[dict[str, Any]]:
     """Every mapping, file and API, rendered, in UUID order."""
     records = await ctx.store.records()
     acks, now = await ctx.store.acks(), ctx.clock()
+    files = ctx.file_mappings()
+    in_file = {m.mapping_uuid for m in files}
+    # A record shadowed by a file mapping of its UUID does not run (poller.reconcile).
     rendered = [
         shapes.render_record(r, mapping_state(r, acks, now), region=ctx.region)
         for r in records.values()
+        if r.uuid not in in_file
     ]
-    rendered += [
-        shapes.render_file_mapping(m, region=ctx.region)
-        for m in ctx.file_mappings()
-        if m.mapping_uuid not in records
-    ]
+    rendered += [shapes.render_file_mapping(m, region=ctx.region) for m in files]
     return sorted(rendered, key=lambda item: str(item["UUID"]))
 
 

@@ -292,3 +292,46 @@ def test_the_memory_store_contract() -> None:
         await store.aclose()
 
     anyio.run(main)
+
+
+# --- a file mapping shadows a record of its UUID ------------------------------------------
+
+
+def test_a_file_mapping_shadows_a_record_of_its_uuid_in_get_and_list() -> None:
+    """The reconciler runs the file's mapping when a record has its UUID, so the API shows
+    that one, once."""
+    from pydantic import TypeAdapter
+
+    from poller.config import AnyMapping, MappingConfig
+    from poller.control import operations
+    from poller.control.context import ControlContext
+
+    uuid = "0f5b6c2e-8d1a-4c3b-9e7f-123456789abc"
+    file_mapping: AnyMapping = TypeAdapter(MappingConfig).validate_python(
+        {
+            "name": "from-file",
+            "uuid": uuid,
+            "event_source_arn": SOURCE,
+            "starting_position": "LATEST",
+            "batch_size": 7,
+            "target": {"type": "lambda", "function_name": "from-file-fn"},
+        }
+    )
+
+    async def main() -> None:
+        store = MemoryMappingStore()
+        await store.create(record(uuid, request={**record().request, "BatchSize": 3}), limit=5)
+        ctx = ControlContext(
+            settings=ControlApiSettings(enabled=True),
+            region="us-east-1",
+            store=store,
+            file_mappings=lambda: (file_mapping,),
+            changed=lambda: None,
+        )
+        status, body = await operations.get_mapping(ctx, uuid)
+        assert (status, body is not None and body["BatchSize"]) == (200, 7)
+        status, listed = await operations.list_mappings(ctx, {})
+        assert listed is not None
+        assert [m["BatchSize"] for m in listed["EventSourceMappings"]] == [7]
+
+    anyio.run(main)
