@@ -411,6 +411,9 @@ class Service:
         self._export_identity(mapping)
 
     def _mapping_removed(self, mapping: AnyMapping) -> None:
+        # Its run has drained: nothing waits on its stop event any more (weeks of API
+        # creates and deletes must not keep one each).
+        self._mapping_stops.pop(mapping.name, None)
         self._readiness.remove(mapping.name)
         if self._prometheus is not None:  # its series go too (poller_mapping_info included)
             self._prometheus.forget_mapping(mapping.name)
@@ -430,10 +433,15 @@ class Service:
             replica = self.settings.checkpoints.replica_id or await replica_identity()
 
         from poller.control.cleanup import forget_checkpoints
-        from poller.control.shapes import to_mapping
+        from poller.control.shapes import render_file_mapping, to_mapping
+        from poller.control.store import pair_key
 
         async def forget(mapping: str) -> None:
             await forget_checkpoints(checkpoints, mapping)
+
+        def pair_of(mapping: AnyMapping) -> str:
+            shown = render_file_mapping(mapping, region=region)
+            return pair_key(str(shown["FunctionArn"]), mapping.event_source_arn)
 
         return StoreLink(
             store=store,
@@ -442,6 +450,7 @@ class Service:
             replica=replica,
             to_mapping=lambda record: to_mapping(record, settings=control, region=region),
             forget=forget,
+            pair_of=pair_of,
         )
 
     def _credential_resolver(self, clients: ClientFactory) -> CredentialResolver | None:

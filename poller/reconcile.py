@@ -24,7 +24,12 @@ applied, so that the API's state does not hang on it.
 :class:`Reconciler` turns the sources into that desired set: the file's mappings, and, with
 the control API on, the store's records, read whenever the store's head moved (it is polled
 every ``control_api.poll_interval_seconds``) or this replica wrote (:meth:`Reconciler.wake`).
-A store outage keeps the running set as it is, and is logged once per outage.
+A store outage keeps the running set as it is, and is logged once per outage; so does any
+other failure of a pass (an item that does not parse, a bug), logged with its traceback. The
+replica beats (acks the revision it applied before) for the whole of a pass, so that a slow
+store read or a long drain never makes it look dead to its peers while it still runs the old
+configuration. A stop abandons a pass (a store call that hangs) at once, except inside the
+mapping set's apply, whose drains are the shutdown's own.
 
 :class:`ProcessingResultLog` keeps each API stream mapping's latest ``LastProcessingResult``
 (noted on the invoke path by :class:`poller.mappings.ProcessingResults`, a dict write); the
@@ -78,6 +83,11 @@ class ProcessingResultLog:
     def problem(self, mapping: str, reason: str) -> None:
         """The mapping cannot run (its target did not build)."""
         self._latest[mapping] = f"PROBLEM: {reason}"
+
+    def forget(self, mapping: str) -> None:
+        """A deleted mapping's results go with it (weeks of creates and deletes)."""
+        self._latest.pop(mapping, None)
+        self._written.pop(mapping, None)
 
     async def flush(self, store: MappingStore, mappings: Collection[str]) -> None:
         """Write the results of ``mappings`` that changed, each at most every
@@ -194,19 +204,23 @@ class MappingSet:
     async def _drain(self, run: _Run) -> None:
         """Stop ``run`` at a batch boundary, within the drain timeout, and close its target."""
         run.stop.set()
-        with anyio.move_on_after(self._drain_timeout):
-            await run.done.wait()
-        if not run.done.is_set():
-            # Past the deadline the work in flight is cancelled; unsettled records are
-            # re-delivered from the checkpoint by the next run (at least once, never lost).
-            log.warning(
-                "mapping.drain_deadline", mapping=run.mapping.name, limit_s=self._drain_timeout
-            )
-            run.scope.cancel()
-            await run.done.wait()
-        if run.target is not None:
-            await self._hooks.close_target(run.mapping.name, run.target)
-            run.target = None
+        try:
+            with anyio.move_on_after(self._drain_timeout):
+                await run.done.wait()
+            if not run.done.is_set():
+                # Past the deadline the work in flight is cancelled; unsettled records are
+                # re-delivered from the checkpoint by the next run (at least once, never lost).
+                log.warning(
+                    "mapping.drain_deadline", mapping=run.mapping.name, limit_s=self._drain_timeout
+                )
+                run.scope.cancel()
+                await run.done.wait()
+        finally:
+            # Also when the service's own drain deadline (or a forced stop) cuts this drain
+            # short: the run is no longer in the set, so close_targets would not close it.
+            if run.target is not None:
+                await self._hooks.close_target(run.mapping.name, run.target)
+                run.target = None
 
     async def _start(self, mapping: AnyMapping) -> None:
         try:
@@ -257,6 +271,8 @@ class StoreLink:
         to_mapping: a record's mapping (:func:`poller.control.shapes.to_mapping`, bound).
         forget: removes a finalized mapping's checkpoints (called only when
             ``delete_checkpoints``).
+        pair_of: a file mapping's pair key (its function ARN as the API shows it, and its
+            source), as the store keys records' pairs; None: file mappings shadow by UUID only.
         clock: epoch seconds, for the acks' liveness.
     """
 
@@ -266,6 +282,7 @@ class StoreLink:
     replica: str
     to_mapping: Callable[[MappingRecord], AnyMapping]
     forget: Callable[[str], Awaitable[None]]
+    pair_of: Callable[[AnyMapping], str] | None = None
     clock: Callable[[], float] = time.time
 
 
@@ -289,6 +306,9 @@ class Reconciler:
         #: The head revision last applied, and when it was last acked (monotonic).
         self._applied: int | None = None
         self._acked_at = 0.0
+        self._ack_lock = anyio.Lock()
+        #: Held while the mapping set applies: a stop abandons a pass only outside it.
+        self._applying = anyio.Lock()
         self._outage = 0
         #: Finalized deletes whose checkpoints are still to be removed.
         self._unforgotten: set[str] = set()
@@ -315,13 +335,28 @@ class Reconciler:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """One pass at once (start-up reads the desired set before it reports started), then
         one whenever something changed, until the service stops."""
-        await self._step(force=True)
+        await self._step_until_stopped(force=True)
         task_status.started()
         while not self._stopping.is_set():
             woken = await self._sleep()
             if self._stopping.is_set():
                 return
-            await self._step(force=woken)
+            await self._step_until_stopped(force=woken)
+
+    async def _step_until_stopped(self, *, force: bool) -> None:
+        """One pass, abandoned when the service stops, but never inside the mapping set's
+        apply (a drain cut there would leave a run nobody stops): a store call that hangs
+        (an outage that times out slowly) must not hold the shutdown until the drain
+        deadline, past the mappings' own drain."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._abandon_on_stop, tg.cancel_scope)
+            await self._step(force=force)
+            tg.cancel_scope.cancel()
+
+    async def _abandon_on_stop(self, scope: anyio.CancelScope) -> None:
+        await self._stopping.wait()
+        async with self._applying:
+            scope.cancel()
 
     async def _sleep(self) -> bool:
         """Wait for the next poll, a wake-up or the stop; whether woken."""
@@ -343,35 +378,52 @@ class Reconciler:
 
     async def _step(self, *, force: bool) -> None:
         if self._link is None:
-            await self._set.apply(self._desired())
+            async with self._applying:
+                await self._set.apply(self._desired())
             return
         try:
             await self._sync(self._link, force=force)
-        except CheckpointError as exc:
-            self._outage += 1
-            if self._outage == 1:
-                log.warning(
-                    "mapping_store.unavailable",
-                    error=str(exc),
-                    hint="the running mappings keep their configuration; retrying",
-                )
+        except Exception as exc:  # noqa: BLE001 - an outage, an unreadable item, a bug: never the end
+            # (The pass runs in a task group beside its heartbeat: errors come grouped.) A
+            # store answer that does not parse (a corrupt or hand-edited item) or a bug here
+            # would otherwise end the task group, and with it every mapping.
+            leaf = _leaf(exc)
+            if isinstance(leaf, CheckpointError):
+                self._pass_failed("mapping_store.unavailable", str(leaf))
+            else:
+                self._pass_failed("reconcile.pass_failed", _describe(exc), traceback=True)
             return
         if self._outage:
             log.info("mapping_store.recovered", after_attempts=self._outage)
             self._outage = 0
 
+    def _pass_failed(self, event: str, error: str, *, traceback: bool = False) -> None:
+        """A pass cut short (the store, or a bug): logged once until a pass succeeds,
+        retried with the store's backoff."""
+        self._outage += 1
+        if self._outage == 1:
+            report = log.exception if traceback else log.warning
+            hint = "the running mappings keep their configuration; retrying"
+            report(event, error=error, hint=hint)
+
     async def _sync(self, link: StoreLink, *, force: bool) -> None:
+        """One pass, beating meanwhile: a drain, or a store read slow to answer, may outlast
+        a replica's liveness; the beat (with the revision applied before) makes states and
+        deletes wait for this replica instead of skipping it as dead while it still runs
+        the old configuration."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._beat, link)
+            await self._pass(link, force=force)
+            tg.cancel_scope.cancel()
+
+    async def _pass(self, link: StoreLink, *, force: bool) -> None:
         """Apply the store's records if its head moved (or ``force``), then ack; beat every
         ACK_INTERVAL_SECONDS; finalize the deletes every replica has drained."""
         head = await link.store.head()
         if force or head != self._applied:
             self._records = await link.store.records()
-            async with anyio.create_task_group() as tg:
-                # A drain may outlast a replica's liveness: beat meanwhile, with the revision
-                # applied before, so that states wait for this replica instead of skipping it.
-                tg.start_soon(self._beat, link)
+            async with self._applying:
                 await self._set.apply(self._desired())
-                tg.cancel_scope.cancel()
             # Only now: every drain and start this pass needed is done.
             await self._ack(link, head)
         elif time.monotonic() - self._acked_at >= ACK_INTERVAL_SECONDS:
@@ -382,24 +434,48 @@ class Reconciler:
     async def _beat(self, link: StoreLink) -> None:
         while True:
             await anyio.sleep(max(0.0, self._acked_at + ACK_INTERVAL_SECONDS - time.monotonic()))
-            with contextlib.suppress(CheckpointError):  # an outage: the pass's ack reports it
-                await link.store.ack(link.replica, self._applied or 0)
-            self._acked_at = time.monotonic()
+            # Under the lock: a beat in flight never lands after, and undoes, a newer ack.
+            async with self._ack_lock:
+                if time.monotonic() - self._acked_at < ACK_INTERVAL_SECONDS:
+                    continue  # the pass acked meanwhile: one write per interval is enough
+                with contextlib.suppress(CheckpointError):  # an outage: the pass reports it
+                    await link.store.ack(link.replica, self._applied or 0)
+                self._acked_at = time.monotonic()
 
     async def _ack(self, link: StoreLink, head: int) -> None:
-        await link.store.ack(link.replica, head)
-        self._applied, self._acked_at = head, time.monotonic()
+        async with self._ack_lock:
+            await link.store.ack(link.replica, head)
+            self._applied, self._acked_at = head, time.monotonic()
 
     def _desired(self) -> dict[str, AnyMapping]:
-        """The file's mappings, then the store's (a store record never shadows the file's)."""
+        """The file's mappings, then the store's (a store record never shadows the file's,
+        by UUID or by pair: a file reloaded with the function and source of an API mapping
+        would otherwise invoke the function twice with every record, once per mapping)."""
         desired = {mapping.mapping_uuid: mapping for mapping in self._file}
+        file_pairs = self._file_pairs()
         for uuid, record in self._records.items():
             if record.desired == "Deleted" or uuid in desired:
+                continue
+            owner = file_pairs.get(record.pair_key)
+            if owner is not None:
+                self._shadowed(record, owner)
                 continue
             mapping = self._mapping_of(record)
             if mapping is not None:
                 desired[uuid] = mapping
         return desired
+
+    def _file_pairs(self) -> dict[str, str]:
+        """The file's mappings' names by pair key (with the store on)."""
+        pair_of = None if self._link is None else self._link.pair_of
+        if pair_of is None:
+            return {}
+        return {pair_of(mapping): mapping.name for mapping in self._file}
+
+    def _shadowed(self, record: MappingRecord, owner: str) -> None:
+        reason = f"the configuration file's mapping '{owner}' has this function and source"
+        log.error("mapping.unusable", mapping=record.uuid, problems=[reason])
+        self.results.problem(record.uuid, reason)
 
     def _mapping_of(self, record: MappingRecord) -> AnyMapping | None:
         """The record's mapping; None (it does not run, and says why in its
@@ -424,6 +500,7 @@ class Reconciler:
         no-ops), then their checkpoints."""
         for uuid in [u for u in self._finalizing if u not in self._records]:
             self._finalizing.discard(uuid)
+            self.results.forget(uuid)
             if link.settings.delete_checkpoints:
                 self._unforgotten.add(uuid)
         deleted = [r for r in self._records.values() if r.desired == "Deleted"]
@@ -435,6 +512,7 @@ class Reconciler:
             if await link.store.finalize_delete(record.uuid, record.revision):
                 self._finalizing.discard(record.uuid)
                 self._records.pop(record.uuid, None)
+                self.results.forget(record.uuid)
                 log.info("mapping.deleted", mapping=record.uuid)
                 if link.settings.delete_checkpoints:
                     self._unforgotten.add(record.uuid)
@@ -454,8 +532,13 @@ async def _cancel_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None
     scope.cancel()
 
 
+def _leaf(exc: BaseException) -> BaseException:
+    """The first leaf of an exception group (``exc`` itself when not a group)."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
 def _describe(exc: BaseException) -> str:
-    leaf = exc
-    while isinstance(leaf, BaseExceptionGroup):
-        leaf = leaf.exceptions[0]
+    leaf = _leaf(exc)
     return f"{type(leaf).__name__}: {leaf}"
