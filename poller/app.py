@@ -72,7 +72,7 @@ from anyio.abc import TaskStatus
 from poller.aws.clients import ClientFactory
 from poller.aws.embedded import EMBEDDED_CREDENTIALS, EmbeddedAws
 from poller.checkpoints import Checkpoints, SharedCheckpoints, open_checkpoints
-from poller.config import AnyMapping, Settings, load_settings
+from poller.config import AnyMapping, PythonTargetConfig, Settings, load_settings
 from poller.control.context import ControlContext
 from poller.errors import ConfigError, PollerError
 from poller.leases import replica_identity
@@ -91,6 +91,7 @@ from poller.reconcile import MappingHooks, MappingSet, Reconciler, StoreLink
 from poller.retry import Backoff
 from poller.streams.budget import ReadBudget
 from poller.streams.ownership import takeover_grace
+from poller.targets.python.loading import load_handler
 from poller.types import Target
 
 if TYPE_CHECKING:
@@ -264,6 +265,7 @@ class Service:
                     return
                 stack.push_async_callback(self._close_step, "checkpoint_store", checkpoints.aclose)
                 store = await self._open_mapping_store(checkpoints, stack)
+                self._preload_function_handlers()
                 targets = await self._build_targets(clients)
                 if self._own_process:
                     tune_gc()
@@ -297,6 +299,21 @@ class Service:
         store = await open_mapping_store(checkpoints)
         stack.push_async_callback(self._close_step, "mapping_store", store.aclose)
         return store
+
+    def _preload_function_handlers(self) -> None:
+        """Import the Python handlers ``control_api.functions`` names, at start-up.
+
+        An import runs on the event loop; done first when an API mapping is created, a module
+        that is slow to import would stall every running mapping, heartbeat and health check.
+        Imported now, later builds find them in ``sys.modules``; one that does not import
+        stops start-up, as a file mapping's handler does.
+        """
+        control = self.settings.control_api
+        if not control.enabled:
+            return
+        for target in control.functions.values():
+            if isinstance(target, PythonTargetConfig):
+                load_handler(target.handler)
 
     async def _build_targets(self, clients: ClientFactory) -> list[tuple[AnyMapping, Target]]:
         """Each enabled mapping of the file with its target (the mapping set closes them).
