@@ -74,7 +74,7 @@ from poller.aws.embedded import EMBEDDED_CREDENTIALS, EmbeddedAws
 from poller.checkpoints import Checkpoints, SharedCheckpoints, open_checkpoints
 from poller.config import AnyMapping, PythonTargetConfig, Settings, load_settings
 from poller.control.context import ControlContext
-from poller.errors import ConfigError, PollerError
+from poller.errors import ConfigError, PollerError, describe_error, first_leaf
 from poller.leases import replica_identity
 from poller.mappings import (
     ProcessingResults,
@@ -587,9 +587,9 @@ class Service:
                     name=f"health {mapping.name}",
                 )
         except Exception as exc:  # a mapping's failure is logged and retried, never fatal
-            if not isinstance(_first_leaf(exc), PollerError):
+            if not isinstance(first_leaf(exc), PollerError):
                 log.exception("mapping.error")  # a bug: keep the traceback
-            return started.is_set(), _describe(exc)
+            return started.is_set(), describe_error(exc)
         return started.is_set(), None
 
     async def _run_runner(
@@ -749,15 +749,3 @@ async def _forget_replica(link: StoreLink) -> None:
 async def _cancel_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None:
     await event.wait()
     scope.cancel()
-
-
-def _first_leaf(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
-
-
-def _describe(exc: BaseException) -> str:
-    """An error for the log: the first leaf of an exception group, with its type."""
-    leaf = _first_leaf(exc)
-    return f"{type(leaf).__name__}: {leaf}"

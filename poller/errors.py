@@ -123,3 +123,17 @@ class LeaseLost(CheckpointError):
 class OperationError(PollerError):
     """An operator command (``poller redrive``, ``replay``, ``rewind``) cannot do what was
     asked; the message is one line naming the value."""
+
+
+def first_leaf(exc: BaseException) -> BaseException:
+    """The first leaf of an exception group (``exc`` itself when it is not a group): what a
+    task group's failure was about."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+def describe_error(exc: BaseException) -> str:
+    """An error for the log: the first leaf of an exception group, with its type."""
+    leaf = first_leaf(exc)
+    return f"{type(leaf).__name__}: {leaf}"

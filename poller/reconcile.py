@@ -51,7 +51,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from poller.config import AnyMapping, ControlApiSettings
 from poller.control.state import ACK_INTERVAL_SECONDS, settled
 from poller.control.store import MappingRecord, MappingStore
-from poller.errors import CheckpointError, ConfigError
+from poller.errors import CheckpointError, ConfigError, describe_error, first_leaf
 from poller.retry import Backoff
 from poller.types import Target
 
@@ -226,7 +226,7 @@ class MappingSet:
         try:
             target = await self._hooks.build_target(mapping)
         except Exception as exc:  # noqa: BLE001 - a bad target is this mapping's problem only
-            reason = _describe(exc)
+            reason = describe_error(exc)
             log.error(  # noqa: TRY400 - the reason is the message (a handler that does not import)
                 "mapping.crashed", mapping=mapping.name, error=reason, restart_in_s=None
             )
@@ -387,11 +387,11 @@ class Reconciler:
             # (The pass runs in a task group beside its heartbeat: errors come grouped.) A
             # store answer that does not parse (a corrupt or hand-edited item) or a bug here
             # would otherwise end the task group, and with it every mapping.
-            leaf = _leaf(exc)
+            leaf = first_leaf(exc)
             if isinstance(leaf, CheckpointError):
                 self._pass_failed("mapping_store.unavailable", str(leaf))
             else:
-                self._pass_failed("reconcile.pass_failed", _describe(exc), traceback=True)
+                self._pass_failed("reconcile.pass_failed", describe_error(exc), traceback=True)
             return
         if self._outage:
             log.info("mapping_store.recovered", after_attempts=self._outage)
@@ -491,7 +491,7 @@ class Reconciler:
             self.results.problem(record.uuid, "; ".join(exc.problems))
         except Exception as exc:  # a bug: logged with its traceback, never the service's end
             log.exception("mapping.unusable", mapping=record.uuid)
-            self.results.problem(record.uuid, _describe(exc))
+            self.results.problem(record.uuid, describe_error(exc))
         return None
 
     async def _finalize_deletes(self, link: StoreLink) -> None:
@@ -530,15 +530,3 @@ class Reconciler:
 async def _cancel_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None:
     await event.wait()
     scope.cancel()
-
-
-def _leaf(exc: BaseException) -> BaseException:
-    """The first leaf of an exception group (``exc`` itself when not a group)."""
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
-
-
-def _describe(exc: BaseException) -> str:
-    leaf = _leaf(exc)
-    return f"{type(leaf).__name__}: {leaf}"

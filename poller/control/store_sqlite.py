@@ -114,15 +114,7 @@ class SqliteMappingStore:
             c.execute(
                 "INSERT INTO esm_mappings (uuid, pair_key, revision, written, desired, record,"
                 " last_processing_result) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    stored.uuid,
-                    stored.pair_key,
-                    stored.revision,
-                    stored.written,
-                    stored.desired,
-                    stored.to_json(),
-                    stored.last_processing_result,
-                ),
+                (stored.uuid, *_row_values(stored)),
             )
             return stored
 
@@ -145,15 +137,7 @@ class SqliteMappingStore:
             c.execute(
                 "UPDATE esm_mappings SET pair_key = ?, revision = ?, written = ?, desired = ?,"
                 " record = ?, last_processing_result = ? WHERE uuid = ?",
-                (
-                    stored.pair_key,
-                    stored.revision,
-                    stored.written,
-                    stored.desired,
-                    stored.to_json(),
-                    stored.last_processing_result,
-                    uuid,
-                ),
+                (*_row_values(stored), uuid),
             )
             return stored
 
@@ -271,3 +255,15 @@ def _read(c: sqlite3.Connection, uuid: str) -> MappingRecord | None:
 def _record_from_row(row: tuple[str, str | None]) -> MappingRecord:
     """A record from its JSON, with the processing result kept apart from it."""
     return replace(MappingRecord.from_json(row[0]), last_processing_result=row[1])
+
+
+def _row_values(record: MappingRecord) -> tuple[object, ...]:
+    """The columns of ``esm_mappings`` after ``uuid``, in the table's order."""
+    return (
+        record.pair_key,
+        record.revision,
+        record.written,
+        record.desired,
+        record.to_json(),
+        record.last_processing_result,
+    )
