@@ -272,19 +272,22 @@ async def settle_through(
 
 
 async def test_unconfirmed_deletes_are_retried(sqs: Any, sqs_url: str, new_queue: NewQueue) -> None:
-    """DeleteMessageBatch fails three times with a 500: the deletes are retried with backoff
-    (about 3.5 s in all) while the heartbeat keeps the messages hidden (visibility timeout
-    2 s); each message is delivered once and the queue ends empty."""
-    queue = await new_queue("deletes", visibility_timeout=2)
+    """DeleteMessageBatch fails four times with a 500: the deletes are retried with backoff
+    (about 7.5 s in all) while the heartbeat keeps the messages hidden (visibility timeout
+    4 s, extended every 2 s); each message is delivered once and the queue ends empty.
+
+    The timeout is no shorter than 4 s: with 2 s (a heartbeat every second) a loaded CI
+    machine once stalled the service's loop past a second, and SQS delivered again."""
+    queue = await new_queue("deletes", visibility_timeout=4)
     ids = await send_bodies(sqs, queue.url, (f"m{i}" for i in range(5)))
     metrics = RecordingMetrics()
     with FaultProxy(sqs_url) as proxy:
-        proxy.fail("AmazonSQS.DeleteMessageBatch", code="InternalError", status=500, times=3)
+        proxy.fail("AmazonSQS.DeleteMessageBatch", code="InternalError", status=500, times=4)
         logs = await settle_through(proxy, sqs, queue, ids, "d", metrics)
-        assert proxy.faulted("AmazonSQS.DeleteMessageBatch") == 3
+        assert proxy.faulted("AmazonSQS.DeleteMessageBatch") == 4
     assert sorted(delivered_ids(queue.arn)) == sorted(ids), "nothing delivered twice"
     retries = [e for e in logs if e["event"] == "messages.delete_retry"]
-    assert [e["attempt"] for e in retries] == [1, 2, 3]
+    assert [e["attempt"] for e in retries] == [1, 2, 3, 4]
     assert {e["log_level"] for e in retries} == {"warning"}
     assert any(e["event"] == "queue.no_redrive_policy" for e in logs)
     assert metrics.count("records_deleted", "d") == 5
